@@ -1,0 +1,7 @@
+//! qrt-eval: measuring how close a model's outputs are to a reference.
+//!
+//! This first piece compares logits against a reference implementation's top-k logits
+//! (how qrt's CPU runtime is checked against Hugging Face transformers). CoQA, perplexity and
+//! KL-divergence evaluation build on it.
+
+pub mod logits;

@@ -1,0 +1,292 @@
+//! RMSNorm and fused residual-add + RMSNorm (`kernels/cuda/norm.cu`).
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use half::f16;
+
+use crate::error::cuda_err;
+use crate::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
+use crate::{CudaDevice, KernelError};
+
+// SAFETY: a C struct of 4-byte integers and a float with no padding, whose
+// layout nvcc and bindgen agree on (static_assert in the header, size tests).
+unsafe impl DeviceRepr for qrt_rms_norm_args {}
+
+/// PTX module holding the norm kernels.
+const MODULE: &str = "norm";
+
+/// An activation type the norm kernels take (weights are always f32).
+trait Activation: DeviceRepr + Copy {
+    /// The plain RMSNorm kernel for this type.
+    const RMS_NORM: &'static str;
+    /// The fused residual-add + RMSNorm kernel for this type.
+    const ADD_RMS_NORM: &'static str;
+    /// Elements per 16-byte vector load in the kernels.
+    const VEC: usize;
+    /// Fill value for outputs before a launch, so that unwritten elements show.
+    const POISON: Self;
+}
+
+impl Activation for f32 {
+    const RMS_NORM: &'static str = "qrt_rms_norm_f32";
+    const ADD_RMS_NORM: &'static str = "qrt_add_rms_norm_f32";
+    const VEC: usize = 4;
+    const POISON: Self = f32::NAN;
+}
+
+impl Activation for f16 {
+    const RMS_NORM: &'static str = "qrt_rms_norm_f16";
+    const ADD_RMS_NORM: &'static str = "qrt_add_rms_norm_f16";
+    const VEC: usize = 8;
+    const POISON: Self = f16::NAN;
+}
+
+/// Checks a row-wise call: `rows` x `cols` activations in each of `inputs`
+/// (name, length) and `cols` weights. Returns the kernel arguments for
+/// contiguous rows.
+fn row_args(
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    inputs: &[(&str, usize)],
+    weights: usize,
+) -> Result<qrt_rms_norm_args, KernelError> {
+    if cols == 0 {
+        return Err(KernelError::Shape("cols must be at least 1".into()));
+    }
+    let cols32 = u32::try_from(cols)
+        .map_err(|_| KernelError::Shape(format!("cols = {cols} does not fit in 32 bits")))?;
+    // The grid has one block per row; gridDim.x is at most 2^31 - 1.
+    let rows32 = u32::try_from(rows)
+        .ok()
+        .filter(|&r| r <= i32::MAX as u32)
+        .ok_or_else(|| KernelError::Shape(format!("rows = {rows} exceeds 2^31 - 1")))?;
+    let elements = rows
+        .checked_mul(cols)
+        .ok_or_else(|| KernelError::Shape(format!("rows * cols = {rows} * {cols} overflows")))?;
+    for &(name, len) in inputs {
+        if len != elements {
+            return Err(KernelError::Shape(format!(
+                "{name} has {len} elements, expected rows * cols = {rows} * {cols} = {elements}"
+            )));
+        }
+    }
+    if weights != cols {
+        return Err(KernelError::Shape(format!(
+            "the weight has {weights} elements, expected cols = {cols}"
+        )));
+    }
+    Ok(qrt_rms_norm_args {
+        rows: rows32,
+        cols: cols32,
+        x_stride: cols32,
+        residual_stride: cols32,
+        sum_stride: cols32,
+        y_stride: cols32,
+        eps,
+    })
+}
+
+/// One block per row; threads: enough for one vector load each per row
+/// (rounded up to whole warps), between one warp and the kernels' maximum.
+fn launch_config(args: &qrt_rms_norm_args, vec: usize) -> LaunchConfig {
+    let units = (args.cols as usize).div_ceil(vec);
+    let threads = (units.div_ceil(32) * 32).clamp(32, QRT_MAX_BLOCK_THREADS as usize);
+    LaunchConfig {
+        grid_dim: (args.rows, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaDevice {
+    /// RMSNorm of each row of `x` (`rows` x `cols`, row-major):
+    /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w`, computed in f32.
+    ///
+    /// A host convenience (upload, launch, download, synchronous), used by self-tests.
+    pub fn rms_norm_f32(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Vec<f32>, KernelError> {
+        self.rms_norm(x, w, rows, cols, eps)
+    }
+
+    /// [`rms_norm_f32`](Self::rms_norm_f32) with f16 activations (input and
+    /// output); f32 weight and f32 arithmetic.
+    pub fn rms_norm_f16(
+        &self,
+        x: &[f16],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Vec<f16>, KernelError> {
+        self.rms_norm(x, w, rows, cols, eps)
+    }
+
+    /// Fused residual add + RMSNorm: `s = x + residual`, `y = rmsnorm(s) * w`
+    /// row by row. Returns `(s, y)`.
+    ///
+    /// A host convenience (upload, launch, download, synchronous), used by self-tests.
+    pub fn add_rms_norm_f32(
+        &self,
+        x: &[f32],
+        residual: &[f32],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Vec<f32>, Vec<f32>), KernelError> {
+        self.add_rms_norm(x, residual, w, rows, cols, eps)
+    }
+
+    /// [`add_rms_norm_f32`](Self::add_rms_norm_f32) with f16 activations: the
+    /// sum is rounded to f16 and `y` is the norm of the rounded sum.
+    pub fn add_rms_norm_f16(
+        &self,
+        x: &[f16],
+        residual: &[f16],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Vec<f16>, Vec<f16>), KernelError> {
+        self.add_rms_norm(x, residual, w, rows, cols, eps)
+    }
+
+    fn rms_norm<T: Activation>(
+        &self,
+        x: &[T],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Vec<T>, KernelError> {
+        let args = row_args(rows, cols, eps, &[("x", x.len())], w.len())?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let func = self.function(MODULE, T::RMS_NORM)?;
+        let x_dev = self.upload("x", x)?;
+        let w_dev = self.upload("w", w)?;
+        let mut y_dev = self.upload("y (poisoned)", &vec![T::POISON; x.len()])?;
+        let what = format!("{} over {rows} x {cols}", T::RMS_NORM);
+        let mut launch = self.stream().launch_builder(&func);
+        launch.arg(&args).arg(&x_dev).arg(&w_dev).arg(&mut y_dev);
+        // SAFETY: the arguments match the kernel's parameters
+        // (qrt_rms_norm_args, const T* x, const float* w, T* y), every buffer
+        // holds rows * cols (w: cols) elements as `args` says, and the block
+        // size is a multiple of 32 no larger than QRT_MAX_BLOCK_THREADS.
+        unsafe { launch.launch(launch_config(&args, T::VEC)) }
+            .map_err(cuda_err(format_args!("launching {what}")))?;
+        self.synchronize(&what)?;
+        self.download("y", &y_dev)
+    }
+
+    fn add_rms_norm<T: Activation>(
+        &self,
+        x: &[T],
+        residual: &[T],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(Vec<T>, Vec<T>), KernelError> {
+        let inputs = [("x", x.len()), ("residual", residual.len())];
+        let args = row_args(rows, cols, eps, &inputs, w.len())?;
+        if rows == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let func = self.function(MODULE, T::ADD_RMS_NORM)?;
+        let x_dev = self.upload("x", x)?;
+        let residual_dev = self.upload("residual", residual)?;
+        let w_dev = self.upload("w", w)?;
+        let poison = vec![T::POISON; x.len()];
+        let mut sum_dev = self.upload("sum (poisoned)", &poison)?;
+        let mut y_dev = self.upload("y (poisoned)", &poison)?;
+        let what = format!("{} over {rows} x {cols}", T::ADD_RMS_NORM);
+        let mut launch = self.stream().launch_builder(&func);
+        launch
+            .arg(&args)
+            .arg(&x_dev)
+            .arg(&residual_dev)
+            .arg(&w_dev)
+            .arg(&mut sum_dev)
+            .arg(&mut y_dev);
+        // SAFETY: the arguments match the kernel's parameters
+        // (qrt_rms_norm_args, const T* x, const T* residual, const float* w,
+        // T* sum, T* y), every buffer holds rows * cols (w: cols) elements as
+        // `args` says, and the block size is a multiple of 32 no larger than
+        // QRT_MAX_BLOCK_THREADS.
+        unsafe { launch.launch(launch_config(&args, T::VEC)) }
+            .map_err(cuda_err(format_args!("launching {what}")))?;
+        self.synchronize(&what)?;
+        Ok((self.download("sum", &sum_dev)?, self.download("y", &y_dev)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_args_accepts_matching_shapes() {
+        let args = row_args(3, 5, 1e-6, &[("x", 15), ("residual", 15)], 5).unwrap();
+        assert_eq!((args.rows, args.cols), (3, 5));
+        assert_eq!(
+            (
+                args.x_stride,
+                args.residual_stride,
+                args.sum_stride,
+                args.y_stride
+            ),
+            (5, 5, 5, 5)
+        );
+        assert_eq!(args.eps, 1e-6);
+        // No rows is fine (nothing to launch).
+        assert!(row_args(0, 5, 1e-6, &[("x", 0)], 5).is_ok());
+    }
+
+    #[test]
+    fn row_args_rejects_bad_shapes() {
+        let shape_err = |r: Result<qrt_rms_norm_args, KernelError>| match r {
+            Err(KernelError::Shape(msg)) => msg,
+            other => panic!("expected a shape error, got {other:?}"),
+        };
+        assert!(shape_err(row_args(2, 0, 1e-6, &[("x", 0)], 0)).contains("cols"));
+        assert!(shape_err(row_args(2, 4, 1e-6, &[("x", 7)], 4)).contains("x has 7"));
+        assert!(
+            shape_err(row_args(2, 4, 1e-6, &[("x", 8), ("residual", 9)], 4))
+                .contains("residual has 9")
+        );
+        assert!(shape_err(row_args(2, 4, 1e-6, &[("x", 8)], 3)).contains("weight"));
+        assert!(shape_err(row_args(1 << 31, 1, 1e-6, &[("x", 1 << 31)], 1)).contains("rows"));
+        assert!(shape_err(row_args(1, 1 << 32, 1e-6, &[("x", 1 << 32)], 1 << 32)).contains("cols"));
+        assert!(shape_err(row_args(usize::MAX / 2, 3, 1e-6, &[], 3)).contains("rows"));
+    }
+
+    #[test]
+    fn launch_config_uses_whole_warps_within_limits() {
+        let cfg = |cols: u32, vec: usize| {
+            let args = row_args(7, cols as usize, 0.0, &[], cols as usize).unwrap();
+            let c = launch_config(&args, vec);
+            assert_eq!(c.grid_dim, (7, 1, 1));
+            assert_eq!(c.shared_mem_bytes, 0);
+            c.block_dim.0
+        };
+        assert_eq!(cfg(1, 4), 32);
+        assert_eq!(cfg(576, 4), 160);
+        assert_eq!(cfg(576, 8), 96);
+        assert_eq!(cfg(4096, 4), 1024);
+        assert_eq!(cfg(1 << 20, 8), 1024);
+        for cols in [1, 31, 33, 577, 1000, 5000, 100_000] {
+            for vec in [4, 8] {
+                let t = cfg(cols, vec);
+                assert!(t % 32 == 0 && (32..=QRT_MAX_BLOCK_THREADS).contains(&t));
+            }
+        }
+    }
+}

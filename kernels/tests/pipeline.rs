@@ -1,0 +1,135 @@
+//! Build-pipeline tests: they need no GPU.
+
+use std::mem::{align_of, offset_of, size_of};
+use std::path::Path;
+
+use qrt_kernels::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
+use qrt_kernels::{ptx, ptx_modules, CudaDevice, KernelError, BUILD_INFO};
+
+/// Stems of the `kernels/cuda/*.cu` sources.
+fn cuda_modules() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The value of PTX directive `name` (e.g. ".version ") in `text`.
+fn directive<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no `{name}` line"))
+        .trim()
+}
+
+#[test]
+fn build_info_is_consistent() {
+    assert_eq!(BUILD_INFO.archs.join(","), env!("QRT_KERNELS_ARCHS"));
+    if BUILD_INFO.cuda_kernels {
+        assert_eq!(BUILD_INFO.archs, ["sm_80", "sm_90"]);
+        assert!(
+            BUILD_INFO.nvcc_version.starts_with("release "),
+            "{}",
+            BUILD_INFO.nvcc_version
+        );
+        assert!(!ptx_modules().is_empty());
+    } else {
+        assert!(BUILD_INFO.archs.is_empty());
+        assert!(BUILD_INFO.nvcc_version.is_empty());
+        assert!(ptx_modules().is_empty());
+    }
+}
+
+#[test]
+fn every_module_has_ptx_for_every_arch() {
+    if !BUILD_INFO.cuda_kernels {
+        eprintln!("built without nvcc: no PTX to check");
+        return;
+    }
+    let modules = cuda_modules();
+    assert!(modules.iter().any(|m| m == "norm"));
+    assert_eq!(ptx_modules().len(), modules.len() * BUILD_INFO.archs.len());
+    for module in &modules {
+        for &arch in BUILD_INFO.archs {
+            assert!(ptx(module, arch).is_some(), "no {arch} PTX for {module}");
+        }
+    }
+}
+
+#[test]
+fn ptx_headers_fit_the_driver() {
+    for m in ptx_modules() {
+        let version = directive(m.ptx, ".version ");
+        let (major, minor) = version.split_once('.').unwrap();
+        let v = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
+        assert!(
+            v <= (9, 0),
+            "{}.{}: PTX ISA {version} > 9.0",
+            m.name,
+            m.arch
+        );
+        assert_eq!(directive(m.ptx, ".target "), m.arch, "{}", m.name);
+        assert_eq!(directive(m.ptx, ".address_size "), "64", "{}", m.name);
+    }
+}
+
+#[test]
+fn norm_module_exports_its_kernels() {
+    for &arch in BUILD_INFO.archs {
+        let text = ptx("norm", arch).unwrap();
+        for kernel in [
+            "qrt_rms_norm_f32",
+            "qrt_rms_norm_f16",
+            "qrt_add_rms_norm_f32",
+            "qrt_add_rms_norm_f16",
+        ] {
+            assert!(
+                text.contains(&format!(".visible .entry {kernel}(")),
+                "{arch}: {kernel} missing"
+            );
+        }
+    }
+}
+
+#[test]
+fn layouts_match_the_header() {
+    assert_eq!(size_of::<qrt_rms_norm_args>(), 28);
+    assert_eq!(align_of::<qrt_rms_norm_args>(), 4);
+    assert_eq!(offset_of!(qrt_rms_norm_args, rows), 0);
+    assert_eq!(offset_of!(qrt_rms_norm_args, cols), 4);
+    assert_eq!(offset_of!(qrt_rms_norm_args, x_stride), 8);
+    assert_eq!(offset_of!(qrt_rms_norm_args, residual_stride), 12);
+    assert_eq!(offset_of!(qrt_rms_norm_args, sum_stride), 16);
+    assert_eq!(offset_of!(qrt_rms_norm_args, y_stride), 20);
+    assert_eq!(offset_of!(qrt_rms_norm_args, eps), 24);
+    assert_eq!(QRT_MAX_BLOCK_THREADS, 1024);
+    let zero = qrt_rms_norm_args::default();
+    assert_eq!((zero.rows, zero.cols, zero.eps), (0, 0, 0.0));
+}
+
+/// Without a GPU this must be an error, not a panic; with one, a usable device.
+#[test]
+fn opening_a_device_never_panics() {
+    match CudaDevice::new(0) {
+        Ok(dev) => {
+            assert!(!dev.name().is_empty());
+            assert!(dev.compute_capability() >= (8, 0));
+            assert!(dev.total_memory() > 0);
+            eprintln!("found {dev:?}");
+        }
+        Err(e @ (KernelError::NoDriver(_) | KernelError::NoDevice(_))) => {
+            eprintln!("no GPU here: {e}");
+        }
+        Err(e) => panic!("unexpected error opening device 0: {e}"),
+    }
+    // An ordinal no machine has.
+    match CudaDevice::new(1 << 20) {
+        Err(KernelError::NoDriver(_) | KernelError::NoDevice(_)) => {}
+        other => panic!("device 2^20: {other:?}"),
+    }
+}

@@ -1,0 +1,394 @@
+//! The CPU backend: the numerical reference for every other backend.
+//!
+//! Activations are f32; weights are read in place from the memory-mapped `.qrt` file; the KV
+//! pool is f32. Products use the kernels in `linear`, attention the paged kernel in `attention`.
+
+pub mod attention;
+pub mod linear;
+
+use std::sync::Arc;
+
+use qrt_format::container::{ElemType, QrtFile, TensorInfo};
+use rayon::prelude::*;
+
+use crate::backend::{Backend, BatchLayout, HeadGeometry};
+use crate::kv_cache::KvGeometry;
+use crate::RuntimeError;
+use linear::DenseRows;
+
+/// The CPU backend.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// A CPU backend using rayon's global thread pool.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// A row-major f32 activation buffer.
+#[derive(Clone, Debug)]
+pub struct CpuAct {
+    /// Values, `rows * cols`.
+    pub data: Vec<f32>,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+}
+
+/// A weight read in place from the mapped file.
+#[derive(Debug)]
+pub struct CpuWeight {
+    file: Arc<QrtFile>,
+    tensor: TensorInfo,
+    rows: usize,
+    cols: usize,
+}
+
+impl CpuWeight {
+    fn bytes(&self) -> &[u8] {
+        self.file
+            .part_bytes(&self.tensor, "data")
+            .expect("part validated when the weight was loaded")
+    }
+
+    /// The weight as dense rows `[rows, cols]`.
+    pub fn dense(&self) -> DenseRows<'_> {
+        let bytes = self.bytes();
+        match self.tensor.storage.name.as_str() {
+            "f16" => DenseRows::F16(cast(bytes)),
+            "bf16" => DenseRows::Bf16(cast(bytes)),
+            _ => DenseRows::F32(cast(bytes)),
+        }
+    }
+
+    /// A 1-D weight (norm scale, bias) as f32.
+    fn vector(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.rows * self.cols];
+        self.dense().rows_to_f32(self.cols, 0, self.rows, &mut v);
+        v
+    }
+}
+
+/// Reinterprets aligned little-endian bytes as a slice of `T`.
+fn cast<T: Copy>(bytes: &[u8]) -> &[T] {
+    // SAFETY: f32/f16/bf16 accept any bit pattern; alignment and size are checked.
+    let (head, body, tail) = unsafe { bytes.align_to::<T>() };
+    assert!(
+        head.is_empty() && tail.is_empty(),
+        "tensor data is not aligned"
+    );
+    body
+}
+
+/// The KV pool: per layer, keys and values `[slots, kv_heads * head_dim]`.
+#[derive(Debug)]
+pub struct CpuKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    stride: usize,
+}
+
+fn check_shape(what: &str, act: &CpuAct, rows: usize, cols: usize) -> Result<(), RuntimeError> {
+    if act.rows != rows || act.cols != cols {
+        return Err(RuntimeError::Shape(format!(
+            "{what}: expected [{rows}, {cols}], got [{}, {}]",
+            act.rows, act.cols
+        )));
+    }
+    Ok(())
+}
+
+/// The reference RMSNorm of one row: `out = x / sqrt(mean(x^2) + eps) * w`, the mean in f64.
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
+    let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Weight = CpuWeight;
+    type Kv = CpuKv;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn load_weight(
+        &self,
+        file: &Arc<QrtFile>,
+        tensor: &TensorInfo,
+    ) -> Result<CpuWeight, RuntimeError> {
+        let elem = match tensor.storage.name.as_str() {
+            "f32" => ElemType::F32,
+            "f16" => ElemType::F16,
+            "bf16" => ElemType::BF16,
+            other => {
+                return Err(RuntimeError::Unsupported(format!(
+                    "tensor {}: storage type {other} is not supported by the CPU backend",
+                    tensor.name
+                )))
+            }
+        };
+        let (rows, cols) = match tensor.shape.as_slice() {
+            [n] => (1, *n as usize),
+            [r, c] => (*r as usize, *c as usize),
+            other => {
+                return Err(RuntimeError::Shape(format!(
+                    "tensor {}: expected 1 or 2 dimensions, got {other:?}",
+                    tensor.name
+                )))
+            }
+        };
+        let bytes = file.part_bytes(tensor, "data")?;
+        if bytes.len() as u64 != (rows * cols) as u64 * elem.size_bytes() {
+            return Err(RuntimeError::Shape(format!(
+                "tensor {}: data size does not match its shape",
+                tensor.name
+            )));
+        }
+        Ok(CpuWeight {
+            file: file.clone(),
+            tensor: tensor.clone(),
+            rows,
+            cols,
+        })
+    }
+
+    fn alloc_act(&self, rows: usize, cols: usize) -> Result<CpuAct, RuntimeError> {
+        Ok(CpuAct {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        })
+    }
+
+    fn alloc_kv(&self, g: &KvGeometry) -> Result<CpuKv, RuntimeError> {
+        let per_layer = g.num_slots() * g.slot_elems();
+        let bytes = per_layer as u128 * g.num_layers as u128 * 2 * 4;
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..g.num_layers {
+            for pool in [&mut k, &mut v] {
+                let mut layer = Vec::new();
+                layer
+                    .try_reserve_exact(per_layer)
+                    .map_err(|_| RuntimeError::OutOfMemory {
+                        what: "KV cache".into(),
+                        bytes,
+                    })?;
+                layer.resize(per_layer, 0.0);
+                pool.push(layer);
+            }
+        }
+        Ok(CpuKv {
+            k,
+            v,
+            stride: g.slot_elems(),
+        })
+    }
+
+    fn embed(
+        &self,
+        table: &CpuWeight,
+        tokens: &[u32],
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        check_shape("embed", out, tokens.len(), table.cols)?;
+        let view = table.dense();
+        for (row, &t) in out.data.chunks_mut(table.cols).zip(tokens) {
+            if t as usize >= table.rows {
+                return Err(RuntimeError::Shape(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    table.rows
+                )));
+            }
+            view.rows_to_f32(table.cols, t as usize, 1, row);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CpuAct,
+        weight: &CpuWeight,
+        eps: f32,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        check_shape("rms_norm", out, x.rows, weight.cols)?;
+        let w = weight.vector();
+        out.data
+            .par_chunks_mut(x.cols)
+            .zip(x.data.par_chunks(x.cols))
+            .for_each(|(o, r)| rms_norm_row(r, &w, eps, o));
+        Ok(())
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CpuAct,
+        residual: &CpuAct,
+        weight: &CpuWeight,
+        eps: f32,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        self.add(x, residual)?;
+        self.rms_norm(x, weight, eps, out)
+    }
+
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<(), RuntimeError> {
+        check_shape("add", y, x.rows, x.cols)?;
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &CpuAct,
+        weight: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        if x.cols != weight.cols {
+            return Err(RuntimeError::Shape(format!(
+                "linear {}: input has {} features, weight expects {}",
+                weight.tensor.name, x.cols, weight.cols
+            )));
+        }
+        check_shape("linear output", out, x.rows, weight.rows)?;
+        linear::matmul_nt(
+            &x.data,
+            x.rows,
+            x.cols,
+            weight.dense(),
+            weight.rows,
+            &mut out.data,
+        );
+        if let Some(b) = bias {
+            let b = b.vector();
+            out.data
+                .chunks_mut(weight.rows)
+                .for_each(|r| r.iter_mut().zip(&b).for_each(|(o, b)| *o += b));
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CpuAct,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        inv_freq: &[f32],
+    ) -> Result<(), RuntimeError> {
+        check_shape("rope", x, positions.len(), heads * head_dim)?;
+        let half_dim = head_dim / 2;
+        x.data
+            .par_chunks_mut(heads * head_dim)
+            .zip(positions)
+            .for_each(|(row, &pos)| {
+                let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+                    .iter()
+                    .map(|f| {
+                        let angle = pos as f32 * f;
+                        (angle.cos(), angle.sin())
+                    })
+                    .unzip();
+                for head in row.chunks_mut(head_dim) {
+                    let (a, b) = head.split_at_mut(half_dim);
+                    for i in 0..half_dim {
+                        let (x1, x2) = (a[i], b[i]);
+                        a[i] = x1 * cos[i] - x2 * sin[i];
+                        b[i] = x2 * cos[i] + x1 * sin[i];
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn write_kv(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        k: &CpuAct,
+        v: &CpuAct,
+        slots: &[u32],
+    ) -> Result<(), RuntimeError> {
+        let stride = kv.stride;
+        check_shape("write_kv keys", k, slots.len(), stride)?;
+        check_shape("write_kv values", v, slots.len(), stride)?;
+        for (pool, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
+            for (row, &slot) in src.data.chunks(stride).zip(slots) {
+                let at = slot as usize * stride;
+                pool.get_mut(at..at + stride)
+                    .ok_or_else(|| {
+                        RuntimeError::Shape(format!("KV slot {slot} is outside the pool"))
+                    })?
+                    .copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuAct,
+        kv: &CpuKv,
+        layer: usize,
+        batch: &BatchLayout,
+        heads: HeadGeometry,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        check_shape(
+            "attention query",
+            q,
+            batch.rows(),
+            heads.num_heads * heads.head_dim,
+        )?;
+        check_shape("attention output", out, q.rows, q.cols)?;
+        let layer_kv = attention::LayerKv {
+            k: &kv.k[layer],
+            v: &kv.v[layer],
+        };
+        attention::paged_attention(&q.data, layer_kv, batch, heads, &mut out.data);
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CpuAct, up: &CpuAct, out: &mut CpuAct) -> Result<(), RuntimeError> {
+        check_shape("silu_mul up", up, gate.rows, gate.cols)?;
+        check_shape("silu_mul output", out, gate.rows, gate.cols)?;
+        out.data
+            .par_chunks_mut(4096)
+            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
+            .for_each(|(o, (g, u))| {
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[u32], out: &mut CpuAct) -> Result<(), RuntimeError> {
+        check_shape("gather_rows", out, rows.len(), x.cols)?;
+        for (dst, &r) in out.data.chunks_mut(x.cols).zip(rows) {
+            let r = r as usize;
+            if r >= x.rows {
+                return Err(RuntimeError::Shape(format!(
+                    "gather_rows: row {r} of {}",
+                    x.rows
+                )));
+            }
+            dst.copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        Ok(())
+    }
+
+    fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>, RuntimeError> {
+        Ok(x.data.clone())
+    }
+}

@@ -1,0 +1,191 @@
+//! Turning logits into tokens: greedy, or seeded temperature / top-k / top-p sampling.
+
+/// A small, seedable PRNG (SplitMix64), so that sampling is reproducible across platforms.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A standard normal sample (Box-Muller), for test data.
+    pub fn next_normal(&mut self) -> f32 {
+        let u1 = self.next_f64().max(f64::MIN_POSITIVE);
+        let u2 = self.next_f64();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1: all).
+    pub top_p: f32,
+}
+
+impl SamplingParams {
+    /// Greedy decoding.
+    pub const GREEDY: Self = Self {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+}
+
+/// Index of the largest logit (the first one on ties, as `torch.argmax` does).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Chooses a token from `logits` under `params`, drawing from `rng` when sampling.
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    if params.temperature <= 0.0 || params.top_k == 1 {
+        return argmax(logits);
+    }
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / params.temperature))
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if params.top_k > 0 {
+        candidates.truncate(params.top_k);
+    }
+    let max = candidates[0].1;
+    let mut probs: Vec<f64> = candidates
+        .iter()
+        .map(|c| ((c.1 - max) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if params.top_p < 1.0 {
+        let mut cumulative = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            cumulative += p;
+            if cumulative >= params.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let kept: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= kept);
+    }
+    let mut u = rng.next_f64();
+    for (i, p) in probs.iter().enumerate() {
+        if u < *p {
+            return candidates[i].0;
+        }
+        u -= p;
+    }
+    candidates[probs.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.1, 3.0, -1.0, 3.0]), 1);
+        let mut rng = Rng::new(1);
+        assert_eq!(
+            sample(&[0.0, 1.0, 5.0], &SamplingParams::GREEDY, &mut rng),
+            2
+        );
+    }
+
+    #[test]
+    fn sampling_matches_softmax_frequencies() {
+        // Independent reference: softmax of logits/T computed in f64 here.
+        let logits = [1.0f32, 2.0, 0.5, -1.0];
+        let t = 0.7;
+        let z: Vec<f64> = logits.iter().map(|&l| (l as f64 / t).exp()).collect();
+        let sum: f64 = z.iter().sum();
+        let params = SamplingParams {
+            temperature: t as f32,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let mut rng = Rng::new(42);
+        let n = 200_000;
+        let mut counts = [0usize; 4];
+        for _ in 0..n {
+            counts[sample(&logits, &params, &mut rng) as usize] += 1;
+        }
+        for i in 0..4 {
+            let expected = z[i] / sum;
+            let got = counts[i] as f64 / n as f64;
+            assert!(
+                (got - expected).abs() < 0.005,
+                "token {i}: {got} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_support() {
+        let logits = [0.0f32, 1.0, 2.0, 3.0, 4.0];
+        let mut rng = Rng::new(7);
+        let k2 = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+        };
+        // p(4)=0.636, p(3)=0.234: top_p 0.6 keeps only token 4.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.6,
+        };
+        for _ in 0..2000 {
+            assert!(sample(&logits, &k2, &mut rng) >= 3);
+            assert_eq!(sample(&logits, &p, &mut rng), 4);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 0.9,
+        };
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..20)
+                .map(|_| sample(&logits, &params, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3), draw(4));
+    }
+}

@@ -1,0 +1,28 @@
+//! One module per subcommand.
+
+pub mod convert;
+pub mod generate;
+pub mod inspect;
+pub mod selftest;
+
+/// The version recorded in files this binary writes.
+pub fn qrt_version() -> String {
+    format!(
+        "qrt {} (git {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("QRT_GIT_REV")
+    )
+}
+
+/// A progress bar with an ETA, drawn on stderr.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} ETA {{eta}} {{msg}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}

@@ -1,0 +1,66 @@
+//! The `qrt` command line.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// Version line with the build facts recorded by build.rs.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("QRT_GIT_REV"),
+    ", ",
+    env!("QRT_BUILD_PROFILE"),
+    ")\nCUDA kernels: ",
+    env!("QRT_CUDA_KERNELS"),
+    "\nnvcc: ",
+    env!("QRT_NVCC_VERSION"),
+    "\ntarget architectures: ",
+    env!("QRT_CUDA_ARCHS"),
+);
+
+/// qrt: LLM inference with its own quantized format, CPU reference and CUDA kernels.
+#[derive(Parser)]
+#[command(name = "qrt", version = env!("CARGO_PKG_VERSION"), long_version = LONG_VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Worker threads for CPU work (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a Hugging Face (safetensors) or GGUF checkpoint into a .qrt file.
+    Convert(cli::convert::Args),
+    /// Show a .qrt file's metadata, tensors, storage types and sizes.
+    Inspect(cli::inspect::Args),
+    /// Generate text from a prompt.
+    Generate(cli::generate::Args),
+    /// Check kernels against the CPU reference on random data.
+    Selftest(cli::selftest::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: cannot start {n} threads: {e}");
+            std::process::exit(2);
+        }
+    }
+    let result = match cli.command {
+        Command::Convert(a) => cli::convert::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Selftest(a) => cli::selftest::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
