@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face (safetensors) or GGUF checkpoint into a .qrt file.
     Convert(cli::convert::Args),
+    /// Write a synthetic model (a public configuration with random weights).
+    Init(cli::init::Args),
     /// Show a .qrt file's metadata, tensors, storage types and sizes.
     Inspect(cli::inspect::Args),
     /// Generate text from a prompt.
@@ -55,6 +57,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Convert(a) => cli::convert::run(a),
+        Command::Init(a) => cli::init::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Selftest(a) => cli::selftest::run(a),

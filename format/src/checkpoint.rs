@@ -394,6 +394,17 @@ struct Expectation {
     why: String,
 }
 
+/// The tensors a model with configuration `c` has, with their shapes, in canonical order.
+pub fn required_tensors(c: &ModelConfig) -> Vec<(String, Vec<u64>)> {
+    canonical_hf_names(c.num_layers)
+        .into_iter()
+        .filter_map(|name| {
+            let rule = expected(c, &name);
+            rule.required.then_some((name, rule.shape))
+        })
+        .collect()
+}
+
 fn expected(c: &ModelConfig, name: &str) -> Expectation {
     let (h, i, v) = (
         c.hidden_size as u64,

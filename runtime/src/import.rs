@@ -129,12 +129,7 @@ pub fn import_checkpoint(
         };
         let numel: u64 = shape.iter().product();
         parameters += numel;
-        plans.push(TensorPlan {
-            name: name.clone(),
-            shape,
-            storage: StorageType::dense(elem),
-            parts: vec![("data".to_string(), elem, numel * elem.size_bytes())],
-        });
+        plans.push(TensorPlan::dense(name.clone(), shape, elem));
     }
     record_provenance(&mut meta, &ckpt, options, &source_dtypes)?;
 

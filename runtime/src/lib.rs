@@ -14,6 +14,7 @@ pub mod model;
 pub mod model_file;
 pub mod rope;
 pub mod sampling;
+pub mod synthetic;
 pub mod textgen;
 pub mod tokenizer;
 

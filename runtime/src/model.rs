@@ -17,6 +17,7 @@ struct Layer<B: Backend> {
     k_bias: Option<B::Weight>,
     v_bias: Option<B::Weight>,
     o: B::Weight,
+    o_bias: Option<B::Weight>,
     post_norm: B::Weight,
     gate: B::Weight,
     up: B::Weight,
@@ -65,6 +66,7 @@ impl<B: Backend> Model<B> {
                 k_bias: optional(format!("{p}.self_attn.k_proj.bias"))?,
                 v_bias: optional(format!("{p}.self_attn.v_proj.bias"))?,
                 o: get(format!("{p}.self_attn.o_proj.weight"))?,
+                o_bias: optional(format!("{p}.self_attn.o_proj.bias"))?,
                 post_norm: get(format!("{p}.post_attention_layernorm.weight"))?,
                 gate: get(format!("{p}.mlp.gate_proj.weight"))?,
                 up: get(format!("{p}.mlp.up_proj.weight"))?,
@@ -153,7 +155,7 @@ impl<B: Backend> Model<B> {
             )?;
             backend.write_kv(kv, i, &k, &v, &batch.slots)?;
             backend.attention(&q, kv, i, batch, heads, &mut attn)?;
-            backend.linear(&attn, &layer.o, None, &mut proj)?;
+            backend.linear(&attn, &layer.o, layer.o_bias.as_ref(), &mut proj)?;
             backend.add_rms_norm(&mut x, &proj, &layer.post_norm, c.rms_norm_eps, &mut h)?;
             backend.linear(&h, &layer.gate, None, &mut gate)?;
             backend.linear(&h, &layer.up, None, &mut up)?;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use qrt_format::container::ElemType;
 use qrt_runtime::import::{import_checkpoint, ImportOptions};
 
 /// Arguments of `qrt convert`.
@@ -22,13 +21,8 @@ pub struct Args {
 
 /// Runs the conversion with a progress bar.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let dtype = match args.dtype.as_str() {
-        "bf16" => ElemType::BF16,
-        "f32" => ElemType::F32,
-        _ => ElemType::F16,
-    };
     let options = ImportOptions {
-        dtype,
+        dtype: super::parse_dtype(&args.dtype),
         qrt_version: super::qrt_version(),
     };
     let start = std::time::Instant::now();

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use qrt_bench::Throughput;
 use qrt_runtime::backend::Backend;
 use qrt_runtime::cpu::CpuBackend;
@@ -60,8 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) || args.temperature < 0.0 {
         bail!("--top-p must be in (0, 1] and --temperature at least 0");
     }
-    let mf = ModelFile::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
+    let mf = ModelFile::open(&args.model)?;
     let mut requests = Vec::new();
     for (i, prompt) in args.prompt.iter().enumerate() {
         let text = if args.chat {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use qrt_format::container::{MetaValue, QrtFile};
 
 /// Arguments of `qrt inspect`.
@@ -37,7 +36,7 @@ fn show(v: &MetaValue) -> String {
 /// Prints metadata, tensors and sizes; with `--verify`, checks checksums.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let file =
-        QrtFile::open(&args.model).with_context(|| format!("opening {}", args.model.display()))?;
+        QrtFile::open(&args.model)?;
     let (major, minor) = file.version();
     println!(
         "{}: qrt format {major}.{minor}, {} bytes",
@@ -97,8 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         total_bytes as f64 * 8.0 / total_params.max(1) as f64
     );
     if args.verify {
-        file.verify()
-            .with_context(|| format!("verifying {}", args.model.display()))?;
+        file.verify()?;
         println!("\nchecksums: all {} tensors verified", file.tensors().len());
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod generate;
+pub mod init;
 pub mod inspect;
 pub mod selftest;
 
@@ -25,4 +26,14 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     bar
+}
+
+/// Storage dtype from its command-line name (`f16`, `bf16` or `f32`; clap restricts the values).
+pub fn parse_dtype(name: &str) -> qrt_format::container::ElemType {
+    use qrt_format::container::ElemType;
+    match name {
+        "bf16" => ElemType::BF16,
+        "f32" => ElemType::F32,
+        _ => ElemType::F16,
+    }
 }
