@@ -10,9 +10,15 @@ struct Outcome {
 }
 
 fn qrt(args: &[&str]) -> Outcome {
-    let out = Command::new(env!("CARGO_BIN_EXE_qrt")).args(args).output().expect("qrt runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_qrt"))
+        .args(args)
+        .output()
+        .expect("qrt runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "qrt {args:?} panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "qrt {args:?} panicked:\n{stderr}"
+    );
     Outcome {
         ok: out.status.success(),
         stderr,
@@ -23,7 +29,11 @@ fn expect_error(args: &[&str], needles: &[&str]) {
     let o = qrt(args);
     assert!(!o.ok, "qrt {args:?} should fail");
     for n in needles {
-        assert!(o.stderr.contains(n), "qrt {args:?}: message lacks {n:?}:\n{}", o.stderr);
+        assert!(
+            o.stderr.contains(n),
+            "qrt {args:?}: message lacks {n:?}:\n{}",
+            o.stderr
+        );
     }
 }
 
@@ -35,12 +45,23 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("format/tests/fixtures/gguf").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("format/tests/fixtures/gguf")
+        .join(rel)
 }
 
 fn tiny_model(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.qrt");
-    let o = qrt(&["init", "--config", "tiny", "--random", "--seed", "3", "--out", path.to_str().unwrap()]);
+    let o = qrt(&[
+        "init",
+        "--config",
+        "tiny",
+        "--random",
+        "--seed",
+        "3",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
     assert!(o.ok, "{}", o.stderr);
     path
 }
@@ -58,11 +79,28 @@ fn generation_requests_that_cannot_be_served() {
     let dir = scratch("gen");
     let model = tiny_model(&dir);
     let m = model.to_str().unwrap();
-    expect_error(&["generate", "--model", m, "--prompt", ""], &["prompt is empty"]);
+    expect_error(
+        &["generate", "--model", m, "--prompt", ""],
+        &["prompt is empty"],
+    );
     let long = "a".repeat(300);
-    expect_error(&["generate", "--model", m, "--prompt", &long], &["exceeds the model's context of 256"]);
-    expect_error(&["generate", "--model", "/nonexistent/m.qrt", "--prompt", "x"], &["/nonexistent/m.qrt"]);
-    let ok = qrt(&["generate", "--model", m, "--prompt", "hi", "--max-tokens", "3"]);
+    expect_error(
+        &["generate", "--model", m, "--prompt", &long],
+        &["exceeds the model's context of 256"],
+    );
+    expect_error(
+        &["generate", "--model", "/nonexistent/m.qrt", "--prompt", "x"],
+        &["/nonexistent/m.qrt"],
+    );
+    let ok = qrt(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "3",
+    ]);
     assert!(ok.ok, "{}", ok.stderr);
 }
 
@@ -87,7 +125,11 @@ fn corrupt_and_truncated_model_files() {
     flipped[last] ^= 0x55;
     std::fs::write(&bad, &flipped).unwrap();
     let plain = qrt(&["inspect", b]);
-    assert!(plain.ok, "a flipped data byte is only found by --verify: {}", plain.stderr);
+    assert!(
+        plain.ok,
+        "a flipped data byte is only found by --verify: {}",
+        plain.stderr
+    );
     expect_error(&["inspect", b, "--verify"], &[b, "checksum"]);
 }
 
@@ -97,8 +139,15 @@ fn bad_source_checkpoints_leave_no_output() {
     let out = dir.join("out.qrt");
     let o = out.to_str().unwrap();
     let convert_fails = |src: &Path, needles: &[&str]| {
-        expect_error(&["convert", "--in", src.to_str().unwrap(), "--out", o], needles);
-        assert!(!out.exists(), "no output after a failed conversion from {}", src.display());
+        expect_error(
+            &["convert", "--in", src.to_str().unwrap(), "--out", o],
+            needles,
+        );
+        assert!(
+            !out.exists(),
+            "no output after a failed conversion from {}",
+            src.display()
+        );
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
@@ -117,9 +166,14 @@ fn bad_source_checkpoints_leave_no_output() {
     let unknown_arch = dir.join("neox");
     copy_dir(&fixture("tiny_qwen2_hf"), &unknown_arch);
     let config = std::fs::read_to_string(unknown_arch.join("config.json")).unwrap();
-    let config = config.replace("\"qwen2\"", "\"gpt_neox\"").replace("Qwen2ForCausalLM", "GPTNeoXForCausalLM");
+    let config = config
+        .replace("\"qwen2\"", "\"gpt_neox\"")
+        .replace("Qwen2ForCausalLM", "GPTNeoXForCausalLM");
     std::fs::write(unknown_arch.join("config.json"), config).unwrap();
-    convert_fails(&unknown_arch, &["GPTNeoXForCausalLM", "unsupported architecture"]);
+    convert_fails(
+        &unknown_arch,
+        &["GPTNeoXForCausalLM", "unsupported architecture"],
+    );
 
     let no_tokenizer = dir.join("no_tokenizer");
     copy_dir(&fixture("tiny_qwen2_hf"), &no_tokenizer);
@@ -147,5 +201,9 @@ fn no_gpu_is_a_clear_message() {
         eprintln!("a GPU is present; the no-GPU message is not tested here");
         return;
     }
-    assert!(o.stderr.contains("CUDA") || o.stderr.contains("cuda"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("CUDA") || o.stderr.contains("cuda"),
+        "{}",
+        o.stderr
+    );
 }

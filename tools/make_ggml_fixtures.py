@@ -268,7 +268,9 @@ def gguf_name(hf: str) -> str:
 
 
 def tokenizer_bits(vocab):
-    tokens = ["<unk>", "<s>", "</s>", "<|im_end|>"] + [f"t{i}" for i in range(4, vocab)]
+    # A valid byte-level-free BPE: every merge's parts and result are in the vocabulary.
+    base = ["<unk>", "<s>", "</s>", "<|im_end|>", "t", "0", "1", "2", "t1", "t2", "t10"]
+    tokens = base + [f"w{i}" for i in range(len(base), vocab)]
     types = [2, 3, 3, 3] + [1] * (vocab - 4)
     merges = ["t 1", "t 2", "t1 0"]
     return tokens, types, merges

@@ -101,7 +101,10 @@ pub fn preset(name: &str) -> Result<ModelConfig, RuntimeError> {
 
 /// GPT-2's reversible map from bytes to printable characters.
 fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut chars: Vec<u32> = printable.clone();
     let mut extra = 0;
     for b in 0..256u32 {
@@ -128,8 +131,10 @@ pub fn byte_tokenizer_json(vocab_size: usize) -> String {
     let mut added = Vec::new();
     for (i, s) in SPECIALS.iter().enumerate() {
         vocab.insert(s.to_string(), json!(256 + i));
-        added.push(json!({"id": 256 + i, "content": s, "single_word": false, "lstrip": false,
-                          "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": 256 + i, "content": s, "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}),
+        );
     }
     for id in 256 + SPECIALS.len()..vocab_size {
         vocab.insert(format!("<x{id}>"), json!(id));
@@ -155,10 +160,13 @@ fn random_values(name: &str, numel: usize, seed: u64) -> Vec<f32> {
     }
     const CHUNK: usize = 1 << 16;
     let mut values = vec![0f32; numel];
-    values.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        chunk.iter_mut().for_each(|v| *v = 0.02 * rng.next_normal());
-    });
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            chunk.iter_mut().for_each(|v| *v = 0.02 * rng.next_normal());
+        });
     values
 }
 
@@ -192,10 +200,21 @@ pub fn write_random_model(
     meta.insert("provenance.random_seed", seed);
     meta.insert("provenance.qrt_version", qrt_version);
     meta.insert("quantization.method", "none");
-    meta.insert("quantization.weight_dtype", qrt_format::container::StorageType::dense(dtype).name.as_str());
+    meta.insert(
+        "quantization.weight_dtype",
+        qrt_format::container::StorageType::dense(dtype)
+            .name
+            .as_str(),
+    );
     meta.insert("quantization.vector_dtype", "f32");
     let tensors = required_tensors(&config);
-    let elem_of = |shape: &[u64]| if shape.len() >= 2 { dtype } else { ElemType::F32 };
+    let elem_of = |shape: &[u64]| {
+        if shape.len() >= 2 {
+            dtype
+        } else {
+            ElemType::F32
+        }
+    };
     let plans = tensors
         .iter()
         .map(|(name, shape)| TensorPlan::dense(name.clone(), shape.clone(), elem_of(shape)))
@@ -233,7 +252,10 @@ mod tests {
             preset(name).unwrap().validate().unwrap();
         }
         let c = preset("llama-3.2-1b").unwrap();
-        assert_eq!((c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads), (2048, 16, 32, 8));
+        assert_eq!(
+            (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads),
+            (2048, 16, 32, 8)
+        );
         assert_eq!((c.intermediate_size, c.vocab_size), (8192, 128256));
         assert!(preset("gpt-5").is_err());
     }

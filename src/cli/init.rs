@@ -33,13 +33,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = preset(&args.config)?;
     let dtype = super::parse_dtype(&args.dtype);
     let bar = super::progress_bar(0, "init");
-    write_random_model(&config, dtype, args.seed, &args.out, &super::qrt_version(), &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })
+    write_random_model(
+        &config,
+        dtype,
+        args.seed,
+        &args.out,
+        &super::qrt_version(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
     .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
     let bytes = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-    println!("wrote {}: random {} ({:.1} MB)", args.out.display(), args.config, bytes as f64 / 1e6);
+    println!(
+        "wrote {}: random {} ({:.1} MB)",
+        args.out.display(),
+        args.config,
+        bytes as f64 / 1e6
+    );
     Ok(())
 }

@@ -35,8 +35,7 @@ fn show(v: &MetaValue) -> String {
 
 /// Prints metadata, tensors and sizes; with `--verify`, checks checksums.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let file =
-        QrtFile::open(&args.model)?;
+    let file = QrtFile::open(&args.model)?;
     let (major, minor) = file.version();
     println!(
         "{}: qrt format {major}.{minor}, {} bytes",

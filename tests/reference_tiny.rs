@@ -1,0 +1,70 @@
+//! The model graph against Hugging Face transformers on tiny checkpoints: grouped-query
+//! attention with an untied head (Llama), Llama-3 rope scaling over 200 positions, and q/k/v
+//! biases with a tied head (Qwen2). Reference: `tests/fixtures/reference_tiny.json`, made by
+//! `tools/reference_tiny.py` (float32, CPU) from the checkpoints in
+//! `format/tests/fixtures/gguf/*_hf`.
+
+use std::path::{Path, PathBuf};
+
+use qrt_eval::logits::{compare_top_k, TopKReference};
+use qrt_format::container::ElemType;
+use qrt_runtime::cpu::CpuBackend;
+use qrt_runtime::engine::Engine;
+use qrt_runtime::import::{import_checkpoint, ImportOptions};
+use qrt_runtime::model::Model;
+use qrt_runtime::model_file::ModelFile;
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies a fixture checkpoint, applies the config edit the reference used, converts it.
+fn convert(name: &str, edit: &Value) -> PathBuf {
+    let base = name.split('+').next().unwrap();
+    let src = root().join("format/tests/fixtures/gguf").join(base);
+    let dir = std::env::temp_dir().join(format!(
+        "qrt-tiny-{}-{}",
+        std::process::id(),
+        name.replace('+', "_")
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    for (k, v) in edit.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let out = dir.join("model.qrt");
+    let options = ImportOptions {
+        dtype: ElemType::F32,
+        qrt_version: "test".into(),
+    };
+    import_checkpoint(&dir, &out, &options, &mut |_, _, _| {}).unwrap();
+    out
+}
+
+#[test]
+fn tiny_models_match_transformers() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/reference_tiny.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    for (name, case) in fixture["models"].as_object().unwrap() {
+        let path = convert(name, &case["config_edit"]);
+        let mf = ModelFile::open(&path).unwrap();
+        let backend = CpuBackend::new();
+        let model = Model::load(&backend, &mf.file, mf.config.clone()).unwrap();
+        let mut engine = Engine::new(backend, model, 256, 16).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let reference: TopKReference = serde_json::from_value(case.clone()).unwrap();
+        let logits = engine.score(&ids).unwrap();
+        let a = compare_top_k(&logits, mf.config.vocab_size, &reference).unwrap();
+        eprintln!("{name}: {a:?}");
+        assert_eq!(a.top1_matches, a.positions, "{name}: {a:?}");
+        assert!(a.max_abs_diff < 1e-4, "{name}: {a:?}");
+    }
+}
