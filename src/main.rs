@@ -36,6 +36,9 @@ enum Command {
     Convert(cli::convert::Args),
     /// Write a synthetic model (a public configuration with random weights).
     Init(cli::init::Args),
+    /// Evaluate a model: CoQA, perplexity, KL-divergence.
+    #[command(subcommand)]
+    Eval(cli::eval::EvalCommand),
     /// Show a .qrt file's metadata, tensors, storage types and sizes.
     Inspect(cli::inspect::Args),
     /// Generate text from a prompt.
@@ -57,6 +60,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Convert(a) => cli::convert::run(a),
+        Command::Eval(c) => cli::eval::run(c),
         Command::Init(a) => cli::init::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Generate(a) => cli::generate::run(a),

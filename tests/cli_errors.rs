@@ -83,10 +83,10 @@ fn generation_requests_that_cannot_be_served() {
         &["generate", "--model", m, "--prompt", ""],
         &["prompt is empty"],
     );
-    let long = "a".repeat(300);
+    let long = "a".repeat(1100);
     expect_error(
         &["generate", "--model", m, "--prompt", &long],
-        &["exceeds the model's context of 256"],
+        &["exceeds the model's context of 1024"],
     );
     expect_error(
         &["generate", "--model", "/nonexistent/m.qrt", "--prompt", "x"],
@@ -205,5 +205,165 @@ fn no_gpu_is_a_clear_message() {
         o.stderr.contains("CUDA") || o.stderr.contains("cuda"),
         "{}",
         o.stderr
+    );
+}
+
+fn story(id: &str, turns: usize) -> String {
+    let questions: Vec<String> = (0..turns).map(|i| format!("\"what is {i}?\"")).collect();
+    let answers: Vec<String> = (0..turns).map(|i| format!("\"it is {i}\"")).collect();
+    format!(
+        "{{\"id\": \"{id}\", \"source\": \"mctest\", \"story\": \"A short story about numbers.\", \"questions\": [{}], \"answers\": {{\"input_text\": [{}]}}}}",
+        questions.join(", "),
+        answers.join(", ")
+    )
+}
+
+#[test]
+fn eval_runs_end_to_end_and_refuses_bad_data() {
+    let dir = scratch("eval");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    let data = dir.join("coqa.jsonl");
+    std::fs::write(
+        &data,
+        format!("{}\n{}\n{}\n", story("a", 2), story("b", 3), story("c", 1)),
+    )
+    .unwrap();
+    let d = data.to_str().unwrap();
+    let out = dir.join("run.json");
+    let o = out.to_str().unwrap();
+    let ok = qrt(&[
+        "eval", "coqa", "--model", m, "--data", d, "--limit", "3", "--out", o,
+    ]);
+    assert!(ok.ok, "{}", ok.stderr);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(results["summary"]["n"], 3);
+    assert_eq!(results["per_doc"].as_array().unwrap().len(), 3);
+    let f1 = results["summary"]["f1"]["mean"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&f1));
+    let predictions = std::fs::read_to_string(dir.join("run.predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 3);
+    let same = Command::new(env!("CARGO_BIN_EXE_qrt"))
+        .args(["eval", "compare", o, o])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert!(
+        same.status.success() && text.contains("+0.00") && text.contains("within noise"),
+        "{text}"
+    );
+
+    expect_error(
+        &[
+            "eval", "coqa", "--model", m, "--data", d, "--limit", "4", "--out", o,
+        ],
+        &["--limit 4", "coqa.jsonl"],
+    );
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    expect_error(
+        &[
+            "eval",
+            "coqa",
+            "--model",
+            m,
+            "--data",
+            empty.to_str().unwrap(),
+        ],
+        &["empty.jsonl"],
+    );
+    let no_questions = dir.join("noq.jsonl");
+    std::fs::write(&no_questions, story("z", 0) + "\n").unwrap();
+    expect_error(
+        &[
+            "eval",
+            "coqa",
+            "--model",
+            m,
+            "--data",
+            no_questions.to_str().unwrap(),
+        ],
+        &["noq.jsonl", "no questions"],
+    );
+    let wrong_schema = dir.join("wrong.jsonl");
+    std::fs::write(&wrong_schema, "{\"text\": \"hello\"}\n").unwrap();
+    expect_error(
+        &[
+            "eval",
+            "coqa",
+            "--model",
+            m,
+            "--data",
+            wrong_schema.to_str().unwrap(),
+        ],
+        &["wrong.jsonl"],
+    );
+    expect_error(&["eval", "compare", d, o], &["coqa.jsonl"]);
+
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40),
+    )
+    .unwrap();
+    let t = text.to_str().unwrap();
+    let logits = dir.join("base.logits");
+    let ppl_out = dir.join("ppl.json");
+    let p = ppl_out.to_str().unwrap();
+    let args = [
+        "eval", "ppl", "--model", m, "--data", t, "--ctx", "128", "--out", p,
+    ];
+    let save = [&args[..], &["--save-logits", logits.to_str().unwrap()]].concat();
+    assert!(qrt(&save).ok);
+    for base in [m, logits.to_str().unwrap()] {
+        let with_base = [&args[..], &["--kl-base", base]].concat();
+        let run = qrt(&with_base);
+        assert!(run.ok, "{}", run.stderr);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&ppl_out).unwrap()).unwrap();
+        let kl = r["summary"]["kl"]["mean"].as_f64().unwrap();
+        assert!(
+            kl.abs() < 1e-6,
+            "KL of a model against itself ({base}): {kl}"
+        );
+        assert_eq!(r["summary"]["kl"]["top1_agreement"], 1.0);
+    }
+    expect_error(
+        &["eval", "ppl", "--model", m, "--data", t, "--ctx", "4096"],
+        &["exceeds the model's context"],
+    );
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "tiny").unwrap();
+    expect_error(
+        &[
+            "eval",
+            "ppl",
+            "--model",
+            m,
+            "--data",
+            short.to_str().unwrap(),
+            "--ctx",
+            "128",
+        ],
+        &["short.txt", "no window"],
+    );
+    let l = logits.to_str().unwrap();
+    expect_error(
+        &[
+            "eval",
+            "ppl",
+            "--model",
+            m,
+            "--data",
+            t,
+            "--ctx",
+            "64",
+            "--out",
+            p,
+            "--kl-base",
+            l,
+        ],
+        &["base.logits", "other windows"],
     );
 }

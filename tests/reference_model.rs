@@ -5,66 +5,19 @@
 //! `tools/reference_logits.py` (transformers, float32, CPU). The model comes from
 //! `tools/setup.sh`; without it these tests print a message and pass without checking.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
+mod common;
+
+use common::{converted, fixture};
 use qrt_eval::logits::{compare_top_k, LogitAgreement, TopKReference};
 use qrt_format::container::ElemType;
 use qrt_runtime::cpu::CpuBackend;
 use qrt_runtime::engine::{Engine, SeqRequest};
-use qrt_runtime::import::{import_checkpoint, ImportOptions};
 use qrt_runtime::model::Model;
 use qrt_runtime::model_file::ModelFile;
 use qrt_runtime::sampling::SamplingParams;
 use qrt_runtime::textgen::generate;
-use serde_json::Value;
-
-fn default_gguf() -> Option<PathBuf> {
-    let home = std::env::var_os("QRT_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/qrt")
-        });
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; run tools/setup.sh to install the default model",
-            path.display()
-        );
-        None
-    }
-}
-
-fn fixture() -> Value {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference_smollm2.json"),
-    )
-    .expect("the reference fixture is committed");
-    serde_json::from_str(&text).expect("fixture is JSON")
-}
-
-/// Converts the default model once per dtype for the whole test binary.
-fn converted(dtype: ElemType) -> Option<PathBuf> {
-    static F16: OnceLock<Option<PathBuf>> = OnceLock::new();
-    static F32: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let cell = if dtype == ElemType::F16 { &F16 } else { &F32 };
-    cell.get_or_init(|| {
-        let gguf = default_gguf()?;
-        let out = std::env::temp_dir().join(format!(
-            "qrt-test-smollm2-{}-{dtype:?}.qrt",
-            std::process::id()
-        ));
-        let options = ImportOptions {
-            dtype,
-            qrt_version: "test".into(),
-        };
-        import_checkpoint(&gguf, &out, &options, &mut |_, _, _| {}).expect("conversion succeeds");
-        Some(out)
-    })
-    .clone()
-}
 
 fn load(path: &Path) -> (ModelFile, Engine<CpuBackend>) {
     let mf = ModelFile::open(path).expect("converted model opens");
@@ -147,15 +100,8 @@ fn greedy_generation_says_paris() {
             sampling: SamplingParams::GREEDY,
             seed: 0,
         };
-        let (done, _) = generate(
-            &mut engine,
-            &mf.tokenizer,
-            vec![request],
-            &[],
-            &[],
-            |_, _| {},
-        )
-        .unwrap();
+        let (done, _) =
+            generate(&mut engine, &mf.tokenizer, vec![request], &[], &[], |_| {}).unwrap();
         assert!(
             done[0].text.contains("Paris"),
             "{dtype:?}: {:?}",
@@ -185,7 +131,7 @@ fn batched_prompts_of_different_lengths_match_single_runs() {
     };
     let (mf, mut engine) = load(&path);
     let batch: Vec<SeqRequest> = prompts.iter().map(|p| request(&mf, p)).collect();
-    let (together, _) = generate(&mut engine, &mf.tokenizer, batch, &[], &[], |_, _| {}).unwrap();
+    let (together, _) = generate(&mut engine, &mf.tokenizer, batch, &[], &[], |_| {}).unwrap();
     for (i, p) in prompts.iter().enumerate() {
         let (alone, _) = generate(
             &mut engine,
@@ -193,7 +139,7 @@ fn batched_prompts_of_different_lengths_match_single_runs() {
             vec![request(&mf, p)],
             &[],
             &[],
-            |_, _| {},
+            |_| {},
         )
         .unwrap();
         assert_eq!(together[i].tokens, alone[0].tokens, "prompt {p:?}");

@@ -74,6 +74,7 @@ pub struct Engine<B: Backend> {
     running: Vec<Sequence>,
     next_id: SeqId,
     max_batch_tokens: usize,
+    max_running: usize,
 }
 
 impl<B: Backend> Engine<B> {
@@ -103,7 +104,13 @@ impl<B: Backend> Engine<B> {
             running: Vec::new(),
             next_id: 0,
             max_batch_tokens: 2048,
+            max_running: usize::MAX,
         })
+    }
+
+    /// Caps how many sequences run together (the rest wait); at least 1.
+    pub fn set_max_running(&mut self, n: usize) {
+        self.max_running = n.max(1);
     }
 
     /// The model.
@@ -177,6 +184,9 @@ impl<B: Backend> Engine<B> {
     fn admit(&mut self) {
         let mut budget = self.max_batch_tokens.saturating_sub(self.running.len());
         while let Some(next) = self.waiting.front() {
+            if self.running.len() >= self.max_running {
+                break;
+            }
             let need = self
                 .geometry
                 .blocks_for(next.request.prompt.len() + next.request.max_new_tokens);
@@ -270,6 +280,19 @@ impl<B: Backend> Engine<B> {
     /// Scores `tokens` as one sequence and returns the logits of every position
     /// (`tokens.len() x vocab`); the sequence's cache is freed afterwards.
     pub fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        let rows: Vec<u32> = (0..tokens.len() as u32).collect();
+        self.score_rows(tokens, &rows)
+    }
+
+    /// Like [`Engine::score`], but returns only the logits of the positions in `rows`.
+    pub fn score_rows(&mut self, tokens: &[u32], rows: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        if tokens.is_empty() || tokens.len() > self.model.config().max_position_embeddings {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "cannot score {} tokens with a model of context {}",
+                tokens.len(),
+                self.model.config().max_position_embeddings
+            )));
+        }
         let mut blocks = SequenceBlocks::new();
         blocks.reserve(tokens.len(), &self.geometry, &mut self.allocator)?;
         let layout = BatchLayout {
@@ -283,10 +306,9 @@ impl<B: Backend> Engine<B> {
             slots: blocks.append_slots(tokens.len(), &self.geometry),
             block_size: self.geometry.block_size,
         };
-        let rows: Vec<u32> = (0..tokens.len() as u32).collect();
         let result = self
             .model
-            .forward(&self.backend, &mut self.kv, tokens, &layout, &rows);
+            .forward(&self.backend, &mut self.kv, tokens, &layout, rows);
         blocks.release(&mut self.allocator);
         result
     }

@@ -39,7 +39,7 @@ pub fn preset(name: &str) -> Result<ModelConfig, RuntimeError> {
         num_kv_heads: 2,
         head_dim: 16,
         vocab_size: 320,
-        max_position_embeddings: 256,
+        max_position_embeddings: 1024,
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         rope_scaling: RopeScaling::None,

@@ -121,14 +121,24 @@ pub struct GenerationTiming {
     pub decode: Duration,
 }
 
-/// Generates for every request at once; `on_text(index, text)` receives text as it becomes final.
+/// What [`generate`] reports while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationEvent<'a> {
+    /// Text of request `index` that became final (safe to print).
+    Text(usize, &'a str),
+    /// Request `index` ended.
+    Done(usize),
+}
+
+/// Generates for every request at once, reporting text as it becomes final and each request's
+/// end through `on_event`.
 pub fn generate<B: Backend>(
     engine: &mut Engine<B>,
     tokenizer: &Tokenizer,
     requests: Vec<SeqRequest>,
     eos: &[u32],
     stop: &[String],
-    mut on_text: impl FnMut(usize, &str),
+    mut on_event: impl FnMut(GenerationEvent<'_>),
 ) -> Result<(Vec<Completion>, GenerationTiming), RuntimeError> {
     let mut ids = Vec::with_capacity(requests.len());
     let mut prompt_lens = Vec::with_capacity(requests.len());
@@ -162,7 +172,7 @@ pub fn generate<B: Backend>(
                 finish[i] = Some(FinishReason::Eos);
             } else {
                 let (text, stopped) = streams[i].push(t.token, tokenizer, stop)?;
-                on_text(i, &text);
+                on_event(GenerationEvent::Text(i, &text));
                 if stopped {
                     finish[i] = Some(FinishReason::Stop);
                 }
@@ -173,7 +183,8 @@ pub fn generate<B: Backend>(
                 finish[i] = Some(FinishReason::Length);
             }
             if finish[i].is_some() {
-                on_text(i, &streams[i].flush());
+                on_event(GenerationEvent::Text(i, &streams[i].flush()));
+                on_event(GenerationEvent::Done(i));
             }
         }
     }

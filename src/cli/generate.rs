@@ -6,12 +6,10 @@ use std::path::PathBuf;
 use anyhow::bail;
 use qrt_bench::Throughput;
 use qrt_runtime::backend::Backend;
-use qrt_runtime::cpu::CpuBackend;
-use qrt_runtime::engine::{Engine, SeqRequest};
-use qrt_runtime::model::Model;
+use qrt_runtime::engine::SeqRequest;
 use qrt_runtime::model_file::ModelFile;
 use qrt_runtime::sampling::SamplingParams;
-use qrt_runtime::textgen::generate;
+use qrt_runtime::textgen::{generate, GenerationEvent};
 use qrt_runtime::tokenizer::{render_chat, ChatMessage, CHATML_TEMPLATE};
 
 /// Arguments of `qrt generate`.
@@ -47,9 +45,6 @@ pub struct Args {
     /// Stop when the output contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// Tokens per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
 }
 
 /// Generates, streaming the text of a single prompt, then prints throughput.
@@ -102,9 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|r| r.prompt.len() + r.max_new_tokens)
         .sum();
-    let backend = CpuBackend::new();
-    let model = Model::load(&backend, &mf.file, mf.config.clone())?;
-    let mut engine = Engine::new(backend, model, kv_tokens, args.block_size)?;
+    let mut engine = super::engine_for(&mf, kv_tokens)?;
     let single = requests.len() == 1;
     if single {
         print!("{}", args.prompt[0]);
@@ -116,8 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         requests,
         &mf.config.eos_token_ids,
         &args.stop,
-        |_, text| {
-            if single {
+        |event| {
+            if let (true, GenerationEvent::Text(_, text)) = (single, event) {
                 print!("{text}");
                 let _ = stdout.flush();
             }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod convert;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod inspect;
@@ -36,4 +37,24 @@ pub fn parse_dtype(name: &str) -> qrt_format::container::ElemType {
         "f32" => ElemType::F32,
         _ => ElemType::F16,
     }
+}
+
+/// `$QRT_HOME`, default `~/.cache/qrt`.
+pub fn qrt_home() -> std::path::PathBuf {
+    std::env::var_os("QRT_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/qrt")
+        })
+}
+
+/// A CPU engine for `mf` with a KV cache of `kv_tokens` token slots (blocks of 16).
+pub fn engine_for(
+    mf: &qrt_runtime::model_file::ModelFile,
+    kv_tokens: usize,
+) -> Result<qrt_runtime::engine::Engine<qrt_runtime::cpu::CpuBackend>, qrt_runtime::RuntimeError> {
+    let backend = qrt_runtime::cpu::CpuBackend::new();
+    let model = qrt_runtime::model::Model::load(&backend, &mf.file, mf.config.clone())?;
+    qrt_runtime::engine::Engine::new(backend, model, kv_tokens, 16)
 }
