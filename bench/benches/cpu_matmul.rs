@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use qrt_runtime::cpu::linear::{matmul_nt, DenseRows};
+use qrt_runtime::cpu::linear::{matmul_nt, DenseRows, Weights};
 use qrt_runtime::sampling::Rng;
 
 fn bench(c: &mut Criterion) {
@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
             let mut out = vec![0f32; m * n];
             group.throughput(Throughput::Elements((2 * m * n * k) as u64));
             group.bench_with_input(BenchmarkId::new(format!("{k}x{n}"), m), &m, |b, &m| {
-                b.iter(|| matmul_nt(&x, m, k, DenseRows::F16(&w), n, &mut out))
+                b.iter(|| matmul_nt(&x, m, k, Weights::Dense(DenseRows::F16(&w)), n, &mut out))
             });
         }
     }

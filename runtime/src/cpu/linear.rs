@@ -36,6 +36,34 @@ impl DenseRows<'_> {
     }
 }
 
+/// A weight matrix whose rows are decoded on demand (quantized storage).
+pub trait DecodeRows: Sync {
+    /// Writes rows `start..start + count` (each `k` values) into `dst`.
+    fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]);
+}
+
+/// Any weight matrix `[n, k]` the CPU multiplies by.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// Stored as floats.
+    Dense(DenseRows<'a>),
+    /// Decoded tile by tile.
+    Decoded(&'a dyn DecodeRows),
+}
+
+impl Weights<'_> {
+    /// Rows `[start, start + count)` as f32 in `dst`.
+    pub fn rows_to_f32(&self, k: usize, start: usize, count: usize, dst: &mut [f32]) {
+        match self {
+            Weights::Dense(d) => d.rows_to_f32(k, start, count, dst),
+            Weights::Decoded(q) => q.decode_rows(start, count, dst),
+        }
+    }
+}
+
+/// Weight rows decoded at a time by the streaming path for decoded weights.
+const DECODE_TILE: usize = 16;
+
 /// Rows of the batch up to which the streaming (GEMV) path is used.
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Fewest weight rows per parallel task.
@@ -59,23 +87,51 @@ impl SharedOut {
 }
 
 /// `out[m, n] = sum_k x[m, k] * w[n, k]`, with `x` `[m, k]` and `out` `[m, n]` row-major.
-pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: DenseRows<'_>, n: usize, out: &mut [f32]) {
+pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Weights<'_>, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), m * k, "matmul: input has the wrong size");
     assert_eq!(out.len(), m * n, "matmul: output has the wrong size");
-    if m <= GEMV_MAX_ROWS {
-        gemv(x, m, k, w, n, out)
-    } else {
-        gemm_tiled(x, m, k, w, n, out)
+    match w {
+        Weights::Dense(d) if m <= GEMV_MAX_ROWS => gemv(x, m, k, d, n, out),
+        Weights::Decoded(q) if m <= GEMV_MAX_ROWS => gemv_decoded(x, m, k, q, n, out),
+        _ => gemm_tiled(x, m, k, w, n, out),
     }
+}
+
+/// Rows per task for `n` weight rows: a few tasks per thread, enough to balance, few enough
+/// to keep scheduling cheap.
+fn rows_per_task(n: usize) -> usize {
+    n.div_ceil(4 * rayon::current_num_threads())
+        .next_multiple_of(DECODE_TILE)
+        .max(MIN_ROWS_PER_TASK)
+}
+
+fn gemv_decoded(x: &[f32], m: usize, k: usize, w: &dyn DecodeRows, n: usize, out: &mut [f32]) {
+    let shared = SharedOut(out.as_mut_ptr());
+    let per_task = rows_per_task(n);
+    (0..n.div_ceil(per_task)).into_par_iter().for_each_init(
+        || vec![0f32; DECODE_TILE * k],
+        |tile, task| {
+            let n1 = ((task + 1) * per_task).min(n);
+            let mut sums = [0f32; GEMV_MAX_ROWS];
+            for t0 in (task * per_task..n1).step_by(DECODE_TILE) {
+                let count = DECODE_TILE.min(n1 - t0);
+                w.decode_rows(t0, count, &mut tile[..count * k]);
+                for i in 0..count {
+                    let rows = DenseRows::F32(&tile[..count * k]);
+                    dot_rows(x, m, k, rows, i, &mut sums[..m]);
+                    for (r, s) in sums[..m].iter().enumerate() {
+                        // SAFETY: element (r, t0 + i) is written only by the task owning row t0 + i.
+                        unsafe { *shared.at(r * n + t0 + i) = *s };
+                    }
+                }
+            }
+        },
+    );
 }
 
 fn gemv(x: &[f32], m: usize, k: usize, w: DenseRows<'_>, n: usize, out: &mut [f32]) {
     let shared = SharedOut(out.as_mut_ptr());
-    // A few tasks per thread: enough to balance, few enough to keep scheduling cheap.
-    let per_task = n
-        .div_ceil(4 * rayon::current_num_threads())
-        .next_multiple_of(4)
-        .max(MIN_ROWS_PER_TASK);
+    let per_task = rows_per_task(n);
     let tasks = n.div_ceil(per_task);
     (0..tasks).into_par_iter().for_each(|task| {
         let n0 = task * per_task;
@@ -145,7 +201,7 @@ fn dot_four_rows(x: &[f32], k: usize, w: DenseRows<'_>, row: usize, sums: &mut [
     false
 }
 
-fn gemm_tiled(x: &[f32], m: usize, k: usize, w: DenseRows<'_>, n: usize, out: &mut [f32]) {
+fn gemm_tiled(x: &[f32], m: usize, k: usize, w: Weights<'_>, n: usize, out: &mut [f32]) {
     let shared = SharedOut(out.as_mut_ptr());
     let tile = tile_rows(k);
     let tasks = n.div_ceil(tile);
@@ -368,7 +424,7 @@ mod tests {
         for (label, view, exact) in cases {
             let want = reference(&x, m, k, &exact, n);
             let mut out = vec![f32::NAN; m * n];
-            matmul_nt(&x, m, k, view, n, &mut out);
+            matmul_nt(&x, m, k, Weights::Dense(view), n, &mut out);
             let err: f64 = out
                 .iter()
                 .zip(&want)

@@ -4,6 +4,7 @@
 //! pool is f32. Products use the kernels in `linear`, attention the paged kernel in `attention`.
 
 pub mod attention;
+pub mod int8;
 pub mod linear;
 
 use std::sync::Arc;
@@ -99,6 +100,39 @@ fn check_shape(what: &str, act: &CpuAct, rows: usize, cols: usize) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// Rotary embedding (rotate-half layout) of rows `[positions.len(), heads * head_dim]`, in place.
+pub fn rope_rows(x: &mut [f32], positions: &[u32], heads: usize, head_dim: usize, inv_freq: &[f32]) {
+    let half_dim = head_dim / 2;
+    x.par_chunks_mut(heads * head_dim).zip(positions).for_each(|(row, &pos)| {
+        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+            .iter()
+            .map(|f| {
+                let angle = pos as f32 * f;
+                (angle.cos(), angle.sin())
+            })
+            .unzip();
+        for head in row.chunks_mut(head_dim) {
+            let (a, b) = head.split_at_mut(half_dim);
+            for i in 0..half_dim {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    });
+}
+
+/// `silu(gate) * up`, element-wise.
+pub fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(4096)
+        .zip(gate.par_chunks(4096).zip(up.par_chunks(4096)))
+        .for_each(|(o, (g, u))| {
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
 }
 
 /// The reference RMSNorm of one row: `out = x / sqrt(mean(x^2) + eps) * w`, the mean in f64.
@@ -287,27 +321,7 @@ impl Backend for CpuBackend {
         inv_freq: &[f32],
     ) -> Result<(), RuntimeError> {
         check_shape("rope", x, positions.len(), heads * head_dim)?;
-        let half_dim = head_dim / 2;
-        x.data
-            .par_chunks_mut(heads * head_dim)
-            .zip(positions)
-            .for_each(|(row, &pos)| {
-                let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-                    .iter()
-                    .map(|f| {
-                        let angle = pos as f32 * f;
-                        (angle.cos(), angle.sin())
-                    })
-                    .unzip();
-                for head in row.chunks_mut(head_dim) {
-                    let (a, b) = head.split_at_mut(half_dim);
-                    for i in 0..half_dim {
-                        let (x1, x2) = (a[i], b[i]);
-                        a[i] = x1 * cos[i] - x2 * sin[i];
-                        b[i] = x2 * cos[i] + x1 * sin[i];
-                    }
-                }
-            });
+        rope_rows(&mut x.data, positions, heads, head_dim, inv_freq);
         Ok(())
     }
 
@@ -362,14 +376,7 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate: &CpuAct, up: &CpuAct, out: &mut CpuAct) -> Result<(), RuntimeError> {
         check_shape("silu_mul up", up, gate.rows, gate.cols)?;
         check_shape("silu_mul output", out, gate.rows, gate.cols)?;
-        out.data
-            .par_chunks_mut(4096)
-            .zip(gate.data.par_chunks(4096).zip(up.data.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            });
+        silu_mul_into(&gate.data, &up.data, &mut out.data);
         Ok(())
     }
 
