@@ -43,6 +43,8 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Generate text from a prompt.
     Generate(cli::generate::Args),
+    /// Quantize a model: NF4, FP4, LLM.int8(), GPTQ, AWQ, RTN (see --list-presets).
+    Quantize(cli::quantize::Args),
     /// Check kernels against the CPU reference on random data.
     Selftest(cli::selftest::Args),
 }
@@ -64,6 +66,7 @@ fn main() {
         Command::Init(a) => cli::init::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
         Command::Selftest(a) => cli::selftest::run(a),
     };
     if let Err(e) = result {

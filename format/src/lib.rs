@@ -7,6 +7,9 @@
 //! - [`checkpoint`]: one view over both, with canonical Hugging Face tensor
 //!   names and layouts, and the model [`config`].
 //!
+//! Quantized storage types of the `.qrt` container (bitsandbytes NF4/FP4, LLM.int8(),
+//! GPTQ, AWQ) and their codecs are in [`quant`].
+//!
 //! Errors while reading source checkpoints are [`source_error::SourceError`]s.
 
 pub mod checkpoint;
@@ -16,6 +19,7 @@ pub mod error;
 pub mod ggml_blocks;
 pub mod gguf;
 mod mapped;
+pub mod quant;
 pub mod safetensors_import;
 pub mod source_error;
 

@@ -135,16 +135,16 @@ fn independent_encoder_agrees_with_reader() {
 
 #[test]
 fn newer_minor_version_with_extensions_is_readable() {
-    // Format 1.1 may grow the header, append to entries, sections and the file.
+    // A newer minor format may grow the header, append to entries, sections and the file.
     let mut raw = RawFile::valid();
-    raw.minor = 1;
+    raw.minor = QRT_VERSION_MINOR + 1;
     raw.header_size = 96;
     raw.flags = 0x8000_0000;
     raw.metadata_extra = vec![0xAB; 5];
     raw.tensors[0].extra = vec![1, 2, 3];
     raw.trailing = vec![9; 100];
-    let f = QrtFile::from_bytes(raw.build(), "v1.1.qrt").expect("newer minor must open");
-    assert_eq!(f.version(), (1, 1));
+    let f = QrtFile::from_bytes(raw.build(), "v1.next.qrt").expect("newer minor must open");
+    assert_eq!(f.version(), (1, QRT_VERSION_MINOR + 1));
     assert_eq!(f.tensors().len(), 2);
     assert_eq!(f.metadata().get_u64("n").unwrap(), 7);
     f.verify().unwrap();

@@ -12,6 +12,8 @@ pub mod import;
 pub mod kv_cache;
 pub mod model;
 pub mod model_file;
+pub mod quant;
+pub mod quantize;
 pub mod rope;
 pub mod sampling;
 pub mod synthetic;

@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod inspect;
+pub mod quantize;
 pub mod selftest;
 
 /// The version recorded in files this binary writes.

@@ -31,8 +31,10 @@ pub use writer::QrtWriter;
 pub const QRT_MAGIC: [u8; 4] = *b"QRT\x00";
 /// The major format version this build writes and reads. Files with a larger major version are refused.
 pub const QRT_VERSION_MAJOR: u16 = 1;
-/// The minor format version this build writes. Files with any minor version of the same major are readable.
-pub const QRT_VERSION_MINOR: u16 = 0;
+/// The minor format version this build writes (1.1 added the quantized storage types).
+/// Files with any minor version of the same major are readable; those up to this one
+/// are read strictly (SPEC.md §8).
+pub const QRT_VERSION_MINOR: u16 = 1;
 /// Alignment, in bytes, of the data section and of every tensor part within the file.
 pub const QRT_ALIGNMENT: u64 = 256;
 /// Size in bytes of the fixed header written by this version (files of a newer minor version may declare a larger header).

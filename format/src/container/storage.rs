@@ -4,7 +4,8 @@
 //! part holding the values; a quantized type may have packed weights, scales,
 //! zero points, ...). Its [`StorageType`] names how the parts encode the logical
 //! tensor. To add a storage type, add its name to [`known_storage_types`] and a
-//! case to [`validate_storage`], and document its parts in `format/SPEC.md`.
+//! case to [`validate_storage`] (quantized types: in [`crate::quant`]), and
+//! document its parts in `format/SPEC.md`.
 
 use super::{Metadata, MAX_NDIM};
 
@@ -102,7 +103,7 @@ pub struct StorageType {
 impl StorageType {
     /// The dense storage type holding elements of type `e`, named after it
     /// (`"f32"`, `"f16"`, `"bf16"`; other element types give names that are not
-    /// known storage types in version 1.0 and are refused by the writer).
+    /// known storage types and are refused by the writer).
     pub fn dense(e: ElemType) -> Self {
         StorageType {
             name: e.name().to_string(),
@@ -202,8 +203,19 @@ const DENSE: [(&str, ElemType); 3] = [
 /// Storage types this version of the reader and writer understand.
 ///
 /// Version 1.0: `"f32"`, `"f16"`, `"bf16"` (dense; one part with role `"data"`).
+/// Version 1.1 adds the quantized types of [`crate::quant`]: `"nf4"`, `"fp4"`,
+/// `"int8_rowwise"`, `"gptq"`, `"awq"`.
 pub fn known_storage_types() -> &'static [&'static str] {
-    &["f32", "f16", "bf16"]
+    &[
+        "f32",
+        "f16",
+        "bf16",
+        "nf4",
+        "fp4",
+        "int8_rowwise",
+        "gptq",
+        "awq",
+    ]
 }
 
 /// Checks that `parts` are what storage type `t` requires for a tensor of logical
@@ -215,6 +227,9 @@ pub fn validate_storage(t: &StorageType, shape: &[u64], parts: &[PartInfo]) -> R
     let numel = check_shape(shape)?;
     if let Some(&(_, elem)) = DENSE.iter().find(|(name, _)| *name == t.name) {
         return validate_dense(t, elem, numel, parts);
+    }
+    if let Some(result) = crate::quant::validate(t, shape, parts) {
+        return result;
     }
     Err(format!(
         "unknown storage type '{}' (known: {})",

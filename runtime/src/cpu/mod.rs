@@ -15,7 +15,10 @@ use rayon::prelude::*;
 use crate::backend::{Backend, BatchLayout, HeadGeometry};
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
-use linear::DenseRows;
+use linear::{DecodeRows, DenseRows, Weights};
+use qrt_format::quant::bnb4::Bnb4Params;
+use qrt_format::quant::int8::{Int8Params, Int8View};
+use qrt_format::quant::{quantized_view, FloatDtype, QuantizedMatrix};
 
 /// The CPU backend.
 #[derive(Debug, Default)]
@@ -65,12 +68,120 @@ impl CpuWeight {
         }
     }
 
+    fn dense_elem(&self) -> ElemType {
+        match self.tensor.storage.name.as_str() {
+            "f16" => ElemType::F16,
+            "bf16" => ElemType::BF16,
+            _ => ElemType::F32,
+        }
+    }
+
+    /// The row decoder of a quantized weight.
+    fn quantized(&self) -> Result<Box<dyn QuantizedMatrix + Send + Sync + '_>, RuntimeError> {
+        let t = &self.tensor;
+        quantized_view(&t.storage, &t.shape, &|role| self.file.part_bytes(t, role).ok()).map_err(|e| {
+            RuntimeError::Unsupported(format!("tensor {} ({}): {e}", t.name, t.storage.name))
+        })
+    }
+
+    /// `out = x @ w^T` for this weight, whatever its storage.
+    fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), RuntimeError> {
+        let (n, k) = (self.rows, self.cols);
+        let t = &self.tensor;
+        let unsupported = |e: String| RuntimeError::Unsupported(format!("tensor {}: {e}", t.name));
+        match t.storage.name.as_str() {
+            "f32" | "f16" | "bf16" => linear::matmul_nt(x, m, k, Weights::Dense(self.dense()), n, out),
+            "int8_rowwise" => {
+                let params = Int8Params::from_storage(&t.storage).map_err(unsupported)?;
+                let view = Int8View::from_parts(&params, &t.shape, &|role| self.file.part_bytes(t, role).ok())
+                    .map_err(unsupported)?;
+                if params.threshold > 0.0 {
+                    let rows = int8::Int8Rows {
+                        data: view.data(),
+                        scales: view.scales(),
+                    };
+                    int8::int8_matmul(x, m, k, rows, n, params.threshold, out);
+                } else {
+                    // Weight-only int8: 16-bit activations against the dequantized weights.
+                    rounded_matmul(x, m, &view, Some(FloatDtype::F16), out);
+                }
+            }
+            name => {
+                let view = self.quantized()?;
+                let dtype = match name {
+                    "nf4" | "fp4" => Some(Bnb4Params::from_storage(&t.storage).map_err(unsupported)?.compute_dtype),
+                    _ => None,
+                };
+                rounded_matmul(x, m, view.as_ref(), dtype, out);
+            }
+        }
+        Ok(())
+    }
+
     /// A 1-D weight (norm scale, bias) as f32.
     fn vector(&self) -> Vec<f32> {
         let mut v = vec![0f32; self.rows * self.cols];
         self.dense().rows_to_f32(self.cols, 0, self.rows, &mut v);
         v
     }
+}
+
+/// A quantized matrix whose decoded rows are rounded to a compute dtype (bitsandbytes
+/// multiplies in 16 bits).
+struct Rounded<'a> {
+    inner: &'a (dyn QuantizedMatrix + Send + Sync + 'a),
+    dtype: Option<FloatDtype>,
+}
+
+impl DecodeRows for Rounded<'_> {
+    fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]) {
+        self.inner.decode_rows(start, count, dst);
+        if let Some(d) = self.dtype {
+            dst.iter_mut().for_each(|v| *v = d.round(*v));
+        }
+    }
+}
+
+/// `out = x @ w^T` with weights decoded tile by tile; with a compute dtype, inputs and decoded
+/// weights are rounded to it first (products still accumulate in f32).
+fn rounded_matmul(
+    x: &[f32],
+    m: usize,
+    w: &(dyn QuantizedMatrix + Send + Sync),
+    dtype: Option<FloatDtype>,
+    out: &mut [f32],
+) {
+    let rows = Rounded { inner: w, dtype };
+    let (k, n) = (w.cols(), w.rows());
+    match dtype {
+        Some(d) => {
+            let xr: Vec<f32> = x.iter().map(|&v| d.round(v)).collect();
+            linear::matmul_nt(&xr, m, k, Weights::Decoded(&rows), n, out)
+        }
+        None => linear::matmul_nt(x, m, k, Weights::Decoded(&rows), n, out),
+    }
+}
+
+/// Reads a dense (f32, f16 or bf16) tensor of `file` into f32.
+pub fn read_dense_f32(file: &QrtFile, name: &str) -> Result<Vec<f32>, RuntimeError> {
+    let t = file
+        .tensor(name)
+        .ok_or_else(|| RuntimeError::MissingTensor(name.to_string(), file.path().to_string()))?;
+    let bytes = file.part_bytes(t, "data")?;
+    let rows = match t.storage.name.as_str() {
+        "f16" => DenseRows::F16(cast(bytes)),
+        "bf16" => DenseRows::Bf16(cast(bytes)),
+        "f32" => DenseRows::F32(cast(bytes)),
+        other => {
+            return Err(RuntimeError::Unsupported(format!(
+                "tensor {name} is stored as {other}; a 16- or 32-bit tensor is needed here"
+            )))
+        }
+    };
+    let numel = t.numel() as usize;
+    let mut out = vec![0f32; numel];
+    rows.rows_to_f32(numel, 0, 1, &mut out);
+    Ok(out)
 }
 
 /// Reinterprets aligned little-endian bytes as a slice of `T`.
@@ -153,22 +264,7 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn load_weight(
-        &self,
-        file: &Arc<QrtFile>,
-        tensor: &TensorInfo,
-    ) -> Result<CpuWeight, RuntimeError> {
-        let elem = match tensor.storage.name.as_str() {
-            "f32" => ElemType::F32,
-            "f16" => ElemType::F16,
-            "bf16" => ElemType::BF16,
-            other => {
-                return Err(RuntimeError::Unsupported(format!(
-                    "tensor {}: storage type {other} is not supported by the CPU backend",
-                    tensor.name
-                )))
-            }
-        };
+    fn load_weight(&self, file: &Arc<QrtFile>, tensor: &TensorInfo) -> Result<CpuWeight, RuntimeError> {
         let (rows, cols) = match tensor.shape.as_slice() {
             [n] => (1, *n as usize),
             [r, c] => (*r as usize, *c as usize),
@@ -179,19 +275,27 @@ impl Backend for CpuBackend {
                 )))
             }
         };
-        let bytes = file.part_bytes(tensor, "data")?;
-        if bytes.len() as u64 != (rows * cols) as u64 * elem.size_bytes() {
-            return Err(RuntimeError::Shape(format!(
-                "tensor {}: data size does not match its shape",
-                tensor.name
-            )));
-        }
-        Ok(CpuWeight {
+        let weight = CpuWeight {
             file: file.clone(),
             tensor: tensor.clone(),
             rows,
             cols,
-        })
+        };
+        match tensor.storage.name.as_str() {
+            "f32" | "f16" | "bf16" => {
+                let bytes = file.part_bytes(tensor, "data")?;
+                if bytes.len() as u64 != (rows * cols) as u64 * weight.dense_elem().size_bytes() {
+                    return Err(RuntimeError::Shape(format!(
+                        "tensor {}: data size does not match its shape",
+                        tensor.name
+                    )));
+                }
+            }
+            _ => {
+                weight.quantized()?;
+            }
+        }
+        Ok(weight)
     }
 
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<CpuAct, RuntimeError> {
@@ -295,14 +399,7 @@ impl Backend for CpuBackend {
             )));
         }
         check_shape("linear output", out, x.rows, weight.rows)?;
-        linear::matmul_nt(
-            &x.data,
-            x.rows,
-            x.cols,
-            weight.dense(),
-            weight.rows,
-            &mut out.data,
-        );
+        weight.matmul(&x.data, x.rows, &mut out.data)?;
         if let Some(b) = bias {
             let b = b.vector();
             out.data

@@ -1,0 +1,369 @@
+//! AWQ storage: `awq`, the AutoAWQ GEMM layout (`SPEC.md` §10.5).
+//!
+//! An `[n, k]` weight is stored as 4-bit codes `q[r][j]`, a zero point and a scale per
+//! (group of `group_size` input columns, output row):
+//!
+//! * `qweight` — i32 `[k, n/8]`: word `c` of input row `j` holds the codes of outputs
+//!   `8c .. 8c+7`, output `8c + AWQ_ORDER[i]` in bits `4i .. 4i+3` (AutoAWQ's
+//!   interleave `[0, 2, 4, 6, 1, 3, 5, 7]`);
+//! * `qzeros` — i32 `[k/group_size, n/8]`, the zero points packed the same way, stored
+//!   as they are (no offset);
+//! * `scales` — f16 `[k/group_size, n]`.
+//!
+//! Decoding: `w[r][j] = (q[r][j] − zero[g][r]) × scales[g][r]` in f32, `g = j / group_size`.
+
+use std::borrow::Cow;
+
+use half::f16;
+
+use super::{
+    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, matrix_shape, plan_of, storage,
+    ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
+};
+use crate::container::{ElemType, MetaValue, StorageType};
+
+/// AutoAWQ's packing order: nibble `i` of a word holds output `8c + AWQ_ORDER[i]`.
+pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// The nibble holding output `8c + o`: the inverse permutation of [`AWQ_ORDER`].
+pub const AWQ_NIBBLE_OF: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+/// Parameters of an `awq` tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AwqParams {
+    /// Bits per code: 4 (the only width of the GEMM layout).
+    pub bits: u32,
+    /// Input columns per group (≥ 1, divides `k`).
+    pub group_size: u32,
+}
+
+impl AwqParams {
+    /// 4-bit codes in groups of `group_size` inputs.
+    pub fn new(group_size: u32) -> Self {
+        AwqParams {
+            bits: 4,
+            group_size,
+        }
+    }
+
+    /// Parses and checks the parameters of an `awq` storage type.
+    pub fn from_storage(t: &StorageType) -> Result<Self, String> {
+        if t.name != "awq" {
+            return Err(format!("'{}' is not awq", t.name));
+        }
+        let mut r = ParamReader::new(t);
+        let p = AwqParams {
+            bits: r.u32("bits")?,
+            group_size: r.u32("group_size")?,
+        };
+        r.finish()?;
+        p.check()?;
+        Ok(p)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.bits != 4 {
+            return Err(format!("bits is {}; allowed: 4", self.bits));
+        }
+        if self.group_size == 0 {
+            return Err("group_size is 0; it must be a positive divisor of k".to_string());
+        }
+        Ok(())
+    }
+
+    /// The storage type with these parameters.
+    pub fn storage_type(&self) -> StorageType {
+        storage(
+            "awq",
+            vec![
+                ("bits", MetaValue::U32(self.bits)),
+                ("group_size", MetaValue::U32(self.group_size)),
+            ],
+        )
+    }
+
+    /// The parts of an `[n, k]` tensor, in canonical order.
+    pub(crate) fn part_specs(&self, shape: &[u64]) -> Result<Vec<PartSpec>, String> {
+        self.check()?;
+        let (n, k) = matrix_shape("awq", shape)?;
+        if n % 8 != 0 {
+            return Err(format!(
+                "n = {n} outputs do not fill whole words of eight 4-bit codes; n must be a multiple of 8"
+            ));
+        }
+        let gs = self.group_size as usize;
+        if k % gs != 0 {
+            return Err(format!("group_size {gs} does not divide k = {k}"));
+        }
+        let (g, n8) = (k / gs, n / 8);
+        Ok(vec![
+            PartSpec::new(
+                "qweight",
+                ElemType::I32,
+                (k * n8) as u64,
+                format!("[k, n/8] = [{k}, {n8}] i32"),
+            )?,
+            PartSpec::new(
+                "qzeros",
+                ElemType::I32,
+                (g * n8) as u64,
+                format!("[k/group_size, n/8] = [{g}, {n8}] i32"),
+            )?,
+            PartSpec::new(
+                "scales",
+                ElemType::F16,
+                (g * n) as u64,
+                format!("[k/group_size, n] = [{g}, {n}] f16"),
+            )?,
+        ])
+    }
+}
+
+/// Packs `[rows, cols]` 4-bit codes (row-major, `cols` a multiple of 8) into
+/// `[rows, cols/8]` words in AutoAWQ's interleaved order.
+///
+/// # Panics
+/// If `values.len() != rows × cols` or `cols` is not a multiple of 8.
+pub fn pack(values: &[u8], rows: usize, cols: usize) -> Vec<i32> {
+    assert_eq!(values.len(), rows * cols, "awq::pack: wrong length");
+    assert_eq!(cols % 8, 0, "awq::pack: cols must be a multiple of 8");
+    values
+        .chunks_exact(8)
+        .map(|eight| {
+            let mut w = 0u32;
+            for (i, &o) in AWQ_ORDER.iter().enumerate() {
+                w |= u32::from(eight[o] & 0x0F) << (4 * i);
+            }
+            w as i32
+        })
+        .collect()
+}
+
+/// The inverse of [`pack`]: `[rows, cols]` codes from `[rows, cols/8]` words.
+pub fn unpack(words: &[i32]) -> Vec<u8> {
+    words
+        .iter()
+        .flat_map(|&w| AWQ_NIBBLE_OF.map(|i| ((w as u32) >> (4 * i) & 0x0F) as u8))
+        .collect()
+}
+
+/// An `awq` tensor in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AwqTensor {
+    /// The storage parameters.
+    pub params: AwqParams,
+    /// Rows (output features).
+    pub n: usize,
+    /// Columns (input features).
+    pub k: usize,
+    /// Packed codes, `[k, n/8]`.
+    pub qweight: Vec<i32>,
+    /// Packed zero points, `[k/group_size, n/8]`.
+    pub qzeros: Vec<i32>,
+    /// Scales, `[k/group_size, n]`.
+    pub scales: Vec<f16>,
+}
+
+impl AwqTensor {
+    /// Packs integer codes produced by an AWQ quantizer: `codes` `[n, k]` row-major,
+    /// `scales` and `zeros` `[k/group_size, n]` (scales rounded to f16 here), every code
+    /// and zero point `≤ 15`.
+    pub fn from_codes(
+        codes: &[u8],
+        scales: &[f32],
+        zeros: &[u8],
+        n: usize,
+        k: usize,
+        group_size: u32,
+    ) -> Result<Self, String> {
+        let params = AwqParams::new(group_size);
+        params.part_specs(&[n as u64, k as u64])?;
+        let groups = k / group_size as usize;
+        check_len("codes", codes.len(), n * k)?;
+        check_len("scales", scales.len(), groups * n)?;
+        check_len("zeros", zeros.len(), groups * n)?;
+        if let Some(q) = codes.iter().chain(zeros).find(|&&q| q > 15) {
+            return Err(format!("code or zero point {q} does not fit in 4 bits"));
+        }
+        let scales: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
+        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+            return Err(format!("scale {s} is not a finite f16"));
+        }
+        let mut transposed = vec![0u8; n * k];
+        for (r, row) in codes.chunks_exact(k).enumerate() {
+            for (j, &q) in row.iter().enumerate() {
+                transposed[j * n + r] = q;
+            }
+        }
+        Ok(AwqTensor {
+            params,
+            n,
+            k,
+            qweight: pack(&transposed, k, n),
+            qzeros: pack(zeros, groups, n),
+            scales,
+        })
+    }
+
+    /// The integer codes, `[n, k]` row-major.
+    pub fn codes(&self) -> Vec<u8> {
+        let t = unpack(&self.qweight);
+        let mut codes = vec![0u8; self.n * self.k];
+        for (j, row) in t.chunks_exact(self.n).enumerate() {
+            for (r, &q) in row.iter().enumerate() {
+                codes[r * self.k + j] = q;
+            }
+        }
+        codes
+    }
+
+    /// The zero points, `[k/group_size, n]`.
+    pub fn zeros(&self) -> Vec<u8> {
+        unpack(&self.qzeros)
+    }
+
+    /// A row decoder over this tensor.
+    pub fn view(&self) -> AwqView<'_> {
+        AwqView {
+            n: self.n,
+            k: self.k,
+            group_size: self.params.group_size as usize,
+            qweight: Cow::Borrowed(&self.qweight),
+            qzeros: Cow::Borrowed(&self.qzeros),
+            scales: Cow::Borrowed(&self.scales),
+        }
+    }
+}
+
+impl QuantizedParts for AwqTensor {
+    fn storage_type(&self) -> StorageType {
+        self.params.storage_type()
+    }
+
+    fn shape(&self) -> Vec<u64> {
+        vec![self.n as u64, self.k as u64]
+    }
+
+    fn plan_parts(&self) -> Vec<(String, ElemType, u64)> {
+        // The shape was accepted when the tensor was built.
+        plan_of(&self.params.part_specs(&self.shape()).unwrap_or_default())
+    }
+
+    fn part_bytes(&self) -> Vec<Vec<u8>> {
+        vec![
+            le_bytes(&self.qweight),
+            le_bytes(&self.qzeros),
+            le_bytes(&self.scales),
+        ]
+    }
+}
+
+/// Round-to-nearest 4-bit quantization of `w` (`[n, k]` row-major) with a zero point
+/// per group, as AutoAWQ's `pseudo_quantize_tensor` (zero-point mode) chooses it:
+/// `scale = max(xmax - xmin, 1e-5) / 15`, `zero = clamp(-round(xmin / scale), 0, 15)`,
+/// `q = clamp(round(x / s) + zero, 0, 15)` (half to even, f32) with `s` the scale
+/// rounded to f16 (the stored value). The AWQ algorithm scales `w` before calling this.
+pub fn rtn_quantize(w: &[f32], n: usize, k: usize, group_size: u32) -> Result<AwqTensor, String> {
+    AwqParams::new(group_size).part_specs(&[n as u64, k as u64])?;
+    check_len("the weight", w.len(), n * k)?;
+    if w.iter().any(|v| !v.is_finite()) {
+        return Err("the weight has a non-finite value".to_string());
+    }
+    let gs = group_size as usize;
+    let groups = k / gs;
+    let mut codes = vec![0u8; n * k];
+    let mut scales = vec![0f32; groups * n];
+    let mut zeros = vec![0u8; groups * n];
+    for r in 0..n {
+        for g in 0..groups {
+            let x = &w[r * k + g * gs..r * k + (g + 1) * gs];
+            let xmax = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let xmin = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+            let scale = (xmax - xmin).max(1e-5) / 15.0;
+            let zero = (-(xmin / scale).round_ties_even()).clamp(0.0, 15.0);
+            let s = f16::from_f32(scale).to_f32();
+            for (j, &v) in x.iter().enumerate() {
+                codes[r * k + g * gs + j] =
+                    ((v / s).round_ties_even() + zero).clamp(0.0, 15.0) as u8;
+            }
+            scales[g * n + r] = scale;
+            zeros[g * n + r] = zero as u8;
+        }
+    }
+    AwqTensor::from_codes(&codes, &scales, &zeros, n, k, group_size)
+}
+
+/// A row decoder over the parts of an `awq` tensor.
+#[derive(Clone, Debug)]
+pub struct AwqView<'a> {
+    n: usize,
+    k: usize,
+    group_size: usize,
+    qweight: Cow<'a, [i32]>,
+    qzeros: Cow<'a, [i32]>,
+    scales: Cow<'a, [f16]>,
+}
+
+impl<'a> AwqView<'a> {
+    /// Builds the view from the parts `qweight`, `qzeros`, `scales`, looked up through `parts`.
+    pub fn from_parts(
+        params: &AwqParams,
+        shape: &[u64],
+        parts: &dyn Fn(&str) -> Option<&'a [u8]>,
+    ) -> Result<Self, String> {
+        let specs = params.part_specs(shape)?;
+        let (n, k) = matrix_shape("awq", shape)?;
+        let bytes = fetch_parts(&specs, parts)?;
+        Ok(AwqView {
+            n,
+            k,
+            group_size: params.group_size as usize,
+            qweight: le_slice::<i32>(bytes[0]),
+            qzeros: le_slice::<i32>(bytes[1]),
+            scales: le_slice::<f16>(bytes[2]),
+        })
+    }
+}
+
+impl QuantizedMatrix for AwqView<'_> {
+    fn rows(&self) -> usize {
+        self.n
+    }
+
+    fn cols(&self) -> usize {
+        self.k
+    }
+
+    fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]) {
+        check_decode_args(self.n, self.k, start, count, dst);
+        let (n, k, gs) = (self.n, self.k, self.group_size);
+        let n8 = n / 8;
+        let groups = k / gs;
+        // Per tile row: its word column and nibble shift, and its zero and scale per group.
+        let col: Vec<usize> = (start..start + count).map(|r| r / 8).collect();
+        let shift: Vec<u32> = (start..start + count)
+            .map(|r| 4 * AWQ_NIBBLE_OF[r % 8] as u32)
+            .collect();
+        let mut zero = vec![0f32; groups * count];
+        let mut scale = vec![0f32; groups * count];
+        for g in 0..groups {
+            for ri in 0..count {
+                let z = (self.qzeros[g * n8 + col[ri]] as u32) >> shift[ri] & 0x0F;
+                zero[g * count + ri] = z as f32;
+                scale[g * count + ri] = self.scales[g * n + start + ri].to_f32();
+            }
+        }
+        for j in 0..k {
+            let words = &self.qweight[j * n8..(j + 1) * n8];
+            let g = j / gs;
+            let (zg, sg) = (
+                &zero[g * count..(g + 1) * count],
+                &scale[g * count..(g + 1) * count],
+            );
+            for ri in 0..count {
+                let q = ((words[col[ri]] as u32) >> shift[ri] & 0x0F) as f32;
+                dst[ri * k + j] = (q - zg[ri]) * sg[ri];
+            }
+        }
+    }
+}

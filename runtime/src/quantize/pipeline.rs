@@ -1,0 +1,517 @@
+//! `qrt quantize`: a 16/32-bit `.qrt` model in, a quantized `.qrt` model out.
+//!
+//! The linear layers of the transformer blocks are quantized (the output head too on
+//! request); embeddings and norms keep their storage. Methods without calibration (NF4, FP4,
+//! LLM.int8(), RTN) quantize tensor by tensor. GPTQ runs the calibration windows through the
+//! model block by block in the true sequential order: q/k/v from the block input, then o_proj
+//! from attention recomputed with the quantized q/k/v, then gate/up, then down_proj from the
+//! MLP recomputed with the quantized gate/up; the next block sees the quantized block's
+//! output. AWQ searches per-channel scales on the block's activations, folds them into the
+//! preceding RMSNorm (q/k/v, gate/up) or linear layer (up -> down; v -> o when the head counts
+//! allow), searches clipping, then quantizes; the next block sees this block's output computed
+//! with the scaled, unquantized weights (as AutoAWQ does).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use qrt_format::config::ModelConfig;
+use qrt_format::container::{ElemType, MetaValue, Metadata, QrtFile, QrtWriter, TensorPlan};
+use qrt_format::quant::awq::AwqTensor;
+use qrt_format::quant::bnb4::{Bnb4Kind, Bnb4Params, Bnb4Tensor};
+use qrt_format::quant::gptq::GptqTensor;
+use qrt_format::quant::int8::{Int8Params, Int8Tensor};
+use qrt_format::quant::{FloatDtype, QuantizedParts};
+
+use super::calib::{
+    add_into, attention_input, linear, mlp_hidden, rms_norm, Activations, LayerWeights,
+};
+use super::recipe::{ComputeDtype, Method, Recipe};
+use crate::cpu::read_dense_f32;
+use crate::import::{encode_dense, sha256_file};
+use crate::model_file::{config_to_metadata, ModelFile};
+use crate::quant::awq::{
+    apply_clip, awq_quantize, fold_scale_into_linear_rows, fold_scale_into_norm, scale_weight_columns,
+    search_clip, search_scales_linear, AwqConfig,
+};
+use crate::quant::gptq::{gptq_quantize, GptqConfig, HessianAccumulator};
+use crate::RuntimeError;
+
+/// The projections of a block, in the order they are quantized.
+pub const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Calibration rows used by AWQ's scale and clipping searches (evenly strided).
+pub const AWQ_SEARCH_ROWS: usize = 4096;
+
+/// What a quantization did.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeReport {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Of which quantized.
+    pub quantized: usize,
+    /// Output file size.
+    pub file_bytes: u64,
+    /// Per quantized tensor, the method's own error measure (GPTQ's objective, AWQ's best
+    /// scale-search loss), when it has one.
+    pub losses: Vec<(String, f64)>,
+}
+
+/// What goes into the output file for one tensor.
+enum Output {
+    /// Dense values, stored as `elem`.
+    Dense(Vec<f32>, Vec<u64>, ElemType),
+    /// A quantized matrix.
+    Quantized(Box<dyn QuantizedParts>),
+}
+
+/// Progress callback: (steps done, steps in all, what is being done).
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
+
+fn invalid(msg: String) -> RuntimeError {
+    RuntimeError::InvalidRequest(msg)
+}
+
+/// Reads the storage dtype name of a tensor (`f16`, `bf16` or `f32`).
+fn orig_dtype(file: &QrtFile, name: &str) -> Result<ElemType, RuntimeError> {
+    let t = file.tensor(name).ok_or_else(|| RuntimeError::MissingTensor(name.into(), file.path().into()))?;
+    Ok(match t.storage.name.as_str() {
+        "f16" => ElemType::F16,
+        "bf16" => ElemType::BF16,
+        _ => ElemType::F32,
+    })
+}
+
+/// Quantizes one matrix with a method that needs no calibration.
+fn quantize_plain(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    recipe: &Recipe,
+    orig: ElemType,
+) -> Result<Box<dyn QuantizedParts>, String> {
+    Ok(match recipe.method {
+        Method::Nf4 | Method::Fp4 => {
+            let kind = if recipe.method == Method::Nf4 { Bnb4Kind::Nf4 } else { Bnb4Kind::Fp4 };
+            let mut p = Bnb4Params::new(kind);
+            p.block_size = recipe.group_size.unwrap_or(64) as u32;
+            p.double_quant = recipe.double_quant;
+            p.compute_dtype = match recipe.compute_dtype {
+                ComputeDtype::F16 => FloatDtype::F16,
+                ComputeDtype::Bf16 => FloatDtype::Bf16,
+            };
+            p.orig_dtype = match orig {
+                ElemType::F16 => FloatDtype::F16,
+                ElemType::BF16 => FloatDtype::Bf16,
+                _ => FloatDtype::F32,
+            };
+            Box::new(Bnb4Tensor::quantize(w, &[n as u64, k as u64], &p)?)
+        }
+        Method::Int8 { threshold } => Box::new(Int8Tensor::quantize(w, n, k, &Int8Params { threshold })?),
+        Method::Rtn => Box::new(qrt_format::quant::gptq::rtn_quantize(
+            w,
+            n,
+            k,
+            recipe.bits,
+            recipe.group_size.map_or(-1, |g| g as i32),
+            recipe.sym,
+        )?),
+        Method::Fp16 | Method::Gptq | Method::Awq => unreachable!("handled by the calibrated paths"),
+    })
+}
+
+fn layer_weights(file: &QrtFile, i: usize) -> Result<LayerWeights, RuntimeError> {
+    let p = format!("model.layers.{i}");
+    let get = |s: &str| read_dense_f32(file, &format!("{p}.{s}"));
+    let opt = |s: &str| -> Result<Option<Vec<f32>>, RuntimeError> {
+        let name = format!("{p}.{s}");
+        file.tensor(&name).map(|_| read_dense_f32(file, &name)).transpose()
+    };
+    Ok(LayerWeights {
+        input_norm: get("input_layernorm.weight")?,
+        q: get("self_attn.q_proj.weight")?,
+        k: get("self_attn.k_proj.weight")?,
+        v: get("self_attn.v_proj.weight")?,
+        o: get("self_attn.o_proj.weight")?,
+        biases: [
+            opt("self_attn.q_proj.bias")?,
+            opt("self_attn.k_proj.bias")?,
+            opt("self_attn.v_proj.bias")?,
+            opt("self_attn.o_proj.bias")?,
+        ],
+        post_norm: get("post_attention_layernorm.weight")?,
+        gate: get("mlp.gate_proj.weight")?,
+        up: get("mlp.up_proj.weight")?,
+        down: get("mlp.down_proj.weight")?,
+    })
+}
+
+/// Embeds the calibration windows: `[samples * seqlen, hidden]`.
+fn embed_windows(file: &QrtFile, cfg: &ModelConfig, windows: &[Vec<u32>]) -> Result<Activations, RuntimeError> {
+    let table = read_dense_f32(file, "model.embed_tokens.weight")?;
+    let h = cfg.hidden_size;
+    let seqlen = windows[0].len();
+    let mut x = Vec::with_capacity(windows.len() * seqlen * h);
+    for w in windows {
+        for &t in w {
+            let t = t as usize;
+            if t >= cfg.vocab_size {
+                return Err(invalid(format!("calibration token {t} is outside the vocabulary")));
+            }
+            x.extend_from_slice(&table[t * h..(t + 1) * h]);
+        }
+    }
+    Ok(Activations {
+        x,
+        samples: windows.len(),
+        seqlen,
+    })
+}
+
+/// Every `stride`-th row of `x` (`[rows, k]`), at most `limit` rows.
+fn sample_rows(x: &[f32], rows: usize, k: usize, limit: usize) -> (Vec<f32>, usize) {
+    if rows <= limit {
+        return (x.to_vec(), rows);
+    }
+    let stride = rows.div_ceil(limit);
+    let picked: Vec<f32> = (0..rows).step_by(stride).flat_map(|r| x[r * k..(r + 1) * k].iter().copied()).collect();
+    let n = picked.len() / k;
+    (picked, n)
+}
+
+fn gptq_config(recipe: &Recipe) -> GptqConfig {
+    GptqConfig {
+        bits: recipe.bits,
+        group_size: recipe.group_size,
+        sym: recipe.sym,
+        act_order: recipe.act_order,
+        damp_percent: recipe.damp,
+        ..GptqConfig::default()
+    }
+}
+
+/// GPTQ over all blocks in the true sequential order.
+fn quantize_gptq(
+    mf: &ModelFile,
+    recipe: &Recipe,
+    act: &mut Activations,
+    outputs: &mut HashMap<String, Output>,
+    report: &mut QuantizeReport,
+    progress: Progress<'_>,
+) -> Result<(), RuntimeError> {
+    let cfg = &mf.config;
+    let inv_freq = crate::rope::inverse_frequencies(cfg);
+    let gcfg = gptq_config(recipe);
+    let rows = act.rows();
+    let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+    let total = cfg.num_layers * LINEARS.len();
+    for i in 0..cfg.num_layers {
+        let mut lw = layer_weights(&mf.file, i)?;
+        let mut quantize = |name: &str, w: &mut Vec<f32>, n: usize, x: &[f32], done: usize| -> Result<(), RuntimeError> {
+            let full = format!("model.layers.{i}.{name}.weight");
+            progress(i * LINEARS.len() + done, total, &full);
+            let k = w.len() / n;
+            let mut h = HessianAccumulator::new(k);
+            h.add_batch(x, rows);
+            let r = gptq_quantize(w, n, k, &h, &gcfg).map_err(|e| invalid(format!("{full}: {e}")))?;
+            let t = GptqTensor::from_codes(
+                &r.codes,
+                &r.scales,
+                &r.zeros,
+                &r.g_idx,
+                recipe.bits,
+                recipe.group_size.map_or(-1, |g| g as i32),
+                recipe.sym,
+                recipe.act_order,
+            )
+            .map_err(|e| invalid(format!("{full}: {e}")))?;
+            report.losses.push((full.clone(), r.loss));
+            outputs.insert(full, Output::Quantized(Box::new(t)));
+            *w = r.dequantized;
+            Ok(())
+        };
+        let h = rms_norm(&act.x, &lw.input_norm, cfg.rms_norm_eps);
+        // q, k and v share their input, hence their Hessian; each is quantized against it.
+        let (mut q, mut k, mut v) = (std::mem::take(&mut lw.q), std::mem::take(&mut lw.k), std::mem::take(&mut lw.v));
+        quantize("self_attn.q_proj", &mut q, qd, &h, 0)?;
+        quantize("self_attn.k_proj", &mut k, kvd, &h, 1)?;
+        quantize("self_attn.v_proj", &mut v, kvd, &h, 2)?;
+        (lw.q, lw.k, lw.v) = (q, k, v);
+        let o_in = attention_input(cfg, &lw, &h, act, &inv_freq);
+        drop(h);
+        let mut o = std::mem::take(&mut lw.o);
+        quantize("self_attn.o_proj", &mut o, cfg.hidden_size, &o_in, 3)?;
+        lw.o = o;
+        add_into(&mut act.x, &linear(&o_in, rows, &lw.o, cfg.hidden_size, lw.biases[3].as_deref()));
+        drop(o_in);
+        let h2 = rms_norm(&act.x, &lw.post_norm, cfg.rms_norm_eps);
+        let (mut gate, mut up) = (std::mem::take(&mut lw.gate), std::mem::take(&mut lw.up));
+        quantize("mlp.gate_proj", &mut gate, cfg.intermediate_size, &h2, 4)?;
+        quantize("mlp.up_proj", &mut up, cfg.intermediate_size, &h2, 5)?;
+        (lw.gate, lw.up) = (gate, up);
+        let hidden = mlp_hidden(cfg, &lw, &h2, rows);
+        drop(h2);
+        let mut down = std::mem::take(&mut lw.down);
+        quantize("mlp.down_proj", &mut down, cfg.hidden_size, &hidden, 6)?;
+        lw.down = down;
+        add_into(&mut act.x, &linear(&hidden, rows, &lw.down, cfg.hidden_size, None));
+    }
+    Ok(())
+}
+
+/// Scales found for inputs `x` shared by `weights`; returns `s` after checking it is usable.
+fn awq_scales(weights: &[(&[f32], usize)], x: &[f32], rows: usize, k: usize, acfg: &AwqConfig) -> Vec<f32> {
+    let (sample, n) = sample_rows(x, rows, k, AWQ_SEARCH_ROWS);
+    search_scales_linear(weights, &sample, n, k, acfg).0
+}
+
+/// Divides every row of `x` (`[rows, k]`) by `s` (the activations seen after folding).
+fn divide_columns(x: &mut [f32], k: usize, s: &[f32]) {
+    for row in x.chunks_mut(k) {
+        row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
+    }
+}
+
+/// AWQ over all blocks.
+fn quantize_awq(
+    mf: &ModelFile,
+    recipe: &Recipe,
+    act: &mut Activations,
+    outputs: &mut HashMap<String, Output>,
+    progress: Progress<'_>,
+) -> Result<(), RuntimeError> {
+    let cfg = &mf.config;
+    let inv_freq = crate::rope::inverse_frequencies(cfg);
+    let group = recipe.group_size.unwrap_or(128);
+    let acfg = AwqConfig {
+        bits: recipe.bits,
+        group_size: group,
+        ..AwqConfig::default()
+    };
+    let rows = act.rows();
+    let (hd, qd, kvd, id) = (
+        cfg.hidden_size,
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    );
+    for i in 0..cfg.num_layers {
+        progress(i, cfg.num_layers, &format!("model.layers.{i}"));
+        let mut lw = layer_weights(&mf.file, i)?;
+        // q/k/v: scales folded into input_layernorm.
+        let mut h = rms_norm(&act.x, &lw.input_norm, cfg.rms_norm_eps);
+        let s = awq_scales(&[(&lw.q, qd), (&lw.k, kvd), (&lw.v, kvd)], &h, rows, hd, &acfg);
+        fold_scale_into_norm(&mut lw.input_norm, &s);
+        for (w, n) in [(&mut lw.q, qd), (&mut lw.k, kvd), (&mut lw.v, kvd)] {
+            scale_weight_columns(w, n, hd, &s);
+        }
+        divide_columns(&mut h, hd, &s);
+        // v -> o only when every o input channel has its own v output channel (no GQA).
+        let mut o_in = attention_input(cfg, &lw, &h, act, &inv_freq);
+        if qd == kvd {
+            let s = awq_scales(&[(&lw.o, hd)], &o_in, rows, qd, &acfg);
+            fold_scale_into_linear_rows(&mut lw.v, kvd, hd, &s);
+            if let Some(b) = lw.biases[2].as_mut() {
+                b.iter_mut().zip(&s).for_each(|(b, s)| *b /= s);
+            }
+            scale_weight_columns(&mut lw.o, hd, qd, &s);
+            divide_columns(&mut o_in, qd, &s);
+        }
+        let mut x1 = act.x.clone();
+        add_into(&mut x1, &linear(&o_in, rows, &lw.o, hd, lw.biases[3].as_deref()));
+        // gate/up: scales folded into post_attention_layernorm.
+        let mut h2 = rms_norm(&x1, &lw.post_norm, cfg.rms_norm_eps);
+        let s = awq_scales(&[(&lw.gate, id), (&lw.up, id)], &h2, rows, hd, &acfg);
+        fold_scale_into_norm(&mut lw.post_norm, &s);
+        scale_weight_columns(&mut lw.gate, id, hd, &s);
+        scale_weight_columns(&mut lw.up, id, hd, &s);
+        divide_columns(&mut h2, hd, &s);
+        // up -> down.
+        let mut hidden = mlp_hidden(cfg, &lw, &h2, rows);
+        let s = awq_scales(&[(&lw.down, hd)], &hidden, rows, id, &acfg);
+        fold_scale_into_linear_rows(&mut lw.up, id, hd, &s);
+        scale_weight_columns(&mut lw.down, hd, id, &s);
+        divide_columns(&mut hidden, id, &s);
+        // Clipping (not for q and k, as AWQ), then quantization.
+        let sampled = |x: &[f32], k: usize| sample_rows(x, rows, k, AWQ_SEARCH_ROWS);
+        for (w, n, x, k) in [
+            (&mut lw.v, kvd, &h, hd),
+            (&mut lw.o, hd, &o_in, qd),
+            (&mut lw.gate, id, &h2, hd),
+            (&mut lw.up, id, &h2, hd),
+            (&mut lw.down, hd, &hidden, id),
+        ] {
+            let (xs, nrows) = sampled(x, k);
+            let clip = search_clip(w, n, k, &xs, nrows, &acfg);
+            apply_clip(w, n, k, group, &clip);
+        }
+        let p = format!("model.layers.{i}");
+        for (name, w, n) in [
+            ("self_attn.q_proj", &lw.q, qd),
+            ("self_attn.k_proj", &lw.k, kvd),
+            ("self_attn.v_proj", &lw.v, kvd),
+            ("self_attn.o_proj", &lw.o, hd),
+            ("mlp.gate_proj", &lw.gate, id),
+            ("mlp.up_proj", &lw.up, id),
+            ("mlp.down_proj", &lw.down, hd),
+        ] {
+            let k = w.len() / n;
+            let (codes, scales, zeros) = awq_quantize(w, n, k, recipe.bits, group);
+            let full = format!("{p}.{name}.weight");
+            let t = AwqTensor::from_codes(&codes, &scales, &zeros, n, k, group as u32)
+                .map_err(|e| invalid(format!("{full}: {e}")))?;
+            outputs.insert(full, Output::Quantized(Box::new(t)));
+        }
+        for (name, v) in [("input_layernorm", &lw.input_norm), ("post_attention_layernorm", &lw.post_norm)] {
+            outputs.insert(format!("{p}.{name}.weight"), Output::Dense(v.clone(), vec![hd as u64], ElemType::F32));
+        }
+        if let Some(b) = &lw.biases[2] {
+            outputs.insert(format!("{p}.self_attn.v_proj.bias"), Output::Dense(b.clone(), vec![kvd as u64], ElemType::F32));
+        }
+        // The next block sees this block's output with the scaled, unquantized weights.
+        add_into(&mut x1, &linear(&hidden, rows, &lw.down, hd, None));
+        act.x = x1;
+    }
+    Ok(())
+}
+
+/// Quantizes `src` into `out` following `recipe`.
+pub fn quantize_model(
+    src: &Path,
+    out: &Path,
+    recipe: &Recipe,
+    qrt_version: &str,
+    progress: Progress<'_>,
+) -> Result<QuantizeReport, RuntimeError> {
+    let mf = ModelFile::open(src)?;
+    let meta = mf.file.metadata();
+    match meta.get("quantization.method").and_then(MetaValue::as_str) {
+        None | Some("none") | Some("fp16") => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "{} is already quantized ({other}); quantize from a 16- or 32-bit model",
+                src.display()
+            )))
+        }
+    }
+    let cfg = mf.config.clone();
+    recipe.validate(&[cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size])?;
+    let mut outputs: HashMap<String, Output> = HashMap::new();
+    let mut report = QuantizeReport::default();
+    match recipe.method {
+        Method::Gptq | Method::Awq => {
+            let calib = recipe.calibration.as_ref().expect("validated");
+            let windows = super::calib::calibration_windows(&mf.tokenizer, calib)?;
+            let mut act = embed_windows(&mf.file, &cfg, &windows)?;
+            if recipe.method == Method::Gptq {
+                quantize_gptq(&mf, recipe, &mut act, &mut outputs, &mut report, progress)?;
+            } else {
+                quantize_awq(&mf, recipe, &mut act, &mut outputs, progress)?;
+            }
+        }
+        Method::Fp16 => {
+            // Every matrix in f16, whatever the source stored.
+            for t in mf.file.tensors() {
+                if t.shape.len() == 2 && t.storage.name != "f16" {
+                    let v = read_dense_f32(&mf.file, &t.name)?;
+                    outputs.insert(t.name.clone(), Output::Dense(v, t.shape.clone(), ElemType::F16));
+                }
+            }
+        }
+        _ => {
+            let names: Vec<String> = (0..cfg.num_layers)
+                .flat_map(|i| LINEARS.iter().map(move |l| format!("model.layers.{i}.{l}.weight")))
+                .collect();
+            for (done, name) in names.iter().enumerate() {
+                progress(done, names.len(), name);
+                let t = mf.file.tensor(name).ok_or_else(|| RuntimeError::MissingTensor(name.clone(), src.display().to_string()))?;
+                let (n, k) = (t.shape[0] as usize, t.shape[1] as usize);
+                let w = read_dense_f32(&mf.file, name)?;
+                let q = quantize_plain(&w, n, k, recipe, orig_dtype(&mf.file, name)?)
+                    .map_err(|e| invalid(format!("{name}: {e}")))?;
+                outputs.insert(name.clone(), Output::Quantized(q));
+            }
+        }
+    }
+    // The output head: quantized on request (with the non-calibrated form of the method).
+    let mut out_cfg = cfg.clone();
+    if recipe.quantize_head && recipe.method != Method::Fp16 {
+        let head = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let w = read_dense_f32(&mf.file, head)?;
+        let plain = match recipe.method {
+            Method::Gptq | Method::Awq => Recipe { method: Method::Rtn, sym: false, ..recipe.clone() },
+            _ => recipe.clone(),
+        };
+        let q = quantize_plain(&w, cfg.vocab_size, cfg.hidden_size, &plain, orig_dtype(&mf.file, head)?)
+            .map_err(|e| invalid(format!("lm_head.weight: {e}")))?;
+        outputs.insert("lm_head.weight".into(), Output::Quantized(q));
+        out_cfg.tie_word_embeddings = false;
+    }
+
+    // Metadata: the source's, with the recipe and provenance of this step.
+    let mut m = Metadata::new();
+    for (k, v) in meta.iter() {
+        if !k.starts_with("quantization.") && !k.starts_with("model.") {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    config_to_metadata(&out_cfg, &mut m);
+    recipe.to_metadata(&mut m);
+    if let Some(c) = &recipe.calibration {
+        m.insert("quantization.calib.sha256", sha256_file(&c.path)?);
+    }
+    m.insert("provenance.quantized_from", src.display().to_string());
+    m.insert("provenance.quantized_from_sha256", sha256_file(src)?);
+    m.insert("provenance.qrt_version", qrt_version);
+
+    // Plans and data in the source's tensor order (plus a new lm_head at the end).
+    let mut names: Vec<String> = mf.file.tensors().iter().map(|t| t.name.clone()).collect();
+    if outputs.contains_key("lm_head.weight") && !names.iter().any(|n| n == "lm_head.weight") {
+        names.push("lm_head.weight".into());
+    }
+    let mut plans = Vec::with_capacity(names.len());
+    for name in &names {
+        plans.push(match outputs.get(name) {
+            Some(Output::Quantized(q)) => q.tensor_plan(name),
+            Some(Output::Dense(_, shape, elem)) => TensorPlan::dense(name.clone(), shape.clone(), *elem),
+            None => {
+                let t = mf.file.tensor(name).expect("listed from the file");
+                TensorPlan {
+                    name: name.clone(),
+                    shape: t.shape.clone(),
+                    storage: t.storage.clone(),
+                    parts: t.parts.iter().map(|p| (p.role.clone(), p.elem, p.nbytes)).collect(),
+                }
+            }
+        });
+    }
+    let mut writer = QrtWriter::create(out, &m, plans)?;
+    for name in &names {
+        match outputs.get(name) {
+            Some(Output::Quantized(q)) => {
+                let parts = q.part_bytes();
+                let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                writer.write_tensor(name, &refs)?;
+                report.quantized += 1;
+            }
+            Some(Output::Dense(v, _, elem)) => writer.write_tensor(name, &[&encode_dense(v, *elem)])?,
+            None => {
+                let t = mf.file.tensor(name).expect("listed from the file");
+                let parts: Vec<&[u8]> =
+                    t.parts.iter().map(|p| mf.file.part_bytes(t, &p.role)).collect::<Result<_, _>>()?;
+                writer.write_tensor(name, &parts)?;
+            }
+        }
+        report.tensors += 1;
+    }
+    writer.finish()?;
+    report.file_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    Ok(report)
+}
