@@ -126,6 +126,8 @@ fn independent_encoder_agrees_with_reader() {
     let written = std::fs::read(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let mut expected = raw.build();
+    // The writer writes the current minor version (the raw file says 1.0).
+    expected[6..8].copy_from_slice(&QRT_VERSION_MINOR.to_le_bytes());
     // The raw file's padding holds pattern bytes; the writer's holds zeros.
     let data_offset = get_u64(&expected, 48) as usize;
     expected[data_offset + 24..data_offset + 256].fill(0);
@@ -232,7 +234,19 @@ fn metadata_getters_and_conversions() {
 
 #[test]
 fn storage_registry_validates_dense_types() {
-    assert_eq!(known_storage_types(), &["f32", "f16", "bf16"]);
+    assert_eq!(
+        known_storage_types(),
+        &[
+            "f32",
+            "f16",
+            "bf16",
+            "nf4",
+            "fp4",
+            "int8_rowwise",
+            "gptq",
+            "awq"
+        ]
+    );
     let part = |role: &str, elem, nbytes| PartInfo {
         role: role.into(),
         elem,

@@ -719,3 +719,23 @@ fn views_of_owned_tensors_agree_with_views_over_their_bytes() {
     let v = quantized_view(&t.storage_type(), &t.shape(), &lookup).unwrap();
     assert_eq!(v.dequantize(), t.view().dequantize());
 }
+
+/// The fast in-place rounding agrees with the `half` conversions on every f16/bf16 boundary
+/// region: a sweep of f32 bit patterns across all exponents, including ties.
+#[test]
+fn float_dtype_rounding_matches_half_conversions() {
+    use half::{bf16, f16};
+    use qrt_format::quant::FloatDtype;
+    let mut bits: u32 = 0;
+    let mut checked = 0u64;
+    while bits < 0x7F80_0000 {
+        for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+            assert_eq!(FloatDtype::F16.round(x).to_bits(), f16::from_f32(x).to_f32().to_bits(), "f16 of {x:e}");
+            assert_eq!(FloatDtype::Bf16.round(x).to_bits(), bf16::from_f32(x).to_f32().to_bits(), "bf16 of {x:e}");
+            checked += 1;
+        }
+        // Odd step: visits ties (low bits 0x1000 / 0x8000) and their neighbours.
+        bits += 0x0FFF;
+    }
+    assert!(checked > 1_000_000);
+}

@@ -248,8 +248,8 @@ fn validation_refuses_bad_parameters() {
     );
     check(
         "gptq4",
-        with(&gptq, "group_size", MetaValue::I32(48)),
-        "group_size 48 does not divide k = 128",
+        with(&gptq, "group_size", MetaValue::I32(16)),
+        "qzeros",
     );
     check(
         "gptq4",
@@ -324,8 +324,8 @@ fn validation_refuses_bad_parameters() {
     );
     check(
         "awq",
-        with(&awq_t, "group_size", MetaValue::U32(96)),
-        "group_size 96 does not divide k = 128",
+        with(&awq_t, "group_size", MetaValue::U32(16)),
+        "qzeros",
     );
 
     // Shapes a layout cannot hold.

@@ -31,27 +31,52 @@ const ROWS: usize = 2048;
 /// A layer `w [N, K]` and calibration inputs `x = z · M [ROWS, K]`: `z` normal with a few
 /// high-variance channels, `M` a random mixing matrix, so the inputs are correlated.
 fn layer(seed: u64) -> (Vec<f32>, Vec<f32>) {
+    layer_k(seed, K)
+}
+
+/// [`layer`] with `k` input features: `w [N, k]`, `x [ROWS, k]`.
+fn layer_k(seed: u64, k: usize) -> (Vec<f32>, Vec<f32>) {
     let mut rng = Rng(seed);
-    let mut z: Vec<f32> = (0..ROWS * K).map(|_| rng.normal()).collect();
-    for row in z.chunks_mut(K) {
+    let mut z: Vec<f32> = (0..ROWS * k).map(|_| rng.normal()).collect();
+    for row in z.chunks_mut(k) {
         for (j, v) in row.iter_mut().enumerate() {
             if j % 37 == 3 {
                 *v *= 8.0;
             }
         }
     }
-    let m: Vec<f32> = (0..K * K).map(|_| rng.normal() / (K as f32).sqrt()).collect();
-    let mut x = vec![0f32; ROWS * K];
+    let m: Vec<f32> = (0..k * k)
+        .map(|_| rng.normal() / (k as f32).sqrt())
+        .collect();
+    let mut x = vec![0f32; ROWS * k];
     for r in 0..ROWS {
-        for p in 0..K {
-            let zp = z[r * K + p];
-            for j in 0..K {
-                x[r * K + j] += zp * m[p * K + j];
+        for p in 0..k {
+            let zp = z[r * k + p];
+            for j in 0..k {
+                x[r * k + j] += zp * m[p * k + j];
             }
         }
     }
-    let w: Vec<f32> = (0..N * K).map(|_| 0.05 * rng.normal()).collect();
+    let w: Vec<f32> = (0..N * k).map(|_| 0.05 * rng.normal()).collect();
     (w, x)
+}
+
+/// Layer widths that are not multiples of the group size: SmolLM2-135M's hidden size 576 with
+/// the presets' 128 (4 groups of 128 and one of 64), and 200 with 64 (3 of 64 and one of 8).
+const UNEVEN: [(usize, usize); 2] = [(576, 128), (200, 64)];
+
+/// How many columns each group holds according to `g_idx`.
+fn group_sizes(g_idx: &[i32], groups: usize) -> Vec<usize> {
+    let mut sizes = vec![0; groups];
+    for &g in g_idx {
+        sizes[g as usize] += 1;
+    }
+    sizes
+}
+
+/// `ceil(k / gs)` groups of `gs` columns, the last one holding the rest.
+fn want_sizes(k: usize, gs: usize) -> Vec<usize> {
+    (0..k.div_ceil(gs)).map(|g| gs.min(k - g * gs)).collect()
 }
 
 fn hessian(x: &[f32], rows: usize, k: usize) -> HessianAccumulator {
@@ -65,12 +90,20 @@ fn hessian(x: &[f32], rows: usize, k: usize) -> HessianAccumulator {
 
 /// `‖X Wᵀ − X Ŵᵀ‖²`.
 fn output_error(x: &[f32], rows: usize, k: usize, w: &[f32], q: &[f32], n: usize) -> f64 {
-    let d: Vec<f64> = w.iter().zip(q).map(|(a, b)| f64::from(*a) - f64::from(*b)).collect();
+    let d: Vec<f64> = w
+        .iter()
+        .zip(q)
+        .map(|(a, b)| f64::from(*a) - f64::from(*b))
+        .collect();
     let mut total = 0.0;
     for r in 0..rows {
         let xr = &x[r * k..(r + 1) * k];
         for o in 0..n {
-            let v: f64 = xr.iter().zip(&d[o * k..(o + 1) * k]).map(|(a, b)| f64::from(*a) * b).sum();
+            let v: f64 = xr
+                .iter()
+                .zip(&d[o * k..(o + 1) * k])
+                .map(|(a, b)| f64::from(*a) * b)
+                .sum();
             total += v * v;
         }
     }
@@ -90,9 +123,16 @@ fn check_consistent(res: &GptqResult, n: usize, k: usize, bits: u32, groups: usi
             let g = res.g_idx[j] as usize;
             assert!(g < groups, "g_idx {g} out of range");
             let code = res.codes[r * k + j];
-            assert!(u32::from(code) <= maxq, "code {code} out of range for {bits} bits");
+            assert!(
+                u32::from(code) <= maxq,
+                "code {code} out of range for {bits} bits"
+            );
             let want = res.scales[g * n + r] * (f32::from(code) - f32::from(res.zeros[g * n + r]));
-            assert_eq!(res.dequantized[r * k + j].to_bits(), want.to_bits(), "row {r} col {j}");
+            assert_eq!(
+                res.dequantized[r * k + j].to_bits(),
+                want.to_bits(),
+                "row {r} col {j}"
+            );
         }
     }
     assert!(res.zeros.iter().all(|&z| u32::from(z) <= maxq));
@@ -108,7 +148,7 @@ fn act_order(h: &HessianAccumulator) -> Vec<usize> {
 }
 
 /// A literal port of the reference `fasterquant` (no threads, W in f64, Hinv through the three
-/// reference steps), asymmetric: returns the dequantized weights (original order) and the
+/// reference steps), asymmetric, blocks of 128 columns: returns the dequantized weights (original order) and the
 /// scales in the order the groups are visited, `[groups][n]`.
 fn reference_fasterquant(
     w: &[f32],
@@ -118,13 +158,17 @@ fn reference_fasterquant(
     bits: u32,
     group_size: usize,
     act_order: bool,
-    blocksize: usize,
 ) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let blocksize = 128;
     let maxq = ((1u32 << bits) - 1) as f32;
     let find = |vals: &[f64]| {
         let lo = vals.iter().fold(0f32, |m, &v| m.min(v as f32));
         let hi = vals.iter().fold(0f32, |m, &v| m.max(v as f32));
-        let (lo, hi) = if lo == 0.0 && hi == 0.0 { (-1.0, 1.0) } else { (lo, hi) };
+        let (lo, hi) = if lo == 0.0 && hi == 0.0 {
+            (-1.0, 1.0)
+        } else {
+            (lo, hi)
+        };
         let scale = (hi - lo) / maxq;
         (scale, (-lo / scale).round_ties_even())
     };
@@ -140,7 +184,9 @@ fn reference_fasterquant(
     if act_order {
         perm.sort_by(|&a, &b| hm[b * k + b].total_cmp(&hm[a * k + a]));
     }
-    let hp: Vec<f64> = (0..k * k).map(|e| hm[perm[e / k] * k + perm[e % k]]).collect();
+    let hp: Vec<f64> = (0..k * k)
+        .map(|e| hm[perm[e / k] * k + perm[e % k]])
+        .collect();
     let mut wp: Vec<f64> = (0..n * k).map(|e| wm[(e / k) * k + perm[e % k]]).collect();
     let damp = 0.01 * (0..k).map(|i| hp[i * k + i]).sum::<f64>() / k as f64;
     let mut l = hp.clone();
@@ -153,13 +199,17 @@ fn reference_fasterquant(
     let mut params = vec![(0f32, 0f32); n];
     for i1 in (0..k).step_by(blocksize) {
         let i2 = (i1 + blocksize).min(k);
-        let mut w1: Vec<Vec<f64>> = (0..n).map(|r| wp[r * k + i1..r * k + i2].to_vec()).collect();
+        let mut w1: Vec<Vec<f64>> = (0..n)
+            .map(|r| wp[r * k + i1..r * k + i2].to_vec())
+            .collect();
         let mut err1 = vec![vec![0f64; i2 - i1]; n];
         for i in 0..i2 - i1 {
             let col = i1 + i;
             if col % group_size == 0 {
                 let end = (col + group_size).min(k);
-                params = (0..n).map(|r| find(&wp[r * k + col..r * k + end])).collect();
+                params = (0..n)
+                    .map(|r| find(&wp[r * k + col..r * k + end]))
+                    .collect();
                 scales.push(params.iter().map(|p| p.0).collect());
             }
             let d = u[col * k + col];
@@ -178,7 +228,9 @@ fn reference_fasterquant(
         }
         for r in 0..n {
             for j in i2..k {
-                wp[r * k + j] -= (i1..i2).map(|p| err1[r][p - i1] * u[p * k + j]).sum::<f64>();
+                wp[r * k + j] -= (i1..i2)
+                    .map(|p| err1[r][p - i1] * u[p * k + j])
+                    .sum::<f64>();
             }
         }
     }
@@ -198,18 +250,37 @@ fn matches_a_literal_port_of_the_reference() {
     let (w, x) = layer(31);
     let h = hessian(&x, ROWS, K);
     for act in [false, true] {
-        let cfg = GptqConfig { bits: 4, group_size: Some(32), sym: false, act_order: act, ..GptqConfig::default() };
+        let cfg = GptqConfig {
+            bits: 4,
+            group_size: Some(32),
+            sym: false,
+            act_order: act,
+            ..GptqConfig::default()
+        };
         let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
-        let (want, want_scales) = reference_fasterquant(&w, N, K, &h, 4, 32, act, 128);
+        let (want, want_scales) = reference_fasterquant(&w, N, K, &h, 4, 32, act);
         let mut worst = 0f32;
         for (g, sc) in want_scales.iter().enumerate() {
             for (r, &s) in sc.iter().enumerate() {
                 worst = worst.max((res.scales[g * N + r] - s).abs() / s);
             }
         }
-        assert!(worst < 1e-4, "act_order={act}: scales differ by {worst:e} (relative)");
-        let same = res.dequantized.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() < 1e-6).count();
-        assert!(same * 1000 >= 999 * N * K, "act_order={act}: {} of {} weights differ", N * K - same, N * K);
+        assert!(
+            worst < 1e-4,
+            "act_order={act}: scales differ by {worst:e} (relative)"
+        );
+        let same = res
+            .dequantized
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| (*a - *b).abs() < 1e-6)
+            .count();
+        assert!(
+            same * 1000 >= 999 * N * K,
+            "act_order={act}: {} of {} weights differ",
+            N * K - same,
+            N * K
+        );
     }
 }
 
@@ -217,21 +288,38 @@ fn matches_a_literal_port_of_the_reference() {
 fn gptq_beats_round_to_nearest() {
     let (w, x) = layer(7);
     let h = hessian(&x, ROWS, K);
-    for (bits, group_size) in [(4, Some(128)), (3, Some(128)), (4, None), (3, None), (2, Some(64))] {
+    for (bits, group_size) in [
+        (4, Some(128)),
+        (3, Some(128)),
+        (4, None),
+        (3, None),
+        (2, Some(64)),
+    ] {
         for sym in [false, true] {
             let rtn = rtn_quantize(&w, N, K, bits, group_size, sym);
             let groups = group_size.map_or(1, |g| K.div_ceil(g));
             check_consistent(&rtn, N, K, bits, groups);
             let rtn_err = output_error(&x, ROWS, K, &w, &rtn.dequantized, N);
             for act in [false, true] {
-                let cfg = GptqConfig { bits, group_size, sym, act_order: act, ..GptqConfig::default() };
+                let cfg = GptqConfig {
+                    bits,
+                    group_size,
+                    sym,
+                    act_order: act,
+                    ..GptqConfig::default()
+                };
                 let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
                 check_consistent(&res, N, K, bits, groups);
                 assert_eq!(res.damp_percent, 0.01);
                 let err = output_error(&x, ROWS, K, &w, &res.dequantized, N);
                 let ratio = err / rtn_err;
-                eprintln!("{bits}-bit g={group_size:?} sym={sym} act_order={act}: GPTQ/RTN = {ratio:.3}");
-                assert!(ratio < 0.8, "{bits}-bit g={group_size:?} sym={sym} act_order={act}: ratio {ratio}");
+                eprintln!(
+                    "{bits}-bit g={group_size:?} sym={sym} act_order={act}: GPTQ/RTN = {ratio:.3}"
+                );
+                assert!(
+                    ratio < 0.8,
+                    "{bits}-bit g={group_size:?} sym={sym} act_order={act}: ratio {ratio}"
+                );
             }
         }
     }
@@ -247,13 +335,28 @@ fn loss_equals_the_dampened_objective() {
     let mean_diag = (0..K).map(|i| hm[i * K + i]).sum::<f64>() / K as f64;
     for act in [false, true] {
         for group_size in [Some(32), None] {
-            let cfg = GptqConfig { bits: 3, group_size, sym: false, act_order: act, ..GptqConfig::default() };
+            let cfg = GptqConfig {
+                bits: 3,
+                group_size,
+                sym: false,
+                act_order: act,
+                ..GptqConfig::default()
+            };
             let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
             let lambda = cfg.damp_percent * mean_diag;
-            let e2: f64 = w.iter().zip(&res.dequantized).map(|(a, b)| f64::from(a - b).powi(2)).sum();
-            let want = output_error(&x, ROWS, K, &w, &res.dequantized, N) / ROWS as f64 + 0.5 * lambda * e2;
+            let e2: f64 = w
+                .iter()
+                .zip(&res.dequantized)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let want = output_error(&x, ROWS, K, &w, &res.dequantized, N) / ROWS as f64
+                + 0.5 * lambda * e2;
             let rel = (res.loss - want).abs() / want;
-            assert!(rel < 2e-3, "act_order={act} g={group_size:?}: loss {} vs {want} ({rel:e})", res.loss);
+            assert!(
+                rel < 2e-3,
+                "act_order={act} g={group_size:?}: loss {} vs {want} ({rel:e})",
+                res.loss
+            );
         }
     }
 }
@@ -263,24 +366,44 @@ fn act_order_groups_follow_the_permutation() {
     let (w, x) = layer(13);
     let h = hessian(&x, ROWS, K);
     let perm = act_order(&h);
-    assert_ne!(perm, (0..K).collect::<Vec<_>>(), "the test needs a nontrivial order");
+    assert_ne!(
+        perm,
+        (0..K).collect::<Vec<_>>(),
+        "the test needs a nontrivial order"
+    );
     for gs in [128, 64, 100] {
-        let cfg = GptqConfig { bits: 4, group_size: Some(gs), act_order: true, ..GptqConfig::default() };
+        let cfg = GptqConfig {
+            bits: 4,
+            group_size: Some(gs),
+            act_order: true,
+            ..GptqConfig::default()
+        };
         let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
         let groups = K.div_ceil(gs);
         check_consistent(&res, N, K, 4, groups);
         for (pos, &j) in perm.iter().enumerate() {
-            assert_eq!(res.g_idx[j] as usize, pos / gs, "column {j} at position {pos}");
+            assert_eq!(
+                res.g_idx[j] as usize,
+                pos / gs,
+                "column {j} at position {pos}"
+            );
         }
         for g in 0..groups {
             let size = res.g_idx.iter().filter(|&&v| v as usize == g).count();
             assert_eq!(size, gs.min(K - g * gs), "group {g}");
         }
         // Static groups keep the original grouping.
-        let cfg = GptqConfig { static_groups: true, ..cfg };
+        let cfg = GptqConfig {
+            static_groups: true,
+            ..cfg
+        };
         let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
         check_consistent(&res, N, K, 4, groups);
-        assert!(res.g_idx.iter().enumerate().all(|(j, &g)| g as usize == j / gs));
+        assert!(res
+            .g_idx
+            .iter()
+            .enumerate()
+            .all(|(j, &g)| g as usize == j / gs));
         let rtn = rtn_quantize(&w, N, K, 4, Some(gs), true);
         let ratio = output_error(&x, ROWS, K, &w, &res.dequantized, N)
             / output_error(&x, ROWS, K, &w, &rtn.dequantized, N);
@@ -294,10 +417,35 @@ fn results_do_not_depend_on_block_size_for_per_channel() {
     // block sizes agree up to f32 rounding of the propagated updates.
     let (w, x) = layer(17);
     let h = hessian(&x, ROWS, K);
-    let a = gptq_quantize(&w, N, K, &h, &GptqConfig { group_size: None, block_size: 128, ..GptqConfig::default() }).unwrap();
-    let b = gptq_quantize(&w, N, K, &h, &GptqConfig { group_size: None, block_size: 5, ..GptqConfig::default() }).unwrap();
+    let a = gptq_quantize(
+        &w,
+        N,
+        K,
+        &h,
+        &GptqConfig {
+            group_size: None,
+            block_size: 128,
+            ..GptqConfig::default()
+        },
+    )
+    .unwrap();
+    let b = gptq_quantize(
+        &w,
+        N,
+        K,
+        &h,
+        &GptqConfig {
+            group_size: None,
+            block_size: 5,
+            ..GptqConfig::default()
+        },
+    )
+    .unwrap();
     let differ = a.codes.iter().zip(&b.codes).filter(|(p, q)| p != q).count();
-    assert!(differ * 200 < N * K, "{differ} codes differ between block sizes");
+    assert!(
+        differ * 200 < N * K,
+        "{differ} codes differ between block sizes"
+    );
     assert!((a.loss - b.loss).abs() < 1e-3 * a.loss);
 }
 
@@ -310,7 +458,11 @@ fn dead_columns_are_zeroed() {
     }
     let h = hessian(&x, ROWS, K);
     for act in [false, true] {
-        let cfg = GptqConfig { act_order: act, sym: false, ..GptqConfig::default() };
+        let cfg = GptqConfig {
+            act_order: act,
+            sym: false,
+            ..GptqConfig::default()
+        };
         let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
         check_consistent(&res, N, K, 4, 2);
         for r in 0..N {
@@ -360,9 +512,40 @@ fn invalid_inputs_are_errors() {
     let h = hessian(&x, ROWS, K);
     let ok = GptqConfig::default();
     assert!(gptq_quantize(&w[1..], N, K, &h, &ok).is_err());
-    assert!(gptq_quantize(&w, N, K, &h, &GptqConfig { bits: 5, ..ok.clone() }).is_err());
-    assert!(gptq_quantize(&w, N, K, &h, &GptqConfig { group_size: Some(0), ..ok.clone() }).is_err());
-    assert!(gptq_quantize(&w, N, K, &h, &GptqConfig { static_groups: true, group_size: None, ..ok.clone() }).is_err());
+    assert!(gptq_quantize(
+        &w,
+        N,
+        K,
+        &h,
+        &GptqConfig {
+            bits: 5,
+            ..ok.clone()
+        }
+    )
+    .is_err());
+    assert!(gptq_quantize(
+        &w,
+        N,
+        K,
+        &h,
+        &GptqConfig {
+            group_size: Some(0),
+            ..ok.clone()
+        }
+    )
+    .is_err());
+    assert!(gptq_quantize(
+        &w,
+        N,
+        K,
+        &h,
+        &GptqConfig {
+            static_groups: true,
+            group_size: None,
+            ..ok.clone()
+        }
+    )
+    .is_err());
     assert!(gptq_quantize(&w, N, K, &HessianAccumulator::new(K), &ok).is_err());
     assert!(gptq_quantize(&w, N, K, &HessianAccumulator::new(K + 1), &ok).is_err());
     let mut bad = w.clone();
@@ -372,7 +555,9 @@ fn invalid_inputs_are_errors() {
     let mut xb = x[..10 * K].to_vec();
     xb[0] = f32::INFINITY;
     hb.add_batch(&xb, 10);
-    assert!(gptq_quantize(&w, N, K, &hb, &ok).unwrap_err().contains("not finite"));
+    assert!(gptq_quantize(&w, N, K, &hb, &ok)
+        .unwrap_err()
+        .contains("not finite"));
 }
 
 #[test]
@@ -380,7 +565,11 @@ fn hessian_is_the_running_average() {
     let (_, x) = layer(29);
     let k = 16;
     let rows = 300;
-    let x: Vec<f32> = x.chunks(K).take(rows).flat_map(|r| r[..k].to_vec()).collect();
+    let x: Vec<f32> = x
+        .chunks(K)
+        .take(rows)
+        .flat_map(|r| r[..k].to_vec())
+        .collect();
     let mut h = HessianAccumulator::new(k);
     h.add_batch(&x[..100 * k], 100);
     h.add_batch(&x[100 * k..], rows - 100);
@@ -393,7 +582,10 @@ fn hessian_is_the_running_average() {
                 .sum::<f64>()
                 * 2.0
                 / rows as f64;
-            assert!((hm[i * k + j] - want).abs() < 1e-10 * want.abs().max(1.0), "H[{i},{j}]");
+            assert!(
+                (hm[i * k + j] - want).abs() < 1e-10 * want.abs().max(1.0),
+                "H[{i},{j}]"
+            );
         }
     }
 }
@@ -411,12 +603,162 @@ fn gptq_timings() {
         h.add_batch(&x, rows);
         let th = t.elapsed();
         let t = std::time::Instant::now();
-        let cfg = GptqConfig { act_order: true, ..GptqConfig::default() };
+        let cfg = GptqConfig {
+            act_order: true,
+            ..GptqConfig::default()
+        };
         let res = gptq_quantize(&w, n, k, &h, &cfg).unwrap();
         eprintln!(
             "n={n} k={k}: add_batch({rows} rows) {th:.2?}, gptq_quantize {:.2?} (damp {})",
             t.elapsed(),
             res.damp_percent
         );
+    }
+}
+
+#[test]
+fn uneven_groups_match_a_literal_port_of_the_reference() {
+    // The last group is shorter: its parameters come from W[:, i:i+groupsize] clipped at k,
+    // and with act_order it is the last group in permuted order.
+    for (k, gs) in UNEVEN {
+        let (w, x) = layer_k(37, k);
+        let h = hessian(&x, ROWS, k);
+        for act in [false, true] {
+            let cfg = GptqConfig {
+                bits: 4,
+                group_size: Some(gs),
+                sym: false,
+                act_order: act,
+                ..GptqConfig::default()
+            };
+            let res = gptq_quantize(&w, N, k, &h, &cfg).unwrap();
+            let (want, want_scales) = reference_fasterquant(&w, N, k, &h, 4, gs, act);
+            assert_eq!(want_scales.len(), k.div_ceil(gs));
+            assert_eq!(res.scales.len(), k.div_ceil(gs) * N);
+            let mut worst = 0f32;
+            for (g, sc) in want_scales.iter().enumerate() {
+                for (r, &s) in sc.iter().enumerate() {
+                    worst = worst.max((res.scales[g * N + r] - s).abs() / s);
+                }
+            }
+            assert!(
+                worst < 1e-4,
+                "k={k} g={gs} act_order={act}: scales differ by {worst:e} (relative)"
+            );
+            let same = res
+                .dequantized
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| (*a - *b).abs() < 1e-6)
+                .count();
+            assert!(
+                same * 1000 >= 999 * N * k,
+                "k={k} g={gs} act_order={act}: {} of {} weights differ",
+                N * k - same,
+                N * k
+            );
+        }
+    }
+}
+
+#[test]
+fn uneven_groups_gptq_beats_round_to_nearest() {
+    for (k, gs) in UNEVEN {
+        let (w, x) = layer_k(41, k);
+        let h = hessian(&x, ROWS, k);
+        let perm = act_order(&h);
+        assert_ne!(
+            perm,
+            (0..k).collect::<Vec<_>>(),
+            "the test needs a nontrivial order"
+        );
+        let groups = k.div_ceil(gs);
+        let sizes = want_sizes(k, gs);
+        assert_eq!(sizes.last(), Some(&(k % gs)));
+        for bits in [4, 3] {
+            for sym in [false, true] {
+                let rtn = rtn_quantize(&w, N, k, bits, Some(gs), sym);
+                check_consistent(&rtn, N, k, bits, groups);
+                assert!(rtn
+                    .g_idx
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &g)| g as usize == j / gs));
+                assert_eq!(group_sizes(&rtn.g_idx, groups), sizes);
+                let rtn_err = output_error(&x, ROWS, k, &w, &rtn.dequantized, N);
+                for (act, stat) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let cfg = GptqConfig {
+                        bits,
+                        group_size: Some(gs),
+                        sym,
+                        act_order: act,
+                        static_groups: stat,
+                        ..GptqConfig::default()
+                    };
+                    let what =
+                        format!("k={k} g={gs} {bits}-bit sym={sym} act_order={act} static={stat}");
+                    let res = gptq_quantize(&w, N, k, &h, &cfg).unwrap();
+                    check_consistent(&res, N, k, bits, groups);
+                    assert_eq!(group_sizes(&res.g_idx, groups), sizes, "{what}");
+                    if act && !stat {
+                        for (pos, &j) in perm.iter().enumerate() {
+                            assert_eq!(res.g_idx[j] as usize, pos / gs, "{what}: column {j}");
+                        }
+                        // The short group is the last gs-or-fewer columns in permuted order.
+                        let last: Vec<usize> = perm[(groups - 1) * gs..].to_vec();
+                        assert!(last.iter().all(|&j| res.g_idx[j] as usize == groups - 1));
+                    } else {
+                        assert!(
+                            res.g_idx
+                                .iter()
+                                .enumerate()
+                                .all(|(j, &g)| g as usize == j / gs),
+                            "{what}: g_idx"
+                        );
+                    }
+                    if stat {
+                        // Static groups come from the unmodified weights: RTN's parameters.
+                        assert_eq!(res.scales, rtn.scales, "{what}: static scales");
+                        assert_eq!(res.zeros, rtn.zeros, "{what}: static zeros");
+                    }
+                    let ratio = output_error(&x, ROWS, k, &w, &res.dequantized, N) / rtn_err;
+                    eprintln!("{what}: GPTQ/RTN = {ratio:.3}");
+                    assert!(ratio < 0.8, "{what}: ratio {ratio}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn uneven_last_group_parameters_cover_only_its_columns() {
+    // RTN by hand: the short last group's range is its own columns', not a full group's.
+    let (k, gs, n) = (200, 64, 3);
+    let mut rng = Rng(43);
+    let mut w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.normal()).collect();
+    // A large value just before the last group must not leak into it.
+    for r in 0..n {
+        w[r * k + 191] = 5.0;
+    }
+    for sym in [false, true] {
+        let res = rtn_quantize(&w, n, k, 4, Some(gs), sym);
+        check_consistent(&res, n, k, 4, 4);
+        for r in 0..n {
+            for g in 0..4 {
+                let cols = &w[r * k + g * gs..r * k + ((g + 1) * gs).min(k)];
+                let lo = cols.iter().fold(0f32, |m, &v| m.min(v));
+                let hi = cols.iter().fold(0f32, |m, &v| m.max(v));
+                let want = if sym {
+                    2.0 * hi.max(-lo) / 15.0
+                } else {
+                    (hi - lo) / 15.0
+                };
+                assert_eq!(res.scales[g * n + r], want, "sym={sym} row {r} group {g}");
+            }
+            assert!(
+                res.scales[3 * n + r] < 0.1,
+                "the outlier leaked into the last group"
+            );
+        }
     }
 }

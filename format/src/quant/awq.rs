@@ -6,9 +6,10 @@
 //! * `qweight` — i32 `[k, n/8]`: word `c` of input row `j` holds the codes of outputs
 //!   `8c .. 8c+7`, output `8c + AWQ_ORDER[i]` in bits `4i .. 4i+3` (AutoAWQ's
 //!   interleave `[0, 2, 4, 6, 1, 3, 5, 7]`);
-//! * `qzeros` — i32 `[k/group_size, n/8]`, the zero points packed the same way, stored
+//! * `qzeros` — i32 `[ceil(k/group_size), n/8]`, the zero points packed the same way, stored
 //!   as they are (no offset);
-//! * `scales` — f16 `[k/group_size, n]`.
+//! * `scales` — f16 `[ceil(k/group_size), n]` (a k that is not a multiple of the group size
+//!   leaves a shorter last group).
 //!
 //! Decoding: `w[r][j] = (q[r][j] − zero[g][r]) × scales[g][r]` in f32, `g = j / group_size`.
 
@@ -33,7 +34,7 @@ pub const AWQ_NIBBLE_OF: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
 pub struct AwqParams {
     /// Bits per code: 4 (the only width of the GEMM layout).
     pub bits: u32,
-    /// Input columns per group (≥ 1, divides `k`).
+    /// Input columns per group (≥ 1; the last group may be shorter).
     pub group_size: u32,
 }
 
@@ -66,7 +67,7 @@ impl AwqParams {
             return Err(format!("bits is {}; allowed: 4", self.bits));
         }
         if self.group_size == 0 {
-            return Err("group_size is 0; it must be a positive divisor of k".to_string());
+            return Err("group_size is 0; it must be positive".to_string());
         }
         Ok(())
     }
@@ -91,11 +92,8 @@ impl AwqParams {
                 "n = {n} outputs do not fill whole words of eight 4-bit codes; n must be a multiple of 8"
             ));
         }
-        let gs = self.group_size as usize;
-        if k % gs != 0 {
-            return Err(format!("group_size {gs} does not divide k = {k}"));
-        }
-        let (g, n8) = (k / gs, n / 8);
+        // A k that is not a multiple of the group size leaves a shorter last group.
+        let (g, n8) = (k.div_ceil(self.group_size as usize), n / 8);
         Ok(vec![
             PartSpec::new(
                 "qweight",
@@ -107,13 +105,13 @@ impl AwqParams {
                 "qzeros",
                 ElemType::I32,
                 (g * n8) as u64,
-                format!("[k/group_size, n/8] = [{g}, {n8}] i32"),
+                format!("[ceil(k/group_size), n/8] = [{g}, {n8}] i32"),
             )?,
             PartSpec::new(
                 "scales",
                 ElemType::F16,
                 (g * n) as u64,
-                format!("[k/group_size, n] = [{g}, {n}] f16"),
+                format!("[ceil(k/group_size), n] = [{g}, {n}] f16"),
             )?,
         ])
     }
@@ -158,15 +156,15 @@ pub struct AwqTensor {
     pub k: usize,
     /// Packed codes, `[k, n/8]`.
     pub qweight: Vec<i32>,
-    /// Packed zero points, `[k/group_size, n/8]`.
+    /// Packed zero points, `[ceil(k/group_size), n/8]`.
     pub qzeros: Vec<i32>,
-    /// Scales, `[k/group_size, n]`.
+    /// Scales, `[ceil(k/group_size), n]`.
     pub scales: Vec<f16>,
 }
 
 impl AwqTensor {
     /// Packs integer codes produced by an AWQ quantizer: `codes` `[n, k]` row-major,
-    /// `scales` and `zeros` `[k/group_size, n]` (scales rounded to f16 here), every code
+    /// `scales` and `zeros` `[ceil(k/group_size), n]` (scales rounded to f16 here), every code
     /// and zero point `≤ 15`.
     pub fn from_codes(
         codes: &[u8],
@@ -178,7 +176,7 @@ impl AwqTensor {
     ) -> Result<Self, String> {
         let params = AwqParams::new(group_size);
         params.part_specs(&[n as u64, k as u64])?;
-        let groups = k / group_size as usize;
+        let groups = k.div_ceil(group_size as usize);
         check_len("codes", codes.len(), n * k)?;
         check_len("scales", scales.len(), groups * n)?;
         check_len("zeros", zeros.len(), groups * n)?;
@@ -217,7 +215,7 @@ impl AwqTensor {
         codes
     }
 
-    /// The zero points, `[k/group_size, n]`.
+    /// The zero points, `[ceil(k/group_size), n]`.
     pub fn zeros(&self) -> Vec<u8> {
         unpack(&self.qzeros)
     }
@@ -270,13 +268,13 @@ pub fn rtn_quantize(w: &[f32], n: usize, k: usize, group_size: u32) -> Result<Aw
         return Err("the weight has a non-finite value".to_string());
     }
     let gs = group_size as usize;
-    let groups = k / gs;
+    let groups = k.div_ceil(gs);
     let mut codes = vec![0u8; n * k];
     let mut scales = vec![0f32; groups * n];
     let mut zeros = vec![0u8; groups * n];
     for r in 0..n {
         for g in 0..groups {
-            let x = &w[r * k + g * gs..r * k + (g + 1) * gs];
+            let x = &w[r * k + g * gs..r * k + ((g + 1) * gs).min(k)];
             let xmax = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let xmin = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
             let scale = (xmax - xmin).max(1e-5) / 15.0;
@@ -338,7 +336,7 @@ impl QuantizedMatrix for AwqView<'_> {
         check_decode_args(self.n, self.k, start, count, dst);
         let (n, k, gs) = (self.n, self.k, self.group_size);
         let n8 = n / 8;
-        let groups = k / gs;
+        let groups = k.div_ceil(gs);
         // Per tile row: its word column and nibble shift, and its zero and scale per group.
         let col: Vec<usize> = (start..start + count).map(|r| r / 8).collect();
         let shift: Vec<u32> = (start..start + count)

@@ -12,9 +12,10 @@
 //!
 //! Quantization follows bitsandbytes' `kQuantizeBlockwise` / `dQuantize` (deterministic
 //! rounding): each block is scaled by the GPU reciprocal of its absolute maximum
-//! ([`kernel_reciprocal`]), then a 7-step binary search
-//! over the sorted map picks a bracketing entry, and the value is rounded to the nearer
-//! neighbour using f32 midpoints, ties going away from the pivot of the search.
+//! ([`kernel_reciprocal`]), then a 7-step binary search over the sorted map ends at
+//! an entry (the pivot) and the value is rounded to the nearer of the pivot and its
+//! neighbour on the value's side, comparing with their f32 midpoint (a value exactly
+//! on the midpoint keeps the pivot).
 
 /// Number of entries in an 8-bit map.
 pub const DYNAMIC_MAP_LEN: usize = 256;
@@ -228,14 +229,14 @@ const RCP_DOWN: [u64; 16] = [
 ];
 
 /// The reciprocal bitsandbytes' kernels scale a block with: `1.0f / absmax` compiled
-/// with `--use_fast_math`, i.e. the GPU's approximate reciprocal (`rcp.approx.ftz.f32`).
+/// with `--use_fast_math`, i.e. the GPU's approximate (flush-to-zero) reciprocal.
 /// It is within one ulp of the IEEE result but differs from it for about 13% of
 /// inputs, which moves values that fall exactly on a decision threshold (frequent with
 /// coarse bf16 data). For every input whose significand fits in 11 bits — all f16 and
 /// bf16 values, hence the absmax of any f16/bf16 block — the deviation is tabulated
-/// ([`RCP_UP`], [`RCP_DOWN`]: measured on an NVIDIA H200 by `tools/bnb_parity.py`, which
-/// checks that it depends only on the mantissa over exponents −100..100); other inputs
-/// get the IEEE reciprocal.
+/// (the bit sets `RCP_UP` and `RCP_DOWN`, measured on an NVIDIA H200 by
+/// `tools/bnb_parity.py`, which checks that it depends only on the mantissa over
+/// exponents −100..100); other inputs get the IEEE reciprocal.
 pub fn kernel_reciprocal(a: f32) -> f32 {
     let a = ftz(a);
     let r = 1.0 / a;

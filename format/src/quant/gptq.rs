@@ -69,7 +69,7 @@ impl GptqParams {
         }
         if self.group_size == 0 || self.group_size < -1 {
             return Err(format!(
-                "group_size is {}; allowed: -1 (one group per row) or a positive divisor of k",
+                "group_size is {}; allowed: -1 (one group per row) or a positive number of columns",
                 self.group_size
             ));
         }
@@ -96,7 +96,7 @@ impl GptqParams {
 
     /// Number of groups for `k` inputs.
     pub fn n_groups(&self, k: usize) -> usize {
-        k / self.group_len(k).max(1)
+        k.div_ceil(self.group_len(k).max(1))
     }
 
     /// The largest code, `2^bits - 1`.
@@ -120,14 +120,9 @@ impl GptqParams {
                 "n = {n} outputs do not fill whole 32-bit words of {b}-bit zeros (qzeros); n must be a multiple of {multiple}"
             ));
         }
-        let gl = self.group_len(k);
-        if k % gl != 0 {
-            return Err(format!(
-                "group_size {} does not divide k = {k}",
-                self.group_size
-            ));
-        }
-        let g = k / gl;
+        // A k that is not a multiple of the group size leaves a shorter last group (as
+        // AutoGPTQ's `ceil(infeatures / group_size)` groups).
+        let g = self.n_groups(k);
         let (n64, k64, g64) = (n as u64, k as u64, g as u64);
         let kw = k64 * b as u64 / 32;
         let nw = n64 * b as u64 / 32;
@@ -305,7 +300,7 @@ impl GptqTensor {
     /// * `g_idx`: `[k]`, the group of each input column (`j / group_size` unless `act_order`).
     ///
     /// `k` is `g_idx.len()`, `n` is `codes.len() / k`, and the number of groups is
-    /// `k / group_size` (1 for `group_size = -1`).
+    /// `ceil(k / group_size)` (1 for `group_size = -1`).
     #[allow(clippy::too_many_arguments)] // the signature the GPTQ quantizer calls
     pub fn from_codes(
         codes: &[u8],
@@ -498,7 +493,7 @@ pub fn rtn_quantize(
     let mut zeros = vec![0u8; groups * n];
     for r in 0..n {
         for g in 0..groups {
-            let x = &w[r * k + g * gl..r * k + (g + 1) * gl];
+            let x = &w[r * k + g * gl..r * k + ((g + 1) * gl).min(k)];
             let mut xmin = x.iter().fold(0f32, |m, &v| m.min(v));
             let mut xmax = x.iter().fold(0f32, |m, &v| m.max(v));
             if sym {

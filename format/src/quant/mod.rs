@@ -159,10 +159,34 @@ impl FloatDtype {
     }
 
     /// `x` rounded to this dtype (round to nearest even), as `f32`.
+    ///
+    /// Values in f16's normal range are rounded in place on the f32 bits (keep 10 mantissa
+    /// bits, ties to even), which is exact there and much faster than a conversion; others
+    /// (f16 overflow, subnormals, NaN) go through the `half` conversion.
+    #[inline]
     pub fn round(self, x: f32) -> f32 {
         match self {
-            FloatDtype::F16 => f16::from_f32(x).to_f32(),
-            FloatDtype::Bf16 => bf16::from_f32(x).to_f32(),
+            FloatDtype::F16 => {
+                let bits = x.to_bits();
+                let exp = (bits >> 23) & 0xFF;
+                // f16 normal exponents are -14..=15, i.e. biased f32 exponents 113..=142; 142
+                // may round up past f16's largest finite value, so it takes the slow path.
+                if (113..142).contains(&exp) {
+                    let lsb = (bits >> 13) & 1;
+                    f32::from_bits((bits + 0x0FFF + lsb) & !0x1FFF)
+                } else {
+                    f16::from_f32(x).to_f32()
+                }
+            }
+            FloatDtype::Bf16 => {
+                let bits = x.to_bits();
+                if x.is_finite() && ((bits >> 23) & 0xFF) < 0xFE {
+                    let lsb = (bits >> 16) & 1;
+                    f32::from_bits((bits + 0x7FFF + lsb) & !0xFFFF)
+                } else {
+                    bf16::from_f32(x).to_f32()
+                }
+            }
             FloatDtype::F32 => x,
         }
     }

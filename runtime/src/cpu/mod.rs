@@ -109,10 +109,18 @@ impl CpuWeight {
             name => {
                 let view = self.quantized()?;
                 let dtype = match name {
-                    "nf4" | "fp4" => Some(Bnb4Params::from_storage(&t.storage).map_err(unsupported)?.compute_dtype),
+                    "nf4" | "fp4" => Some(Bnb4Params::from_storage(&t.storage).map_err(unsupported)?),
                     _ => None,
                 };
-                rounded_matmul(x, m, view.as_ref(), dtype, out);
+                match dtype {
+                    // Decoded values are already in the original dtype; round the inputs only.
+                    Some(p) if p.orig_dtype == p.compute_dtype => {
+                        let xr: Vec<f32> = x.iter().map(|&v| p.compute_dtype.round(v)).collect();
+                        linear::matmul_nt(&xr, m, k, Weights::Decoded(&Rounded { inner: view.as_ref(), dtype: None }), n, out)
+                    }
+                    Some(p) => rounded_matmul(x, m, view.as_ref(), Some(p.compute_dtype), out),
+                    None => rounded_matmul(x, m, view.as_ref(), None, out),
+                }
             }
         }
         Ok(())

@@ -18,6 +18,12 @@
 //! per group of `group_size` input columns, `scale = max(max − min, 1e-5) / maxq`,
 //! `zero = clamp(−round(min / scale), 0, maxq)`, `q = clamp(round(w / scale) + zero, 0, maxq)`,
 //! `ŵ = (q − zero) · scale`, rounding half to even like `torch.round`.
+//!
+//! Groups are taken within each output row: a row of `k` inputs has `ceil(k / group_size)`
+//! groups, columns `g · group_size .. min((g + 1) · group_size, k)`, so when `k` is not a
+//! multiple of the group size the last group is shorter (as AutoAWQ/AutoGPTQ with
+//! `g_idx = j // group_size`, and as the storage codec accepts). llm-awq itself reshapes the
+//! weight to `[-1, group_size]` and needs `k` to be a multiple.
 
 use rayon::prelude::*;
 
@@ -43,7 +49,14 @@ pub struct AwqConfig {
 impl Default for AwqConfig {
     /// 4 bits, group size 128, 20-point grids, shrink up to 0.5, 512 clip samples.
     fn default() -> Self {
-        Self { bits: 4, group_size: 128, grid: 20, clip_grid: 20, max_shrink: 0.5, clip_samples: 512 }
+        Self {
+            bits: 4,
+            group_size: 128,
+            grid: 20,
+            clip_grid: 20,
+            max_shrink: 0.5,
+            clip_samples: 512,
+        }
     }
 }
 
@@ -59,7 +72,9 @@ impl GroupParams {
     fn find(group: &[f32], maxq: f32) -> Self {
         let (lo, hi) = group
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         let scale = (hi - lo).max(1e-5) / maxq;
         let zero = (-(lo / scale).round_ties_even()).clamp(0.0, maxq);
         Self { scale, zero }
@@ -87,26 +102,40 @@ impl GroupParams {
 /// `2^bits − 1`, checking the shapes the quantizer needs.
 fn check(w: &[f32], n: usize, k: usize, bits: u32, group_size: usize) -> f32 {
     assert_eq!(w.len(), n * k, "weight is not {n}x{k}");
-    assert!((1..=8).contains(&bits), "{bits}-bit quantization is not supported (1..=8)");
-    assert!(group_size > 0 && k % group_size == 0, "k = {k} is not a multiple of group size {group_size}");
+    assert!(
+        (1..=8).contains(&bits),
+        "{bits}-bit quantization is not supported (1..=8)"
+    );
+    assert!(group_size > 0, "group size must be positive");
     ((1u32 << bits) - 1) as f32
 }
 
+/// The columns of group `g` in a row of `k` inputs: `g·gs .. min((g + 1)·gs, k)`.
+fn group_cols(g: usize, gs: usize, k: usize) -> std::ops::Range<usize> {
+    g * gs..((g + 1) * gs).min(k)
+}
+
 /// Quantize-dequantize `w` (row-major `[n, k]`) with the AWQ quantizer, per group of
-/// `group_size` columns (llm-awq's `pseudo_quantize_tensor`). Clip first with [`apply_clip`]
-/// to quantize with clipping thresholds.
+/// `group_size` columns within each row, `ceil(k / group_size)` groups with the last one
+/// shorter when `k` is not a multiple (llm-awq's `pseudo_quantize_tensor`). Clip first with
+/// [`apply_clip`] to quantize with clipping thresholds.
 ///
 /// # Panics
-/// If `w.len() != n·k`, `k` is not a multiple of `group_size`, or `bits` is outside 1..=8.
+/// If `w.len() != n·k`, `group_size == 0`, or `bits` is outside 1..=8.
 pub fn pseudo_quantize(w: &[f32], n: usize, k: usize, bits: u32, group_size: usize) -> Vec<f32> {
     let maxq = check(w, n, k, bits, group_size);
     let mut out = w.to_vec();
-    out.par_chunks_mut(group_size).for_each(|g| GroupParams::fake_quantize(g, maxq));
+    out.par_chunks_mut(k.max(1)).for_each(|row| {
+        row.chunks_mut(group_size)
+            .for_each(|g| GroupParams::fake_quantize(g, maxq))
+    });
     out
 }
 
-/// Final quantization to integer codes: returns `(codes [n, k], scales [k/g, n], zeros [k/g, n])`
-/// with `(codes − zeros) · scales` equal to [`pseudo_quantize`] element for element.
+/// Final quantization to integer codes: returns `(codes [n, k], scales [groups, n],
+/// zeros [groups, n])` with `groups = ceil(k / group_size)` (the last group shorter when `k` is
+/// not a multiple) and `(codes − zeros) · scales` equal to [`pseudo_quantize`] element for
+/// element.
 ///
 /// # Panics
 /// As [`pseudo_quantize`].
@@ -118,19 +147,31 @@ pub fn awq_quantize(
     group_size: usize,
 ) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
     let maxq = check(w, n, k, bits, group_size);
-    let groups = k / group_size;
+    let groups = k.div_ceil(group_size);
     let mut codes = vec![0u8; n * k];
-    let params: Vec<GroupParams> = codes
-        .par_chunks_mut(group_size)
-        .zip(w.par_chunks(group_size))
-        .map(|(c, g)| {
-            let p = GroupParams::find(g, maxq);
-            for (c, &v) in c.iter_mut().zip(g) {
-                *c = p.code(v, maxq) as u8;
+    let mut params = vec![
+        GroupParams {
+            scale: 0.0,
+            zero: 0.0
+        };
+        n * groups
+    ];
+    codes
+        .par_chunks_mut(k.max(1))
+        .zip(w.par_chunks(k.max(1)))
+        .zip(params.par_chunks_mut(groups.max(1)))
+        .for_each(|((codes, row), params)| {
+            for ((c, g), p) in codes
+                .chunks_mut(group_size)
+                .zip(row.chunks(group_size))
+                .zip(params)
+            {
+                *p = GroupParams::find(g, maxq);
+                for (c, &v) in c.iter_mut().zip(g) {
+                    *c = p.code(v, maxq) as u8;
+                }
             }
-            p
-        })
-        .collect();
+        });
     let mut scales = vec![0f32; groups * n];
     let mut zeros = vec![0u8; groups * n];
     for (i, p) in params.iter().enumerate() {
@@ -171,14 +212,18 @@ pub fn activation_scale(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
                 a
             },
         );
-    sums.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect()
+    sums.iter()
+        .map(|&s| (s / rows.max(1) as f64) as f32)
+        .collect()
 }
 
 /// The candidate scale for `alpha`: `x_mean^alpha` (at least 1e-4), divided by
 /// `sqrt(max · min)` so the scales straddle 1.
 fn candidate(x_mean: &[f32], alpha: f32) -> Vec<f32> {
     let mut s: Vec<f32> = x_mean.iter().map(|&m| m.powf(alpha).max(1e-4)).collect();
-    let (lo, hi) = s.iter().fold((f32::INFINITY, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = s
+        .iter()
+        .fold((f32::INFINITY, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let norm = (hi * lo).sqrt();
     s.iter_mut().for_each(|v| *v /= norm);
     s
@@ -200,8 +245,16 @@ pub fn search_scales_with(
     grid: usize,
     loss: &mut dyn FnMut(&[f32]) -> f64,
 ) -> (Vec<f32>, f64, f32) {
-    assert_eq!(x_mean.len(), k, "x_mean has {} channels, expected {k}", x_mean.len());
-    assert!(grid > 0, "the scale search needs a grid of at least one point");
+    assert_eq!(
+        x_mean.len(),
+        k,
+        "x_mean has {} channels, expected {k}",
+        x_mean.len()
+    );
+    assert!(
+        grid > 0,
+        "the scale search needs a grid of at least one point"
+    );
     let mut best: Option<(Vec<f32>, f64, f32)> = None;
     let mut first = f64::NAN;
     for i in 0..grid {
@@ -226,7 +279,7 @@ pub fn search_scales_with(
 /// [`search_scales_with`] to measure that. Returns the best `s` and its alpha.
 ///
 /// # Panics
-/// On shape mismatches, `k` not a multiple of the group size, or `cfg.grid == 0`.
+/// On shape mismatches, `cfg.group_size == 0`, bits outside 1..=8, or `cfg.grid == 0`.
 pub fn search_scales_linear(
     weights: &[(&[f32], usize)],
     x: &[f32],
@@ -249,8 +302,8 @@ pub fn search_scales_linear(
             let q = pseudo_quantize(&ws, n, k, cfg.bits, cfg.group_size);
             // x · W'ᵀ − x · Wᵀ = x · (W' − W)ᵀ.
             let delta: Vec<f32> = q
-                .par_chunks(k)
-                .zip(w.par_chunks(k))
+                .par_chunks(k.max(1))
+                .zip(w.par_chunks(k.max(1)))
                 .flat_map_iter(|(q, w)| q.iter().zip(s).zip(w).map(|((q, s), w)| q / s - w))
                 .collect();
             total += output_sq_norm(x, rows, k, &delta, n);
@@ -280,11 +333,24 @@ fn output_sq_norm(x: &[f32], rows: usize, k: usize, d: &[f32], n: usize) -> f64 
                     0,
                     n,
                     None,
-                    View { data: xt, off: 0, rs: k, cs: 1 },
-                    View { data: d, off: 0, rs: 1, cs: k },
+                    View {
+                        data: xt,
+                        off: 0,
+                        rs: k,
+                        cs: 1,
+                    },
+                    View {
+                        data: d,
+                        off: 0,
+                        rs: 1,
+                        cs: k,
+                    },
                     1.0,
                 );
-                out[..m * n].iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()
+                out[..m * n]
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
             },
         )
         .sum()
@@ -295,36 +361,55 @@ fn output_sq_norm(x: &[f32], rows: usize, k: usize, d: &[f32], n: usize) -> f64 
 /// used (at least every row). For each output row and group, tries
 /// `max_val = max|w_g| · (1 − i/clip_grid)` for `i = 0 .. max_shrink·clip_grid` and keeps the
 /// one minimizing the mean over the sampled rows of `(x_g · (Q(clamp(w_g, ±max_val)) − w_g))²`;
-/// `i = 0` is no clipping, so the chosen threshold never measures worse than none. Returns
-/// the thresholds row-major `[n, k/group_size]`, for [`apply_clip`].
+/// `i = 0` is no clipping, so the chosen threshold never measures worse than none. The groups
+/// are those of [`pseudo_quantize`]: `ceil(k / group_size)` per row, the last one shorter
+/// when `k` is not a multiple. Returns the thresholds row-major `[n, ceil(k / group_size)]`,
+/// for [`apply_clip`].
 ///
 /// # Panics
-/// On shape mismatches or `k` not a multiple of the group size.
-pub fn search_clip(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize, cfg: &AwqConfig) -> Vec<f32> {
+/// On shape mismatches, `cfg.group_size == 0`, or bits outside 1..=8.
+pub fn search_clip(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    cfg: &AwqConfig,
+) -> Vec<f32> {
     let maxq = check(w, n, k, cfg.bits, cfg.group_size);
     assert_eq!(x.len(), rows * k, "x is not {rows}x{k}");
     let gs = cfg.group_size;
-    let groups = k / gs;
+    let groups = k.div_ceil(gs);
     let step = (rows / cfg.clip_samples.max(1)).max(1);
-    let xs: Vec<f32> = x.chunks(k.max(1)).step_by(step).flatten().copied().collect();
-    let samples = if k == 0 { 0 } else { xs.len() / k };
+    let xs: Vec<f32> = x
+        .chunks(k.max(1))
+        .step_by(step)
+        .flatten()
+        .copied()
+        .collect();
+    let samples = xs.len().checked_div(k).unwrap_or(0);
     // int(max_shrink * n_grid), robust to 0.7 * 10 = 6.9999…
-    let steps = (cfg.max_shrink * cfg.clip_grid as f32 + 1e-4).floor().max(1.0) as usize;
+    let steps = (cfg.max_shrink * cfg.clip_grid as f32 + 1e-4)
+        .floor()
+        .max(1.0) as usize;
     let per_group: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
         .map(|g| {
+            let cols = group_cols(g, gs, k);
+            let width = cols.len();
+            let wg_of = |r: usize| &w[r * k + cols.start..r * k + cols.end];
             let org_max: Vec<f32> = (0..n)
-                .map(|r| w[r * k + g * gs..r * k + (g + 1) * gs].iter().fold(0f32, |m, v| m.max(v.abs())))
+                .map(|r| wg_of(r).iter().fold(0f32, |m, v| m.max(v.abs())))
                 .collect();
             let mut best = org_max.clone();
             let mut min_err = vec![f64::INFINITY; n];
-            let mut delta = vec![0f32; n * gs];
+            let mut delta = vec![0f32; n * width];
             let mut out = vec![0f32; samples * n];
             for i in 0..steps {
                 let factor = (1.0 - i as f64 / cfg.clip_grid as f64) as f32;
                 for r in 0..n {
-                    let wg = &w[r * k + g * gs..r * k + (g + 1) * gs];
-                    let d = &mut delta[r * gs..(r + 1) * gs];
+                    let wg = wg_of(r);
+                    let d = &mut delta[r * width..(r + 1) * width];
                     let max_val = org_max[r] * factor;
                     for (d, &v) in d.iter_mut().zip(wg) {
                         *d = v.clamp(-max_val, max_val);
@@ -335,17 +420,29 @@ pub fn search_clip(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize, cfg: &
                 gemm(
                     samples,
                     n,
-                    gs,
+                    width,
                     &mut out,
                     0,
                     n,
                     None,
-                    View { data: &xs, off: g * gs, rs: k, cs: 1 },
-                    View { data: &delta, off: 0, rs: 1, cs: gs },
+                    View {
+                        data: &xs,
+                        off: cols.start,
+                        rs: k,
+                        cs: 1,
+                    },
+                    View {
+                        data: &delta,
+                        off: 0,
+                        rs: 1,
+                        cs: width,
+                    },
                     1.0,
                 );
                 for r in 0..n {
-                    let err = (0..samples).map(|t| f64::from(out[t * n + r]).powi(2)).sum::<f64>()
+                    let err = (0..samples)
+                        .map(|t| f64::from(out[t * n + r]).powi(2))
+                        .sum::<f64>()
                         / samples.max(1) as f64;
                     if err < min_err[r] {
                         min_err[r] = err;
@@ -365,18 +462,28 @@ pub fn search_clip(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize, cfg: &
     clip
 }
 
-/// Clamps every group of `w` (row-major `[n, k]`) to `±max_abs[row · groups + group]`, the
-/// layout [`search_clip`] returns (llm-awq's `apply_clip`).
+/// Clamps every group of `w` (row-major `[n, k]`) to `±max_abs[row · groups + group]` with
+/// `groups = ceil(k / group_size)` (the last group of a row shorter when `k` is not a
+/// multiple), the layout [`search_clip`] returns (llm-awq's `apply_clip`).
 ///
 /// # Panics
-/// If `w.len() != n·k`, `k` is not a multiple of `group_size`, or `max_abs` has the wrong length.
+/// If `w.len() != n·k`, `group_size == 0`, or `max_abs.len() != n · ceil(k / group_size)`.
 pub fn apply_clip(w: &mut [f32], n: usize, k: usize, group_size: usize, max_abs: &[f32]) {
     assert_eq!(w.len(), n * k, "weight is not {n}x{k}");
-    assert!(group_size > 0 && k % group_size == 0, "k = {k} is not a multiple of group size {group_size}");
-    assert_eq!(max_abs.len(), n * (k / group_size), "one clip value per row and group expected");
-    for (g, &m) in w.chunks_mut(group_size).zip(max_abs) {
-        g.iter_mut().for_each(|v| *v = v.clamp(-m, m));
-    }
+    assert!(group_size > 0, "group size must be positive");
+    let groups = k.div_ceil(group_size);
+    assert_eq!(
+        max_abs.len(),
+        n * groups,
+        "one clip value per row and group expected"
+    );
+    w.par_chunks_mut(k.max(1))
+        .zip(max_abs.par_chunks(groups.max(1)))
+        .for_each(|(row, clip)| {
+            for (g, &m) in row.chunks_mut(group_size).zip(clip) {
+                g.iter_mut().for_each(|v| *v = v.clamp(-m, m));
+            }
+        });
 }
 
 /// Divides a norm's weight (or any per-channel multiplier producing the scaled input, such as
@@ -385,7 +492,11 @@ pub fn apply_clip(w: &mut [f32], n: usize, k: usize, group_size: usize, max_abs:
 /// # Panics
 /// If the lengths differ.
 pub fn fold_scale_into_norm(norm_weight: &mut [f32], s: &[f32]) {
-    assert_eq!(norm_weight.len(), s.len(), "norm weight and scales differ in length");
+    assert_eq!(
+        norm_weight.len(),
+        s.len(),
+        "norm weight and scales differ in length"
+    );
     norm_weight.iter_mut().zip(s).for_each(|(w, s)| *w /= s);
 }
 
@@ -396,7 +507,8 @@ pub fn fold_scale_into_norm(norm_weight: &mut [f32], s: &[f32]) {
 pub fn scale_weight_columns(w: &mut [f32], n: usize, k: usize, s: &[f32]) {
     assert_eq!(w.len(), n * k, "weight is not {n}x{k}");
     assert_eq!(s.len(), k, "one scale per input column expected");
-    w.par_chunks_mut(k.max(1)).for_each(|row| row.iter_mut().zip(s).for_each(|(w, s)| *w *= s));
+    w.par_chunks_mut(k.max(1))
+        .for_each(|row| row.iter_mut().zip(s).for_each(|(w, s)| *w *= s));
 }
 
 /// Divides each output row `i` of the previous linear `prev_w` (row-major `[n_prev, k_prev]`)
@@ -407,7 +519,11 @@ pub fn scale_weight_columns(w: &mut [f32], n: usize, k: usize, s: &[f32]) {
 /// # Panics
 /// If `prev_w.len() != n_prev·k_prev` or `s.len() != n_prev`.
 pub fn fold_scale_into_linear_rows(prev_w: &mut [f32], n_prev: usize, k_prev: usize, s: &[f32]) {
-    assert_eq!(prev_w.len(), n_prev * k_prev, "weight is not {n_prev}x{k_prev}");
+    assert_eq!(
+        prev_w.len(),
+        n_prev * k_prev,
+        "weight is not {n_prev}x{k_prev}"
+    );
     assert_eq!(s.len(), n_prev, "one scale per output row expected");
     prev_w
         .par_chunks_mut(k_prev.max(1))

@@ -11,6 +11,12 @@
 //! stand then: updated by all earlier blocks but, inside the current block, not yet by its
 //! earlier columns — exactly what the reference reads.
 //!
+//! `k` need not be a multiple of the group size: there are `ceil(k / group_size)` groups and
+//! the last one is shorter, as in AutoGPTQ (`W[:, i:i+groupsize]` at the end of the matrix,
+//! `g_idx = j // group_size`). Groups are consecutive in the order the columns are quantized,
+//! so with `act_order` (and no static groups) the short group is the last in permuted order:
+//! `g_idx[j] = position(j) // group_size`.
+//!
 //! Differences from the reference, none of which change the quantized weights:
 //! - `H` is accumulated and factored in f64; the weight updates run in f32 like the
 //!   reference's.
@@ -35,7 +41,8 @@ const DAMP_RETRIES: u32 = 3;
 pub struct GptqConfig {
     /// Bits per weight: 2, 3, 4 or 8.
     pub bits: u32,
-    /// Columns per group; `None` quantizes each output channel with one scale/zero.
+    /// Columns per group; `None` quantizes each output channel with one scale/zero. There are
+    /// `ceil(k / group_size)` groups; when `k` is not a multiple, the last one is shorter.
     pub group_size: Option<usize>,
     /// Symmetric quantization (zero point fixed at `(maxq + 1) / 2`).
     pub sym: bool,
@@ -82,7 +89,11 @@ const HESSIAN_SUB_BATCH: usize = 256;
 impl HessianAccumulator {
     /// An empty accumulator for a layer with `k` input features.
     pub fn new(k: usize) -> Self {
-        Self { k, lower: vec![0.0; k * k], samples: 0 }
+        Self {
+            k,
+            lower: vec![0.0; k * k],
+            samples: 0,
+        }
     }
 
     /// Input features (the side of `H`).
@@ -111,22 +122,35 @@ impl HessianAccumulator {
             xf.extend(sub.iter().map(|&v| f64::from(v)));
             let xf = &xf;
             let alpha = decay;
-            self.lower.par_chunks_mut(64 * k).enumerate().for_each(|(b, chunk)| {
-                let i0 = b * 64;
-                let rows_here = chunk.len() / k;
-                gemm(
-                    rows_here,
-                    i0 + rows_here,
-                    m,
-                    chunk,
-                    0,
-                    k,
-                    alpha,
-                    View { data: xf, off: i0, rs: 1, cs: k },
-                    View { data: xf, off: 0, rs: k, cs: 1 },
-                    scale,
-                );
-            });
+            self.lower
+                .par_chunks_mut(64 * k)
+                .enumerate()
+                .for_each(|(b, chunk)| {
+                    let i0 = b * 64;
+                    let rows_here = chunk.len() / k;
+                    gemm(
+                        rows_here,
+                        i0 + rows_here,
+                        m,
+                        chunk,
+                        0,
+                        k,
+                        alpha,
+                        View {
+                            data: xf,
+                            off: i0,
+                            rs: 1,
+                            cs: k,
+                        },
+                        View {
+                            data: xf,
+                            off: 0,
+                            rs: k,
+                            cs: 1,
+                        },
+                        scale,
+                    );
+                });
             // Later sub-batches add to what the first one left.
             decay = Some(1.0);
         }
@@ -156,11 +180,13 @@ impl HessianAccumulator {
 pub struct GptqResult {
     /// Integer codes in `0..=2^bits − 1`, row-major `[n, k]`, original column order.
     pub codes: Vec<u8>,
-    /// Scales, `[n_groups, n]`.
+    /// Scales, `[n_groups, n]` with `n_groups = ceil(k / group_size)` (1 without groups).
     pub scales: Vec<f32>,
     /// Zero points, `[n_groups, n]`.
     pub zeros: Vec<u8>,
-    /// The group of each input column, `[k]` (AutoGPTQ's `g_idx`).
+    /// The group of each input column, `[k]` (AutoGPTQ's `g_idx`): `j / group_size`, or with
+    /// `act_order` and no static groups `position(j) / group_size` where `position(j)` is the
+    /// place of column `j` in the quantization order; all zero without groups.
     pub g_idx: Vec<i32>,
     /// The quantized weights, `[n, k]`, original column order; for every element
     /// `dequantized[r·k + j] == scales[g·n + r] · (codes[r·k + j] − zeros[g·n + r])` in f32
@@ -200,7 +226,11 @@ impl Params {
             xmax = 1.0;
         }
         let scale = (xmax - xmin) / maxq;
-        let zero = if sym { (maxq + 1.0) / 2.0 } else { (-xmin / scale).round_ties_even() };
+        let zero = if sym {
+            (maxq + 1.0) / 2.0
+        } else {
+            (-xmin / scale).round_ties_even()
+        };
         Self { scale, zero }
     }
 
@@ -217,7 +247,13 @@ impl Params {
 }
 
 /// Checks shapes and settings shared by GPTQ and RTN; returns `maxq`.
-fn check(w: &[f32], n: usize, k: usize, bits: u32, group_size: Option<usize>) -> Result<f32, String> {
+fn check(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bits: u32,
+    group_size: Option<usize>,
+) -> Result<f32, String> {
     if w.len() != n * k {
         return Err(format!("weight has {} elements, expected {n}x{k}", w.len()));
     }
@@ -234,8 +270,9 @@ fn check(w: &[f32], n: usize, k: usize, bits: u32, group_size: Option<usize>) ->
 }
 
 /// Round-to-nearest quantization with the GPTQ quantizer: each group (or each whole row when
-/// `group_size` is `None`) gets its own scale and zero from its min/max. The baseline GPTQ is
-/// measured against.
+/// `group_size` is `None`) gets its own scale and zero from its min/max. With `group_size = g`
+/// there are `ceil(k / g)` groups of consecutive columns, the last one shorter when `k` is not
+/// a multiple of `g`. The baseline GPTQ is measured against.
 ///
 /// # Panics
 /// If the shapes or settings are invalid (`w.len() != n·k`, bits outside 2..=8, group size 0,
@@ -253,7 +290,13 @@ pub fn rtn_quantize(
     let groups = k.div_ceil(gs);
     let mut codes = vec![0u8; n * k];
     let mut dequantized = vec![0f32; n * k];
-    let mut params = vec![Params { scale: 0.0, zero: 0.0 }; n * groups];
+    let mut params = vec![
+        Params {
+            scale: 0.0,
+            zero: 0.0
+        };
+        n * groups
+    ];
     let loss: f64 = codes
         .par_chunks_mut(k.max(1))
         .zip(dequantized.par_chunks_mut(k.max(1)))
@@ -315,7 +358,10 @@ pub fn gptq_quantize(
     cfg: &GptqConfig,
 ) -> Result<GptqResult, String> {
     if ![2, 3, 4, 8].contains(&cfg.bits) {
-        return Err(format!("{}-bit GPTQ is not supported (2, 3, 4 or 8)", cfg.bits));
+        return Err(format!(
+            "{}-bit GPTQ is not supported (2, 3, 4 or 8)",
+            cfg.bits
+        ));
     }
     let maxq = check(w, n, k, cfg.bits, cfg.group_size)?;
     if h.k() != k {
@@ -331,7 +377,10 @@ pub fn gptq_quantize(
         return Err("static groups need a group size".into());
     }
     if !(cfg.damp_percent > 0.0 && cfg.damp_percent.is_finite()) {
-        return Err(format!("damp_percent must be positive, got {}", cfg.damp_percent));
+        return Err(format!(
+            "damp_percent must be positive, got {}",
+            cfg.damp_percent
+        ));
     }
     if k == 0 || n == 0 {
         return Ok(rtn_quantize(w, n, k, cfg.bits, cfg.group_size, cfg.sym));
@@ -339,13 +388,20 @@ pub fn gptq_quantize(
     let sym = cfg.sym;
     let mut hm = h.hessian();
     if let Some(i) = hm.iter().position(|v| !v.is_finite()) {
-        return Err(format!("Hessian element ({}, {}) is not finite", i / k, i % k));
+        return Err(format!(
+            "Hessian element ({}, {}) is not finite",
+            i / k,
+            i % k
+        ));
     }
 
     // Per-channel parameters come from the weights before dead columns are zeroed, as the
     // reference calls find_params first.
     let channel_params: Vec<Params> = match cfg.group_size {
-        None => w.par_chunks(k).map(|row| Params::find(row.iter().copied(), maxq, sym)).collect(),
+        None => w
+            .par_chunks(k)
+            .map(|row| Params::find(row.iter().copied(), maxq, sym))
+            .collect(),
         Some(_) => Vec::new(),
     };
     let mut wz = w.to_vec();
@@ -356,13 +412,21 @@ pub fn gptq_quantize(
         }
     }
     let gs = cfg.group_size.unwrap_or(k).min(k);
-    let groups = if cfg.group_size.is_some() { k.div_ceil(gs) } else { 1 };
+    let groups = if cfg.group_size.is_some() {
+        k.div_ceil(gs)
+    } else {
+        1
+    };
     // Static groups: [n, groups] parameters from the (dead-zeroed) weights, original order.
     let static_params: Vec<Params> = if cfg.static_groups {
         wz.par_chunks(k)
             .flat_map_iter(|row| {
                 (0..groups).map(move |g| {
-                    Params::find(row[g * gs..((g + 1) * gs).min(k)].iter().copied(), maxq, sym)
+                    Params::find(
+                        row[g * gs..((g + 1) * gs).min(k)].iter().copied(),
+                        maxq,
+                        sym,
+                    )
                 })
             })
             .collect()
@@ -400,7 +464,9 @@ pub fn gptq_quantize(
             f[i * k + i] += damp;
         }
         let err = match inverse_cholesky_upper(&mut f, k) {
-            Ok(()) if f.iter().all(|v| v.is_finite()) => break f.iter().map(|&v| v as f32).collect(),
+            Ok(()) if f.iter().all(|v| v.is_finite()) => {
+                break f.iter().map(|&v| v as f32).collect()
+            }
             Ok(()) => "the inverse factor is not finite".to_string(),
             Err(e) => e.to_string(),
         };
@@ -419,7 +485,15 @@ pub fn gptq_quantize(
     let chunk_rows = n.div_ceil(threads).next_multiple_of(8).clamp(8, 256);
     let mut qp = vec![0f32; n * k];
     let mut codes_p = vec![0u8; n * k];
-    let ctx = Ctx { k, maxq, sym, gs, grouped: cfg.group_size.is_some(), bs, hinv: &hinv };
+    let ctx = Ctx {
+        k,
+        maxq,
+        sym,
+        gs,
+        grouped: cfg.group_size.is_some(),
+        bs,
+        hinv: &hinv,
+    };
     let parts: Vec<(Vec<Params>, f64)> = wz
         .par_chunks_mut(chunk_rows * k)
         .zip(qp.par_chunks_mut(chunk_rows * k))
@@ -444,7 +518,13 @@ pub fn gptq_quantize(
         .collect();
 
     // Gather [n, groups] parameters and the loss; undo the permutation.
-    let mut params = vec![Params { scale: 0.0, zero: 0.0 }; n * groups];
+    let mut params = vec![
+        Params {
+            scale: 0.0,
+            zero: 0.0
+        };
+        n * groups
+    ];
     let mut loss = 0f64;
     for (c, (p, l)) in parts.into_iter().enumerate() {
         let r0 = c * chunk_rows;
@@ -479,7 +559,15 @@ pub fn gptq_quantize(
             g_idx[j] = if cfg.static_groups { j / gs } else { pos / gs } as i32;
         }
     }
-    Ok(GptqResult { codes, scales, zeros, g_idx, dequantized, loss, damp_percent })
+    Ok(GptqResult {
+        codes,
+        scales,
+        zeros,
+        g_idx,
+        dequantized,
+        loss,
+        damp_percent,
+    })
 }
 
 /// Quantizer parameters fixed before the column loop.
@@ -491,7 +579,11 @@ enum Fixed<'a> {
     Channel(&'a [Params]),
     /// `[rows, groups]` static groups in original column order; `perm[pos]` is the original
     /// column at permuted position `pos`.
-    Static { params: &'a [Params], groups: usize, perm: &'a [usize] },
+    Static {
+        params: &'a [Params],
+        groups: usize,
+        perm: &'a [usize],
+    },
 }
 
 /// What every chunk of rows shares.
@@ -520,7 +612,13 @@ impl Ctx<'_> {
     ) -> (Vec<Params>, f64) {
         let (k, maxq, bs, hinv) = (self.k, self.maxq, self.bs, self.hinv);
         let mut found = Vec::new();
-        let mut cur = vec![Params { scale: 1.0, zero: 0.0 }; m];
+        let mut cur = vec![
+            Params {
+                scale: 1.0,
+                zero: 0.0
+            };
+            m
+        ];
         if let Fixed::Channel(p) = fixed {
             cur.copy_from_slice(p);
             found.extend_from_slice(p);
@@ -546,11 +644,19 @@ impl Ctx<'_> {
                         // seen this block's updates yet.
                         let end = (col + self.gs).min(k);
                         for (r, p) in cur.iter_mut().enumerate() {
-                            *p = Params::find(wc[r * k + col..r * k + end].iter().copied(), maxq, self.sym);
+                            *p = Params::find(
+                                wc[r * k + col..r * k + end].iter().copied(),
+                                maxq,
+                                self.sym,
+                            );
                         }
                         found.extend_from_slice(&cur);
                     }
-                    Fixed::Static { params, groups, perm } => {
+                    Fixed::Static {
+                        params,
+                        groups,
+                        perm,
+                    } => {
                         let g = perm[col] / self.gs;
                         for (r, p) in cur.iter_mut().enumerate() {
                             *p = params[r * groups + g];
@@ -588,8 +694,18 @@ impl Ctx<'_> {
                 i2,
                 k,
                 Some(1.0),
-                View { data: &err1, off: 0, rs: 1, cs: m },
-                View { data: hinv, off: i1 * k + i2, rs: k, cs: 1 },
+                View {
+                    data: &err1,
+                    off: 0,
+                    rs: 1,
+                    cs: m,
+                },
+                View {
+                    data: hinv,
+                    off: i1 * k + i2,
+                    rs: k,
+                    cs: 1,
+                },
                 -1.0,
             );
         }

@@ -1,6 +1,6 @@
 //! Dense linear algebra for the quantizers: blocked Cholesky factorization, triangular inverse
-//! and the upper Cholesky factor of an inverse, in f64 over row-major `k × k` matrices; and a
-//! threaded `x · wᵀ` product in f32.
+//! and the upper Cholesky factor of an inverse, in f64 over row-major `k × k` matrices; and the
+//! bounds-checked `gemm` wrapper the quantizers share.
 //!
 //! The factorizations are right-looking (Cholesky) and right-to-left (triangular inverse)
 //! blocked algorithms: a small unblocked kernel on each `128 × 128` diagonal block and `gemm`
@@ -76,9 +76,15 @@ pub(crate) fn gemm<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst_off + (m - 1) * dst_rs + n <= dst.len(), "gemm destination out of bounds");
+    assert!(
+        dst_off + (m - 1) * dst_rs + n <= dst.len(),
+        "gemm destination out of bounds"
+    );
     if depth == 0 {
-        assert!(alpha.is_some(), "an empty product needs an accumulating destination");
+        assert!(
+            alpha.is_some(),
+            "an empty product needs an accumulating destination"
+        );
         return;
     }
     lhs.check(m, depth);
@@ -154,8 +160,18 @@ pub fn cholesky_lower(a: &mut [f64], k: usize) -> Result<(), NotPositiveDefinite
                 0,
                 nb,
                 None,
-                View { data: &src, off: 0, rs: nb, cs: 1 },
-                View { data: inv, off: 0, rs: 1, cs: nb },
+                View {
+                    data: &src,
+                    off: 0,
+                    rs: nb,
+                    cs: 1,
+                },
+                View {
+                    data: inv,
+                    off: 0,
+                    rs: 1,
+                    cs: nb,
+                },
                 1.0,
             );
         });
@@ -166,23 +182,36 @@ pub fn cholesky_lower(a: &mut [f64], k: usize) -> Result<(), NotPositiveDefinite
         // A22 ← A22 − A21 A21ᵀ on the lower triangle, one block of rows per task.
         if j1 < k {
             let below = &panel[nb * nb..];
-            a[j1 * k..].par_chunks_mut(NB * k).enumerate().for_each(|(t, chunk)| {
-                let r0 = j1 + t * NB;
-                let m = chunk.len() / k;
-                let cols = r0 + m - j1;
-                gemm(
-                    m,
-                    cols,
-                    nb,
-                    chunk,
-                    j1,
-                    k,
-                    Some(1.0),
-                    View { data: below, off: (r0 - j1) * nb, rs: nb, cs: 1 },
-                    View { data: below, off: 0, rs: 1, cs: nb },
-                    -1.0,
-                );
-            });
+            a[j1 * k..]
+                .par_chunks_mut(NB * k)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    let r0 = j1 + t * NB;
+                    let m = chunk.len() / k;
+                    let cols = r0 + m - j1;
+                    gemm(
+                        m,
+                        cols,
+                        nb,
+                        chunk,
+                        j1,
+                        k,
+                        Some(1.0),
+                        View {
+                            data: below,
+                            off: (r0 - j1) * nb,
+                            rs: nb,
+                            cs: 1,
+                        },
+                        View {
+                            data: below,
+                            off: 0,
+                            rs: 1,
+                            cs: nb,
+                        },
+                        -1.0,
+                    );
+                });
         }
         j0 = j1;
     }
@@ -231,7 +260,9 @@ fn invert_lower_unblocked(a: &mut [f64], ld: usize, c0: usize, m: usize) {
 
 /// Sets the strict upper triangle of a row-major `k × k` matrix to zero.
 fn zero_strict_upper(a: &mut [f64], k: usize) {
-    a.par_chunks_mut(k).enumerate().for_each(|(i, row)| row[i + 1..].fill(0.0));
+    a.par_chunks_mut(k)
+        .enumerate()
+        .for_each(|(i, row)| row[i + 1..].fill(0.0));
 }
 
 /// Inverts a lower-triangular matrix in place (row-major `k × k`, nonzero diagonal; the strict
@@ -241,7 +272,11 @@ fn zero_strict_upper(a: &mut [f64], k: usize) {
 /// # Panics
 /// If `l.len() != k * k`.
 pub fn invert_lower_triangular(l: &mut [f64], k: usize) {
-    assert_eq!(l.len(), k * k, "invert_lower_triangular: matrix is not {k}x{k}");
+    assert_eq!(
+        l.len(),
+        k * k,
+        "invert_lower_triangular: matrix is not {k}x{k}"
+    );
     zero_strict_upper(l, k);
     l.par_chunks_mut(NB * k)
         .enumerate()
@@ -260,38 +295,61 @@ pub fn invert_lower_triangular(l: &mut [f64], k: usize) {
             panel[r * NB..(r + 1) * NB].copy_from_slice(&l[src..src + NB]);
         }
         let (xjj, lcol) = panel.split_at(NB * NB);
-        l[j1 * k..].par_chunks_mut(NB * k).enumerate().for_each_init(
-            || vec![0.0; NB * NB],
-            |tmp, (t, chunk)| {
-                let i0 = j1 + t * NB;
-                let m = chunk.len() / k;
-                let depth = i0 + m - j1;
-                gemm(
-                    m,
-                    NB,
-                    depth,
-                    tmp,
-                    0,
-                    NB,
-                    None,
-                    View { data: chunk, off: j1, rs: k, cs: 1 },
-                    View { data: lcol, off: 0, rs: NB, cs: 1 },
-                    1.0,
-                );
-                gemm(
-                    m,
-                    NB,
-                    NB,
-                    chunk,
-                    j0,
-                    k,
-                    None,
-                    View { data: tmp, off: 0, rs: NB, cs: 1 },
-                    View { data: xjj, off: 0, rs: NB, cs: 1 },
-                    -1.0,
-                );
-            },
-        );
+        l[j1 * k..]
+            .par_chunks_mut(NB * k)
+            .enumerate()
+            .for_each_init(
+                || vec![0.0; NB * NB],
+                |tmp, (t, chunk)| {
+                    let i0 = j1 + t * NB;
+                    let m = chunk.len() / k;
+                    let depth = i0 + m - j1;
+                    gemm(
+                        m,
+                        NB,
+                        depth,
+                        tmp,
+                        0,
+                        NB,
+                        None,
+                        View {
+                            data: chunk,
+                            off: j1,
+                            rs: k,
+                            cs: 1,
+                        },
+                        View {
+                            data: lcol,
+                            off: 0,
+                            rs: NB,
+                            cs: 1,
+                        },
+                        1.0,
+                    );
+                    gemm(
+                        m,
+                        NB,
+                        NB,
+                        chunk,
+                        j0,
+                        k,
+                        None,
+                        View {
+                            data: tmp,
+                            off: 0,
+                            rs: NB,
+                            cs: 1,
+                        },
+                        View {
+                            data: xjj,
+                            off: 0,
+                            rs: NB,
+                            cs: 1,
+                        },
+                        -1.0,
+                    );
+                },
+            );
     }
 }
 
@@ -307,22 +365,34 @@ pub fn cholesky_inverse(l: &[f64], k: usize) -> Vec<f64> {
     let x = &x;
     let mut out = vec![0.0; k * k];
     // Rows i0.. of Xᵀ X only see rows p ≥ i0 of X (X is lower triangular).
-    out.par_chunks_mut(NB * k).enumerate().for_each(|(b, chunk)| {
-        let i0 = b * NB;
-        let m = chunk.len() / k;
-        gemm(
-            m,
-            k,
-            k - i0,
-            chunk,
-            0,
-            k,
-            None,
-            View { data: x, off: i0 * k + i0, rs: 1, cs: k },
-            View { data: x, off: i0 * k, rs: k, cs: 1 },
-            1.0,
-        );
-    });
+    out.par_chunks_mut(NB * k)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let i0 = b * NB;
+            let m = chunk.len() / k;
+            gemm(
+                m,
+                k,
+                k - i0,
+                chunk,
+                0,
+                k,
+                None,
+                View {
+                    data: x,
+                    off: i0 * k + i0,
+                    rs: 1,
+                    cs: k,
+                },
+                View {
+                    data: x,
+                    off: i0 * k,
+                    rs: k,
+                    cs: 1,
+                },
+                1.0,
+            );
+        });
     out
 }
 
@@ -357,43 +427,17 @@ pub fn cholesky_upper(a: &mut [f64], k: usize) -> Result<(), NotPositiveDefinite
 /// # Panics
 /// If `h.len() != k * k`.
 pub fn inverse_cholesky_upper(h: &mut [f64], k: usize) -> Result<(), NotPositiveDefinite> {
-    assert_eq!(h.len(), k * k, "inverse_cholesky_upper: matrix is not {k}x{k}");
+    assert_eq!(
+        h.len(),
+        k * k,
+        "inverse_cholesky_upper: matrix is not {k}x{k}"
+    );
     h.reverse();
-    cholesky_lower(h, k).map_err(|e| NotPositiveDefinite { index: k - 1 - e.index, pivot: e.pivot })?;
+    cholesky_lower(h, k).map_err(|e| NotPositiveDefinite {
+        index: k - 1 - e.index,
+        pivot: e.pivot,
+    })?;
     invert_lower_triangular(h, k);
     h.reverse();
     Ok(())
-}
-
-/// `out[m × n] = x[m × k] · w[n × k]ᵀ` in f32, row tiles of `out` spread over rayon threads.
-///
-/// # Panics
-/// If a slice length disagrees with its shape.
-pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    assert_eq!(x.len(), m * k, "matmul_nt: x is not {m}x{k}");
-    assert_eq!(w.len(), n * k, "matmul_nt: w is not {n}x{k}");
-    assert_eq!(out.len(), m * n, "matmul_nt: out is not {m}x{n}");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let tile = m.div_ceil(4 * rayon::current_num_threads()).max(16);
-    out.par_chunks_mut(tile * n).enumerate().for_each(|(t, chunk)| {
-        let rows = chunk.len() / n;
-        if k == 0 {
-            chunk.fill(0.0);
-            return;
-        }
-        gemm(
-            rows,
-            n,
-            k,
-            chunk,
-            0,
-            n,
-            None,
-            View { data: x, off: t * tile * k, rs: k, cs: 1 },
-            View { data: w, off: 0, rs: 1, cs: k },
-            1.0,
-        );
-    });
 }

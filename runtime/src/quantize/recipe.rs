@@ -139,10 +139,10 @@ impl Recipe {
             if g == 0 {
                 return bad("the group size must be positive".into());
             }
-            if let Some(k) = input_widths.iter().find(|&&k| k % g != 0) {
-                return bad(format!(
-                    "group size {g} does not divide the layer width {k} (choose a divisor, or per-channel groups)"
-                ));
+            // A group size that does not divide a width leaves a shorter last group (as
+            // AutoGPTQ does); one wider than a layer is a mistake.
+            if let Some(k) = input_widths.iter().find(|&&k| g > k) {
+                return bad(format!("group size {g} is wider than the layer width {k}"));
             }
         } else if matches!(self.method, Method::Awq | Method::Nf4 | Method::Fp4) {
             return bad(format!("{} needs a group (block) size", self.method.name()));
@@ -295,8 +295,8 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_work() {
         let r = preset("rtn_4bit_g128").unwrap();
-        assert!(r.validate(&[576, 1536]).is_err(), "128 does not divide 576");
-        assert!(r.validate(&[1024, 2048]).is_ok());
+        assert!(r.validate(&[576, 1536]).is_ok(), "a shorter last group is allowed");
+        assert!(r.validate(&[64, 1536]).unwrap_err().to_string().contains("wider"));
         let g = preset("gptq_4bit_g128").unwrap();
         assert!(g.validate(&[1024]).unwrap_err().to_string().contains("--calib"));
         let bad = with(Method::Rtn, |r| r.bits = 5);

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Quantizes the default model with each preset and measures what it costs: file size, bits per
+# weight, WikiText-2 perplexity and KL against the FP16 file on the same windows, and CoQA
+# F1/EM on the first 50 dev stories. Results: one JSON per run under OUT, and a markdown table.
+#
+#   tools/quality_table.sh OUT_DIR [PRESET ...]     (default: every preset)
+# Environment: QRT (binary, default target/release/qrt), WINDOWS (ppl windows, default 40),
+# STORIES (CoQA stories, default 50), DATA (shared data folder, default ../shared/data).
+set -euo pipefail
+OUT=${1:?usage: tools/quality_table.sh OUT_DIR [PRESET ...]}
+shift
+QRT=${QRT:-target/release/qrt}
+WINDOWS=${WINDOWS:-40}
+STORIES=${STORIES:-50}
+DATA=${DATA:-../shared/data}
+QRT_HOME=${QRT_HOME:-$HOME/.cache/qrt}
+mkdir -p "$OUT"
+F16="$OUT/fp16.qrt"
+[ -f "$F16" ] || "$QRT" convert --in "$QRT_HOME/models/SmolLM2-135M-Instruct.Q4_1.gguf" --out "$F16"
+PRESETS=("$@")
+[ ${#PRESETS[@]} -gt 0 ] || mapfile -t PRESETS < <("$QRT" quantize --list-presets | awk '{print $1}')
+for p in "${PRESETS[@]}"; do
+    m="$OUT/$p.qrt"
+    start=$(date +%s.%N)
+    "$QRT" quantize --in "$F16" --out "$m" --preset "$p" --calib "$DATA/calib/quac-wiki-passages.txt" \
+        > "$OUT/$p.quantize.log" 2>&1
+    end=$(date +%s.%N)
+    echo "{\"preset\": \"$p\", \"quantize_seconds\": $(echo "$end - $start" | bc)}" > "$OUT/$p.time.json"
+    "$QRT" inspect "$m" > "$OUT/$p.inspect.txt"
+    "$QRT" eval ppl --model "$m" --data "$DATA/wikitext-2-raw/wiki.test.raw" --limit-windows "$WINDOWS" \
+        --kl-base "$F16" --out "$OUT/$p.ppl.json" > "$OUT/$p.ppl.log" 2>&1
+    "$QRT" eval coqa --model "$m" --data "$DATA/coqa/coqa-dev.hf.jsonl" --limit "$STORIES" \
+        --out "$OUT/$p.coqa.json" > "$OUT/$p.coqa.log" 2>&1
+    echo "$p done"
+done
+python3 - "$OUT" <<'PY'
+import json, os, re, sys
+out = sys.argv[1]
+rows = []
+for f in sorted(os.listdir(out)):
+    if not f.endswith(".ppl.json"):
+        continue
+    p = f[:-len(".ppl.json")]
+    ppl = json.load(open(os.path.join(out, f)))["summary"]
+    coqa = json.load(open(os.path.join(out, p + ".coqa.json")))["summary"]
+    t = json.load(open(os.path.join(out, p + ".time.json")))
+    total = [l for l in open(os.path.join(out, p + ".inspect.txt")) if l.startswith("total")][0].split()
+    size = os.path.getsize(os.path.join(out, p + ".qrt"))
+    rows.append((p, size / 1e6, float(total[-1]), ppl, coqa, t["quantize_seconds"]))
+print("| preset | file MB | bpw (all tensors) | ppl | KL vs FP16 (mean ± se) | KL p99 | top-1 agree | CoQA F1 | CoQA EM | quantize s |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for p, mb, bpw, ppl, coqa, secs in rows:
+    kl = ppl["kl"]
+    print(f"| {p} | {mb:.1f} | {bpw:.2f} | {ppl['ppl']:.3f} ± {ppl['ppl_stderr']:.3f} | {kl['mean']:.5f} ± {kl['stderr']:.5f} | {kl['p99']:.4f} | {100*kl['top1_agreement']:.1f}% | {100*coqa['f1']['mean']:.1f} [{100*coqa['f1']['ci_low']:.1f}, {100*coqa['f1']['ci_high']:.1f}] | {100*coqa['em']['mean']:.1f} | {secs:.1f} |")
+PY
