@@ -367,3 +367,183 @@ fn eval_runs_end_to_end_and_refuses_bad_data() {
         &["base.logits", "other windows"],
     );
 }
+
+#[test]
+fn quantize_refuses_bad_requests_and_leaves_no_file() {
+    let dir = scratch("quantize");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    let out = dir.join("q.qrt");
+    let o = out.to_str().unwrap();
+    let calib = dir.join("calib.txt");
+    std::fs::write(
+        &calib,
+        "Some calibration text about the sea and ships. ".repeat(50),
+    )
+    .unwrap();
+    let c = calib.to_str().unwrap();
+    let fails = |args: &[&str], needles: &[&str]| {
+        let full = [&["quantize", "--in", m, "--out", o][..], args].concat();
+        expect_error(&full, needles);
+        assert!(
+            !out.exists(),
+            "no output after a failed quantization ({args:?})"
+        );
+    };
+    fails(
+        &["--preset", "gptq_5bit"],
+        &["unknown preset", "gptq_4bit_g128"],
+    );
+    fails(&["--method", "zip"], &["unknown method"]);
+    fails(&["--method", "rtn", "--bits", "5"], &["5"]);
+    fails(
+        &["--method", "rtn", "--group-size", "4096"],
+        &["wider than the layer"],
+    );
+    fails(&["--preset", "gptq_4bit_g128"], &["--calib"]);
+    fails(
+        &[
+            "--preset",
+            "gptq_4bit_g128",
+            "--calib",
+            "/nonexistent/calib.txt",
+        ],
+        &["/nonexistent/calib.txt"],
+    );
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    fails(
+        &[
+            "--preset",
+            "awq_4bit_g128",
+            "--group-size",
+            "32",
+            "--calib",
+            empty.to_str().unwrap(),
+        ],
+        &["empty"],
+    );
+    fails(
+        &[
+            "--preset",
+            "gptq_4bit_g128",
+            "--group-size",
+            "32",
+            "--calib",
+            c,
+            "--seqlen",
+            "100000",
+        ],
+        &["shorter than one calibration window"],
+    );
+
+    let ok = qrt(&[
+        "quantize",
+        "--in",
+        m,
+        "--out",
+        o,
+        "--preset",
+        "bnb_4bit_nf4",
+    ]);
+    assert!(ok.ok, "{}", ok.stderr);
+    let again = dir.join("again.qrt");
+    expect_error(
+        &[
+            "quantize",
+            "--in",
+            o,
+            "--out",
+            again.to_str().unwrap(),
+            "--preset",
+            "rtn_4bit_g128",
+        ],
+        &["already quantized"],
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_qrt"))
+        .args(["quantize", "--list-presets"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    for p in [
+        "fp16_baseline",
+        "bnb_8bit",
+        "bnb_4bit_nf4_no_double",
+        "gptq_3bit_g128",
+        "awq_4bit_g128",
+        "rtn_4bit_g128",
+    ] {
+        assert!(text.contains(p), "{p} listed");
+    }
+}
+
+#[test]
+fn every_preset_quantizes_a_model_that_runs() {
+    let dir = scratch("presets");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    let calib = dir.join("calib.txt");
+    std::fs::write(
+        &calib,
+        "Calibration passages: rivers, mountains, 1789 and the sea. ".repeat(60),
+    )
+    .unwrap();
+    let listed = Command::new(env!("CARGO_BIN_EXE_qrt"))
+        .args(["quantize", "--list-presets"])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let preset = line.split_whitespace().next().unwrap();
+        let out = dir.join(format!("{preset}.qrt"));
+        let o = out.to_str().unwrap();
+        let args = [
+            "quantize",
+            "--in",
+            m,
+            "--out",
+            o,
+            "--preset",
+            preset,
+            "--group-size",
+            "32",
+        ];
+        let args = if preset.starts_with("bnb") || preset == "fp16_baseline" {
+            &args[..7]
+        } else {
+            &args[..]
+        };
+        let q = qrt(&[
+            args,
+            &[
+                "--calib",
+                calib.to_str().unwrap(),
+                "--samples",
+                "4",
+                "--seqlen",
+                "64",
+            ],
+        ]
+        .concat());
+        assert!(q.ok, "{preset}: {}", q.stderr);
+        let g = qrt(&[
+            "generate",
+            "--model",
+            o,
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "4",
+        ]);
+        assert!(g.ok, "{preset}: {}", g.stderr);
+        let i = Command::new(env!("CARGO_BIN_EXE_qrt"))
+            .args(["inspect", o, "--verify"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&i.stdout);
+        assert!(
+            i.status.success() && text.contains(&format!("\"{preset}\""))
+                || preset == "fp16_baseline",
+            "{preset}: {text}"
+        );
+    }
+}

@@ -730,8 +730,16 @@ fn float_dtype_rounding_matches_half_conversions() {
     let mut checked = 0u64;
     while bits < 0x7F80_0000 {
         for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
-            assert_eq!(FloatDtype::F16.round(x).to_bits(), f16::from_f32(x).to_f32().to_bits(), "f16 of {x:e}");
-            assert_eq!(FloatDtype::Bf16.round(x).to_bits(), bf16::from_f32(x).to_f32().to_bits(), "bf16 of {x:e}");
+            assert_eq!(
+                FloatDtype::F16.round(x).to_bits(),
+                f16::from_f32(x).to_f32().to_bits(),
+                "f16 of {x:e}"
+            );
+            assert_eq!(
+                FloatDtype::Bf16.round(x).to_bits(),
+                bf16::from_f32(x).to_f32().to_bits(),
+                "bf16 of {x:e}"
+            );
             checked += 1;
         }
         // Odd step: visits ties (low bits 0x1000 / 0x8000) and their neighbours.

@@ -106,7 +106,11 @@ fn recipe(args: &Args) -> anyhow::Result<Recipe> {
         r.double_quant = d;
     }
     if let Some(c) = &args.compute_dtype {
-        r.compute_dtype = if c == "bf16" { ComputeDtype::Bf16 } else { ComputeDtype::F16 };
+        r.compute_dtype = if c == "bf16" {
+            ComputeDtype::Bf16
+        } else {
+            ComputeDtype::F16
+        };
     }
     if let Some(t) = args.int8_threshold {
         match r.method {
@@ -116,10 +120,12 @@ fn recipe(args: &Args) -> anyhow::Result<Recipe> {
     }
     r.quantize_head = args.quantize_head;
     if r.method.needs_calibration() {
-        let path = args
-            .calib
-            .clone()
-            .with_context(|| format!("{} needs calibration text: pass --calib FILE", r.method.name()))?;
+        let path = args.calib.clone().with_context(|| {
+            format!(
+                "{} needs calibration text: pass --calib FILE",
+                r.method.name()
+            )
+        })?;
         if !path.exists() {
             bail!("calibration file {} does not exist", path.display());
         }
@@ -147,11 +153,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let r = recipe(&args)?;
     let started = Instant::now();
     let bar = super::progress_bar(0, "quantize");
-    let report = quantize_model(input, out, &r, &super::qrt_version(), &mut |done, total, what| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(what.to_string());
-    })
+    let report = quantize_model(
+        input,
+        out,
+        &r,
+        &super::qrt_version(),
+        &mut |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        },
+    )
     .with_context(|| format!("quantizing {} into {}", input.display(), out.display()))?;
     bar.finish_and_clear();
     println!(

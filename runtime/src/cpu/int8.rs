@@ -26,7 +26,15 @@ fn to_f16(v: f32) -> f32 {
 }
 
 /// `out = x @ w^T` with LLM.int8()'s mixed-precision decomposition (`threshold > 0`).
-pub fn int8_matmul(x: &[f32], m: usize, k: usize, w: Int8Rows<'_>, n: usize, threshold: f32, out: &mut [f32]) {
+pub fn int8_matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Int8Rows<'_>,
+    n: usize,
+    threshold: f32,
+    out: &mut [f32],
+) {
     assert_eq!(x.len(), m * k);
     assert_eq!(w.data.len(), n * k);
     assert_eq!(out.len(), m * n);
@@ -105,14 +113,27 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.next_normal()).collect();
         let (data, scales) = quantize_rows(&w, n, k);
         let mut got = vec![f32::NAN; m * n];
-        int8_matmul(&x, m, k, Int8Rows { data: &data, scales: &scales }, n, 6.0, &mut got);
+        int8_matmul(
+            &x,
+            m,
+            k,
+            Int8Rows {
+                data: &data,
+                scales: &scales,
+            },
+            n,
+            6.0,
+            &mut got,
+        );
         // Reference in f64 with the dequantized weights.
         let mut err = 0f64;
         let mut norm = 0f64;
         for r in 0..m {
             for c in 0..n {
                 let want: f64 = (0..k)
-                    .map(|j| x[r * k + j] as f64 * (data[c * k + j] as f64 * scales[c] as f64 / 127.0))
+                    .map(|j| {
+                        x[r * k + j] as f64 * (data[c * k + j] as f64 * scales[c] as f64 / 127.0)
+                    })
                     .sum();
                 err += (got[r * n + c] as f64 - want).powi(2);
                 norm += want * want;
@@ -122,16 +143,32 @@ mod tests {
         assert!(rel < 0.02, "relative error {rel}");
         // Without the decomposition the outliers would blow up the per-row int8 scale.
         let mut plain = vec![0f32; m * n];
-        int8_matmul(&x, m, k, Int8Rows { data: &data, scales: &scales }, n, f32::INFINITY, &mut plain);
+        int8_matmul(
+            &x,
+            m,
+            k,
+            Int8Rows {
+                data: &data,
+                scales: &scales,
+            },
+            n,
+            f32::INFINITY,
+            &mut plain,
+        );
         let err_plain: f64 = (0..m * n)
             .map(|i| {
                 let (r, c) = (i / n, i % n);
                 let want: f64 = (0..k)
-                    .map(|j| x[r * k + j] as f64 * (data[c * k + j] as f64 * scales[c] as f64 / 127.0))
+                    .map(|j| {
+                        x[r * k + j] as f64 * (data[c * k + j] as f64 * scales[c] as f64 / 127.0)
+                    })
                     .sum();
                 (plain[i] as f64 - want).powi(2)
             })
             .sum();
-        assert!(err_plain > 4.0 * err, "outlier decomposition should help: {err_plain} vs {err}");
+        assert!(
+            err_plain > 4.0 * err,
+            "outlier decomposition should help: {err_plain} vs {err}"
+        );
     }
 }

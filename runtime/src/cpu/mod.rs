@@ -79,7 +79,10 @@ impl CpuWeight {
     /// The row decoder of a quantized weight.
     fn quantized(&self) -> Result<Box<dyn QuantizedMatrix + Send + Sync + '_>, RuntimeError> {
         let t = &self.tensor;
-        quantized_view(&t.storage, &t.shape, &|role| self.file.part_bytes(t, role).ok()).map_err(|e| {
+        quantized_view(&t.storage, &t.shape, &|role| {
+            self.file.part_bytes(t, role).ok()
+        })
+        .map_err(|e| {
             RuntimeError::Unsupported(format!("tensor {} ({}): {e}", t.name, t.storage.name))
         })
     }
@@ -90,11 +93,15 @@ impl CpuWeight {
         let t = &self.tensor;
         let unsupported = |e: String| RuntimeError::Unsupported(format!("tensor {}: {e}", t.name));
         match t.storage.name.as_str() {
-            "f32" | "f16" | "bf16" => linear::matmul_nt(x, m, k, Weights::Dense(self.dense()), n, out),
+            "f32" | "f16" | "bf16" => {
+                linear::matmul_nt(x, m, k, Weights::Dense(self.dense()), n, out)
+            }
             "int8_rowwise" => {
                 let params = Int8Params::from_storage(&t.storage).map_err(unsupported)?;
-                let view = Int8View::from_parts(&params, &t.shape, &|role| self.file.part_bytes(t, role).ok())
-                    .map_err(unsupported)?;
+                let view = Int8View::from_parts(&params, &t.shape, &|role| {
+                    self.file.part_bytes(t, role).ok()
+                })
+                .map_err(unsupported)?;
                 if params.threshold > 0.0 {
                     let rows = int8::Int8Rows {
                         data: view.data(),
@@ -109,14 +116,26 @@ impl CpuWeight {
             name => {
                 let view = self.quantized()?;
                 let dtype = match name {
-                    "nf4" | "fp4" => Some(Bnb4Params::from_storage(&t.storage).map_err(unsupported)?),
+                    "nf4" | "fp4" => {
+                        Some(Bnb4Params::from_storage(&t.storage).map_err(unsupported)?)
+                    }
                     _ => None,
                 };
                 match dtype {
                     // Decoded values are already in the original dtype; round the inputs only.
                     Some(p) if p.orig_dtype == p.compute_dtype => {
                         let xr: Vec<f32> = x.iter().map(|&v| p.compute_dtype.round(v)).collect();
-                        linear::matmul_nt(&xr, m, k, Weights::Decoded(&Rounded { inner: view.as_ref(), dtype: None }), n, out)
+                        linear::matmul_nt(
+                            &xr,
+                            m,
+                            k,
+                            Weights::Decoded(&QuantizedRows {
+                                inner: view.as_ref(),
+                                dtype: None,
+                            }),
+                            n,
+                            out,
+                        )
                     }
                     Some(p) => rounded_matmul(x, m, view.as_ref(), Some(p.compute_dtype), out),
                     None => rounded_matmul(x, m, view.as_ref(), None, out),
@@ -134,14 +153,16 @@ impl CpuWeight {
     }
 }
 
-/// A quantized matrix whose decoded rows are rounded to a compute dtype (bitsandbytes
-/// multiplies in 16 bits).
-struct Rounded<'a> {
-    inner: &'a (dyn QuantizedMatrix + Send + Sync + 'a),
-    dtype: Option<FloatDtype>,
+/// A quantized matrix as rows for [`linear::matmul_nt`], its decoded rows optionally rounded
+/// to a compute dtype (bitsandbytes multiplies in 16 bits).
+pub struct QuantizedRows<'a> {
+    /// The codec's row decoder.
+    pub inner: &'a (dyn QuantizedMatrix + Send + Sync + 'a),
+    /// Dtype the decoded values are rounded to, if any.
+    pub dtype: Option<FloatDtype>,
 }
 
-impl DecodeRows for Rounded<'_> {
+impl DecodeRows for QuantizedRows<'_> {
     fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]) {
         self.inner.decode_rows(start, count, dst);
         if let Some(d) = self.dtype {
@@ -159,7 +180,7 @@ fn rounded_matmul(
     dtype: Option<FloatDtype>,
     out: &mut [f32],
 ) {
-    let rows = Rounded { inner: w, dtype };
+    let rows = QuantizedRows { inner: w, dtype };
     let (k, n) = (w.cols(), w.rows());
     match dtype {
         Some(d) => {
@@ -222,25 +243,33 @@ fn check_shape(what: &str, act: &CpuAct, rows: usize, cols: usize) -> Result<(),
 }
 
 /// Rotary embedding (rotate-half layout) of rows `[positions.len(), heads * head_dim]`, in place.
-pub fn rope_rows(x: &mut [f32], positions: &[u32], heads: usize, head_dim: usize, inv_freq: &[f32]) {
+pub fn rope_rows(
+    x: &mut [f32],
+    positions: &[u32],
+    heads: usize,
+    head_dim: usize,
+    inv_freq: &[f32],
+) {
     let half_dim = head_dim / 2;
-    x.par_chunks_mut(heads * head_dim).zip(positions).for_each(|(row, &pos)| {
-        let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
-            .iter()
-            .map(|f| {
-                let angle = pos as f32 * f;
-                (angle.cos(), angle.sin())
-            })
-            .unzip();
-        for head in row.chunks_mut(head_dim) {
-            let (a, b) = head.split_at_mut(half_dim);
-            for i in 0..half_dim {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * cos[i] - x2 * sin[i];
-                b[i] = x2 * cos[i] + x1 * sin[i];
+    x.par_chunks_mut(heads * head_dim)
+        .zip(positions)
+        .for_each(|(row, &pos)| {
+            let (cos, sin): (Vec<f32>, Vec<f32>) = inv_freq
+                .iter()
+                .map(|f| {
+                    let angle = pos as f32 * f;
+                    (angle.cos(), angle.sin())
+                })
+                .unzip();
+            for head in row.chunks_mut(head_dim) {
+                let (a, b) = head.split_at_mut(half_dim);
+                for i in 0..half_dim {
+                    let (x1, x2) = (a[i], b[i]);
+                    a[i] = x1 * cos[i] - x2 * sin[i];
+                    b[i] = x2 * cos[i] + x1 * sin[i];
+                }
             }
-        }
-    });
+        });
 }
 
 /// `silu(gate) * up`, element-wise.
@@ -272,7 +301,11 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn load_weight(&self, file: &Arc<QrtFile>, tensor: &TensorInfo) -> Result<CpuWeight, RuntimeError> {
+    fn load_weight(
+        &self,
+        file: &Arc<QrtFile>,
+        tensor: &TensorInfo,
+    ) -> Result<CpuWeight, RuntimeError> {
         let (rows, cols) = match tensor.shape.as_slice() {
             [n] => (1, *n as usize),
             [r, c] => (*r as usize, *c as usize),

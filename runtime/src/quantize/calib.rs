@@ -27,32 +27,53 @@ pub fn read_calibration_texts(path: &Path) -> Result<Vec<String>, RuntimeError> 
         source,
     };
     let raw = std::fs::read_to_string(path).map_err(io)?;
-    let jsonl = raw.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_start().starts_with('{'));
+    let jsonl = raw
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_start().starts_with('{'));
     let texts: Vec<String> = if jsonl {
         raw.lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, l)| {
                 let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
-                    RuntimeError::InvalidRequest(format!("{}: line {}: not JSON: {e}", path.display(), i + 1))
+                    RuntimeError::InvalidRequest(format!(
+                        "{}: line {}: not JSON: {e}",
+                        path.display(),
+                        i + 1
+                    ))
                 })?;
                 v["text"].as_str().map(str::to_owned).ok_or_else(|| {
-                    RuntimeError::InvalidRequest(format!("{}: line {}: no \"text\" field", path.display(), i + 1))
+                    RuntimeError::InvalidRequest(format!(
+                        "{}: line {}: no \"text\" field",
+                        path.display(),
+                        i + 1
+                    ))
                 })
             })
             .collect::<Result<_, _>>()?
     } else {
-        raw.split("\n\n").map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+        raw.split("\n\n")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     if texts.is_empty() {
-        return Err(RuntimeError::InvalidRequest(format!("{}: the calibration file is empty", path.display())));
+        return Err(RuntimeError::InvalidRequest(format!(
+            "{}: the calibration file is empty",
+            path.display()
+        )));
     }
     Ok(texts)
 }
 
 /// Draws `samples` windows of `seqlen` tokens at random offsets (seeded) of the
 /// concatenated, tokenized calibration text.
-pub fn calibration_windows(tokenizer: &Tokenizer, calib: &Calibration) -> Result<Vec<Vec<u32>>, RuntimeError> {
+pub fn calibration_windows(
+    tokenizer: &Tokenizer,
+    calib: &Calibration,
+) -> Result<Vec<Vec<u32>>, RuntimeError> {
     let texts = read_calibration_texts(&calib.path)?;
     let mut tokens = Vec::new();
     for t in &texts {
@@ -107,7 +128,8 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], n: usize, bias: Option<&[f32]>)
     let mut out = vec![0f32; rows * n];
     matmul_nt(x, rows, k, Weights::Dense(DenseRows::F32(w)), n, &mut out);
     if let Some(b) = bias {
-        out.par_chunks_mut(n).for_each(|r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        out.par_chunks_mut(n)
+            .for_each(|r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
     out
 }
@@ -147,7 +169,10 @@ pub fn attention_input(
     inv_freq: &[f32],
 ) -> Vec<f32> {
     let rows = act.rows();
-    let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+    let (qd, kvd) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
     let mut q = linear(h, rows, &lw.q, qd, lw.biases[0].as_deref());
     let mut k = linear(h, rows, &lw.k, kvd, lw.biases[1].as_deref());
     let v = linear(h, rows, &lw.v, kvd, lw.biases[2].as_deref());
@@ -161,7 +186,9 @@ pub fn attention_input(
                 start: s * act.seqlen,
                 len: act.seqlen,
                 past: 0,
-                block_table: (s * act.seqlen..(s + 1) * act.seqlen).map(|r| r as u32).collect(),
+                block_table: (s * act.seqlen..(s + 1) * act.seqlen)
+                    .map(|r| r as u32)
+                    .collect(),
             })
             .collect(),
         positions,
@@ -189,7 +216,9 @@ pub fn mlp_hidden(cfg: &ModelConfig, lw: &LayerWeights, h2: &[f32], rows: usize)
 
 /// `x += y`.
 pub fn add_into(x: &mut [f32], y: &[f32]) {
-    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
 }
 
 #[cfg(test)]
@@ -202,14 +231,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let plain = dir.join("c.txt");
         std::fs::write(&plain, "first passage\nstill first\n\nsecond\n\n\n").unwrap();
-        assert_eq!(read_calibration_texts(&plain).unwrap(), vec!["first passage\nstill first", "second"]);
+        assert_eq!(
+            read_calibration_texts(&plain).unwrap(),
+            vec!["first passage\nstill first", "second"]
+        );
         let jsonl = dir.join("c.jsonl");
         std::fs::write(&jsonl, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n").unwrap();
         assert_eq!(read_calibration_texts(&jsonl).unwrap(), vec!["a", "b"]);
         std::fs::write(&jsonl, "{\"txt\": \"a\"}\n").unwrap();
-        assert!(read_calibration_texts(&jsonl).unwrap_err().to_string().contains("text"));
+        assert!(read_calibration_texts(&jsonl)
+            .unwrap_err()
+            .to_string()
+            .contains("text"));
         std::fs::write(&plain, "\n\n").unwrap();
-        assert!(read_calibration_texts(&plain).unwrap_err().to_string().contains("empty"));
+        assert!(read_calibration_texts(&plain)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(read_calibration_texts(&dir.join("missing.txt")).is_err());
     }
 }

@@ -130,9 +130,15 @@ impl Recipe {
         let bad = |m: String| Err(RuntimeError::InvalidRequest(m));
         match self.method {
             Method::Gptq | Method::Rtn if ![2, 3, 4, 8].contains(&self.bits) => {
-                return bad(format!("{} supports 2, 3, 4 or 8 bits, not {}", self.method.name(), self.bits))
+                return bad(format!(
+                    "{} supports 2, 3, 4 or 8 bits, not {}",
+                    self.method.name(),
+                    self.bits
+                ))
             }
-            Method::Awq if self.bits != 4 => return bad(format!("awq supports 4 bits, not {}", self.bits)),
+            Method::Awq if self.bits != 4 => {
+                return bad(format!("awq supports 4 bits, not {}", self.bits))
+            }
             _ => {}
         }
         if let Some(g) = self.group_size {
@@ -151,7 +157,10 @@ impl Recipe {
             return bad(format!("--damp {} must be in [0, 1)", self.damp));
         }
         if self.method.needs_calibration() && self.calibration.is_none() {
-            return bad(format!("{} needs calibration data (--calib FILE)", self.method.name()));
+            return bad(format!(
+                "{} needs calibration data (--calib FILE)",
+                self.method.name()
+            ));
         }
         Ok(())
     }
@@ -163,7 +172,10 @@ impl Recipe {
             m.insert("quantization.preset", p.as_str());
         }
         m.insert("quantization.bits", self.bits);
-        m.insert("quantization.group_size", self.group_size.map_or(-1i64, |g| g as i64));
+        m.insert(
+            "quantization.group_size",
+            self.group_size.map_or(-1i64, |g| g as i64),
+        );
         m.insert("quantization.sym", self.sym);
         m.insert("quantization.act_order", self.act_order);
         m.insert("quantization.damp", self.damp);
@@ -268,7 +280,11 @@ pub fn preset(name: &str) -> Result<Recipe, RuntimeError> {
     let p = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
         RuntimeError::InvalidRequest(format!(
             "unknown preset '{name}' (known: {})",
-            PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            PRESETS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })?;
     let mut r = (p.recipe)();
@@ -288,17 +304,31 @@ mod tests {
         }
         assert!(preset("gptq_5bit").is_err());
         let g = preset("gptq_3bit_g128").unwrap();
-        assert_eq!((g.bits, g.group_size, g.sym, g.act_order), (3, Some(128), true, true));
+        assert_eq!(
+            (g.bits, g.group_size, g.sym, g.act_order),
+            (3, Some(128), true, true)
+        );
         assert!(!preset("bnb_4bit_nf4_no_double").unwrap().double_quant);
     }
 
     #[test]
     fn validation_refuses_what_cannot_work() {
         let r = preset("rtn_4bit_g128").unwrap();
-        assert!(r.validate(&[576, 1536]).is_ok(), "a shorter last group is allowed");
-        assert!(r.validate(&[64, 1536]).unwrap_err().to_string().contains("wider"));
+        assert!(
+            r.validate(&[576, 1536]).is_ok(),
+            "a shorter last group is allowed"
+        );
+        assert!(r
+            .validate(&[64, 1536])
+            .unwrap_err()
+            .to_string()
+            .contains("wider"));
         let g = preset("gptq_4bit_g128").unwrap();
-        assert!(g.validate(&[1024]).unwrap_err().to_string().contains("--calib"));
+        assert!(g
+            .validate(&[1024])
+            .unwrap_err()
+            .to_string()
+            .contains("--calib"));
         let bad = with(Method::Rtn, |r| r.bits = 5);
         assert!(bad.validate(&[1024]).is_err());
     }
