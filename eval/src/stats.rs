@@ -1,6 +1,8 @@
 //! Summary statistics for per-item evaluation scores: means, standard errors and
 //! percentile-bootstrap confidence intervals, deterministic for a given seed.
 
+use qrt_runtime::sampling::Rng;
+
 /// The arithmetic mean; NaN for no values.
 pub fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
@@ -28,7 +30,7 @@ pub fn bootstrap_ci(xs: &[f64], resamples: usize, seed: u64) -> (f64, f64) {
     if xs.is_empty() || resamples == 0 {
         return (f64::NAN, f64::NAN);
     }
-    let mut rng = SplitMix64(seed);
+    let mut rng = Rng::new(seed);
     let mut means: Vec<f64> = (0..resamples)
         .map(|_| (0..xs.len()).map(|_| xs[rng.below(xs.len())]).sum::<f64>() / xs.len() as f64)
         .collect();
@@ -57,22 +59,4 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     let lo = pos.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// SplitMix64 (Steele, Lea and Flood 2014): a tiny, fast, seedable generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform index below `n` (multiply-shift; the bias is below n / 2^64).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
 }

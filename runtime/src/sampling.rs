@@ -24,6 +24,16 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A uniform index below `n` (multiply-shift; the bias is below `n / 2^64`).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// `len` normal samples scaled by `scale`, for test data.
+    pub fn normals(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| scale * self.next_normal()).collect()
+    }
+
     /// A standard normal sample (Box-Muller), for test data.
     pub fn next_normal(&mut self) -> f32 {
         let u1 = self.next_f64().max(f64::MIN_POSITIVE);

@@ -6,28 +6,7 @@ use qrt_runtime::quant::{
     AwqConfig,
 };
 
-/// SplitMix64 with Box–Muller normals.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn normals(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| scale * self.normal()).collect()
-    }
-}
+use qrt_runtime::sampling::Rng;
 
 /// `‖x (a − b)ᵀ‖²` for `x [rows, k]`, `a, b [n, k]`, in f64.
 fn output_error(x: &[f32], rows: usize, k: usize, a: &[f32], b: &[f32], n: usize) -> f64 {
@@ -123,7 +102,7 @@ fn pseudo_quantize_error_is_bounded_and_matches_the_codes() {
 /// the scale is the group's own `(max − min) / maxq`, and `awq_quantize` reproduces
 /// `pseudo_quantize` bit for bit.
 fn check_pseudo_quantize(n: usize, k: usize, gs: usize) {
-    let mut rng = Rng(1 + k as u64);
+    let mut rng = Rng::new(1 + k as u64);
     let mut w = rng.normals(n * k, 0.02);
     // Each row's last group gets a much narrower range than the rest of its row, so a step
     // taken from the wrong columns would break the bound.
@@ -209,7 +188,7 @@ fn scale_search_visits_the_grid_and_keeps_the_best() {
 #[test]
 fn scale_search_protects_salient_channels() {
     let (rows, k) = (512, 256);
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     let x = salient_inputs(rows, k, &mut rng);
     let (nq, nv) = (64, 32);
     let wq = rng.normals(nq * k, 0.02);
@@ -264,7 +243,7 @@ fn check_clip_search(k: usize, gs: usize) {
         group_size: gs,
         ..AwqConfig::default()
     };
-    let mut rng = Rng(3 + k as u64);
+    let mut rng = Rng::new(3 + k as u64);
     let x = salient_inputs(rows, k, &mut rng);
     let mut w = rng.normals(n * k, 0.02);
     // Outliers make clipping worthwhile for some groups, the short last one included.
@@ -343,9 +322,9 @@ fn check_clip_search(k: usize, gs: usize) {
 #[test]
 fn folding_leaves_outputs_unchanged() {
     let (rows, k, n, inter) = (8, 64, 24, 96);
-    let mut rng = Rng(4);
+    let mut rng = Rng::new(4);
     let x = rng.normals(rows * k, 1.0);
-    let s: Vec<f32> = (0..k).map(|_| (0.5 * rng.normal()).exp()).collect();
+    let s: Vec<f32> = (0..k).map(|_| (0.5 * rng.next_normal()).exp()).collect();
 
     // Column scaling against divided inputs: (W · s)(x / s) = W x.
     let w = rng.normals(n * k, 0.1);
@@ -358,7 +337,7 @@ fn folding_leaves_outputs_unchanged() {
     assert!(max_rel_diff(&linear(&xs, rows, k, &ws, n), &linear(&x, rows, k, &w, n)) < 1e-5);
 
     // Norm folding: RMSNorm(x) · (g / s) feeding W · s.
-    let g: Vec<f32> = (0..k).map(|_| 1.0 + 0.1 * rng.normal()).collect();
+    let g: Vec<f32> = (0..k).map(|_| 1.0 + 0.1 * rng.next_normal()).collect();
     let norm = |x: &[f32], g: &[f32]| -> Vec<f32> {
         x.chunks(k)
             .flat_map(|r| {
@@ -378,7 +357,9 @@ fn folding_leaves_outputs_unchanged() {
 
     // Row folding through the MLP: down(silu(gate x) ⊙ (up x)) with up's rows divided by s2
     // and down's columns multiplied by s2.
-    let s2: Vec<f32> = (0..inter).map(|_| (0.5 * rng.normal()).exp()).collect();
+    let s2: Vec<f32> = (0..inter)
+        .map(|_| (0.5 * rng.next_normal()).exp())
+        .collect();
     let gate = rng.normals(inter * k, 0.1);
     let up = rng.normals(inter * k, 0.1);
     let down = rng.normals(n * inter, 0.1);
@@ -445,7 +426,7 @@ fn apply_clip_wants_ceil_groups() {
 fn scale_search_on_uneven_groups() {
     let rows = 512;
     for (k, gs) in UNEVEN {
-        let mut rng = Rng(5 + k as u64);
+        let mut rng = Rng::new(5 + k as u64);
         let x = salient_inputs(rows, k, &mut rng);
         let n = 48;
         let w = rng.normals(n * k, 0.02);

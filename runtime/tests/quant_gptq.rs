@@ -4,25 +4,7 @@
 use qrt_runtime::quant::linalg::{cholesky_inverse, cholesky_lower, cholesky_upper};
 use qrt_runtime::quant::{gptq_quantize, rtn_quantize, GptqConfig, GptqResult, HessianAccumulator};
 
-/// SplitMix64 with Box–Muller normals.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
+use qrt_runtime::sampling::Rng;
 
 const N: usize = 64;
 const K: usize = 256;
@@ -36,8 +18,8 @@ fn layer(seed: u64) -> (Vec<f32>, Vec<f32>) {
 
 /// [`layer`] with `k` input features: `w [N, k]`, `x [ROWS, k]`.
 fn layer_k(seed: u64, k: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut rng = Rng(seed);
-    let mut z: Vec<f32> = (0..ROWS * k).map(|_| rng.normal()).collect();
+    let mut rng = Rng::new(seed);
+    let mut z: Vec<f32> = (0..ROWS * k).map(|_| rng.next_normal()).collect();
     for row in z.chunks_mut(k) {
         for (j, v) in row.iter_mut().enumerate() {
             if j % 37 == 3 {
@@ -46,7 +28,7 @@ fn layer_k(seed: u64, k: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     let m: Vec<f32> = (0..k * k)
-        .map(|_| rng.normal() / (k as f32).sqrt())
+        .map(|_| rng.next_normal() / (k as f32).sqrt())
         .collect();
     let mut x = vec![0f32; ROWS * k];
     for r in 0..ROWS {
@@ -57,7 +39,7 @@ fn layer_k(seed: u64, k: usize) -> (Vec<f32>, Vec<f32>) {
             }
         }
     }
-    let w: Vec<f32> = (0..N * k).map(|_| 0.05 * rng.normal()).collect();
+    let w: Vec<f32> = (0..N * k).map(|_| 0.05 * rng.next_normal()).collect();
     (w, x)
 }
 
@@ -594,10 +576,10 @@ fn hessian_is_the_running_average() {
 #[ignore = "timing: cargo test --release -p qrt-runtime --test quant_gptq -- --ignored --nocapture"]
 fn gptq_timings() {
     for (n, k) in [(576, 576), (576, 1536), (2048, 8192)] {
-        let mut rng = Rng(k as u64);
+        let mut rng = Rng::new(k as u64);
         let rows = 256;
-        let x: Vec<f32> = (0..rows * k).map(|_| rng.normal()).collect();
-        let w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.normal()).collect();
+        let x: Vec<f32> = (0..rows * k).map(|_| rng.next_normal()).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.next_normal()).collect();
         let t = std::time::Instant::now();
         let mut h = HessianAccumulator::new(k);
         h.add_batch(&x, rows);
@@ -734,8 +716,8 @@ fn uneven_groups_gptq_beats_round_to_nearest() {
 fn uneven_last_group_parameters_cover_only_its_columns() {
     // RTN by hand: the short last group's range is its own columns', not a full group's.
     let (k, gs, n) = (200, 64, 3);
-    let mut rng = Rng(43);
-    let mut w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.normal()).collect();
+    let mut rng = Rng::new(43);
+    let mut w: Vec<f32> = (0..n * k).map(|_| 0.05 * rng.next_normal()).collect();
     // A large value just before the last group must not leak into it.
     for r in 0..n {
         w[r * k + 191] = 5.0;

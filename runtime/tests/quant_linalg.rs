@@ -5,30 +5,12 @@ use qrt_runtime::quant::linalg::{
     invert_lower_triangular,
 };
 
-/// SplitMix64 with Box–Muller normals.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+use qrt_runtime::sampling::Rng;
 
 /// `A = B Bᵀ / k + eps·I` for a random `k × k` `B`.
 fn random_spd(k: usize, eps: f64, seed: u64) -> Vec<f64> {
-    let mut rng = Rng(seed);
-    let b: Vec<f64> = (0..k * k).map(|_| rng.normal()).collect();
+    let mut rng = Rng::new(seed);
+    let b: Vec<f64> = (0..k * k).map(|_| rng.next_normal() as f64).collect();
     let mut a = vec![0.0; k * k];
     for i in 0..k {
         for j in 0..=i {
