@@ -154,9 +154,17 @@ fn quantized_default_model_still_says_paris() {
     let fx = fixture();
     let prompt = fx["greedy"]["prompt"].as_str().unwrap();
     for preset in ["bnb_4bit_nf4", "bnb_8bit", "rtn_4bit_g128"] {
-        let out = std::env::temp_dir().join(format!("qrt-test-{}-{preset}.qrt", std::process::id()));
+        let out =
+            std::env::temp_dir().join(format!("qrt-test-{}-{preset}.qrt", std::process::id()));
         let recipe = qrt_runtime::quantize::recipe::preset(preset).unwrap();
-        qrt_runtime::quantize::pipeline::quantize_model(&path, &out, &recipe, "test", &mut |_, _, _| {}).unwrap();
+        qrt_runtime::quantize::pipeline::quantize_model(
+            &path,
+            &out,
+            &recipe,
+            "test",
+            &mut |_, _, _| {},
+        )
+        .unwrap();
         let (mf, mut engine) = load(&out);
         let request = SeqRequest {
             prompt: mf.tokenizer.encode(prompt).unwrap(),
@@ -164,8 +172,13 @@ fn quantized_default_model_still_says_paris() {
             sampling: SamplingParams::GREEDY,
             seed: 0,
         };
-        let (done, _) = generate(&mut engine, &mf.tokenizer, vec![request], &[], &[], |_| {}).unwrap();
-        assert!(done[0].text.contains("Paris"), "{preset}: {:?}", done[0].text);
+        let (done, _) =
+            generate(&mut engine, &mf.tokenizer, vec![request], &[], &[], |_| {}).unwrap();
+        assert!(
+            done[0].text.contains("Paris"),
+            "{preset}: {:?}",
+            done[0].text
+        );
         let _ = std::fs::remove_file(out);
     }
 }

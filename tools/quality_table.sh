@@ -5,7 +5,8 @@
 #
 #   tools/quality_table.sh OUT_DIR [PRESET ...]     (default: every preset)
 # Environment: QRT (binary, default target/release/qrt), WINDOWS (ppl windows, default 40),
-# STORIES (CoQA stories, default 50), DATA (shared data folder, default ../shared/data).
+# STORIES (CoQA stories, default 50), DATA (shared data folder, default ../shared/data),
+# SAMPLES (calibration windows of 512 tokens for GPTQ/AWQ, default 128).
 set -euo pipefail
 OUT=${1:?usage: tools/quality_table.sh OUT_DIR [PRESET ...]}
 shift
@@ -22,7 +23,7 @@ PRESETS=("$@")
 for p in "${PRESETS[@]}"; do
     m="$OUT/$p.qrt"
     start=$(date +%s.%N)
-    "$QRT" quantize --in "$F16" --out "$m" --preset "$p" --calib "$DATA/calib/quac-wiki-passages.txt" \
+    "$QRT" quantize --in "$F16" --out "$m" --preset "$p" --calib "$DATA/calib/quac-wiki-passages.txt" --samples "${SAMPLES:-128}" \
         > "$OUT/$p.quantize.log" 2>&1
     end=$(date +%s.%N)
     echo "{\"preset\": \"$p\", \"quantize_seconds\": $(echo "$end - $start" | bc)}" > "$OUT/$p.time.json"
