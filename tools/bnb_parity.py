@@ -89,12 +89,23 @@ def inputs():
     c[0, [5, 100, 777, 2048, 4000, 4095]] = torch.tensor([25.0, -40.0, 60.0, -12.0, 80.0, -7.5])
     d = randn(4, (7, 37)) * 0.02
     d.view(-1)[64:128] = 0.0  # one all-zero block; 259 values: odd, last block partial
-    return [
+    out = [
         ("64x128_f16", torch.float16, a),
         ("256x320_bf16", torch.bfloat16, b),
         ("1x4096_f32_outliers", torch.float32, c),
         ("7x37_f16_zero_block", torch.float16, d),
     ]
+    # A real weight: the first 64 rows of SmolLM2-135M-Instruct's blk.0.attn_q.weight (Q4_1
+    # in the GGUF, dequantized and stored as f16), committed beside the fixtures.
+    real = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "format", "tests",
+                        "fixtures", "bnb", "real_smollm2_blk0_attn_q_64x576.f16")
+    if os.path.exists(real):
+        raw = torch.frombuffer(bytearray(open(real, "rb").read()), dtype=torch.float16)
+        out.append((REAL, torch.float16, raw.float().reshape(64, 576)))
+    return out
+
+
+REAL = "real_smollm2_blk0_attn_q_64x576_f16"
 
 
 def cases():
