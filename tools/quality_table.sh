@@ -26,7 +26,7 @@ for p in "${PRESETS[@]}"; do
     "$QRT" quantize --in "$F16" --out "$m" --preset "$p" --calib "$DATA/calib/quac-wiki-passages.txt" --samples "${SAMPLES:-128}" \
         > "$OUT/$p.quantize.log" 2>&1
     end=$(date +%s.%N)
-    echo "{\"preset\": \"$p\", \"quantize_seconds\": $(echo "$end - $start" | bc)}" > "$OUT/$p.time.json"
+    printf '{"preset": "%s", "quantize_seconds": %.3f}\n' "$p" "$(echo "$end - $start" | bc)" > "$OUT/$p.time.json"
     "$QRT" inspect "$m" > "$OUT/$p.inspect.txt"
     "$QRT" eval ppl --model "$m" --data "$DATA/wikitext-2-raw/wiki.test.raw" --limit-windows "$WINDOWS" \
         --kl-base "$F16" --out "$OUT/$p.ppl.json" > "$OUT/$p.ppl.log" 2>&1
@@ -34,23 +34,4 @@ for p in "${PRESETS[@]}"; do
         --out "$OUT/$p.coqa.json" > "$OUT/$p.coqa.log" 2>&1
     echo "$p done"
 done
-python3 - "$OUT" <<'PY'
-import json, os, re, sys
-out = sys.argv[1]
-rows = []
-for f in sorted(os.listdir(out)):
-    if not f.endswith(".ppl.json"):
-        continue
-    p = f[:-len(".ppl.json")]
-    ppl = json.load(open(os.path.join(out, f)))["summary"]
-    coqa = json.load(open(os.path.join(out, p + ".coqa.json")))["summary"]
-    t = json.load(open(os.path.join(out, p + ".time.json")))
-    total = [l for l in open(os.path.join(out, p + ".inspect.txt")) if l.startswith("total")][0].split()
-    size = os.path.getsize(os.path.join(out, p + ".qrt"))
-    rows.append((p, size / 1e6, float(total[-1]), ppl, coqa, t["quantize_seconds"]))
-print("| preset | file MB | bpw (all tensors) | ppl | KL vs FP16 (mean ± se) | KL p99 | top-1 agree | CoQA F1 | CoQA EM | quantize s |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for p, mb, bpw, ppl, coqa, secs in rows:
-    kl = ppl["kl"]
-    print(f"| {p} | {mb:.1f} | {bpw:.2f} | {ppl['ppl']:.3f} ± {ppl['ppl_stderr']:.3f} | {kl['mean']:.5f} ± {kl['stderr']:.5f} | {kl['p99']:.4f} | {100*kl['top1_agreement']:.1f}% | {100*coqa['f1']['mean']:.1f} [{100*coqa['f1']['ci_low']:.1f}, {100*coqa['f1']['ci_high']:.1f}] | {100*coqa['em']['mean']:.1f} | {secs:.1f} |")
-PY
+python3 "$(dirname "$0")/quality_table.py" "$OUT"
