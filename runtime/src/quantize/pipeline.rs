@@ -193,6 +193,16 @@ fn embed_windows(
     })
 }
 
+/// Widths of a block: hidden, query (heads x head_dim), key/value, MLP intermediate.
+fn layer_widths(cfg: &ModelConfig) -> (usize, usize, usize, usize) {
+    (
+        cfg.hidden_size,
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    )
+}
+
 /// Every `stride`-th row of `x` (`[rows, k]`), at most `limit` rows.
 fn sample_rows(x: &[f32], rows: usize, k: usize, limit: usize) -> (Vec<f32>, usize) {
     if rows <= limit {
@@ -368,12 +378,7 @@ pub fn awq_scale_block(
     inv_freq: &[f32],
 ) -> ScaledInputs {
     let rows = act.rows();
-    let (hd, qd, kvd, id) = (
-        cfg.hidden_size,
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-        cfg.intermediate_size,
-    );
+    let (hd, qd, kvd, id) = layer_widths(cfg);
     let mut h = rms_norm(&act.x, &lw.input_norm, cfg.rms_norm_eps);
     let s = awq_scales(
         &[(&lw.q, qd), (&lw.k, kvd), (&lw.v, kvd)],
@@ -464,12 +469,7 @@ fn quantize_awq(
         ..AwqConfig::default()
     };
     let rows = act.rows();
-    let (hd, qd, kvd, id) = (
-        cfg.hidden_size,
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-        cfg.intermediate_size,
-    );
+    let (hd, qd, kvd, id) = layer_widths(cfg);
     for i in 0..cfg.num_layers {
         progress(i, cfg.num_layers, &format!("model.layers.{i}"));
         let mut lw = layer_weights(&mf.file, i)?;
