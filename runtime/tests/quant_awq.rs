@@ -1,34 +1,15 @@
 //! AWQ's quantizer, scale search, clip search and scale folding.
 
+mod quant_common;
+
 use qrt_runtime::quant::{
     activation_scale, apply_clip, awq_quantize, fold_scale_into_linear_rows, fold_scale_into_norm,
     pseudo_quantize, scale_weight_columns, search_clip, search_scales_linear, search_scales_with,
     AwqConfig,
 };
+use quant_common::output_error;
 
 use qrt_runtime::sampling::Rng;
-
-/// `‖x (a − b)ᵀ‖²` for `x [rows, k]`, `a, b [n, k]`, in f64.
-fn output_error(x: &[f32], rows: usize, k: usize, a: &[f32], b: &[f32], n: usize) -> f64 {
-    let d: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(p, q)| f64::from(*p) - f64::from(*q))
-        .collect();
-    let mut total = 0.0;
-    for r in 0..rows {
-        let xr = &x[r * k..(r + 1) * k];
-        for o in 0..n {
-            let v: f64 = xr
-                .iter()
-                .zip(&d[o * k..(o + 1) * k])
-                .map(|(p, q)| f64::from(*p) * q)
-                .sum();
-            total += v * v;
-        }
-    }
-    total
-}
 
 /// `y [rows, n] = x [rows, k] · w [n, k]ᵀ` in f64.
 fn linear(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {

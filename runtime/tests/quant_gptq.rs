@@ -1,8 +1,11 @@
 //! GPTQ against round-to-nearest on a synthetic layer with correlated inputs, the quantizer
 //! against hand computations, and the bookkeeping (codes, scales, zeros, g_idx, loss).
 
+mod quant_common;
+
 use qrt_runtime::quant::linalg::{cholesky_inverse, cholesky_lower, cholesky_upper};
 use qrt_runtime::quant::{gptq_quantize, rtn_quantize, GptqConfig, GptqResult, HessianAccumulator};
+use quant_common::output_error;
 
 use qrt_runtime::sampling::Rng;
 
@@ -68,28 +71,6 @@ fn hessian(x: &[f32], rows: usize, k: usize) -> HessianAccumulator {
     h.add_batch(&x[..cut * k], cut);
     h.add_batch(&x[cut * k..], rows - cut);
     h
-}
-
-/// `‖X Wᵀ − X Ŵᵀ‖²`.
-fn output_error(x: &[f32], rows: usize, k: usize, w: &[f32], q: &[f32], n: usize) -> f64 {
-    let d: Vec<f64> = w
-        .iter()
-        .zip(q)
-        .map(|(a, b)| f64::from(*a) - f64::from(*b))
-        .collect();
-    let mut total = 0.0;
-    for r in 0..rows {
-        let xr = &x[r * k..(r + 1) * k];
-        for o in 0..n {
-            let v: f64 = xr
-                .iter()
-                .zip(&d[o * k..(o + 1) * k])
-                .map(|(a, b)| f64::from(*a) * b)
-                .sum();
-            total += v * v;
-        }
-    }
-    total
 }
 
 /// Codes in range, `dequantized == scales · (codes − zeros)` bit for bit, shapes.
