@@ -47,6 +47,8 @@ enum Command {
     Quantize(cli::quantize::Args),
     /// Check kernels against the CPU reference on random data.
     Selftest(cli::selftest::Args),
+    /// Measure prefill latency, decode speed and memory per batch size (or kernels).
+    Bench(cli::bench::Args),
 }
 
 fn main() {
@@ -68,6 +70,7 @@ fn main() {
         Command::Generate(a) => cli::generate::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
         Command::Selftest(a) => cli::selftest::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,13 @@
 //! qrt-bench: measuring speed. Throughput summaries of generation runs, and (in `benches/`)
-//! criterion benchmarks of the CPU kernels. `qrt bench` builds on this crate.
+//! criterion benchmarks of the CPU kernels. `qrt bench` builds on this crate: [`stats`]
+//! summarizes timings, [`report`] lays out and saves the results, and [`nvml`] reads GPU
+//! memory use.
+
+#![warn(missing_docs)]
+
+pub mod nvml;
+pub mod report;
+pub mod stats;
 
 use std::fmt;
 use std::time::Duration;

@@ -54,4 +54,149 @@ typedef struct qrt_rms_norm_args {
 
 QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 28, "qrt_rms_norm_args must be 28 bytes");
 
+/// Largest batch (rows of `x`) the GEMV kernels take in one launch.
+#define QRT_GEMV_MAX_BATCH 8
+/// Most weight matrices one GEMV launch multiplies (e.g. q, k and v together).
+#define QRT_GEMV_MAX_SEGMENTS 3
+
+/// One weight matrix of a GEMV launch: `y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i])`.
+typedef struct qrt_gemv_segment {
+    /// Device address of `w`, `[n, k]` 16-bit floats, row-major, 16-byte aligned.
+    uint64_t w;
+    /// Device address of `n` f32 biases, or 0 for none.
+    uint64_t bias;
+    /// Device address of `y`, `[batch, n]` f32.
+    uint64_t y;
+    /// Rows of `w`.
+    uint32_t n;
+    /// First thread block of the grid that works on this segment.
+    uint32_t first_block;
+} qrt_gemv_segment;
+
+QRT_STATIC_ASSERT(sizeof(qrt_gemv_segment) == 32, "qrt_gemv_segment must be 32 bytes");
+
+/// Arguments of the GEMV kernels (`qrt_gemv_<w>_b<batch>_r<rows>`): every segment reads the
+/// same activations `x`, `[batch, k]` f32; `k` is a multiple of 8.
+typedef struct qrt_gemv_args {
+    /// The weight matrices, `num_segments` of them; blocks are assigned in order.
+    qrt_gemv_segment seg[QRT_GEMV_MAX_SEGMENTS];
+    /// Device address of `x`.
+    uint64_t x;
+    /// Columns of `x` and of every `w`.
+    uint32_t k;
+    /// Segments in use (1 to QRT_GEMV_MAX_SEGMENTS).
+    uint32_t num_segments;
+} qrt_gemv_args;
+
+QRT_STATIC_ASSERT(sizeof(qrt_gemv_args) == 112, "qrt_gemv_args must be 112 bytes");
+
+/// Arguments of the tensor-core GEMM kernels (`qrt_gemm_<w>_m<tile>`):
+/// `c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j])`, f32 accumulation; `k` a multiple of 8.
+typedef struct qrt_gemm_args {
+    /// Device address of `a`, `[m, k]` 16-bit floats (the weight's type), row-major.
+    uint64_t a;
+    /// Device address of `w`, `[n, k]` 16-bit floats, row-major.
+    uint64_t w;
+    /// Device address of `n` f32 biases, or 0.
+    uint64_t bias;
+    /// Device address of `c`, `[m, n]` f32.
+    uint64_t c;
+    /// Rows of `a` and `c`.
+    uint32_t m;
+    /// Rows of `w`, columns of `c`.
+    uint32_t n;
+    /// Columns of `a` and `w`.
+    uint32_t k;
+    /// Unused; keeps the size a multiple of 8.
+    uint32_t pad;
+} qrt_gemm_args;
+
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 48, "qrt_gemm_args must be 48 bytes");
+
+/// One sequence of a flat attention batch.
+typedef struct qrt_attn_seq {
+    /// First row of the sequence in the flat batch.
+    uint32_t start;
+    /// New tokens (query rows) of the sequence in this batch.
+    uint32_t len;
+    /// Tokens the sequence had in the cache before this batch.
+    uint32_t past;
+    /// Offset of the sequence's block table in `block_tables`.
+    uint32_t table;
+} qrt_attn_seq;
+
+QRT_STATIC_ASSERT(sizeof(qrt_attn_seq) == 16, "qrt_attn_seq must be 16 bytes");
+
+/// Arguments of the attention kernels. The KV cache of a layer is
+/// `[num_blocks, block_size, num_kv_heads, head_dim]` f16 for K and for V; token `t` of a
+/// sequence lives in slot `table[t / block_size] * block_size + t % block_size`. Query row `i`
+/// of a sequence (position `past + i`) attends to its tokens `0 ..= past + i`.
+typedef struct qrt_attn_args {
+    /// Device address of the queries, `[rows, num_heads * head_dim]` f32 (rotary applied).
+    uint64_t q;
+    /// Device address of the layer's K pool.
+    uint64_t k_cache;
+    /// Device address of the layer's V pool.
+    uint64_t v_cache;
+    /// Device address of the output, `[rows, num_heads * head_dim]` f32.
+    uint64_t out;
+    /// Device address of `num_seqs` qrt_attn_seq.
+    uint64_t seqs;
+    /// Device address of the block tables (u32).
+    uint64_t block_tables;
+    /// Prefill: device address of the tile list, one (sequence, first query row) u32 pair per
+    /// block. Decode: device address of the f32 partial results of the splits.
+    uint64_t work;
+    /// Sequences in the batch.
+    uint32_t num_seqs;
+    /// Query heads.
+    uint32_t num_heads;
+    /// Key/value heads (num_heads is a multiple of it).
+    uint32_t num_kv_heads;
+    /// Dimension of one head (64 or 128).
+    uint32_t head_dim;
+    /// Tokens per KV block.
+    uint32_t block_size;
+    /// Decode: partitions each sequence's context is split into.
+    uint32_t splits;
+    /// Decode: tokens per partition.
+    uint32_t partition;
+    /// Softmax scale, usually 1 / sqrt(head_dim).
+    float scale;
+} qrt_attn_args;
+
+QRT_STATIC_ASSERT(sizeof(qrt_attn_args) == 88, "qrt_attn_args must be 88 bytes");
+
+/// Arguments of the fused rotary-embedding + KV-store kernel (`qrt_rope_kv`): rotates `q` and
+/// `k` in place (rotate-half layout, angle `position * inv_freq[i]`), then stores `k` and `v`
+/// (as f16) in the cache slots of their rows.
+typedef struct qrt_rope_kv_args {
+    /// Device address of `q`, `[rows, num_heads * head_dim]` f32.
+    uint64_t q;
+    /// Device address of `k`, `[rows, num_kv_heads * head_dim]` f32.
+    uint64_t k;
+    /// Device address of `v`, `[rows, num_kv_heads * head_dim]` f32.
+    uint64_t v;
+    /// Device address of the layer's K pool (f16).
+    uint64_t k_cache;
+    /// Device address of the layer's V pool (f16).
+    uint64_t v_cache;
+    /// Device address of the position of every row (u32).
+    uint64_t positions;
+    /// Device address of the cache slot of every row (u32).
+    uint64_t slots;
+    /// Device address of the `head_dim / 2` inverse frequencies (f32).
+    uint64_t inv_freq;
+    /// Rows.
+    uint32_t rows;
+    /// Query heads.
+    uint32_t num_heads;
+    /// Key/value heads.
+    uint32_t num_kv_heads;
+    /// Dimension of one head (even).
+    uint32_t head_dim;
+} qrt_rope_kv_args;
+
+QRT_STATIC_ASSERT(sizeof(qrt_rope_kv_args) == 80, "qrt_rope_kv_args must be 80 bytes");
+
 #endif /* QRT_KERNELS_H */

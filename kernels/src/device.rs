@@ -6,11 +6,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
+    result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream,
+    DeviceRepr,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::error::cuda_err;
+use crate::memory::MemoryCounter;
 use crate::{ptx, KernelError, BUILD_INFO};
 
 /// Oldest compute capability the kernels are built for (`sm_80`).
@@ -22,14 +24,16 @@ const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 /// The PTX is picked by compute capability: `sm_90` PTX on devices of
 /// capability 9.0 and newer, `sm_80` PTX on 8.x; the driver JIT-compiles it.
 pub struct CudaDevice {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) memory: Arc<MemoryCounter>,
     ordinal: usize,
-    name: String,
+    pub(crate) name: String,
     compute_capability: (i32, i32),
     total_memory: usize,
     arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -116,17 +120,31 @@ impl CudaDevice {
         } else {
             "sm_80"
         };
-        let stream = ctx.default_stream();
+        // One stream, so cudarc's cross-stream event tracking is not needed (and it would
+        // record events inside CUDA-graph captures). The legacy default stream cannot be
+        // captured, hence a stream of our own.
+        // SAFETY: every allocation and launch of this device goes to `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda_err(format_args!(
+            "creating a stream on device {ordinal}"
+        )))?;
         Ok(Self {
             ctx,
             stream,
+            memory: Arc::default(),
             ordinal,
             name,
             compute_capability,
             total_memory,
             arch,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The device's ordinal (0-based).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// The device's name, e.g. "NVIDIA H200".
@@ -154,8 +172,26 @@ impl CudaDevice {
         &self.stream
     }
 
-    /// Kernel `kernel` of module `module` (loading and caching the module on first use).
+    /// Kernel `kernel` of module `module`, looked up once and cached.
     pub(crate) fn function(
+        &self,
+        module: &'static str,
+        kernel: &str,
+    ) -> Result<CudaFunction, KernelError> {
+        let mut functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = functions.get(kernel) {
+            return Ok(f.clone());
+        }
+        let f = self.lookup_function(module, kernel)?;
+        functions.insert(kernel.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Looks kernel `kernel` up in module `module` (loading and caching the module on first use).
+    fn lookup_function(
         &self,
         module: &'static str,
         kernel: &str,
@@ -222,14 +258,80 @@ impl CudaDevice {
             )))
     }
 
+    /// Starts recording the work queued on this device's stream into a CUDA graph instead of
+    /// running it; [`end_capture`](Self::end_capture) returns the graph.
+    pub fn begin_capture(&self) -> Result<(), KernelError> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err("starting a CUDA graph capture"))
+    }
+
+    /// Ends a capture started by [`begin_capture`](Self::begin_capture) and instantiates the
+    /// graph.
+    pub fn end_capture(&self) -> Result<Graph, KernelError> {
+        let graph = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(cuda_err("ending a CUDA graph capture"))?
+            .ok_or_else(|| KernelError::Cuda("the CUDA graph capture recorded nothing".into()))?;
+        Ok(Graph(graph))
+    }
+
+    /// Queues a replay of `graph` on this device's stream.
+    pub fn replay(&self, graph: &Graph) -> Result<(), KernelError> {
+        graph.0.launch().map_err(cuda_err("replaying a CUDA graph"))
+    }
+
+    /// A timing event recorded now on this device's stream.
+    pub fn record_event(&self) -> Result<Event, KernelError> {
+        let event = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("creating a CUDA event"))?;
+        event
+            .record(&self.stream)
+            .map_err(cuda_err("recording a CUDA event"))?;
+        Ok(Event(event))
+    }
+
     /// Waits for the stream and reports any error raised by work on it
     /// (`what` says which work, for the message).
-    pub(crate) fn synchronize(&self, what: &str) -> Result<(), KernelError> {
+    pub fn synchronize(&self, what: &str) -> Result<(), KernelError> {
         self.stream
             .synchronize()
             .map_err(cuda_err(format_args!("{what} (at synchronize)")))?;
         self.ctx
             .check_err()
             .map_err(cuda_err(format_args!("{what} (deferred error)")))
+    }
+}
+
+/// A recorded CUDA graph, replayed with [`CudaDevice::replay`].
+pub struct Graph(CudaGraph);
+
+// SAFETY: CUDA graph and graph-exec handles belong to a context, not to a thread: the driver
+// API may use them from any thread (cudarc's CudaGraph is !Send only because it holds raw
+// pointers). Replays are ordered by the one stream they are launched on.
+unsafe impl Send for Graph {}
+
+impl fmt::Debug for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Graph")
+    }
+}
+
+/// A point in a device's stream, for timing work on the device.
+#[derive(Debug)]
+pub struct Event(cudarc::driver::CudaEvent);
+
+impl Event {
+    /// Milliseconds of device time from `self` to `end` (waits for `end`).
+    pub fn elapsed_ms(&self, end: &Event) -> Result<f32, KernelError> {
+        end.0
+            .synchronize()
+            .map_err(cuda_err("waiting for a CUDA event"))?;
+        self.0
+            .elapsed_ms(&end.0)
+            .map_err(cuda_err("reading a CUDA event's time"))
     }
 }

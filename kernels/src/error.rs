@@ -18,6 +18,9 @@ pub enum KernelError {
     /// A CUDA driver call failed; the message says which and what it was doing.
     #[error("CUDA error: {0}")]
     Cuda(String),
+    /// A device allocation failed for want of memory.
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
     /// Arguments whose lengths or sizes do not fit together.
     #[error("bad shape: {0}")]
     Shape(String),

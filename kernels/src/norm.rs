@@ -4,6 +4,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use crate::error::cuda_err;
+use crate::launch::params;
 use crate::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
 use crate::{CudaDevice, KernelError};
 
@@ -99,6 +100,76 @@ fn launch_config(args: &qrt_rms_norm_args, vec: usize) -> LaunchConfig {
 }
 
 impl CudaDevice {
+    /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y` (which may be `x`), with the
+    /// `cols` f32 weights at `w`; stream-ordered.
+    ///
+    /// # Safety
+    /// `x` and `y` must hold `rows * cols` f32, `w` `cols` f32.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rms_norm_rows(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let n = rows * cols;
+        let args = row_args(rows, cols, eps, &[("x", n)], cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let cfg = launch_config(&args, f32::VEC);
+        // SAFETY: (qrt_rms_norm_args, const float*, const float*, float*); the caller
+        // guarantees the addresses.
+        unsafe {
+            self.launch(
+                MODULE,
+                f32::RMS_NORM,
+                cfg.grid_dim,
+                cfg.block_dim.0,
+                &mut params([&args, &x, &w, &y]),
+            )
+        }
+    }
+
+    /// `sum = x + residual` then `y = rmsnorm(sum) * w`, over `rows` rows of `cols` f32;
+    /// `sum` may be `x`. Stream-ordered.
+    ///
+    /// # Safety
+    /// `x`, `residual`, `sum` and `y` must hold `rows * cols` f32, `w` `cols` f32.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn add_rms_norm_rows(
+        &self,
+        x: u64,
+        residual: u64,
+        w: u64,
+        sum: u64,
+        y: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let n = rows * cols;
+        let args = row_args(rows, cols, eps, &[("x", n)], cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let cfg = launch_config(&args, f32::VEC);
+        // SAFETY: (qrt_rms_norm_args, const float* x, const float* residual, const float* w,
+        // float* sum, float* y); the caller guarantees the addresses.
+        unsafe {
+            self.launch(
+                MODULE,
+                f32::ADD_RMS_NORM,
+                cfg.grid_dim,
+                cfg.block_dim.0,
+                &mut params([&args, &x, &residual, &w, &sum, &y]),
+            )
+        }
+    }
+
     /// RMSNorm of each row of `x` (`rows` x `cols`, row-major):
     /// `y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w`, computed in f32.
     ///

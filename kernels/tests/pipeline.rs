@@ -3,8 +3,11 @@
 use std::mem::{align_of, offset_of, size_of};
 use std::path::Path;
 
-use qrt_kernels::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
-use qrt_kernels::{ptx, ptx_modules, CudaDevice, KernelError, BUILD_INFO};
+use qrt_kernels::layouts::{
+    qrt_attn_args, qrt_attn_seq, qrt_gemm_args, qrt_gemv_args, qrt_gemv_segment, qrt_rms_norm_args,
+    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
+};
+use qrt_kernels::{kernel_inventory, ptx, ptx_modules, CudaDevice, KernelError, BUILD_INFO};
 
 /// Stems of the `kernels/cuda/*.cu` sources.
 fn cuda_modules() -> Vec<String> {
@@ -96,6 +99,20 @@ fn norm_module_exports_its_kernels() {
     }
 }
 
+/// Every kernel a launcher may name is in the PTX of every arch.
+#[test]
+fn every_launched_kernel_is_built() {
+    for &arch in BUILD_INFO.archs {
+        for (module, kernel) in kernel_inventory() {
+            let text = ptx(module, arch).unwrap_or_else(|| panic!("no {arch} PTX for {module}"));
+            assert!(
+                text.contains(&format!(".entry {kernel}(")),
+                "{arch}: {kernel} missing from {module}"
+            );
+        }
+    }
+}
+
 #[test]
 fn layouts_match_the_header() {
     assert_eq!(size_of::<qrt_rms_norm_args>(), 28);
@@ -110,6 +127,26 @@ fn layouts_match_the_header() {
     assert_eq!(QRT_MAX_BLOCK_THREADS, 1024);
     let zero = qrt_rms_norm_args::default();
     assert_eq!((zero.rows, zero.cols, zero.eps), (0, 0, 0.0));
+}
+
+/// The sizes and the offsets of the last fields, as the header's static_asserts fix them.
+#[test]
+fn decoder_kernel_layouts_match_the_header() {
+    assert_eq!(size_of::<qrt_gemv_segment>(), 32);
+    assert_eq!(offset_of!(qrt_gemv_segment, first_block), 28);
+    assert_eq!(size_of::<qrt_gemv_args>(), 112);
+    assert_eq!(offset_of!(qrt_gemv_args, x), 96);
+    assert_eq!(offset_of!(qrt_gemv_args, num_segments), 108);
+    assert_eq!(size_of::<qrt_gemm_args>(), 48);
+    assert_eq!(offset_of!(qrt_gemm_args, k), 40);
+    assert_eq!(size_of::<qrt_attn_seq>(), 16);
+    assert_eq!(size_of::<qrt_attn_args>(), 88);
+    assert_eq!(offset_of!(qrt_attn_args, num_seqs), 56);
+    assert_eq!(offset_of!(qrt_attn_args, scale), 84);
+    assert_eq!(size_of::<qrt_rope_kv_args>(), 80);
+    assert_eq!(offset_of!(qrt_rope_kv_args, rows), 64);
+    assert_eq!(offset_of!(qrt_rope_kv_args, head_dim), 76);
+    assert_eq!((QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS), (8, 3));
 }
 
 /// Without a GPU this must be an error, not a panic; with one, a usable device.

@@ -46,7 +46,7 @@ impl BatchLayout {
 }
 
 /// Attention head geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HeadGeometry {
     /// Query heads.
     pub num_heads: usize,
@@ -56,14 +56,42 @@ pub struct HeadGeometry {
     pub head_dim: usize,
 }
 
+/// What one forward pass reads besides its weights: the tokens, their layout over the KV cache,
+/// the rows whose logits are wanted and the rotary frequencies.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// Token of every row of the flat batch.
+    pub tokens: &'a [u32],
+    /// How the rows belong to sequences and cache slots.
+    pub batch: &'a BatchLayout,
+    /// Rows whose logits the pass returns.
+    pub logit_rows: &'a [u32],
+    /// The `head_dim / 2` rotary inverse frequencies.
+    pub inv_freq: &'a [f32],
+    /// The model's attention heads.
+    pub heads: HeadGeometry,
+}
+
+/// One weight product of a [`Backend::linears`] call: `out = x @ weight^T (+ bias)`.
+pub struct LinearOut<'a, B: Backend + ?Sized> {
+    /// The weight, `[out_features, in_features]`.
+    pub weight: &'a B::Weight,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<&'a B::Weight>,
+    /// The output, `[rows, out_features]`.
+    pub out: &'a mut B::Act,
+}
+
 /// The op set every backend provides.
 pub trait Backend: Send + Sync {
     /// An activation buffer of `rows x cols` values.
-    type Act;
+    type Act: Send;
     /// A weight tensor resident on the device.
     type Weight;
     /// The KV pool of all layers.
     type Kv;
+    /// A forward pass's [`StepInput`], made available to the device.
+    type Step;
 
     /// A short description, e.g. `cpu (2 threads)`.
     fn describe(&self) -> String;
@@ -75,14 +103,35 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Weight, RuntimeError>;
     /// A new activation buffer (contents unspecified).
     fn alloc_act(&self, rows: usize, cols: usize) -> Result<Self::Act, RuntimeError>;
+    /// An activation buffer holding `data` (`rows x cols`, row-major f32).
+    fn act_from_host(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<Self::Act, RuntimeError>;
     /// A KV pool of the given geometry.
     fn alloc_kv(&self, geometry: &KvGeometry) -> Result<Self::Kv, RuntimeError>;
+    /// Makes a pass's inputs available to the device.
+    fn prepare(&self, input: &StepInput<'_>) -> Result<Self::Step, RuntimeError>;
+    /// Runs `body`, the ops of one forward pass over `step` writing into buffers that live
+    /// across passes. A backend may record the ops the first time a kind of step is seen and
+    /// replay the recording afterwards instead of calling `body` (CUDA graphs), so `body` must
+    /// do nothing but queue ops on this backend.
+    fn run_step(
+        &self,
+        step: &Self::Step,
+        body: &mut dyn FnMut() -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        let _ = step;
+        body()
+    }
 
     /// `out[r] = table[tokens[r]]`.
     fn embed(
         &self,
         table: &Self::Weight,
-        tokens: &[u32],
+        step: &Self::Step,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
     /// `out = x / rms(x) * weight`, row by row.
@@ -102,8 +151,6 @@ pub trait Backend: Send + Sync {
         eps: f32,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// `x += y`.
-    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<(), RuntimeError>;
     /// `out = x @ weight^T (+ bias)`, with `weight` stored `[out_features, in_features]`.
     fn linear(
         &self,
@@ -112,24 +159,26 @@ pub trait Backend: Send + Sync {
         bias: Option<&Self::Weight>,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// Rotary embedding in the rotate-half layout, in place, on `x = [rows, heads * head_dim]`;
-    /// `inv_freq` has `head_dim / 2` entries.
-    fn rope(
+    /// Several products of the same input (q, k and v; gate and up), which a backend may
+    /// compute in one pass over `x`.
+    fn linears(&self, x: &Self::Act, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
+        for o in outs {
+            self.linear(x, o.weight, o.bias, o.out)?;
+        }
+        Ok(())
+    }
+    /// Rotary embedding (rotate-half layout) of `q` and `k` in place at the step's positions,
+    /// then `k` and `v` stored in the step's cache slots of layer `layer`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv(
         &self,
-        x: &mut Self::Act,
-        positions: &[u32],
-        heads: usize,
-        head_dim: usize,
-        inv_freq: &[f32],
-    ) -> Result<(), RuntimeError>;
-    /// Stores `k` and `v` rows of layer `layer` into the given slots.
-    fn write_kv(
-        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
         kv: &mut Self::Kv,
         layer: usize,
-        k: &Self::Act,
-        v: &Self::Act,
-        slots: &[u32],
+        step: &Self::Step,
+        heads: HeadGeometry,
     ) -> Result<(), RuntimeError>;
     /// Causal attention of every row of `q` over its own sequence's cached keys and values.
     fn attention(
@@ -137,7 +186,7 @@ pub trait Backend: Send + Sync {
         q: &Self::Act,
         kv: &Self::Kv,
         layer: usize,
-        batch: &BatchLayout,
+        step: &Self::Step,
         heads: HeadGeometry,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
@@ -148,13 +197,27 @@ pub trait Backend: Send + Sync {
         up: &Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// `out[i] = x[rows[i]]`.
-    fn gather_rows(
+    /// `out[i] = x[logit_rows[i]]` for the step's logit rows.
+    fn select_rows(
         &self,
         x: &Self::Act,
-        rows: &[u32],
+        step: &Self::Step,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
     /// Copies an activation buffer to host memory, row-major f32.
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, RuntimeError>;
+    /// The index of the largest value of every row (the first on ties): greedy decoding.
+    fn argmax(&self, logits: &Self::Act) -> Result<Vec<u32>, RuntimeError> {
+        let host = self.to_host(logits)?;
+        let rows = self.rows(logits);
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(host
+            .chunks(host.len() / rows)
+            .map(crate::sampling::argmax)
+            .collect())
+    }
+    /// Rows of an activation buffer.
+    fn rows(&self, x: &Self::Act) -> usize;
 }

@@ -108,6 +108,21 @@ impl<B: Backend> Engine<B> {
         })
     }
 
+    /// Caps the prompt tokens read in one step (default 2048); at least 1.
+    pub fn set_max_batch_tokens(&mut self, n: usize) {
+        self.max_batch_tokens = n.max(1);
+    }
+
+    /// Blocks of the KV cache in use now.
+    pub fn kv_blocks_in_use(&self) -> usize {
+        self.allocator.capacity() - self.allocator.num_free()
+    }
+
+    /// The KV cache's geometry.
+    pub fn kv_geometry(&self) -> &KvGeometry {
+        &self.geometry
+    }
+
     /// Caps how many sequences run together (the rest wait); at least 1.
     pub fn set_max_running(&mut self, n: usize) {
         self.max_running = n.max(1);
@@ -246,18 +261,23 @@ impl<B: Backend> Engine<B> {
             logit_rows.push((tokens.len() - 1) as u32);
             prefill.push(past == 0);
         }
-        let logits =
+        let greedy = self.running.iter().all(|s| s.request.sampling.is_greedy());
+        let chosen = if greedy {
             self.model
-                .forward(&self.backend, &mut self.kv, &tokens, &layout, &logit_rows)?;
-        let vocab = self.model.config().vocab_size;
+                .forward_greedy(&self.backend, &mut self.kv, &tokens, &layout, &logit_rows)?
+        } else {
+            let logits =
+                self.model
+                    .forward(&self.backend, &mut self.kv, &tokens, &layout, &logit_rows)?;
+            let vocab = self.model.config().vocab_size;
+            self.running
+                .iter_mut()
+                .zip(logits.chunks(vocab))
+                .map(|(s, row)| sample(row, &s.request.sampling, &mut s.rng))
+                .collect()
+        };
         let mut out = Vec::with_capacity(self.running.len());
-        for ((s, row), prefill) in self
-            .running
-            .iter_mut()
-            .zip(logits.chunks(vocab))
-            .zip(prefill)
-        {
-            let token = sample(row, &s.request.sampling, &mut s.rng);
+        for ((s, token), prefill) in self.running.iter_mut().zip(chosen).zip(prefill) {
             s.generated.push(token);
             out.push(StepToken {
                 seq: s.id,

@@ -1,12 +1,13 @@
 //! qrt-runtime: the model graph, the backends, the paged KV cache, sampling and tokenization.
 //!
-//! Layout: [`backend`] defines the op set; [`cpu`] is the reference backend; [`model`] is the
+//! Layout: [`backend`] defines the op set; [`cpu`] is the reference backend and [`cuda`] runs the same ops on an NVIDIA GPU; [`model`] is the
 //! Llama-family graph over any backend; [`engine`] batches sequences over the paged
 //! [`kv_cache`]; [`sampling`], [`tokenizer`] and [`rope`] are the pieces around them;
 //! [`import`] turns source checkpoints into `.qrt` files and [`model_file`] opens them.
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod import;
 pub mod kv_cache;
@@ -80,4 +81,7 @@ pub enum RuntimeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The GPU: no driver or device, a failed launch, out of device memory.
+    #[error(transparent)]
+    Cuda(#[from] qrt_kernels::KernelError),
 }

@@ -1,12 +1,59 @@
 //! The Llama-family model graph (Llama, Mistral, Qwen2, SmolLM), written once over [`Backend`].
 
-use std::sync::Arc;
+use std::collections::hash_map::{Entry, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::QrtFile;
 
-use crate::backend::{Backend, BatchLayout, HeadGeometry};
+use crate::backend::{Backend, BatchLayout, HeadGeometry, LinearOut, StepInput};
 use crate::RuntimeError;
+
+/// Passes of at most this many rows (decode steps) keep their activation buffers between
+/// calls, so that a backend can replay a recording of them.
+const KEPT_WORKSPACE_ROWS: usize = 8;
+
+/// The activation buffers of one forward pass.
+struct Workspace<B: Backend> {
+    x: B::Act,
+    h: B::Act,
+    q: B::Act,
+    k: B::Act,
+    v: B::Act,
+    attn: B::Act,
+    proj: B::Act,
+    gate: B::Act,
+    up: B::Act,
+    act: B::Act,
+    selected: B::Act,
+    logits: B::Act,
+}
+
+impl<B: Backend> Workspace<B> {
+    fn new(
+        backend: &B,
+        c: &ModelConfig,
+        rows: usize,
+        logit_rows: usize,
+    ) -> Result<Self, RuntimeError> {
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let alloc = |cols| backend.alloc_act(rows, cols);
+        Ok(Self {
+            x: alloc(c.hidden_size)?,
+            h: alloc(c.hidden_size)?,
+            q: alloc(q_dim)?,
+            k: alloc(kv_dim)?,
+            v: alloc(kv_dim)?,
+            attn: alloc(q_dim)?,
+            proj: alloc(c.hidden_size)?,
+            gate: alloc(c.intermediate_size)?,
+            up: alloc(c.intermediate_size)?,
+            act: alloc(c.intermediate_size)?,
+            selected: backend.alloc_act(logit_rows, c.hidden_size)?,
+            logits: backend.alloc_act(logit_rows, c.vocab_size)?,
+        })
+    }
+}
 
 struct Layer<B: Backend> {
     input_norm: B::Weight,
@@ -32,6 +79,8 @@ pub struct Model<B: Backend> {
     final_norm: B::Weight,
     lm_head: Option<B::Weight>,
     inv_freq: Vec<f32>,
+    /// Buffers of small passes, by (rows, logit rows).
+    workspaces: Mutex<HashMap<(usize, usize), Workspace<B>>>,
 }
 
 impl<B: Backend> Model<B> {
@@ -85,6 +134,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             layers,
             config,
+            workspaces: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,7 +162,35 @@ impl<B: Backend> Model<B> {
         batch: &BatchLayout,
         logit_rows: &[u32],
     ) -> Result<Vec<f32>, RuntimeError> {
-        let c = &self.config;
+        self.forward_then(backend, kv, tokens, batch, logit_rows, |b, logits| {
+            b.to_host(logits)
+        })
+    }
+
+    /// Like [`Model::forward`], but returns the most likely token of each logit row
+    /// (greedy decoding), computed on the device.
+    pub fn forward_greedy(
+        &self,
+        backend: &B,
+        kv: &mut B::Kv,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        logit_rows: &[u32],
+    ) -> Result<Vec<u32>, RuntimeError> {
+        self.forward_then(backend, kv, tokens, batch, logit_rows, |b, logits| {
+            b.argmax(logits)
+        })
+    }
+
+    fn forward_then<T>(
+        &self,
+        backend: &B,
+        kv: &mut B::Kv,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        logit_rows: &[u32],
+        read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
         let rows = tokens.len();
         if rows != batch.rows() {
             return Err(RuntimeError::Shape(format!(
@@ -120,58 +198,106 @@ impl<B: Backend> Model<B> {
                 batch.rows()
             )));
         }
-        let heads = self.heads();
-        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let mut x = backend.alloc_act(rows, c.hidden_size)?;
-        let mut h = backend.alloc_act(rows, c.hidden_size)?;
-        let mut q = backend.alloc_act(rows, q_dim)?;
-        let mut k = backend.alloc_act(rows, kv_dim)?;
-        let mut v = backend.alloc_act(rows, kv_dim)?;
-        let mut attn = backend.alloc_act(rows, q_dim)?;
-        let mut proj = backend.alloc_act(rows, c.hidden_size)?;
-        let mut gate = backend.alloc_act(rows, c.intermediate_size)?;
-        let mut up = backend.alloc_act(rows, c.intermediate_size)?;
-        let mut act = backend.alloc_act(rows, c.intermediate_size)?;
+        let input = StepInput {
+            tokens,
+            batch,
+            logit_rows,
+            inv_freq: &self.inv_freq,
+            heads: self.heads(),
+        };
+        let step = backend.prepare(&input)?;
+        let key = (rows, logit_rows.len());
+        let mut kept = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut temporary;
+        let ws = if rows <= KEPT_WORKSPACE_ROWS {
+            match kept.entry(key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(Workspace::new(
+                    backend,
+                    &self.config,
+                    rows,
+                    logit_rows.len(),
+                )?),
+            }
+        } else {
+            temporary = Workspace::new(backend, &self.config, rows, logit_rows.len())?;
+            &mut temporary
+        };
+        backend.run_step(&step, &mut || self.body(backend, kv, &step, ws))?;
+        read(backend, &ws.logits)
+    }
 
-        backend.embed(&self.embed, tokens, &mut x)?;
-        backend.rms_norm(&x, &self.layers[0].input_norm, c.rms_norm_eps, &mut h)?;
+    /// The ops of one forward pass.
+    fn body(
+        &self,
+        backend: &B,
+        kv: &mut B::Kv,
+        step: &B::Step,
+        ws: &mut Workspace<B>,
+    ) -> Result<(), RuntimeError> {
+        let c = &self.config;
+        let heads = self.heads();
+        backend.embed(&self.embed, step, &mut ws.x)?;
+        backend.rms_norm(&ws.x, &self.layers[0].input_norm, c.rms_norm_eps, &mut ws.h)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            backend.linear(&h, &layer.q, layer.q_bias.as_ref(), &mut q)?;
-            backend.linear(&h, &layer.k, layer.k_bias.as_ref(), &mut k)?;
-            backend.linear(&h, &layer.v, layer.v_bias.as_ref(), &mut v)?;
-            backend.rope(
-                &mut q,
-                &batch.positions,
-                c.num_heads,
-                c.head_dim,
-                &self.inv_freq,
+            backend.linears(
+                &ws.h,
+                &mut [
+                    LinearOut {
+                        weight: &layer.q,
+                        bias: layer.q_bias.as_ref(),
+                        out: &mut ws.q,
+                    },
+                    LinearOut {
+                        weight: &layer.k,
+                        bias: layer.k_bias.as_ref(),
+                        out: &mut ws.k,
+                    },
+                    LinearOut {
+                        weight: &layer.v,
+                        bias: layer.v_bias.as_ref(),
+                        out: &mut ws.v,
+                    },
+                ],
             )?;
-            backend.rope(
-                &mut k,
-                &batch.positions,
-                c.num_kv_heads,
-                c.head_dim,
-                &self.inv_freq,
+            backend.rope_kv(&mut ws.q, &mut ws.k, &ws.v, kv, i, step, heads)?;
+            backend.attention(&ws.q, kv, i, step, heads, &mut ws.attn)?;
+            backend.linear(&ws.attn, &layer.o, layer.o_bias.as_ref(), &mut ws.proj)?;
+            backend.add_rms_norm(
+                &mut ws.x,
+                &ws.proj,
+                &layer.post_norm,
+                c.rms_norm_eps,
+                &mut ws.h,
             )?;
-            backend.write_kv(kv, i, &k, &v, &batch.slots)?;
-            backend.attention(&q, kv, i, batch, heads, &mut attn)?;
-            backend.linear(&attn, &layer.o, layer.o_bias.as_ref(), &mut proj)?;
-            backend.add_rms_norm(&mut x, &proj, &layer.post_norm, c.rms_norm_eps, &mut h)?;
-            backend.linear(&h, &layer.gate, None, &mut gate)?;
-            backend.linear(&h, &layer.up, None, &mut up)?;
-            backend.silu_mul(&gate, &up, &mut act)?;
-            backend.linear(&act, &layer.down, None, &mut proj)?;
+            backend.linears(
+                &ws.h,
+                &mut [
+                    LinearOut {
+                        weight: &layer.gate,
+                        bias: None,
+                        out: &mut ws.gate,
+                    },
+                    LinearOut {
+                        weight: &layer.up,
+                        bias: None,
+                        out: &mut ws.up,
+                    },
+                ],
+            )?;
+            backend.silu_mul(&ws.gate, &ws.up, &mut ws.act)?;
+            backend.linear(&ws.act, &layer.down, None, &mut ws.proj)?;
             let next_norm = self
                 .layers
                 .get(i + 1)
                 .map_or(&self.final_norm, |l| &l.input_norm);
-            backend.add_rms_norm(&mut x, &proj, next_norm, c.rms_norm_eps, &mut h)?;
+            backend.add_rms_norm(&mut ws.x, &ws.proj, next_norm, c.rms_norm_eps, &mut ws.h)?;
         }
-        let mut selected = backend.alloc_act(logit_rows.len(), c.hidden_size)?;
-        backend.gather_rows(&h, logit_rows, &mut selected)?;
-        let mut logits = backend.alloc_act(logit_rows.len(), c.vocab_size)?;
+        backend.select_rows(&ws.h, step, &mut ws.selected)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        backend.linear(&selected, head, None, &mut logits)?;
-        backend.to_host(&logits)
+        backend.linear(&ws.selected, head, None, &mut ws.logits)
     }
 }

@@ -62,6 +62,13 @@ impl SamplingParams {
     };
 }
 
+impl SamplingParams {
+    /// Whether these parameters always choose the most likely token.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 1
+    }
+}
+
 /// Index of the largest logit (the first one on ties, as `torch.argmax` does).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -75,7 +82,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Chooses a token from `logits` under `params`, drawing from `rng` when sampling.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
-    if params.temperature <= 0.0 || params.top_k == 1 {
+    if params.is_greedy() {
         return argmax(logits);
     }
     let mut candidates: Vec<(u32, f32)> = logits

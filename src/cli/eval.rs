@@ -12,6 +12,7 @@ use qrt_eval::coqa::prompt::MAX_NEW_TOKENS;
 use qrt_eval::coqa::run::{compare, prompt_tokens, run_coqa, summarize, DocScore};
 use qrt_eval::ppl::{self, BaseLogitsWriter, BaseSource};
 use qrt_runtime::backend::Backend;
+use qrt_runtime::engine::Engine;
 use qrt_runtime::import::sha256_file;
 use serde_json::{json, Value};
 
@@ -61,6 +62,8 @@ pub struct CoqaArgs {
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 10_000)]
     resamples: usize,
+    #[command(flatten)]
+    device: super::device::DeviceArgs,
 }
 
 /// Arguments of `qrt eval ppl`.
@@ -90,6 +93,8 @@ pub struct PplArgs {
     /// Results JSON (default: <model>.ppl.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: super::device::DeviceArgs,
 }
 
 /// Arguments of `qrt eval compare`.
@@ -213,17 +218,24 @@ fn coqa(args: CoqaArgs) -> anyhow::Result<()> {
         longest = longest.max(prompt_tokens(&mf.tokenizer, d, max_context)?.0.len());
     }
     let batch = args.batch.max(1);
-    let mut engine = super::engine_for(&mf, batch * (longest + MAX_NEW_TOKENS))?;
-    engine.set_max_running(batch);
     let started = Instant::now();
     let bar = super::progress_bar(docs.len() as u64, "coqa");
-    let results = run_coqa(
-        &mut engine,
-        &mf.tokenizer,
-        &docs,
-        &mf.config.eos_token_ids,
-        &mut |done, _| bar.set_position(done as u64),
-    )?;
+    let (results, device) = super::device::with_engine!(
+        args.device,
+        &mf,
+        batch * (longest + MAX_NEW_TOKENS),
+        |engine| {
+            engine.set_max_running(batch);
+            let results = run_coqa(
+                &mut engine,
+                &mf.tokenizer,
+                &docs,
+                &mf.config.eos_token_ids,
+                &mut |done, _| bar.set_position(done as u64),
+            )?;
+            (results, engine.backend().describe())
+        }
+    );
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
     let summary = summarize(&results, args.resamples, BOOTSTRAP_SEED);
@@ -251,7 +263,7 @@ fn coqa(args: CoqaArgs) -> anyhow::Result<()> {
         "settings": {"max_new_tokens": MAX_NEW_TOKENS, "stop": ["\nQ:"], "greedy": true, "batch": batch,
                       "bootstrap_resamples": args.resamples, "bootstrap_seed": BOOTSTRAP_SEED},
         "qrt_version": super::qrt_version(),
-        "device": engine.backend().describe(),
+        "device": device,
         "wall_seconds": wall,
         "stories_per_second": results.len() as f64 / wall,
         "summary": summary,
@@ -336,19 +348,17 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
         }
         windows.truncate(n);
     }
-    let mut engine = super::engine_for(&mf, args.ctx)?;
-    let base_model;
-    let mut base_engine;
-    let base = match &args.kl_base {
-        None => BaseSource::None,
+    let base_model = match &args.kl_base {
         Some(p) if p.extension().is_some_and(|e| e == "qrt") => {
-            base_model = qrt_runtime::model_file::ModelFile::open(p)?;
-            base_engine = super::engine_for(&base_model, args.ctx)?;
-            BaseSource::Model(&mut base_engine)
+            Some(qrt_runtime::model_file::ModelFile::open(p)?)
         }
-        Some(p) => BaseSource::File(ppl::read_base_logits(p, &windows, args.ctx)?),
+        _ => None,
     };
-    let exact = !matches!(base, BaseSource::File(_));
+    let base_file = match &args.kl_base {
+        Some(p) if base_model.is_none() => Some(ppl::read_base_logits(p, &windows, args.ctx)?),
+        _ => None,
+    };
+    let exact = base_file.is_none();
     let mut writer = match &args.save_logits {
         Some(p) => Some(BaseLogitsWriter::create(
             p,
@@ -360,13 +370,32 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let bar = super::progress_bar(windows.len() as u64, "ppl");
-    let scores = ppl::evaluate(
-        &mut engine,
-        base,
-        &windows,
-        writer.as_mut(),
-        &mut |done, _| bar.set_position(done as u64),
-    )?;
+    let (scores, device) = super::device::with_engine!(args.device, &mf, args.ctx, |engine| {
+        // The base model runs on the same kind of device, in an engine of its own.
+        let mut base_engine = None;
+        if let Some(bm) = &base_model {
+            let device = super::device::DeviceArgs {
+                kv_memory: None,
+                ..args.device.clone()
+            };
+            base_engine = Some(super::device::with_engine!(device, bm, args.ctx, |e| {
+                same_backend(e, &engine)?
+            }));
+        }
+        let base = match (&mut base_engine, base_file) {
+            (Some(e), _) => BaseSource::Model(e),
+            (None, Some(f)) => BaseSource::File(f),
+            (None, None) => BaseSource::None,
+        };
+        let scores = ppl::evaluate(
+            &mut engine,
+            base,
+            &windows,
+            writer.as_mut(),
+            &mut |done, _| bar.set_position(done as u64),
+        )?;
+        (scores, engine.backend().describe())
+    });
     bar.finish_and_clear();
     if let Some(w) = writer {
         w.finish()?;
@@ -385,7 +414,7 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
         "windows": windows.len(),
         "kl_base": args.kl_base.as_ref().map(|p| p.display().to_string()),
         "qrt_version": super::qrt_version(),
-        "device": engine.backend().describe(),
+        "device": device,
         "wall_seconds": wall,
         "summary": summary,
     });
@@ -418,6 +447,19 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
     }
     println!("results: {}", out.display());
     Ok(())
+}
+
+/// `engine` as an engine of the same backend type as `like` (the base model of a KL run is
+/// loaded on the same device as the model, so the types always agree).
+fn same_backend<A: Backend + 'static, B: Backend + 'static>(
+    engine: Engine<A>,
+    like: &Engine<B>,
+) -> anyhow::Result<Engine<B>> {
+    let _ = like;
+    (Box::new(engine) as Box<dyn std::any::Any>)
+        .downcast::<Engine<B>>()
+        .map(|e| *e)
+        .map_err(|_| anyhow::anyhow!("the KL base model was loaded on a different kind of device"))
 }
 
 fn read_run(path: &Path) -> anyhow::Result<(Value, Vec<DocScore>)> {

@@ -45,6 +45,8 @@ pub struct Args {
     /// Stop when the output contains this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    #[command(flatten)]
+    device: super::device::DeviceArgs,
 }
 
 /// Generates, streaming the text of a single prompt, then prints throughput.
@@ -97,14 +99,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|r| r.prompt.len() + r.max_new_tokens)
         .sum();
-    let mut engine = super::engine_for(&mf, kv_tokens)?;
+    super::device::with_engine!(args.device, &mf, kv_tokens, |engine| {
+        stream(&mut engine, &mf, &args, requests)
+    })
+}
+
+/// Runs `requests` on `engine`, streaming a single prompt's text, and prints throughput.
+fn stream<B: Backend>(
+    engine: &mut qrt_runtime::engine::Engine<B>,
+    mf: &ModelFile,
+    args: &Args,
+    requests: Vec<SeqRequest>,
+) -> anyhow::Result<()> {
     let single = requests.len() == 1;
     if single {
         print!("{}", args.prompt[0]);
     }
     let mut stdout = std::io::stdout();
     let (completions, timing) = generate(
-        &mut engine,
+        engine,
         &mf.tokenizer,
         requests,
         &mf.config.eos_token_ids,

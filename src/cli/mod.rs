@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod convert;
+pub mod device;
 pub mod eval;
 pub mod generate;
 pub mod init;
@@ -48,14 +50,4 @@ pub fn qrt_home() -> std::path::PathBuf {
             std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
                 .join(".cache/qrt")
         })
-}
-
-/// A CPU engine for `mf` with a KV cache of `kv_tokens` token slots (blocks of 16).
-pub fn engine_for(
-    mf: &qrt_runtime::model_file::ModelFile,
-    kv_tokens: usize,
-) -> Result<qrt_runtime::engine::Engine<qrt_runtime::cpu::CpuBackend>, qrt_runtime::RuntimeError> {
-    let backend = qrt_runtime::cpu::CpuBackend::new();
-    let model = qrt_runtime::model::Model::load(&backend, &mf.file, mf.config.clone())?;
-    qrt_runtime::engine::Engine::new(backend, model, kv_tokens, 16)
 }

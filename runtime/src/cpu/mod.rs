@@ -12,7 +12,7 @@ use std::sync::Arc;
 use qrt_format::container::{ElemType, QrtFile, TensorInfo};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, BatchLayout, HeadGeometry};
+use crate::backend::{Backend, BatchLayout, HeadGeometry, StepInput};
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
 use linear::{DecodeRows, DenseRows, Weights};
@@ -232,6 +232,49 @@ pub struct CpuKv {
     stride: usize,
 }
 
+/// A forward pass's inputs, kept on the host.
+#[derive(Clone, Debug)]
+pub struct CpuStep {
+    tokens: Vec<u32>,
+    batch: BatchLayout,
+    logit_rows: Vec<u32>,
+    inv_freq: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// `x += y`.
+    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<(), RuntimeError> {
+        check_shape("add", y, x.rows, x.cols)?;
+        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// Stores `k` and `v` rows of layer `layer` into the given slots.
+    fn write_kv(
+        &self,
+        kv: &mut CpuKv,
+        layer: usize,
+        k: &CpuAct,
+        v: &CpuAct,
+        slots: &[u32],
+    ) -> Result<(), RuntimeError> {
+        let stride = kv.stride;
+        check_shape("write_kv keys", k, slots.len(), stride)?;
+        check_shape("write_kv values", v, slots.len(), stride)?;
+        for (pool, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
+            for (row, &slot) in src.data.chunks(stride).zip(slots) {
+                let at = slot as usize * stride;
+                pool.get_mut(at..at + stride)
+                    .ok_or_else(|| {
+                        RuntimeError::Shape(format!("KV slot {slot} is outside the pool"))
+                    })?
+                    .copy_from_slice(row);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn check_shape(what: &str, act: &CpuAct, rows: usize, cols: usize) -> Result<(), RuntimeError> {
     if act.rows != rows || act.cols != cols {
         return Err(RuntimeError::Shape(format!(
@@ -296,6 +339,7 @@ impl Backend for CpuBackend {
     type Act = CpuAct;
     type Weight = CpuWeight;
     type Kv = CpuKv;
+    type Step = CpuStep;
 
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -347,6 +391,25 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn act_from_host(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<CpuAct, RuntimeError> {
+        if data.len() != rows * cols {
+            return Err(RuntimeError::Shape(format!(
+                "{} values for a [{rows}, {cols}] activation",
+                data.len()
+            )));
+        }
+        Ok(CpuAct {
+            data: data.to_vec(),
+            rows,
+            cols,
+        })
+    }
+
     fn alloc_kv(&self, g: &KvGeometry) -> Result<CpuKv, RuntimeError> {
         let per_layer = g.num_slots() * g.slot_elems();
         let bytes = per_layer as u128 * g.num_layers as u128 * 2 * 4;
@@ -372,12 +435,22 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn prepare(&self, input: &StepInput<'_>) -> Result<CpuStep, RuntimeError> {
+        Ok(CpuStep {
+            tokens: input.tokens.to_vec(),
+            batch: input.batch.clone(),
+            logit_rows: input.logit_rows.to_vec(),
+            inv_freq: input.inv_freq.to_vec(),
+        })
+    }
+
     fn embed(
         &self,
         table: &CpuWeight,
-        tokens: &[u32],
+        step: &CpuStep,
         out: &mut CpuAct,
     ) -> Result<(), RuntimeError> {
+        let tokens = &step.tokens;
         check_shape("embed", out, tokens.len(), table.cols)?;
         let view = table.dense();
         for (row, &t) in out.data.chunks_mut(table.cols).zip(tokens) {
@@ -420,12 +493,6 @@ impl Backend for CpuBackend {
         self.rms_norm(x, weight, eps, out)
     }
 
-    fn add(&self, x: &mut CpuAct, y: &CpuAct) -> Result<(), RuntimeError> {
-        check_shape("add", y, x.rows, x.cols)?;
-        x.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);
-        Ok(())
-    }
-
     fn linear(
         &self,
         x: &CpuAct,
@@ -450,41 +517,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(
+    fn rope_kv(
         &self,
-        x: &mut CpuAct,
-        positions: &[u32],
-        heads: usize,
-        head_dim: usize,
-        inv_freq: &[f32],
-    ) -> Result<(), RuntimeError> {
-        check_shape("rope", x, positions.len(), heads * head_dim)?;
-        rope_rows(&mut x.data, positions, heads, head_dim, inv_freq);
-        Ok(())
-    }
-
-    fn write_kv(
-        &self,
+        q: &mut CpuAct,
+        k: &mut CpuAct,
+        v: &CpuAct,
         kv: &mut CpuKv,
         layer: usize,
-        k: &CpuAct,
-        v: &CpuAct,
-        slots: &[u32],
+        step: &CpuStep,
+        heads: HeadGeometry,
     ) -> Result<(), RuntimeError> {
-        let stride = kv.stride;
-        check_shape("write_kv keys", k, slots.len(), stride)?;
-        check_shape("write_kv values", v, slots.len(), stride)?;
-        for (pool, src) in [(&mut kv.k[layer], k), (&mut kv.v[layer], v)] {
-            for (row, &slot) in src.data.chunks(stride).zip(slots) {
-                let at = slot as usize * stride;
-                pool.get_mut(at..at + stride)
-                    .ok_or_else(|| {
-                        RuntimeError::Shape(format!("KV slot {slot} is outside the pool"))
-                    })?
-                    .copy_from_slice(row);
-            }
-        }
-        Ok(())
+        let positions = &step.batch.positions;
+        let d = heads.head_dim;
+        check_shape("rope q", q, positions.len(), heads.num_heads * d)?;
+        check_shape("rope k", k, positions.len(), heads.num_kv_heads * d)?;
+        rope_rows(&mut q.data, positions, heads.num_heads, d, &step.inv_freq);
+        rope_rows(
+            &mut k.data,
+            positions,
+            heads.num_kv_heads,
+            d,
+            &step.inv_freq,
+        );
+        self.write_kv(kv, layer, k, v, &step.batch.slots)
     }
 
     fn attention(
@@ -492,10 +547,11 @@ impl Backend for CpuBackend {
         q: &CpuAct,
         kv: &CpuKv,
         layer: usize,
-        batch: &BatchLayout,
+        step: &CpuStep,
         heads: HeadGeometry,
         out: &mut CpuAct,
     ) -> Result<(), RuntimeError> {
+        let batch = &step.batch;
         check_shape(
             "attention query",
             q,
@@ -518,7 +574,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gather_rows(&self, x: &CpuAct, rows: &[u32], out: &mut CpuAct) -> Result<(), RuntimeError> {
+    fn select_rows(
+        &self,
+        x: &CpuAct,
+        step: &CpuStep,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        let rows = &step.logit_rows;
         check_shape("gather_rows", out, rows.len(), x.cols)?;
         for (dst, &r) in out.data.chunks_mut(x.cols).zip(rows) {
             let r = r as usize;
@@ -535,5 +597,9 @@ impl Backend for CpuBackend {
 
     fn to_host(&self, x: &CpuAct) -> Result<Vec<f32>, RuntimeError> {
         Ok(x.data.clone())
+    }
+
+    fn rows(&self, x: &CpuAct) -> usize {
+        x.rows
     }
 }

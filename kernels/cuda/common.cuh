@@ -1,0 +1,61 @@
+// Device-side helpers shared by the kernels: 16-bit weight types, vector loads, reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace qrt {
+
+constexpr unsigned kWarp = 32;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (unsigned o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(kFull, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (unsigned o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+    return v;
+}
+
+// A 16-bit floating-point storage type: f16 or bf16.
+template <typename T>
+struct Half16;
+
+template <>
+struct Half16<__half> {
+    using Pair = __half2;
+    static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
+        return __half22float2(*reinterpret_cast<const __half2*>(&bits));
+    }
+    static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+
+template <>
+struct Half16<__nv_bfloat16> {
+    using Pair = __nv_bfloat162;
+    static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
+        // bf16 is the top half of an f32: shifts, no conversion instruction.
+        return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+    }
+    static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_float(float v) {
+        return __float2bfloat16_rn(v);
+    }
+};
+
+// 16 bytes read once from global memory, bypassing L1 (weights are streamed, never reused).
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+}  // namespace qrt

@@ -1,0 +1,168 @@
+// Small row-wise and element-wise kernels of the decoder graph: embedding gather, the fused
+// rotary embedding + KV-cache store, SiLU-and-multiply, row gather, conversion of activations
+// to 16 bits for the tensor cores, residual add, and greedy token choice (argmax).
+// Activations are f32 throughout; the KV cache is f16.
+
+#include "common.cuh"
+#include "qrt_kernels.h"
+
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float to_f32(T v);
+template <>
+__device__ __forceinline__ float to_f32(__half v) {
+    return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+
+// out[r, :] = table[tokens[r], :]; one block per row.
+template <typename T>
+__device__ __forceinline__ void embed(const T* table, const uint32_t* tokens, float* out,
+                                      uint32_t cols) {
+    const size_t src = static_cast<size_t>(tokens[blockIdx.x]) * cols;
+    const size_t dst = static_cast<size_t>(blockIdx.x) * cols;
+    for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = to_f32(table[src + c]);
+}
+
+// Rotates the pair (x[j], x[j + D/2]) of one head by `angle`, as the CPU reference does.
+__device__ __forceinline__ void rotate(float* head, uint32_t j, uint32_t half, float c, float s) {
+    const float x1 = head[j];
+    const float x2 = head[j + half];
+    head[j] = x1 * c - x2 * s;
+    head[j + half] = x2 * c + x1 * s;
+}
+
+}  // namespace
+
+extern "C" __global__ void qrt_embed_f16(const __half* table, const uint32_t* tokens, float* out,
+                                         uint32_t cols) {
+    embed(table, tokens, out, cols);
+}
+extern "C" __global__ void qrt_embed_bf16(const __nv_bfloat16* table, const uint32_t* tokens,
+                                          float* out, uint32_t cols) {
+    embed(table, tokens, out, cols);
+}
+
+// One block per row: rotates q and k in place, then stores k and v (f16) in the row's slot.
+extern "C" __global__ void qrt_rope_kv(const qrt_rope_kv_args args) {
+    const uint32_t r = blockIdx.x;
+    const uint32_t d = args.head_dim;
+    const uint32_t half = d / 2;
+    const float pos = static_cast<float>(reinterpret_cast<const uint32_t*>(args.positions)[r]);
+    const float* inv_freq = reinterpret_cast<const float*>(args.inv_freq);
+    float* q = reinterpret_cast<float*>(args.q) + static_cast<size_t>(r) * args.num_heads * d;
+    float* k = reinterpret_cast<float*>(args.k) + static_cast<size_t>(r) * args.num_kv_heads * d;
+    const float* v =
+        reinterpret_cast<const float*>(args.v) + static_cast<size_t>(r) * args.num_kv_heads * d;
+    const size_t slot =
+        static_cast<size_t>(reinterpret_cast<const uint32_t*>(args.slots)[r]) * args.num_kv_heads * d;
+    __half* kc = reinterpret_cast<__half*>(args.k_cache) + slot;
+    __half* vc = reinterpret_cast<__half*>(args.v_cache) + slot;
+
+    const uint32_t pairs = (args.num_heads + args.num_kv_heads) * half;
+    for (uint32_t i = threadIdx.x; i < pairs; i += blockDim.x) {
+        const uint32_t head = i / half;
+        const uint32_t j = i % half;
+        float s, c;
+        sincosf(pos * inv_freq[j], &s, &c);
+        if (head < args.num_heads) {
+            rotate(q + head * d, j, half, c, s);
+        } else {
+            float* kh = k + (head - args.num_heads) * d;
+            rotate(kh, j, half, c, s);
+            __half* kch = kc + (head - args.num_heads) * d;
+            kch[j] = __float2half_rn(kh[j]);
+            kch[j + half] = __float2half_rn(kh[j + half]);
+        }
+    }
+    for (uint32_t i = threadIdx.x; i < args.num_kv_heads * d; i += blockDim.x) {
+        vc[i] = __float2half_rn(v[i]);
+    }
+}
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up.
+extern "C" __global__ void qrt_silu_mul(const float* gate, const float* up, float* out,
+                                        uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        out[i] = g / (1.f + expf(-g)) * up[i];
+    }
+}
+
+// out[i, :] = x[rows[i], :]; one block per output row.
+extern "C" __global__ void qrt_gather_rows(const float* x, const uint32_t* rows, float* out,
+                                           uint32_t cols) {
+    const size_t src = static_cast<size_t>(rows[blockIdx.x]) * cols;
+    const size_t dst = static_cast<size_t>(blockIdx.x) * cols;
+    for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = x[src + c];
+}
+
+// Rounds f32 activations to f16 / bf16 (round to nearest even) for the tensor-core GEMM.
+extern "C" __global__ void qrt_to_f16(const float* x, __half* out, uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        out[i] = __float2half_rn(x[i]);
+}
+extern "C" __global__ void qrt_to_bf16(const float* x, __nv_bfloat16* out, uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16_rn(x[i]);
+}
+
+// x += y.
+extern "C" __global__ void qrt_add(float* x, const float* y, uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+// tokens[r] = argmax(logits[r, :]), the first index on ties (as torch.argmax); one block of
+// 1024 threads per row. NaN logits are never chosen.
+extern "C" __global__ void __launch_bounds__(1024)
+    qrt_argmax(const float* logits, uint32_t* tokens, uint32_t vocab) {
+    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+    float best = -INFINITY;
+    uint32_t idx = 0xffffffffu;
+    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best || (idx == 0xffffffffu && v == best)) {
+            best = v;
+            idx = i;
+        }
+    }
+    // Reduce (value, index): larger value wins, then the smaller index.
+#pragma unroll
+    for (unsigned o = 16; o > 0; o /= 2) {
+        const float ov = __shfl_xor_sync(qrt::kFull, best, o);
+        const uint32_t oi = __shfl_xor_sync(qrt::kFull, idx, o);
+        if (ov > best || (ov == best && oi < idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    __shared__ float vals[32];
+    __shared__ uint32_t idxs[32];
+    const unsigned warp = threadIdx.x / 32;
+    const unsigned lane = threadIdx.x % 32;
+    if (lane == 0) {
+        vals[warp] = best;
+        idxs[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const unsigned warps = blockDim.x / 32;
+        best = lane < warps ? vals[lane] : -INFINITY;
+        idx = lane < warps ? idxs[lane] : 0xffffffffu;
+#pragma unroll
+        for (unsigned o = 16; o > 0; o /= 2) {
+            const float ov = __shfl_xor_sync(qrt::kFull, best, o);
+            const uint32_t oi = __shfl_xor_sync(qrt::kFull, idx, o);
+            if (ov > best || (ov == best && oi < idx)) {
+                best = ov;
+                idx = oi;
+            }
+        }
+        if (lane == 0) tokens[blockIdx.x] = idx == 0xffffffffu ? 0 : idx;
+    }
+}

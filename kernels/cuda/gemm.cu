@@ -1,0 +1,199 @@
+// GEMM for prefill on the tensor cores: c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j]), with
+// a [m, k] and w [n, k] 16-bit (both f16 or both bf16), c [m, n] f32, f32 accumulation.
+//
+// mma.sync m16n8k16 (sm_80 and newer). A block of 8 warps computes a BM x 128 tile of c
+// (BM = 128 or 64), the warps as 2 x 4, each a (BM / 2) x 32 sub-tile. The k dimension is
+// walked in steps of 32 through a 3-stage cp.async pipeline; shared-memory rows of 64 bytes
+// have their four 16-byte chunks XOR-swizzled by (row / 2) % 4, so that ldmatrix reads of 8
+// rows hit 8 different bank groups. Out-of-range rows and k-chunks are zero-filled by cp.async
+// (k must be a multiple of 8).
+
+#include "common.cuh"
+#include "qrt_kernels.h"
+
+namespace {
+
+constexpr int kBN = 128;
+constexpr int kBK = 32;
+constexpr int kStages = 3;
+constexpr int kThreads = 256;
+
+template <typename W>
+struct Mma;
+
+template <>
+struct Mma<__half> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[2]) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+
+template <>
+struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4],
+                                               const uint32_t (&b)[2]) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+};
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(bytes));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// Offset (in elements) of chunk `ch` (8 elements) of tile row `row`.
+__device__ __forceinline__ int swizzled(int row, int ch) {
+    return row * kBK + ((ch ^ ((row >> 1) & 3)) << 3);
+}
+
+// Copies rows [r0, r0 + ROWS) x k-chunks of step `kt` of a [limit, k] matrix into `tile`.
+template <typename W, int ROWS>
+__device__ __forceinline__ void load_tile(uint32_t tile, const W* src, int r0, int limit, int k,
+                                          int kt) {
+#pragma unroll
+    for (int j = 0; j < ROWS * 4 / kThreads; ++j) {
+        const int i = threadIdx.x + j * kThreads;
+        const int row = i / 4;
+        const int ch = i % 4;
+        const int col = kt * kBK + ch * 8;
+        const bool valid = r0 + row < limit && col < k;
+        const W* p = valid ? src + static_cast<size_t>(r0 + row) * k + col : src;
+        cp_async16(tile + swizzled(row, ch) * 2, p, valid);
+    }
+}
+
+template <typename W, int BM>
+__device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
+    constexpr int MI = BM / 32;  // m16 tiles per warp
+    constexpr int NI = 4;        // n8 tiles per warp
+    __shared__ __align__(128) W smem_a[kStages][BM * kBK];
+    __shared__ __align__(128) W smem_b[kStages][kBN * kBK];
+
+    const W* a = reinterpret_cast<const W*>(args.a);
+    const W* w = reinterpret_cast<const W*>(args.w);
+    const int m = args.m, n = args.n, k = args.k;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * kBN;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int warp_m = warp / 4;
+    const int warp_n = warp % 4;
+    const int ktiles = (k + kBK - 1) / kBK;
+
+    const uint32_t base_a = static_cast<uint32_t>(__cvta_generic_to_shared(&smem_a[0][0]));
+    const uint32_t base_b = static_cast<uint32_t>(__cvta_generic_to_shared(&smem_b[0][0]));
+    constexpr uint32_t stage_a = BM * kBK * 2;
+    constexpr uint32_t stage_b = kBN * kBK * 2;
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+        if (s < ktiles) {
+            load_tile<W, BM>(base_a + s * stage_a, a, m0, m, k, s);
+            load_tile<W, kBN>(base_b + s * stage_b, w, n0, n, k, s);
+        }
+        asm volatile("cp.async.commit_group;");
+    }
+
+    for (int kt = 0; kt < ktiles; ++kt) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(kStages - 2));
+        __syncthreads();
+        const int next = kt + kStages - 1;
+        if (next < ktiles) {
+            const int st = next % kStages;
+            load_tile<W, BM>(base_a + st * stage_a, a, m0, m, k, next);
+            load_tile<W, kBN>(base_b + st * stage_b, w, n0, n, k, next);
+        }
+        asm volatile("cp.async.commit_group;");
+
+        const int st = kt % kStages;
+        const uint32_t ta = base_a + st * stage_a;
+        const uint32_t tb = base_b + st * stage_b;
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+            uint32_t af[MI][4];
+            uint32_t bf[NI][2];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const int row = warp_m * (BM / 2) + mi * 16 + (lane & 15);
+                const int ch = kk * 2 + (lane >> 4);
+                ldmatrix_x4(af[mi], ta + swizzled(row, ch) * 2);
+            }
+#pragma unroll
+            for (int nj = 0; nj < NI / 2; ++nj) {
+                const int row = warp_n * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
+                const int ch = kk * 2 + ((lane >> 3) & 1);
+                uint32_t r[4];
+                ldmatrix_x4(r, tb + swizzled(row, ch) * 2);
+                bf[2 * nj][0] = r[0];
+                bf[2 * nj][1] = r[1];
+                bf[2 * nj + 1][0] = r[2];
+                bf[2 * nj + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) Mma<W>::run(acc[mi][ni], af[mi], bf[ni]);
+        }
+    }
+    asm volatile("cp.async.wait_group 0;");
+
+    float* c = reinterpret_cast<float*>(args.c);
+    const float* bias = reinterpret_cast<const float*>(args.bias);
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2;
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int row = m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + half * 8;
+                if (row >= m) continue;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    if (col + e < n) {
+                        float v = acc[mi][ni][half * 2 + e];
+                        if (bias != nullptr) v += bias[col + e];
+                        c[static_cast<size_t>(row) * n + col + e] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+#define QRT_GEMM(NAME, W, BM)                                                          \
+    extern "C" __global__ void __launch_bounds__(kThreads)                             \
+        qrt_gemm_##NAME##_m##BM(const qrt_gemm_args args) {                            \
+        gemm<W, BM>(args);                                                             \
+    }
+
+QRT_GEMM(f16, __half, 128)
+QRT_GEMM(f16, __half, 64)
+QRT_GEMM(bf16, __nv_bfloat16, 128)
+QRT_GEMM(bf16, __nv_bfloat16, 64)

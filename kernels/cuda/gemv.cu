@@ -1,0 +1,154 @@
+// GEMV for decode: y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]) for a batch of 1 to 8 rows of
+// f32 activations against 16-bit (f16 or bf16) weights, f32 accumulation.
+//
+// Decode is bound by reading the weights, so each weight byte is read exactly once, in 16-byte
+// loads that bypass L1, and is used for every row of the batch; the activations (a few KB) are
+// read through L1 and reused for the R weight rows a block works on. A block has 32 * WK
+// threads (WK warps, from blockDim.x): all of them split the k dimension of the block's R rows,
+// partial sums are reduced within warps by shuffles and across warps in shared memory.
+// Several matrices that read the same x (q, k and v; gate and up) go in one launch as segments.
+
+#include "common.cuh"
+#include "qrt_kernels.h"
+
+namespace {
+
+using qrt::Half16;
+
+constexpr unsigned kMaxWarps = 8;
+
+// Accumulates the dot products of the 8 weights in `w` with the 8 activations at x.
+template <typename W>
+__device__ __forceinline__ float dot8(const uint4& w, const float4& x0, const float4& x1,
+                                      float acc) {
+    const float2 a = Half16<W>::to_float2(w.x);
+    const float2 b = Half16<W>::to_float2(w.y);
+    const float2 c = Half16<W>::to_float2(w.z);
+    const float2 d = Half16<W>::to_float2(w.w);
+    acc = fmaf(a.x, x0.x, acc);
+    acc = fmaf(a.y, x0.y, acc);
+    acc = fmaf(b.x, x0.z, acc);
+    acc = fmaf(b.y, x0.w, acc);
+    acc = fmaf(c.x, x1.x, acc);
+    acc = fmaf(c.y, x1.y, acc);
+    acc = fmaf(d.x, x1.z, acc);
+    acc = fmaf(d.y, x1.w, acc);
+    return acc;
+}
+
+template <typename W, int B, int R>
+__device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
+    // Find this block's segment.
+    // (Compile-time indices only, so that the argument struct stays in registers.)
+    qrt_gemv_segment seg = args.seg[0];
+#pragma unroll
+    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+    }
+    const unsigned row0 = (blockIdx.x - seg.first_block) * R;
+    const unsigned k = args.k;
+    const unsigned chunks = k / 8;
+    const unsigned threads = blockDim.x;
+    const unsigned tid = threadIdx.x;
+
+    const W* w = reinterpret_cast<const W*>(seg.w);
+    const float* x = reinterpret_cast<const float*>(args.x);
+    const uint4* wrow[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        // Rows past the end re-read the last row; their sums are not stored.
+        const unsigned row = min(row0 + r, seg.n - 1);
+        wrow[r] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * k);
+    }
+
+    float acc[R][B];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
+
+    unsigned c = tid;
+    // Two chunks per iteration: 2 * R independent 16-byte weight loads in flight.
+    for (; c + threads < chunks; c += 2 * threads) {
+        uint4 wv[2][R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            wv[0][r] = qrt::load_stream(wrow[r] + c);
+            wv[1][r] = qrt::load_stream(wrow[r] + c + threads);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const unsigned cc = c + u * threads;
+#pragma unroll
+            for (int b = 0; b < B; ++b) {
+                const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
+                const float4 x0 = __ldg(xb + 2 * cc);
+                const float4 x1 = __ldg(xb + 2 * cc + 1);
+#pragma unroll
+                for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[u][r], x0, x1, acc[r][b]);
+            }
+        }
+    }
+    if (c < chunks) {
+        uint4 wv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) wv[r] = qrt::load_stream(wrow[r] + c);
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
+            const float4 x0 = __ldg(xb + 2 * c);
+            const float4 x1 = __ldg(xb + 2 * c + 1);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[r], x0, x1, acc[r][b]);
+        }
+    }
+
+    __shared__ float partial[kMaxWarps][R * B];
+    const unsigned warp = tid / qrt::kWarp;
+    const unsigned lane = tid % qrt::kWarp;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const float v = qrt::warp_sum(acc[r][b]);
+            if (lane == 0) partial[warp][r * B + b] = v;
+        }
+    __syncthreads();
+    const unsigned warps = threads / qrt::kWarp;
+    for (unsigned i = tid; i < R * B; i += threads) {
+        const unsigned r = i / B;
+        const unsigned b = i % B;
+        const unsigned row = row0 + r;
+        if (row >= seg.n) continue;
+        float sum = 0.f;
+        for (unsigned j = 0; j < warps; ++j) sum += partial[j][i];
+        if (seg.bias != 0) sum += reinterpret_cast<const float*>(seg.bias)[row];
+        reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
+    }
+}
+
+}  // namespace
+
+#define QRT_GEMV(NAME, W, B, R)                                                         \
+    extern "C" __global__ void __launch_bounds__(kMaxWarps * qrt::kWarp)                \
+        qrt_gemv_##NAME##_b##B##_r##R(const qrt_gemv_args args) {                       \
+        gemv<W, B, R>(args);                                                            \
+    }
+
+#define QRT_GEMV_ROWS(NAME, W, B) \
+    QRT_GEMV(NAME, W, B, 1)       \
+    QRT_GEMV(NAME, W, B, 2)       \
+    QRT_GEMV(NAME, W, B, 4)
+
+#define QRT_GEMV_ALL(NAME, W)   \
+    QRT_GEMV_ROWS(NAME, W, 1)   \
+    QRT_GEMV_ROWS(NAME, W, 2)   \
+    QRT_GEMV_ROWS(NAME, W, 3)   \
+    QRT_GEMV_ROWS(NAME, W, 4)   \
+    QRT_GEMV_ROWS(NAME, W, 5)   \
+    QRT_GEMV_ROWS(NAME, W, 6)   \
+    QRT_GEMV_ROWS(NAME, W, 7)   \
+    QRT_GEMV_ROWS(NAME, W, 8)
+
+QRT_GEMV_ALL(f16, __half)
+QRT_GEMV_ALL(bf16, __nv_bfloat16)

@@ -1,0 +1,520 @@
+//! Launchers of the decoder kernels (`gemv.cu`, `gemm.cu`, `attention.cu`, `elementwise.cu`)
+//! over raw device addresses. They check what can be checked from the host (sizes, limits)
+//! and pick the kernel variant and grid; the callers (the CUDA backend) own the buffers.
+
+use std::ffi::c_void;
+
+use cudarc::driver::{result, DeviceRepr};
+
+use crate::error::cuda_err;
+use crate::layouts::{
+    qrt_attn_args, qrt_gemm_args, qrt_gemv_args, qrt_gemv_segment, qrt_rope_kv_args,
+    QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+};
+use crate::{CudaDevice, KernelError};
+
+// SAFETY: plain C structs of fixed-width fields with no implicit padding, whose layout nvcc and
+// bindgen agree on (static_asserts in qrt_kernels.h, size tests below).
+unsafe impl DeviceRepr for qrt_gemv_args {}
+unsafe impl DeviceRepr for qrt_gemm_args {}
+unsafe impl DeviceRepr for qrt_attn_args {}
+unsafe impl DeviceRepr for qrt_rope_kv_args {}
+
+/// A 16-bit floating-point weight type of the matrix kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half16 {
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Half16 {
+    /// Kernel-name suffix: `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Half16::F16 => "f16",
+            Half16::Bf16 => "bf16",
+        }
+    }
+}
+
+/// One weight matrix of a GEMV launch: `y[b, :] = w @ x[b, :] (+ bias)`.
+#[derive(Clone, Copy, Debug)]
+pub struct GemvSegment {
+    /// Device address of `w`, `[n, k]` 16-bit, 16-byte aligned.
+    pub w: u64,
+    /// Device address of `n` f32 biases, or 0.
+    pub bias: u64,
+    /// Device address of `y`, `[batch, n]` f32.
+    pub y: u64,
+    /// Rows of `w`.
+    pub n: usize,
+}
+
+/// Threads of a decode attention block (`kDecodeThreads` in attention.cu).
+const DECODE_THREADS: u32 = 128;
+/// Largest decode partition (`kMaxPartition` in attention.cu).
+pub const MAX_ATTN_PARTITION: usize = 128;
+/// Largest number of query heads per KV head (`kMaxGroup` in attention.cu).
+pub const MAX_ATTN_GROUP: usize = 8;
+
+/// Query rows per prefill attention tile for a head dimension (`tile_q` in attention.cu).
+pub fn attention_tile_rows(head_dim: usize) -> usize {
+    32 * 64 / head_dim
+}
+
+/// Every (module, kernel) the launchers of this crate may launch, so that a build can be
+/// checked for all of them without a GPU.
+pub fn kernel_inventory() -> Vec<(&'static str, String)> {
+    let mut all = Vec::new();
+    for ty in [Half16::F16, Half16::Bf16] {
+        let t = ty.name();
+        for batch in 1..=QRT_GEMV_MAX_BATCH {
+            for rows in [1, 2, 4] {
+                all.push(("gemv", format!("qrt_gemv_{t}_b{batch}_r{rows}")));
+            }
+        }
+        for bm in [64, 128] {
+            all.push(("gemm", format!("qrt_gemm_{t}_m{bm}")));
+        }
+        all.push(("elementwise", format!("qrt_to_{t}")));
+    }
+    for d in [64, 128] {
+        for stage in ["prefill", "decode", "merge"] {
+            all.push(("attention", format!("qrt_attn_{stage}_d{d}")));
+        }
+    }
+    for name in [
+        "qrt_embed_f16",
+        "qrt_embed_bf16",
+        "qrt_rope_kv",
+        "qrt_silu_mul",
+        "qrt_gather_rows",
+        "qrt_add",
+        "qrt_argmax",
+    ] {
+        all.push(("elementwise", name.to_string()));
+    }
+    for name in ["qrt_rms_norm_f32", "qrt_add_rms_norm_f32"] {
+        all.push(("norm", name.to_string()));
+    }
+    all
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {
+    u32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} does not fit 32 bits")))
+}
+
+/// Pointers to kernel arguments, in order, as cuLaunchKernel takes them.
+pub(crate) fn params<const N: usize>(values: [&dyn Param; N]) -> [*mut c_void; N] {
+    values.map(|v| v.ptr())
+}
+
+/// A kernel argument, passed by address.
+pub(crate) trait Param {
+    fn ptr(&self) -> *mut c_void;
+}
+
+impl<T: DeviceRepr> Param for T {
+    fn ptr(&self) -> *mut c_void {
+        std::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+impl CudaDevice {
+    /// Launches `kernel` of `module` with 1-D blocks of `block` threads.
+    ///
+    /// # Safety
+    /// `params` must point to values matching the kernel's parameter list, and every device
+    /// address among them must be valid for what the kernel does with it.
+    pub(crate) unsafe fn launch(
+        &self,
+        module: &'static str,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), KernelError> {
+        let f = self.function(module, kernel)?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        // SAFETY: the caller guarantees the parameters; grid and block are checked by the driver.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(cuda_err(format_args!(
+            "launching {kernel} (grid {grid:?}, block {block})"
+        )))
+    }
+
+    /// `y[b, :] = w @ x[b, :] (+ bias)` for each segment, `x` being `[batch, k]` f32 at `x`.
+    /// One launch covers up to three matrices that read the same `x`.
+    ///
+    /// # Safety
+    /// Every address must hold what [`GemvSegment`] and the shapes say.
+    pub unsafe fn gemv(
+        &self,
+        ty: Half16,
+        batch: usize,
+        x: u64,
+        k: usize,
+        segments: &[GemvSegment],
+    ) -> Result<(), KernelError> {
+        if !(1..=QRT_GEMV_MAX_BATCH as usize).contains(&batch) {
+            return Err(KernelError::Shape(format!(
+                "GEMV batch {batch} outside 1..={QRT_GEMV_MAX_BATCH}"
+            )));
+        }
+        if k == 0 || !k.is_multiple_of(8) {
+            return Err(KernelError::Shape(format!(
+                "GEMV needs k a positive multiple of 8, got {k}"
+            )));
+        }
+        if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
+            return Err(KernelError::Shape(format!(
+                "GEMV takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
+                segments.len()
+            )));
+        }
+        let total: usize = segments.iter().map(|s| s.n).sum();
+        let rows_per_block = if total >= 8192 {
+            4
+        } else if total >= 1024 {
+            2
+        } else {
+            1
+        };
+        let mut args = qrt_gemv_args {
+            x,
+            k: u32_of("k", k)?,
+            num_segments: segments.len() as u32,
+            ..Default::default()
+        };
+        let mut blocks = 0usize;
+        for (slot, s) in args.seg.iter_mut().zip(segments) {
+            if s.n == 0 || !s.w.is_multiple_of(16) {
+                return Err(KernelError::Shape(format!(
+                    "GEMV matrix of {} rows at {:#x}: needs rows and 16-byte alignment",
+                    s.n, s.w
+                )));
+            }
+            *slot = qrt_gemv_segment {
+                w: s.w,
+                bias: s.bias,
+                y: s.y,
+                n: u32_of("n", s.n)?,
+                first_block: u32_of("blocks", blocks)?,
+            };
+            blocks += s.n.div_ceil(rows_per_block);
+        }
+        let warps = (k / 8 / 64).clamp(1, 8) as u32;
+        let kernel = format!("qrt_gemv_{}_b{batch}_r{rows_per_block}", ty.name());
+        // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees the
+        // addresses.
+        unsafe {
+            self.launch(
+                "gemv",
+                &kernel,
+                (u32_of("blocks", blocks)?, 1, 1),
+                warps * 32,
+                &mut params([&args]),
+            )
+        }
+    }
+
+    /// `c = a @ w^T (+ bias)` on the tensor cores: `a` `[m, k]` and `w` `[n, k]` of type
+    /// `ty`, `c` `[m, n]` f32.
+    ///
+    /// # Safety
+    /// The addresses must hold the stated shapes (`bias`: `n` f32 or 0).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        &self,
+        ty: Half16,
+        a: u64,
+        w: u64,
+        bias: u64,
+        c: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), KernelError> {
+        if k == 0 || !k.is_multiple_of(8) || m == 0 || n == 0 {
+            return Err(KernelError::Shape(format!(
+                "GEMM needs m, n > 0 and k a positive multiple of 8, got {m} x {n} x {k}"
+            )));
+        }
+        let tiles_128 = m.div_ceil(128) * n.div_ceil(128);
+        let bm = if tiles_128 >= 132 { 128 } else { 64 };
+        let args = qrt_gemm_args {
+            a,
+            w,
+            bias,
+            c,
+            m: u32_of("m", m)?,
+            n: u32_of("n", n)?,
+            k: u32_of("k", k)?,
+            pad: 0,
+        };
+        let kernel = format!("qrt_gemm_{}_m{bm}", ty.name());
+        let grid = (
+            u32_of("n tiles", n.div_ceil(128))?,
+            u32_of("m tiles", m.div_ceil(bm))?,
+            1,
+        );
+        // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
+        unsafe { self.launch("gemm", &kernel, grid, 256, &mut params([&args])) }
+    }
+
+    fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {
+        let (h, kvh, d) = (args.num_heads, args.num_kv_heads, args.head_dim);
+        if kvh == 0 || h % kvh != 0 || h / kvh > MAX_ATTN_GROUP as u32 {
+            return Err(KernelError::Shape(format!(
+                "attention needs num_heads a multiple of num_kv_heads with at most \
+                 {MAX_ATTN_GROUP} query heads per KV head, got {h} and {kvh}"
+            )));
+        }
+        if d != 64 && d != 128 {
+            return Err(KernelError::Shape(format!(
+                "the attention kernels take head_dim 64 or 128, not {d}"
+            )));
+        }
+        if args.block_size == 0 {
+            return Err(KernelError::Shape("KV block size 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Causal attention for rows of several sequences over the paged cache, one block per
+    /// (tile of query rows, KV head); `args.work` holds `tiles` (sequence, first row) pairs.
+    ///
+    /// # Safety
+    /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
+    pub unsafe fn attention_prefill(
+        &self,
+        args: &qrt_attn_args,
+        tiles: usize,
+    ) -> Result<(), KernelError> {
+        Self::check_attention(args)?;
+        let group = args.num_heads / args.num_kv_heads;
+        let kernel = format!("qrt_attn_prefill_d{}", args.head_dim);
+        let grid = (u32_of("tiles", tiles)?, args.num_kv_heads, 1);
+        // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
+        unsafe { self.launch("attention", &kernel, grid, 32 * group, &mut params([args])) }
+    }
+
+    /// Attention of the last row of each sequence over its cached context, split into
+    /// `args.splits` partitions of `args.partition` tokens and merged (flash-decoding).
+    /// `args.work` needs `num_seqs * num_heads * splits * (head_dim + 2)` f32.
+    ///
+    /// # Safety
+    /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
+    pub unsafe fn attention_decode(&self, args: &qrt_attn_args) -> Result<(), KernelError> {
+        Self::check_attention(args)?;
+        if args.partition == 0 || args.partition as usize > MAX_ATTN_PARTITION {
+            return Err(KernelError::Shape(format!(
+                "decode partition {} outside 1..={MAX_ATTN_PARTITION}",
+                args.partition
+            )));
+        }
+        let d = args.head_dim;
+        let grid = (args.num_seqs, args.num_kv_heads, args.splits);
+        // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
+        unsafe {
+            self.launch(
+                "attention",
+                &format!("qrt_attn_decode_d{d}"),
+                grid,
+                DECODE_THREADS,
+                &mut params([args]),
+            )?;
+            self.launch(
+                "attention",
+                &format!("qrt_attn_merge_d{d}"),
+                (args.num_seqs, args.num_heads, 1),
+                d,
+                &mut params([args]),
+            )
+        }
+    }
+
+    /// Rotary embedding of `q` and `k` in place, then `k` and `v` into their cache slots.
+    ///
+    /// # Safety
+    /// The addresses in `args` must hold what [`qrt_rope_kv_args`] describes.
+    pub unsafe fn rope_kv(&self, args: &qrt_rope_kv_args) -> Result<(), KernelError> {
+        if !args.head_dim.is_multiple_of(2) {
+            return Err(KernelError::Shape(format!(
+                "rotary embedding needs an even head_dim, got {}",
+                args.head_dim
+            )));
+        }
+        // SAFETY: qrt_rope_kv_args by value; the caller guarantees the addresses.
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_rope_kv",
+                (args.rows, 1, 1),
+                256,
+                &mut params([args]),
+            )
+        }
+    }
+
+    /// `out[r, :] = table[tokens[r], :]` as f32; `table_type` is `f16` or `bf16`.
+    ///
+    /// # Safety
+    /// `table` must hold every row `tokens` names, `tokens` `rows` u32, `out` `rows * cols` f32.
+    pub unsafe fn embed(
+        &self,
+        table_type: &str,
+        table: u64,
+        tokens: u64,
+        out: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), KernelError> {
+        let cols = u32_of("cols", cols)?;
+        let kernel = format!("qrt_embed_{table_type}");
+        // SAFETY: (const T*, const uint32_t*, float*, uint32_t) as the kernel takes them.
+        unsafe {
+            self.launch(
+                "elementwise",
+                &kernel,
+                (u32_of("rows", rows)?, 1, 1),
+                256,
+                &mut params([&table, &tokens, &out, &cols]),
+            )
+        }
+    }
+
+    /// Grid of up to 1024 blocks of 256 threads for `n` elements, grid-stride loops beyond.
+    fn elementwise_grid(n: usize) -> (u32, u32, u32) {
+        (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1)
+    }
+
+    /// `out = silu(gate) * up` over `n` f32.
+    ///
+    /// # Safety
+    /// Each address must hold `n` f32.
+    pub unsafe fn silu_mul(
+        &self,
+        gate: u64,
+        up: u64,
+        out: u64,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        let n32 = u32_of("n", n)?;
+        // SAFETY: (const float*, const float*, float*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_silu_mul",
+                Self::elementwise_grid(n),
+                256,
+                &mut params([&gate, &up, &out, &n32]),
+            )
+        }
+    }
+
+    /// `out[i, :] = x[rows[i], :]` for `count` rows of `cols` f32.
+    ///
+    /// # Safety
+    /// `rows` must hold `count` valid row indices of `x`; `out` room for `count * cols` f32.
+    pub unsafe fn gather_rows(
+        &self,
+        x: u64,
+        rows: u64,
+        out: u64,
+        count: usize,
+        cols: usize,
+    ) -> Result<(), KernelError> {
+        let cols = u32_of("cols", cols)?;
+        // SAFETY: (const float*, const uint32_t*, float*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_gather_rows",
+                (u32_of("rows", count)?, 1, 1),
+                256,
+                &mut params([&x, &rows, &out, &cols]),
+            )
+        }
+    }
+
+    /// Rounds `n` f32 at `x` to `ty` at `out`.
+    ///
+    /// # Safety
+    /// `x` must hold `n` f32 and `out` room for `n` 16-bit values.
+    pub unsafe fn to_half16(
+        &self,
+        ty: Half16,
+        x: u64,
+        out: u64,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        let n32 = u32_of("n", n)?;
+        let kernel = format!("qrt_to_{}", ty.name());
+        // SAFETY: (const float*, T*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                &kernel,
+                Self::elementwise_grid(n),
+                256,
+                &mut params([&x, &out, &n32]),
+            )
+        }
+    }
+
+    /// `x += y` over `n` f32.
+    ///
+    /// # Safety
+    /// Both addresses must hold `n` f32.
+    pub unsafe fn add(&self, x: u64, y: u64, n: usize) -> Result<(), KernelError> {
+        let n32 = u32_of("n", n)?;
+        // SAFETY: (float*, const float*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_add",
+                Self::elementwise_grid(n),
+                256,
+                &mut params([&x, &y, &n32]),
+            )
+        }
+    }
+
+    /// `tokens[r] = argmax(logits[r, :])` (first index on ties) for `rows` rows of `vocab`.
+    ///
+    /// # Safety
+    /// `logits` must hold `rows * vocab` f32 and `tokens` room for `rows` u32.
+    pub unsafe fn argmax(
+        &self,
+        logits: u64,
+        tokens: u64,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<(), KernelError> {
+        let vocab = u32_of("vocab", vocab)?;
+        // SAFETY: (const float*, uint32_t*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_argmax",
+                (u32_of("rows", rows)?, 1, 1),
+                1024,
+                &mut params([&logits, &tokens, &vocab]),
+            )
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Device memory: [`DeviceBuffer`], a plain `cuMemAlloc` allocation that frees itself, with
+//! every allocation of a device counted so that its high-water mark can be reported.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaContext};
+
+use crate::error::cuda_err;
+use crate::{CudaDevice, KernelError};
+
+/// Bytes currently allocated through a device, and the most ever allocated at once.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCounter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryCounter {
+    fn add(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A block of device memory, freed when dropped.
+#[derive(Debug)]
+pub struct DeviceBuffer {
+    ptr: u64,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+    counter: Arc<MemoryCounter>,
+}
+
+impl DeviceBuffer {
+    /// The device address of the first byte.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if self.ptr == 0 {
+            return;
+        }
+        // Errors cannot be returned from drop; the context records them for check_err.
+        self.ctx.record_err(self.ctx.bind_to_thread());
+        // SAFETY: `ptr` came from cuMemAlloc in this context and is freed once.
+        self.ctx.record_err(unsafe { result::free_sync(self.ptr) });
+        self.counter.sub(self.bytes);
+    }
+}
+
+impl CudaDevice {
+    /// Allocates `bytes` bytes of device memory (contents unspecified). Running out of memory
+    /// is an error that says what was being allocated and how much memory is free.
+    pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer, KernelError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        let size = bytes.max(1);
+        // SAFETY: a plain allocation; the pointer is owned by the returned buffer.
+        let ptr = unsafe { result::malloc_sync(size) }.map_err(|e| {
+            let (free, total) = result::mem_get_info().unwrap_or((0, 0));
+            KernelError::OutOfMemory(format!(
+                "allocating {what} ({} MiB) on {}: {e}; {} MiB of {} MiB free",
+                size >> 20,
+                self.name,
+                free >> 20,
+                total >> 20
+            ))
+        })?;
+        self.memory.add(size);
+        Ok(DeviceBuffer {
+            ptr,
+            bytes: size,
+            ctx: self.ctx.clone(),
+            counter: self.memory.clone(),
+        })
+    }
+
+    /// Bytes allocated through this device now.
+    pub fn allocated_bytes(&self) -> usize {
+        self.memory.live.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes ever allocated through this device at once (the allocator's
+    /// high-water mark).
+    pub fn peak_allocated_bytes(&self) -> usize {
+        self.memory.peak.load(Ordering::Relaxed)
+    }
+
+    /// Free and total device memory in bytes, as the driver reports them.
+    pub fn memory_info(&self) -> Result<(usize, usize), KernelError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        result::mem_get_info().map_err(cuda_err("querying free device memory"))
+    }
+
+    /// Device-to-device copy bandwidth in bytes per second (bytes read plus bytes written),
+    /// the median of `reps` copies of a `bytes`-byte buffer timed with events.
+    pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64, KernelError> {
+        let src = self.alloc(bytes, "copy-bandwidth source")?;
+        let dst = self.alloc(bytes, "copy-bandwidth destination")?;
+        // SAFETY: both buffers hold `bytes` bytes.
+        unsafe {
+            self.fill_bytes(src.ptr(), 0x5a, bytes)?;
+            self.copy_device(src.ptr(), dst.ptr(), bytes, "a warm-up copy")?;
+        }
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            let start = self.record_event()?;
+            // SAFETY: as above.
+            unsafe { self.copy_device(src.ptr(), dst.ptr(), bytes, "a timed copy")? };
+            let end = self.record_event()?;
+            times.push(start.elapsed_ms(&end)? as f64 / 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(2.0 * bytes as f64 / times[times.len() / 2])
+    }
+
+    /// Copies `src` to device address `dst` (stream-ordered; pageable host memory, so the call
+    /// returns once the data has been staged).
+    ///
+    /// # Safety
+    /// `dst` must be a device allocation with room for `src`.
+    pub unsafe fn copy_to_device<T: Copy>(
+        &self,
+        src: &[T],
+        dst: u64,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        // SAFETY: the caller guarantees room at `dst`; `src` is a live host slice.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(cuda_err(format_args!("copying {what} to the device")))
+    }
+
+    /// Copies device memory at `src` into `dst` and waits for it.
+    ///
+    /// # Safety
+    /// `src` must be a device allocation holding at least `dst.len()` values of `T`.
+    pub unsafe fn copy_to_host<T: Copy>(
+        &self,
+        src: u64,
+        dst: &mut [T],
+        what: &str,
+    ) -> Result<(), KernelError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
+        // SAFETY: the caller guarantees `src` holds dst.len() values.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(cuda_err(format_args!("copying {what} to the host")))?;
+        self.synchronize(what)
+    }
+
+    /// Device-to-device copy of `bytes` bytes (stream-ordered).
+    ///
+    /// # Safety
+    /// Both addresses must be device allocations of at least `bytes` bytes.
+    pub unsafe fn copy_device(
+        &self,
+        src: u64,
+        dst: u64,
+        bytes: usize,
+        what: &str,
+    ) -> Result<(), KernelError> {
+        // SAFETY: the caller guarantees both ranges.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(cuda_err(format_args!("copying {what} on the device")))
+    }
+
+    /// Fills `bytes` bytes at `dst` with `byte` (stream-ordered).
+    ///
+    /// # Safety
+    /// `dst` must be a device allocation of at least `bytes` bytes.
+    pub unsafe fn fill_bytes(&self, dst: u64, byte: u8, bytes: usize) -> Result<(), KernelError> {
+        // SAFETY: the caller guarantees the range.
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }
+            .map_err(cuda_err("filling device memory"))
+    }
+}

@@ -1,0 +1,744 @@
+//! The CUDA backend: the ops of [`Backend`] on an NVIDIA GPU with qrt's own kernels
+//! (crate `qrt-kernels`).
+//!
+//! Activations are f32 in device buffers from a caching pool ([`pool`]); weights are uploaded
+//! once from the memory-mapped file (f16/bf16 matrices as they are stored, vectors as f32);
+//! the KV cache is f16, `[layers][blocks][block_size][kv_heads][head_dim]` for K and for V.
+//! Products of up to 8 rows run as GEMV (decode), larger ones as tensor-core GEMM (prefill).
+//! A pass's inputs go to the device in one copy ([`step`]); decode passes of up to 8 rows are
+//! recorded once as a CUDA graph per (rows, context partitions) and replayed afterwards.
+//! The CPU backend is the reference these ops are checked against (`qrt selftest`).
+
+pub mod pool;
+pub mod step;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use qrt_format::container::{QrtFile, TensorInfo};
+use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
+use qrt_kernels::{CudaDevice, DeviceBuffer, GemvSegment, Graph, Half16};
+
+use crate::backend::{Backend, HeadGeometry, LinearOut, StepInput};
+use crate::cpu::read_dense_f32;
+use crate::kv_cache::KvGeometry;
+use crate::RuntimeError;
+use pool::{ActPool, PooledBuffer};
+use step::{plan, DecodeSplit, StepPlan};
+
+/// Largest batch of rows multiplied by GEMV (and recorded as a graph); larger ones use GEMM.
+pub const MAX_GEMV_ROWS: usize = 8;
+
+/// The CUDA backend on one GPU.
+pub struct CudaBackend {
+    dev: Arc<CudaDevice>,
+    pool: ActPool,
+    graphs: Mutex<Graphs>,
+    use_graphs: bool,
+}
+
+/// Recorded decode passes, and the fixed input buffers they read.
+#[derive(Default)]
+struct Graphs {
+    /// Keys run once already (the second run is recorded).
+    seen: HashSet<StepKey>,
+    recorded: HashMap<StepKey, Graph>,
+    inputs: HashMap<StepKey, Arc<StepBuffers>>,
+}
+
+/// What makes two decode passes replayable by one recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StepKey {
+    rows: usize,
+    split: DecodeSplit,
+    heads: HeadGeometry,
+}
+
+/// The storage of a weight on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightType {
+    Half(Half16),
+    F32,
+}
+
+/// A weight on the device.
+pub struct CudaWeight {
+    buf: DeviceBuffer,
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    name: String,
+}
+
+/// An f32 activation buffer on the device.
+pub struct CudaAct {
+    buf: PooledBuffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl CudaAct {
+    fn ptr(&self) -> u64 {
+        self.buf.ptr()
+    }
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// The KV cache: f16 keys and values of every layer.
+pub struct CudaKv {
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    geometry: KvGeometry,
+}
+
+impl CudaKv {
+    /// Byte offset of layer `layer` in either pool.
+    fn layer_offset(&self, layer: usize) -> u64 {
+        (layer * self.geometry.num_slots() * self.geometry.slot_elems() * 2) as u64
+    }
+}
+
+/// The device buffers of a pass's inputs: the packed words and, for decode, the partial
+/// results of the attention partitions.
+struct StepBuffers {
+    words: DeviceBuffer,
+    work: DeviceBuffer,
+}
+
+/// A pass's inputs on the device.
+pub struct CudaStep {
+    buffers: Arc<StepBuffers>,
+    plan: StepPlan,
+    heads: HeadGeometry,
+    key: Option<StepKey>,
+}
+
+impl CudaStep {
+    fn at(&self, offset_words: usize) -> u64 {
+        self.buffers.words.ptr() + 4 * offset_words as u64
+    }
+}
+
+fn check(what: &str, act: &CudaAct, rows: usize, cols: usize) -> Result<(), RuntimeError> {
+    if act.rows != rows || act.cols != cols {
+        return Err(RuntimeError::Shape(format!(
+            "{what}: expected [{rows}, {cols}], got [{}, {}]",
+            act.rows, act.cols
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// A backend on GPU `ordinal`; CUDA graphs for decode unless `QRT_CUDA_GRAPHS=0`.
+    pub fn new(ordinal: usize) -> Result<Self, RuntimeError> {
+        let dev = Arc::new(CudaDevice::new(ordinal)?);
+        let use_graphs = std::env::var("QRT_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Ok(Self {
+            pool: ActPool::new(dev.clone()),
+            dev,
+            graphs: Mutex::default(),
+            use_graphs,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
+    /// Fills `act` with NaN, so that elements an op fails to write show up.
+    pub fn poison(&self, act: &mut CudaAct) -> Result<(), RuntimeError> {
+        // SAFETY: the buffer holds act.len() f32; all-ones bytes are a NaN.
+        unsafe { self.dev.fill_bytes(act.ptr(), 0xff, act.len() * 4)? };
+        Ok(())
+    }
+
+    /// Copies the f16 keys (`values = false`) or values of `layer` back, as f32,
+    /// `[slots, kv_heads * head_dim]`.
+    pub fn kv_to_host(
+        &self,
+        kv: &CudaKv,
+        layer: usize,
+        values: bool,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let n = kv.geometry.num_slots() * kv.geometry.slot_elems();
+        let mut host = vec![half::f16::ZERO; n];
+        let pool = if values { &kv.v } else { &kv.k };
+        // SAFETY: each layer of the pool holds n f16.
+        unsafe {
+            self.dev.copy_to_host(
+                pool.ptr() + kv.layer_offset(layer),
+                &mut host,
+                "the KV cache",
+            )?
+        };
+        Ok(host.iter().map(|v| v.to_f32()).collect())
+    }
+
+    fn half_type(w: &CudaWeight) -> Result<Half16, RuntimeError> {
+        match w.ty {
+            WeightType::Half(t) => Ok(t),
+            WeightType::F32 => Err(RuntimeError::Unsupported(format!(
+                "tensor {} is f32; the CUDA matrix kernels take f16 or bf16 weights",
+                w.name
+            ))),
+        }
+    }
+
+    fn check_linear(
+        x: &CudaAct,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        out: &CudaAct,
+    ) -> Result<(), RuntimeError> {
+        if x.cols != w.cols {
+            return Err(RuntimeError::Shape(format!(
+                "linear {}: input has {} features, weight expects {}",
+                w.name, x.cols, w.cols
+            )));
+        }
+        check("linear output", out, x.rows, w.rows)?;
+        if let Some(b) = bias {
+            if b.ty != WeightType::F32 || b.rows * b.cols != w.rows {
+                return Err(RuntimeError::Shape(format!(
+                    "bias {} does not fit {}",
+                    b.name, w.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `x` rounded to the weights' 16-bit type, for the tensor cores.
+    fn to_half16(&self, x: &CudaAct, ty: Half16) -> Result<PooledBuffer, RuntimeError> {
+        let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
+        // SAFETY: x holds len f32, buf room for len 16-bit values.
+        unsafe { self.dev.to_half16(ty, x.ptr(), buf.ptr(), x.len())? };
+        Ok(buf)
+    }
+
+    /// Packs and uploads a pass's inputs; decode passes reuse the buffers of their key.
+    fn upload_step(&self, plan: StepPlan, heads: HeadGeometry) -> Result<CudaStep, RuntimeError> {
+        let key = plan
+            .decode
+            .filter(|_| self.use_graphs && plan.rows <= MAX_GEMV_ROWS)
+            .map(|split| StepKey {
+                rows: plan.rows,
+                split,
+                heads,
+            });
+        let work_floats = plan.decode.map_or(0, |d| {
+            plan.num_seqs * heads.num_heads * d.splits * (heads.head_dim + 2)
+        });
+        let alloc = || -> Result<Arc<StepBuffers>, RuntimeError> {
+            Ok(Arc::new(StepBuffers {
+                words: self.dev.alloc(plan.words.len() * 4, "pass inputs")?,
+                work: self.dev.alloc(work_floats * 4, "attention partials")?,
+            }))
+        };
+        let buffers = match key {
+            Some(k) => {
+                let mut graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
+                match graphs.inputs.get(&k) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = alloc()?;
+                        graphs.inputs.insert(k, b.clone());
+                        b
+                    }
+                }
+            }
+            None => alloc()?,
+        };
+        if buffers.words.bytes() < plan.words.len() * 4 {
+            return Err(RuntimeError::Shape(
+                "a decode pass outgrew its recorded input layout".into(),
+            ));
+        }
+        // SAFETY: the buffer holds at least words.len() u32.
+        unsafe {
+            self.dev
+                .copy_to_device(&plan.words, buffers.words.ptr(), "pass inputs")?
+        };
+        Ok(CudaStep {
+            buffers,
+            plan,
+            heads,
+            key,
+        })
+    }
+
+    fn attn_args(
+        &self,
+        q: &CudaAct,
+        kv: &CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        out: &CudaAct,
+    ) -> qrt_attn_args {
+        let h = step.heads;
+        let split = step.plan.decode.unwrap_or(DecodeSplit {
+            splits: 0,
+            partition: 0,
+        });
+        let off = kv.layer_offset(layer);
+        qrt_attn_args {
+            q: q.ptr(),
+            k_cache: kv.k.ptr() + off,
+            v_cache: kv.v.ptr() + off,
+            out: out.ptr(),
+            seqs: step.at(step.plan.seqs),
+            block_tables: step.at(step.plan.tables),
+            work: if step.plan.decode.is_some() {
+                step.buffers.work.ptr()
+            } else {
+                step.at(step.plan.tiles)
+            },
+            num_seqs: step.plan.num_seqs as u32,
+            num_heads: h.num_heads as u32,
+            num_kv_heads: h.num_kv_heads as u32,
+            head_dim: h.head_dim as u32,
+            block_size: kv.geometry.block_size as u32,
+            splits: split.splits as u32,
+            partition: split.partition as u32,
+            scale: 1.0 / (h.head_dim as f32).sqrt(),
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Weight = CudaWeight;
+    type Kv = CudaKv;
+    type Step = CudaStep;
+
+    fn describe(&self) -> String {
+        let (major, minor) = self.dev.compute_capability();
+        format!(
+            "cuda:{} ({}, sm_{major}{minor}, {} MiB{})",
+            self.dev.ordinal(),
+            self.dev.name(),
+            self.dev.total_memory() >> 20,
+            if self.use_graphs { ", CUDA graphs" } else { "" }
+        )
+    }
+
+    fn load_weight(
+        &self,
+        file: &Arc<QrtFile>,
+        tensor: &TensorInfo,
+    ) -> Result<CudaWeight, RuntimeError> {
+        let name = tensor.name.clone();
+        let storage = tensor.storage.name.as_str();
+        let (rows, cols) = match tensor.shape.as_slice() {
+            [n] => (1, *n as usize),
+            [r, c] => (*r as usize, *c as usize),
+            other => {
+                return Err(RuntimeError::Shape(format!(
+                    "tensor {name}: expected 1 or 2 dimensions, got {other:?}"
+                )))
+            }
+        };
+        let what = format!("tensor {name} of {}", file.path());
+        if tensor.shape.len() == 1 {
+            // Norm scales and biases: f32 on the device.
+            let values = read_dense_f32(file, &name)?;
+            let buf = self.dev.alloc(values.len() * 4, &what)?;
+            // SAFETY: the buffer holds values.len() f32.
+            unsafe { self.dev.copy_to_device(&values, buf.ptr(), &what)? };
+            return Ok(CudaWeight {
+                buf,
+                ty: WeightType::F32,
+                rows,
+                cols,
+                name,
+            });
+        }
+        let ty = match storage {
+            "f16" => WeightType::Half(Half16::F16),
+            "bf16" => WeightType::Half(Half16::Bf16),
+            other => {
+                return Err(RuntimeError::Unsupported(format!(
+                    "{what} is stored as {other}; the CUDA backend runs f16 and bf16 matrices \
+                     (quantized CUDA kernels are not built yet): use --device cpu, or a 16-bit \
+                     model"
+                )))
+            }
+        };
+        let bytes = file.part_bytes(tensor, "data")?;
+        if bytes.len() != rows * cols * 2 {
+            return Err(RuntimeError::Shape(format!(
+                "{what}: {} bytes of data for shape [{rows}, {cols}]",
+                bytes.len()
+            )));
+        }
+        let buf = self.dev.alloc(bytes.len(), &what)?;
+        // SAFETY: the buffer holds bytes.len() bytes.
+        unsafe { self.dev.copy_to_device(bytes, buf.ptr(), &what)? };
+        Ok(CudaWeight {
+            buf,
+            ty,
+            rows,
+            cols,
+            name,
+        })
+    }
+
+    fn alloc_act(&self, rows: usize, cols: usize) -> Result<CudaAct, RuntimeError> {
+        Ok(CudaAct {
+            buf: self.pool.get(rows * cols * 4, "activations")?,
+            rows,
+            cols,
+        })
+    }
+
+    fn act_from_host(
+        &self,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<CudaAct, RuntimeError> {
+        if data.len() != rows * cols {
+            return Err(RuntimeError::Shape(format!(
+                "{} values for a [{rows}, {cols}] activation",
+                data.len()
+            )));
+        }
+        let act = self.alloc_act(rows, cols)?;
+        // SAFETY: the buffer holds rows * cols f32.
+        unsafe { self.dev.copy_to_device(data, act.ptr(), "activations")? };
+        Ok(act)
+    }
+
+    fn alloc_kv(&self, g: &KvGeometry) -> Result<CudaKv, RuntimeError> {
+        let bytes = g.num_layers * g.num_slots() * g.slot_elems() * 2;
+        Ok(CudaKv {
+            k: self.dev.alloc(bytes, "the KV cache (keys)")?,
+            v: self.dev.alloc(bytes, "the KV cache (values)")?,
+            geometry: *g,
+        })
+    }
+
+    fn prepare(&self, input: &StepInput<'_>) -> Result<CudaStep, RuntimeError> {
+        self.upload_step(plan(input)?, input.heads)
+    }
+
+    fn run_step(
+        &self,
+        step: &CudaStep,
+        body: &mut dyn FnMut() -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        let Some(key) = step.key else {
+            return body();
+        };
+        let mut graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(graph) = graphs.recorded.get(&key) {
+            return Ok(self.dev.replay(graph)?);
+        }
+        if graphs.seen.insert(key) {
+            // The first pass of a kind runs directly: it loads the kernels and shows errors.
+            return body();
+        }
+        self.dev.begin_capture()?;
+        let result = body();
+        let graph = self.dev.end_capture();
+        result?;
+        let graph = graph?;
+        self.dev.replay(&graph)?;
+        graphs.recorded.insert(key, graph);
+        Ok(())
+    }
+
+    fn embed(
+        &self,
+        table: &CudaWeight,
+        step: &CudaStep,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        check("embed", out, step.plan.rows, table.cols)?;
+        if step.plan.rows > 0 && step.plan.max_token as usize >= table.rows {
+            return Err(RuntimeError::Shape(format!(
+                "token id {} is outside the vocabulary of {}",
+                step.plan.max_token, table.rows
+            )));
+        }
+        let ty = Self::half_type(table)?.name();
+        // SAFETY: the tokens are below table.rows (checked); out holds rows * cols f32.
+        unsafe {
+            self.dev.embed(
+                ty,
+                table.buf.ptr(),
+                step.at(step.plan.tokens),
+                out.ptr(),
+                step.plan.rows,
+                table.cols,
+            )?
+        };
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaAct,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        check("rms_norm", out, x.rows, weight.cols)?;
+        check("rms_norm input", x, out.rows, weight.cols)?;
+        // SAFETY: shapes checked; the weight holds cols f32.
+        unsafe {
+            self.dev
+                .rms_norm_rows(x.ptr(), weight.buf.ptr(), out.ptr(), x.rows, x.cols, eps)?
+        };
+        Ok(())
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaAct,
+        residual: &CudaAct,
+        weight: &CudaWeight,
+        eps: f32,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        check("add_rms_norm residual", residual, x.rows, x.cols)?;
+        check("add_rms_norm output", out, x.rows, weight.cols)?;
+        check("add_rms_norm input", x, out.rows, weight.cols)?;
+        // SAFETY: shapes checked; x is both an input and the sum, as the kernel allows.
+        unsafe {
+            self.dev.add_rms_norm_rows(
+                x.ptr(),
+                residual.ptr(),
+                weight.buf.ptr(),
+                x.ptr(),
+                out.ptr(),
+                x.rows,
+                x.cols,
+                eps,
+            )?
+        };
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &CudaAct,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        self.linears(x, &mut [LinearOut { weight, bias, out }])
+    }
+
+    fn linears(&self, x: &CudaAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
+        let Some(first) = outs.first() else {
+            return Ok(());
+        };
+        let ty = Self::half_type(first.weight)?;
+        for o in outs.iter() {
+            Self::check_linear(x, o.weight, o.bias, o.out)?;
+            if Self::half_type(o.weight)? != ty {
+                return Err(RuntimeError::Unsupported(format!(
+                    "{} and {} have different storage types",
+                    first.weight.name, o.weight.name
+                )));
+            }
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
+        if x.rows <= MAX_GEMV_ROWS {
+            for chunk in outs.chunks(3) {
+                let segments: Vec<GemvSegment> = chunk
+                    .iter()
+                    .map(|o| GemvSegment {
+                        w: o.weight.buf.ptr(),
+                        bias: bias_ptr(o.bias),
+                        y: o.out.ptr(),
+                        n: o.weight.rows,
+                    })
+                    .collect();
+                // SAFETY: shapes checked above; every buffer holds what the segment says.
+                unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments)? };
+            }
+            return Ok(());
+        }
+        let a = self.to_half16(x, ty)?;
+        for o in outs.iter() {
+            // SAFETY: shapes checked above.
+            unsafe {
+                self.dev.gemm(
+                    ty,
+                    a.ptr(),
+                    o.weight.buf.ptr(),
+                    bias_ptr(o.bias),
+                    o.out.ptr(),
+                    x.rows,
+                    o.weight.rows,
+                    x.cols,
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    fn rope_kv(
+        &self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+    ) -> Result<(), RuntimeError> {
+        let rows = step.plan.rows;
+        let d = heads.head_dim;
+        check("rope q", q, rows, heads.num_heads * d)?;
+        check("rope k", k, rows, heads.num_kv_heads * d)?;
+        check("rope v", v, rows, heads.num_kv_heads * d)?;
+        let g = &kv.geometry;
+        if layer >= g.num_layers
+            || g.slot_elems() != heads.num_kv_heads * d
+            || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
+        {
+            return Err(RuntimeError::Shape(format!(
+                "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
+                step.plan.max_slot,
+                g.num_layers,
+                g.num_slots()
+            )));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let off = kv.layer_offset(layer);
+        let args = qrt_rope_kv_args {
+            q: q.ptr(),
+            k: k.ptr(),
+            v: v.ptr(),
+            k_cache: kv.k.ptr() + off,
+            v_cache: kv.v.ptr() + off,
+            positions: step.at(step.plan.positions),
+            slots: step.at(step.plan.slots),
+            inv_freq: step.at(step.plan.inv_freq),
+            rows: rows as u32,
+            num_heads: heads.num_heads as u32,
+            num_kv_heads: heads.num_kv_heads as u32,
+            head_dim: d as u32,
+        };
+        // SAFETY: shapes and slots checked above.
+        unsafe { self.dev.rope_kv(&args)? };
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaAct,
+        kv: &CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        let q_dim = heads.num_heads * heads.head_dim;
+        check("attention query", q, step.plan.rows, q_dim)?;
+        check("attention output", out, step.plan.rows, q_dim)?;
+        let g = &kv.geometry;
+        if heads != step.heads
+            || layer >= g.num_layers
+            || g.slot_elems() != heads.num_kv_heads * heads.head_dim
+            || step.plan.max_block as usize >= g.num_blocks
+        {
+            return Err(RuntimeError::Shape(format!(
+                "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
+                step.plan.max_block, g.num_layers, g.num_blocks
+            )));
+        }
+        if step.plan.rows == 0 {
+            return Ok(());
+        }
+        let args = self.attn_args(q, kv, layer, step, out);
+        // SAFETY: shapes, blocks and tables checked (tables by `plan`).
+        unsafe {
+            if step.plan.decode.is_some() {
+                self.dev.attention_decode(&args)?
+            } else {
+                self.dev.attention_prefill(&args, step.plan.num_tiles)?
+            }
+        };
+        Ok(())
+    }
+
+    fn silu_mul(
+        &self,
+        gate: &CudaAct,
+        up: &CudaAct,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        check("silu_mul up", up, gate.rows, gate.cols)?;
+        check("silu_mul output", out, gate.rows, gate.cols)?;
+        // SAFETY: all three hold gate.len() f32.
+        unsafe {
+            self.dev
+                .silu_mul(gate.ptr(), up.ptr(), out.ptr(), gate.len())?
+        };
+        Ok(())
+    }
+
+    fn select_rows(
+        &self,
+        x: &CudaAct,
+        step: &CudaStep,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        check("select_rows input", x, step.plan.rows, out.cols)?;
+        check("select_rows output", out, step.plan.num_logit_rows, x.cols)?;
+        if out.rows == 0 {
+            return Ok(());
+        }
+        // SAFETY: the logit rows are below x.rows (checked by `plan`).
+        unsafe {
+            self.dev.gather_rows(
+                x.ptr(),
+                step.at(step.plan.logit_rows),
+                out.ptr(),
+                out.rows,
+                x.cols,
+            )?
+        };
+        Ok(())
+    }
+
+    fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>, RuntimeError> {
+        let mut host = vec![0f32; x.len()];
+        // SAFETY: x holds len f32.
+        unsafe { self.dev.copy_to_host(x.ptr(), &mut host, "activations")? };
+        Ok(host)
+    }
+
+    fn argmax(&self, logits: &CudaAct) -> Result<Vec<u32>, RuntimeError> {
+        let mut tokens = vec![0u32; logits.rows];
+        if logits.rows == 0 {
+            return Ok(tokens);
+        }
+        let buf = self.pool.get(logits.rows * 4, "chosen tokens")?;
+        // SAFETY: logits holds rows * cols f32, buf room for rows u32.
+        unsafe {
+            self.dev
+                .argmax(logits.ptr(), buf.ptr(), logits.rows, logits.cols)?;
+            self.dev
+                .copy_to_host(buf.ptr(), &mut tokens, "chosen tokens")?;
+        }
+        Ok(tokens)
+    }
+
+    fn rows(&self, x: &CudaAct) -> usize {
+        x.rows
+    }
+}

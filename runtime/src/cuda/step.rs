@@ -1,0 +1,335 @@
+//! Packing a forward pass's inputs into one block of u32 words for the device: tokens,
+//! positions, cache slots, logit rows, per-sequence records, block tables, prefill attention
+//! tiles and rotary frequencies, each at an offset the kernels are given.
+//!
+//! Decode passes (one new token per sequence) get a fixed layout per (rows, partitions), so
+//! that a recorded CUDA graph can be replayed with new contents at the same addresses.
+
+use qrt_kernels::attention_tile_rows;
+
+use crate::backend::StepInput;
+use crate::RuntimeError;
+
+/// How a decode pass splits each sequence's context (flash-decoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecodeSplit {
+    /// Partitions per sequence.
+    pub splits: usize,
+    /// Tokens per partition.
+    pub partition: usize,
+}
+
+impl DecodeSplit {
+    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions up to 2048
+    /// tokens, 128 beyond, over the context rounded up to a power of two (so that few
+    /// distinct shapes, and few graphs, occur).
+    pub fn for_context(max_ctx: usize) -> Self {
+        let bucket = max_ctx.next_power_of_two().max(64);
+        let partition = if bucket <= 2048 { 64 } else { 128 };
+        Self {
+            splits: bucket / partition,
+            partition,
+        }
+    }
+}
+
+/// The packed inputs of one pass and where each part lies (offsets in words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// The words to copy to the device.
+    pub words: Vec<u32>,
+    /// Offset of the token of every row.
+    pub tokens: usize,
+    /// Offset of the position of every row.
+    pub positions: usize,
+    /// Offset of the cache slot of every row.
+    pub slots: usize,
+    /// Offset of the logit rows.
+    pub logit_rows: usize,
+    /// Offset of the per-sequence records (`qrt_attn_seq`, 4 words each).
+    pub seqs: usize,
+    /// Offset of the block tables.
+    pub tables: usize,
+    /// Offset of the prefill tiles ((sequence, first row) pairs).
+    pub tiles: usize,
+    /// Offset of the rotary inverse frequencies (f32 bits).
+    pub inv_freq: usize,
+    /// Rows of the pass.
+    pub rows: usize,
+    /// Sequences of the pass.
+    pub num_seqs: usize,
+    /// Logit rows.
+    pub num_logit_rows: usize,
+    /// Prefill tiles.
+    pub num_tiles: usize,
+    /// Set for decode passes.
+    pub decode: Option<DecodeSplit>,
+    /// Largest token id.
+    pub max_token: u32,
+    /// Largest KV block index named by any table.
+    pub max_block: u32,
+    /// Largest cache slot written.
+    pub max_slot: u32,
+}
+
+/// Appends `data` at a 16-byte-aligned offset and returns the offset.
+fn push(words: &mut Vec<u32>, data: impl IntoIterator<Item = u32>) -> usize {
+    words.resize(words.len().next_multiple_of(4), 0);
+    let at = words.len();
+    words.extend(data);
+    at
+}
+
+/// Lays out `input` (checking that every sequence's block table covers its tokens).
+pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
+    let batch = input.batch;
+    let rows = input.tokens.len();
+    let bs = batch.block_size;
+    if bs == 0 {
+        return Err(RuntimeError::Shape("KV block size 0".into()));
+    }
+    if batch.positions.len() != rows || batch.slots.len() != rows {
+        return Err(RuntimeError::Shape(format!(
+            "{rows} tokens but {} positions and {} slots",
+            batch.positions.len(),
+            batch.slots.len()
+        )));
+    }
+    for s in &batch.seqs {
+        let need = (s.past + s.len).div_ceil(bs);
+        if s.block_table.len() < need || s.start + s.len > rows || s.len == 0 {
+            return Err(RuntimeError::Shape(format!(
+                "a sequence of {} cached + {} new tokens at row {} has a block table of {} \
+                 blocks of {bs} in a batch of {rows} rows",
+                s.past,
+                s.len,
+                s.start,
+                s.block_table.len()
+            )));
+        }
+    }
+    if let Some(&r) = input.logit_rows.iter().find(|&&r| r as usize >= rows) {
+        return Err(RuntimeError::Shape(format!(
+            "logit row {r} of a batch of {rows} rows"
+        )));
+    }
+    let decode_rows: Vec<u32> = batch.seqs.iter().map(|s| s.start as u32).collect();
+    let decode = (batch.seqs.iter().all(|s| s.len == 1)
+        && batch.seqs.len() == rows
+        && input.logit_rows == decode_rows.as_slice())
+    .then(|| {
+        let max_ctx = batch.seqs.iter().map(|s| s.past + 1).max().unwrap_or(1);
+        DecodeSplit::for_context(max_ctx)
+    });
+
+    let mut words = Vec::new();
+    let tokens = push(&mut words, input.tokens.iter().copied());
+    let positions = push(&mut words, batch.positions.iter().copied());
+    let slots = push(&mut words, batch.slots.iter().copied());
+    let logit_rows = push(&mut words, input.logit_rows.iter().copied());
+    // Decode: every table padded to the blocks of all partitions, at a fixed stride.
+    let stride = decode.map(|d| (d.splits * d.partition).div_ceil(bs));
+    let mut table_at = 0usize;
+    let mut records = Vec::with_capacity(batch.seqs.len() * 4);
+    for s in &batch.seqs {
+        records.extend([s.start as u32, s.len as u32, s.past as u32, table_at as u32]);
+        table_at += stride.unwrap_or(s.block_table.len());
+    }
+    let seqs = push(&mut words, records);
+    let tables = push(
+        &mut words,
+        batch.seqs.iter().flat_map(|s| {
+            let pad = stride.map_or(0, |st| st.saturating_sub(s.block_table.len()));
+            s.block_table
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, pad))
+        }),
+    );
+    let tile_rows = attention_tile_rows(input.heads.head_dim.max(64));
+    let tile_list: Vec<u32> = if decode.is_some() {
+        Vec::new()
+    } else {
+        batch
+            .seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                (0..s.len)
+                    .step_by(tile_rows)
+                    .flat_map(move |q0| [i as u32, q0 as u32])
+            })
+            .collect()
+    };
+    let num_tiles = tile_list.len() / 2;
+    let tiles = push(&mut words, tile_list);
+    let inv_freq = push(&mut words, input.inv_freq.iter().map(|f| f.to_bits()));
+    Ok(StepPlan {
+        words,
+        tokens,
+        positions,
+        slots,
+        logit_rows,
+        seqs,
+        tables,
+        tiles,
+        inv_freq,
+        rows,
+        num_seqs: batch.seqs.len(),
+        num_logit_rows: input.logit_rows.len(),
+        num_tiles,
+        decode,
+        max_token: input.tokens.iter().copied().max().unwrap_or(0),
+        max_block: batch
+            .seqs
+            .iter()
+            .flat_map(|s| s.block_table.iter().copied())
+            .max()
+            .unwrap_or(0),
+        max_slot: batch.slots.iter().copied().max().unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BatchLayout, HeadGeometry, SeqSpan};
+
+    fn heads() -> HeadGeometry {
+        HeadGeometry {
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 64,
+        }
+    }
+
+    #[test]
+    fn prefill_lays_out_tiles_and_tables() {
+        let batch = BatchLayout {
+            seqs: vec![
+                SeqSpan {
+                    start: 0,
+                    len: 40,
+                    past: 0,
+                    block_table: vec![3, 1, 4],
+                },
+                SeqSpan {
+                    start: 40,
+                    len: 1,
+                    past: 20,
+                    block_table: vec![0, 2],
+                },
+            ],
+            positions: (0..40).chain([20]).collect(),
+            slots: (0..41).collect(),
+            block_size: 16,
+        };
+        let tokens: Vec<u32> = (0..41).collect();
+        let inv = [1.0f32, 0.5];
+        let p = plan(&StepInput {
+            tokens: &tokens,
+            batch: &batch,
+            logit_rows: &[39, 40],
+            inv_freq: &inv,
+            heads: heads(),
+        })
+        .unwrap();
+        assert_eq!(p.decode, None);
+        // 40 rows in tiles of 32: two tiles for the first sequence, one for the second.
+        assert_eq!(p.num_tiles, 3);
+        assert_eq!(&p.words[p.tiles..p.tiles + 6], &[0, 0, 0, 32, 1, 0]);
+        assert_eq!(&p.words[p.seqs..p.seqs + 8], &[0, 40, 0, 0, 40, 1, 20, 3]);
+        assert_eq!(&p.words[p.tables..p.tables + 5], &[3, 1, 4, 0, 2]);
+        assert_eq!(p.words[p.inv_freq + 1], 0.5f32.to_bits());
+        assert_eq!(&p.words[p.logit_rows..p.logit_rows + 2], &[39, 40]);
+        assert!([
+            p.tokens,
+            p.positions,
+            p.slots,
+            p.seqs,
+            p.tables,
+            p.tiles,
+            p.inv_freq
+        ]
+        .iter()
+        .all(|o| o % 4 == 0));
+        assert_eq!((p.max_token, p.max_block, p.max_slot), (40, 4, 40));
+    }
+
+    #[test]
+    fn decode_pads_tables_to_a_fixed_stride() {
+        let batch = BatchLayout {
+            seqs: vec![
+                SeqSpan {
+                    start: 0,
+                    len: 1,
+                    past: 70,
+                    block_table: vec![5, 6, 7, 8, 9],
+                },
+                SeqSpan {
+                    start: 1,
+                    len: 1,
+                    past: 3,
+                    block_table: vec![2],
+                },
+            ],
+            positions: vec![70, 3],
+            slots: vec![9 * 16 + 6, 2 * 16 + 3],
+            block_size: 16,
+        };
+        let p = plan(&StepInput {
+            tokens: &[7, 9],
+            batch: &batch,
+            logit_rows: &[0, 1],
+            inv_freq: &[1.0],
+            heads: heads(),
+        })
+        .unwrap();
+        // Context 71 -> bucket 128 -> two partitions of 64 -> 8 blocks per table.
+        assert_eq!(
+            p.decode,
+            Some(DecodeSplit {
+                splits: 2,
+                partition: 64
+            })
+        );
+        assert_eq!(p.words[p.seqs + 7], 8);
+        assert_eq!(
+            &p.words[p.tables..p.tables + 16],
+            &[5, 6, 7, 8, 9, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(p.num_tiles, 0);
+    }
+
+    #[test]
+    fn short_tables_are_refused() {
+        let batch = BatchLayout {
+            seqs: vec![SeqSpan {
+                start: 0,
+                len: 1,
+                past: 16,
+                block_table: vec![0],
+            }],
+            positions: vec![16],
+            slots: vec![16],
+            block_size: 16,
+        };
+        let err = plan(&StepInput {
+            tokens: &[1],
+            batch: &batch,
+            logit_rows: &[0],
+            inv_freq: &[1.0],
+            heads: heads(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("block table of 1"), "{err}");
+    }
+
+    #[test]
+    fn splits_grow_with_the_context() {
+        assert_eq!(DecodeSplit::for_context(1).splits, 1);
+        assert_eq!(DecodeSplit::for_context(640).splits, 16);
+        let long = DecodeSplit::for_context(5000);
+        assert_eq!((long.splits, long.partition), (64, 128));
+    }
+}

@@ -1,0 +1,191 @@
+//! `qrt bench kernels`: the GEMV (decode) and GEMM (prefill) kernels at the matrix shapes of
+//! Llama-3.2-1B and Llama-3.1-8B, timed with CUDA events over weights rotated among copies
+//! that together exceed the L2 cache, so that every launch reads from device memory.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use qrt_bench::report::{kernel_table, write_json, KernelReport, KernelResult};
+use qrt_kernels::{CudaDevice, DeviceBuffer, GemvSegment, Half16};
+use qrt_runtime::sampling::Rng;
+
+/// Arguments of `qrt bench kernels`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// GPU: cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Launches per timing.
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Timings per kernel and shape (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Results JSON.
+    #[arg(long, default_value = "bench-kernels.json")]
+    out: PathBuf,
+    /// Skip the Llama-3.1-8B shapes.
+    #[arg(long)]
+    skip_8b: bool,
+}
+
+/// The matrices of one layer (and the output head) of a model: (name, [(n, k)] read together).
+fn layer_shapes(
+    hidden: usize,
+    kv: usize,
+    ffn: usize,
+    vocab: usize,
+) -> Vec<(&'static str, Vec<(usize, usize)>)> {
+    vec![
+        ("qkv", vec![(hidden, hidden), (kv, hidden), (kv, hidden)]),
+        ("o", vec![(hidden, hidden)]),
+        ("gate_up", vec![(ffn, hidden), (ffn, hidden)]),
+        ("down", vec![(hidden, ffn)]),
+        ("lm_head", vec![(vocab, hidden)]),
+    ]
+}
+
+/// Device memory holding random 16-bit values (finite, below 2 in magnitude).
+fn random_halves(dev: &CudaDevice, count: usize, rng: &mut Rng) -> anyhow::Result<DeviceBuffer> {
+    let words: Vec<u64> = (0..count.div_ceil(4))
+        .map(|_| rng.next_u64() & 0xBFFF_BFFF_BFFF_BFFF)
+        .collect();
+    let buf = dev.alloc(count * 2, "benchmark data")?;
+    let bytes: &[u8] = &bytemuck_words(&words)[..count * 2];
+    // SAFETY: the buffer holds count * 2 bytes, exactly what is copied.
+    unsafe { dev.copy_to_device(bytes, buf.ptr(), "benchmark data")? };
+    Ok(buf)
+}
+
+/// The bytes of `words`, little-endian.
+fn bytemuck_words(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Median microseconds per launch of `launch(i)` (i rotating over copies of the inputs).
+fn time_us(
+    dev: &CudaDevice,
+    iters: usize,
+    repeats: usize,
+    mut launch: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    launch(0)?;
+    dev.synchronize("a warm-up launch")?;
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let start = dev.record_event()?;
+        for i in 0..iters {
+            launch(i)?;
+        }
+        let end = dev.record_event()?;
+        times.push(start.elapsed_ms(&end)? as f64 * 1e3 / iters as f64);
+    }
+    dev.synchronize("the timed launches")?;
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+/// Runs the kernel benchmarks and writes the table and JSON.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let ordinal = match args.device.as_str() {
+        "cuda" => 0,
+        d => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => bail!("--device must be cuda or cuda:N, got '{d}'"),
+        },
+    };
+    if args.iters == 0 || args.repeats == 0 {
+        bail!("--iters and --repeats must be at least 1");
+    }
+    let dev = CudaDevice::new(ordinal)?;
+    let copy_gbs = dev.copy_bandwidth(1 << 30, 10)? / 1e9;
+    println!(
+        "{}: copy bandwidth {copy_gbs:.0} GB/s (read + write)",
+        dev.name()
+    );
+    let mut models = vec![("1B", layer_shapes(2048, 512, 8192, 128256))];
+    if !args.skip_8b {
+        models.push(("8B", layer_shapes(4096, 1024, 14336, 128256)));
+    }
+    let mut rng = Rng::new(7);
+    let mut results = Vec::new();
+    for (model, shapes) in &models {
+        for (name, mats) in shapes {
+            let k = mats[0].1;
+            let set_bytes: usize = mats.iter().map(|(n, k)| n * k * 2).sum();
+            // Enough copies to exceed the 50 MB L2 several times over.
+            let copies = (256usize << 20).div_ceil(set_bytes).clamp(1, 16);
+            let weights: Vec<Vec<DeviceBuffer>> = (0..copies)
+                .map(|_| {
+                    mats.iter()
+                        .map(|(n, k)| random_halves(&dev, n * k, &mut rng))
+                        .collect()
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let m_max = 512;
+            let x = random_halves(&dev, m_max * k * 2, &mut rng)?; // f32 [8, k] or f16 [512, k]
+            let outs: Vec<DeviceBuffer> = mats
+                .iter()
+                .map(|(n, _)| dev.alloc(m_max * n * 4, "benchmark output"))
+                .collect::<Result<_, _>>()?;
+            for batch in [1usize, 4, 8] {
+                let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
+                    let segs: Vec<GemvSegment> = mats
+                        .iter()
+                        .zip(&weights[i % copies])
+                        .zip(&outs)
+                        .map(|(((n, _), w), y)| GemvSegment {
+                            w: w.ptr(),
+                            bias: 0,
+                            y: y.ptr(),
+                            n: *n,
+                        })
+                        .collect();
+                    // SAFETY: every buffer was allocated for these shapes.
+                    unsafe { dev.gemv(Half16::F16, batch, x.ptr(), k, &segs)? };
+                    Ok(())
+                })?;
+                let gbs = set_bytes as f64 / (median * 1e-6) / 1e9;
+                results.push(KernelResult {
+                    kernel: format!("gemv b{batch}"),
+                    shape: format!("{model} {name} {mats:?}"),
+                    dtype: "f16".into(),
+                    median_us: median,
+                    min_us: min,
+                    gbs,
+                    tflops: 2.0 * (batch * set_bytes / 2) as f64 / (median * 1e-6) / 1e12,
+                    roofline_fraction: Some(gbs / copy_gbs),
+                });
+            }
+            let m = m_max;
+            let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
+                for (((n, k), w), y) in mats.iter().zip(&weights[i % copies]).zip(&outs) {
+                    // SAFETY: every buffer was allocated for these shapes.
+                    unsafe { dev.gemm(Half16::F16, x.ptr(), w.ptr(), 0, y.ptr(), m, *n, *k)? };
+                }
+                Ok(())
+            })?;
+            let flops = 2.0 * (m * set_bytes / 2) as f64;
+            results.push(KernelResult {
+                kernel: format!("gemm m{m}"),
+                shape: format!("{model} {name} {mats:?}"),
+                dtype: "f16".into(),
+                median_us: median,
+                min_us: min,
+                gbs: set_bytes as f64 / (median * 1e-6) / 1e9,
+                tflops: flops / (median * 1e-6) / 1e12,
+                roofline_fraction: None,
+            });
+        }
+    }
+    println!("{}", kernel_table(&results));
+    let report = KernelReport {
+        qrt_version: super::super::qrt_version(),
+        device: format!("{} (cuda:{ordinal})", dev.name()),
+        copy_bandwidth_gbs: copy_gbs,
+        results,
+    };
+    write_json(&report, &args.out)?;
+    println!("results: {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Whole models on CUDA against the CPU: a random model with a real layout (grouped-query
+//! attention, Llama-3 rope) and any models given with `--model`. Four sequences are read in
+//! one prefill pass, then decoded together for several steps (fed the CPU's greedy tokens, so
+//! both backends see the same inputs); the decode steps from the third on replay a CUDA graph.
+
+use std::path::{Path, PathBuf};
+
+use qrt_format::config::ModelConfig;
+use qrt_format::container::ElemType;
+use qrt_runtime::backend::{Backend, HeadGeometry};
+use qrt_runtime::cpu::CpuBackend;
+use qrt_runtime::cuda::CudaBackend;
+use qrt_runtime::model::Model;
+use qrt_runtime::model_file::ModelFile;
+use qrt_runtime::sampling::{argmax, Rng};
+use qrt_runtime::synthetic::{preset, write_random_model};
+
+use super::ops::KvRun;
+use super::{rel_err, Checks};
+
+/// Logit error bounds: prefill rounds activations to 16 bits for the tensor cores; decode
+/// keeps them in f32 and differs by the f16 KV cache.
+const PREFILL_BOUND: f64 = 2e-2;
+const DECODE_BOUND: f64 = 1e-2;
+/// Decode steps compared.
+const STEPS: usize = 8;
+
+/// What one run produced: the logits of every step, and the greedy choice of every step.
+struct RunOutput {
+    logits: Vec<Vec<f32>>,
+    choices: Vec<Vec<u32>>,
+}
+
+/// The logits of every step of the run on backend `b`: one prefill pass over `prompts`, then
+/// `STEPS` decode passes feeding `feed[step][seq]` (the CPU's choices; `None`: choose greedily).
+fn logits_of_run<B: Backend>(
+    b: &B,
+    mf: &ModelFile,
+    prompts: &[Vec<u32>],
+    feed: Option<&[Vec<u32>]>,
+) -> anyhow::Result<RunOutput> {
+    let c = &mf.config;
+    let model = Model::load(b, &mf.file, c.clone())?;
+    let heads = HeadGeometry {
+        num_heads: c.num_heads,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+    };
+    let mut run = KvRun::new(b, c.num_layers, heads, prompts.len())?;
+    let mut all_logits = Vec::new();
+    let mut chosen = Vec::new();
+    let mut tokens: Vec<u32> = prompts.concat();
+    let mut batch: Vec<(usize, usize)> = prompts.iter().map(|p| p.len()).enumerate().collect();
+    for step in 0..=STEPS {
+        let layout = run.layout(&batch)?;
+        let rows: Vec<u32> = layout
+            .seqs
+            .iter()
+            .map(|s| (s.start + s.len - 1) as u32)
+            .collect();
+        let logits = model.forward(b, &mut run.kv, &tokens, &layout, &rows)?;
+        let picks: Vec<u32> = logits.chunks(c.vocab_size).map(argmax).collect();
+        all_logits.push(logits);
+        tokens = match feed {
+            Some(f) if step < f.len() => f[step].clone(),
+            _ => picks.clone(),
+        };
+        chosen.push(picks);
+        batch = (0..prompts.len()).map(|s| (s, 1)).collect();
+    }
+    Ok(RunOutput {
+        logits: all_logits,
+        choices: chosen,
+    })
+}
+
+/// Compares one model's logits on both backends.
+fn compare(
+    cuda: &CudaBackend,
+    path: &Path,
+    label: &str,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let mf = ModelFile::open(path)?;
+    let vocab = mf.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = [45, 1, 17, 120]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.below(vocab) as u32).collect())
+        .collect();
+    let cpu = CpuBackend::new();
+    let want = logits_of_run(&cpu, &mf, &prompts, None)?;
+    let got = logits_of_run(cuda, &mf, &prompts, Some(&want.choices))?;
+    for (step, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
+        let (name, bound) = if step == 0 {
+            ("model prefill logits", PREFILL_BOUND)
+        } else {
+            ("model decode logits", DECODE_BOUND)
+        };
+        checks.check(name, &format!("{label} step {step}"), rel_err(g, w), bound);
+    }
+    let picks = want.choices.concat();
+    let same = picks
+        .iter()
+        .zip(got.choices.concat())
+        .filter(|(a, b)| **a == *b)
+        .count();
+    checks.check(
+        "model greedy disagreement",
+        &format!("{label} {} tokens", picks.len()),
+        1.0 - same as f64 / picks.len() as f64,
+        0.05,
+    );
+    Ok(())
+}
+
+/// A random model of a real layout, small enough to check quickly.
+fn random_config() -> anyhow::Result<ModelConfig> {
+    Ok(ModelConfig {
+        hidden_size: 512,
+        intermediate_size: 1408,
+        num_layers: 4,
+        num_heads: 8,
+        num_kv_heads: 2,
+        head_dim: 64,
+        vocab_size: 4096,
+        tie_word_embeddings: false,
+        ..preset("llama-3.2-1b")?
+    })
+}
+
+/// Runs the model checks.
+pub fn run(
+    cuda: &CudaBackend,
+    dir: &Path,
+    rng: &mut Rng,
+    checks: &mut Checks,
+    models: &[PathBuf],
+) -> anyhow::Result<()> {
+    let path = dir.join("random-model.qrt");
+    write_random_model(
+        &random_config()?,
+        ElemType::F16,
+        rng.next_u64(),
+        &path,
+        &super::super::qrt_version(),
+        &mut |_, _| {},
+    )?;
+    compare(cuda, &path, "random", rng, checks)?;
+    for m in models {
+        let label = m
+            .file_name()
+            .map_or_else(|| m.display().to_string(), |n| n.to_string_lossy().into());
+        compare(cuda, m, &label, rng, checks)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,562 @@
+//! Every op of the CUDA backend against the CPU backend (the reference) on random inputs: the
+//! products (GEMV for up to 8 rows, tensor-core GEMM beyond, f16 and bf16, with and without
+//! bias, one matrix or several sharing the input), RMSNorm, embedding, SiLU-and-multiply,
+//! rotary embedding with the KV store, prefill and decode attention over the paged cache for
+//! several head layouts, row selection and argmax. Outputs start as NaN, so an element a
+//! kernel fails to write fails the check.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use qrt_format::config::ModelConfig;
+use qrt_format::container::{ElemType, Metadata, QrtFile, QrtWriter, TensorPlan};
+use qrt_runtime::backend::{Backend, BatchLayout, HeadGeometry, LinearOut, SeqSpan, StepInput};
+use qrt_runtime::cpu::CpuBackend;
+use qrt_runtime::cuda::CudaBackend;
+use qrt_runtime::import::encode_dense;
+use qrt_runtime::kv_cache::{BlockAllocator, KvGeometry, SequenceBlocks};
+use qrt_runtime::rope::inverse_frequencies;
+use qrt_runtime::sampling::{argmax, Rng};
+use qrt_runtime::synthetic::preset;
+
+use super::{rel_err, Checks};
+
+/// Error bound of a product: GEMV keeps f32 activations; GEMM rounds them to the weight type.
+fn linear_bound(rows: usize, dtype: ElemType) -> f64 {
+    match (rows <= qrt_runtime::cuda::MAX_GEMV_ROWS, dtype) {
+        (true, _) => 1e-5,
+        (false, ElemType::BF16) => 1e-2,
+        (false, _) => 2e-3,
+    }
+}
+
+/// Bound of attention and of whole models: the GPU's KV cache is f16.
+const ATTENTION_BOUND: f64 = 2e-3;
+
+/// Weight matrices of the products: (rows, cols, dtype, row counts to test).
+fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
+    const SMALL: &[usize] = &[1, 2, 3, 5, 8, 17, 130];
+    const LARGE: &[usize] = &[1, 4, 8, 200];
+    let mut m = vec![
+        (37, 72, ElemType::F16, SMALL),
+        (37, 72, ElemType::BF16, SMALL),
+        (576, 576, ElemType::F16, SMALL),
+        (1536, 576, ElemType::F16, SMALL),
+        (576, 1536, ElemType::F16, SMALL),
+        // Llama-3.2-1B
+        (2048, 2048, ElemType::F16, LARGE),
+        (2048, 2048, ElemType::BF16, LARGE),
+        (512, 2048, ElemType::F16, LARGE),
+        (8192, 2048, ElemType::F16, LARGE),
+        (8192, 2048, ElemType::BF16, LARGE),
+        (2048, 8192, ElemType::F16, LARGE),
+        (128256, 2048, ElemType::F16, &[1, 8, 17]),
+    ];
+    if big {
+        // Llama-3.1-8B
+        m.extend([
+            (4096, 4096, ElemType::F16, LARGE),
+            (1024, 4096, ElemType::F16, LARGE),
+            (14336, 4096, ElemType::F16, LARGE),
+            (4096, 14336, ElemType::F16, LARGE),
+        ]);
+    }
+    m
+}
+
+fn matrix_name(n: usize, k: usize, dtype: ElemType) -> String {
+    format!("w.{dtype:?}.{n}x{k}")
+}
+
+/// Writes the random test weights: the matrices, biases and norm scales.
+fn write_weights(dir: &Path, rng: &mut Rng, big: bool) -> anyhow::Result<Arc<QrtFile>> {
+    let mut tensors: Vec<(String, Vec<u64>, ElemType, f32)> = matrices(big)
+        .iter()
+        .map(|&(n, k, dtype, _)| {
+            let scale = 1.0 / (k as f32).sqrt();
+            (
+                matrix_name(n, k, dtype),
+                vec![n as u64, k as u64],
+                dtype,
+                scale,
+            )
+        })
+        .collect();
+    for n in [37, 512, 2048] {
+        tensors.push((format!("b.{n}"), vec![n as u64], ElemType::F32, 1.0));
+    }
+    for n in [129, 576, 1000, 2048, 4096] {
+        tensors.push((format!("norm.{n}"), vec![n as u64], ElemType::F32, 0.3));
+    }
+    let path = dir.join("weights.qrt");
+    let plans = tensors
+        .iter()
+        .map(|(name, shape, dtype, _)| TensorPlan::dense(name.clone(), shape.clone(), *dtype))
+        .collect();
+    let mut writer = QrtWriter::create(&path, &Metadata::new(), plans)?;
+    for (name, shape, dtype, scale) in &tensors {
+        let numel = shape.iter().product::<u64>() as usize;
+        let mut values = rng.normals(numel, *scale);
+        if name.starts_with("norm.") {
+            values.iter_mut().for_each(|v| *v += 1.0);
+        }
+        writer.write_tensor(name, &[&encode_dense(&values, *dtype)])?;
+    }
+    writer.finish()?;
+    Ok(Arc::new(QrtFile::open(&path)?))
+}
+
+/// A weight of `file` on backend `b`.
+fn weight<B: Backend>(b: &B, file: &Arc<QrtFile>, name: &str) -> anyhow::Result<B::Weight> {
+    let t = file
+        .tensor(name)
+        .ok_or_else(|| anyhow::anyhow!("test tensor {name} missing"))?;
+    Ok(b.load_weight(file, t)?)
+}
+
+/// A NaN-filled activation buffer.
+fn poisoned<B: Backend>(b: &B, rows: usize, cols: usize) -> anyhow::Result<B::Act> {
+    Ok(b.act_from_host(rows, cols, &vec![f32::NAN; rows * cols])?)
+}
+
+/// `x @ w^T (+ bias)` for each named matrix on `b`, all in one `linears` call.
+fn products<B: Backend>(
+    b: &B,
+    file: &Arc<QrtFile>,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    mats: &[(String, usize, Option<String>)],
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let xa = b.act_from_host(rows, k, x)?;
+    let ws = mats
+        .iter()
+        .map(|(name, _, bias)| {
+            Ok((
+                weight(b, file, name)?,
+                bias.as_ref().map(|n| weight(b, file, n)).transpose()?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut outs = mats
+        .iter()
+        .map(|(_, n, _)| poisoned(b, rows, *n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut list: Vec<LinearOut<'_, B>> = ws
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|((w, bias), out)| LinearOut {
+            weight: w,
+            bias: bias.as_ref(),
+            out,
+        })
+        .collect();
+    b.linears(&xa, &mut list)?;
+    drop(list);
+    outs.iter().map(|o| Ok(b.to_host(o)?)).collect()
+}
+
+fn check_products(
+    cpu: &CpuBackend,
+    cuda: &CudaBackend,
+    file: &Arc<QrtFile>,
+    rng: &mut Rng,
+    checks: &mut Checks,
+    big: bool,
+) -> anyhow::Result<()> {
+    for (n, k, dtype, rows_list) in matrices(big) {
+        for &rows in rows_list {
+            let x = rng.normals(rows * k, 1.0);
+            let bias = (n == 37).then(|| "b.37".to_string());
+            let mats = [(matrix_name(n, k, dtype), n, bias)];
+            let want = products(cpu, file, &x, rows, k, &mats)?;
+            let got = products(cuda, file, &x, rows, k, &mats)?;
+            let kind = if rows <= qrt_runtime::cuda::MAX_GEMV_ROWS {
+                "gemv"
+            } else {
+                "gemm"
+            };
+            checks.check(
+                &format!("linear {kind} {dtype:?}"),
+                &format!("{rows}x{k} @ {n}x{k}"),
+                rel_err(&got[0], &want[0]),
+                linear_bound(rows, dtype),
+            );
+        }
+    }
+    // q, k and v of Llama-3.2-1B in one call, with biases (as Qwen2 has).
+    let qkv = [
+        (
+            matrix_name(2048, 2048, ElemType::F16),
+            2048,
+            Some("b.2048".into()),
+        ),
+        (
+            matrix_name(512, 2048, ElemType::F16),
+            512,
+            Some("b.512".into()),
+        ),
+        (matrix_name(512, 2048, ElemType::F16), 512, None),
+    ];
+    for rows in [1, 5, 8, 40] {
+        let x = rng.normals(rows * 2048, 1.0);
+        let want = products(cpu, file, &x, rows, 2048, &qkv)?;
+        let got = products(cuda, file, &x, rows, 2048, &qkv)?;
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(w, g)| rel_err(g, w))
+            .fold(0.0, f64::max);
+        checks.check(
+            "linears q,k,v + bias",
+            &format!("{rows}x2048"),
+            err,
+            linear_bound(rows, ElemType::F16),
+        );
+    }
+    Ok(())
+}
+
+/// RMSNorm and residual-add + RMSNorm through the backends.
+fn check_norms(
+    cpu: &CpuBackend,
+    cuda: &CudaBackend,
+    file: &Arc<QrtFile>,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    fn norms<B: Backend>(
+        b: &B,
+        file: &Arc<QrtFile>,
+        x: &[f32],
+        r: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> anyhow::Result<[Vec<f32>; 3]> {
+        let w = weight(b, file, &format!("norm.{cols}"))?;
+        let mut xa = b.act_from_host(rows, cols, x)?;
+        let ra = b.act_from_host(rows, cols, r)?;
+        let mut plain = poisoned(b, rows, cols)?;
+        b.rms_norm(&xa, &w, 1e-5, &mut plain)?;
+        let mut fused = poisoned(b, rows, cols)?;
+        b.add_rms_norm(&mut xa, &ra, &w, 1e-5, &mut fused)?;
+        Ok([b.to_host(&plain)?, b.to_host(&xa)?, b.to_host(&fused)?])
+    }
+    for (rows, cols) in [(1, 576), (3, 129), (8, 2048), (77, 4096), (5, 1000)] {
+        let x = rng.normals(rows * cols, 3.0);
+        let r = rng.normals(rows * cols, 1.0);
+        let want = norms(cpu, file, &x, &r, rows, cols)?;
+        let got = norms(cuda, file, &x, &r, rows, cols)?;
+        for (i, name) in ["rms_norm", "add_rms_norm (sum)", "add_rms_norm"]
+            .iter()
+            .enumerate()
+        {
+            checks.check(
+                name,
+                &format!("{rows}x{cols}"),
+                rel_err(&got[i], &want[i]),
+                1e-5,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A step over one sequence of `rows` new tokens (no cache needed).
+fn single_sequence(rows: usize) -> BatchLayout {
+    BatchLayout {
+        seqs: vec![SeqSpan {
+            start: 0,
+            len: rows,
+            past: 0,
+            block_table: (0..rows.div_ceil(16) as u32).collect(),
+        }],
+        positions: (0..rows as u32).collect(),
+        slots: (0..rows as u32).collect(),
+        block_size: 16,
+    }
+}
+
+fn small_heads() -> HeadGeometry {
+    HeadGeometry {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+    }
+}
+
+/// Embedding gather, SiLU-and-multiply, row selection and argmax.
+fn check_elementwise(
+    cpu: &CpuBackend,
+    cuda: &CudaBackend,
+    file: &Arc<QrtFile>,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    fn run<B: Backend>(
+        b: &B,
+        file: &Arc<QrtFile>,
+        tokens: &[u32],
+        gate: &[f32],
+        up: &[f32],
+        logits: &[f32],
+    ) -> anyhow::Result<[Vec<f32>; 5]> {
+        let rows = tokens.len();
+        let batch = single_sequence(rows);
+        let logit_rows = [6u32, 0, 3];
+        let step = b.prepare(&StepInput {
+            tokens,
+            batch: &batch,
+            logit_rows: &logit_rows,
+            inv_freq: &[1.0],
+            heads: small_heads(),
+        })?;
+        let mut out = Vec::new();
+        for dtype in [ElemType::F16, ElemType::BF16] {
+            let table = weight(b, file, &matrix_name(37, 72, dtype))?;
+            let mut e = poisoned(b, rows, 72)?;
+            b.embed(&table, &step, &mut e)?;
+            out.push(b.to_host(&e)?);
+        }
+        let cols = gate.len() / rows;
+        let g = b.act_from_host(rows, cols, gate)?;
+        let u = b.act_from_host(rows, cols, up)?;
+        let mut act = poisoned(b, rows, cols)?;
+        b.silu_mul(&g, &u, &mut act)?;
+        out.push(b.to_host(&act)?);
+        let mut selected = poisoned(b, logit_rows.len(), cols)?;
+        b.select_rows(&act, &step, &mut selected)?;
+        out.push(b.to_host(&selected)?);
+        let vocab = logits.len() / 3;
+        let l = b.act_from_host(3, vocab, logits)?;
+        out.push(b.argmax(&l)?.iter().map(|&t| t as f32).collect());
+        Ok([
+            out[0].clone(),
+            out[1].clone(),
+            out[2].clone(),
+            out[3].clone(),
+            out[4].clone(),
+        ])
+    }
+    let rows = 7;
+    let mut tokens: Vec<u32> = (0..rows).map(|_| rng.below(37) as u32).collect();
+    tokens[0] = 0;
+    tokens[1] = 36;
+    let gate = rng.normals(rows * 8192, 2.0);
+    let up = rng.normals(rows * 8192, 1.0);
+    let vocab = 128256;
+    let mut logits = rng.normals(3 * vocab, 4.0);
+    // Ties: the first index must win, as torch.argmax does.
+    let top = logits.iter().fold(f32::MIN, |a, &b| a.max(b)) + 1.0;
+    logits[vocab + 5000] = top;
+    logits[vocab + 90000] = top;
+    logits[2 * vocab + vocab - 1] = top;
+    let want = run(cpu, file, &tokens, &gate, &up, &logits)?;
+    let got = run(cuda, file, &tokens, &gate, &up, &logits)?;
+    let exact = |a: &[f32], b: &[f32]| if a == b { 0.0 } else { f64::INFINITY };
+    checks.check("embed f16", "7 of 37x72", exact(&got[0], &want[0]), 0.0);
+    checks.check("embed bf16", "7 of 37x72", exact(&got[1], &want[1]), 0.0);
+    checks.check("silu_mul", "7x8192", rel_err(&got[2], &want[2]), 1e-6);
+    checks.check(
+        "select_rows",
+        "3 of 7x8192",
+        rel_err(&got[3], &want[3]),
+        1e-6,
+    );
+    let cpu_argmax: Vec<f32> = logits.chunks(vocab).map(|r| argmax(r) as f32).collect();
+    checks.check(
+        "argmax (ties: first)",
+        "3x128256",
+        exact(&got[4], &cpu_argmax),
+        0.0,
+    );
+    Ok(())
+}
+
+/// A KV cache on one backend with the block tables of several sequences, for driving ops or
+/// models batch by batch.
+pub struct KvRun<B: Backend> {
+    /// The cache.
+    pub kv: B::Kv,
+    alloc: BlockAllocator,
+    seqs: Vec<SequenceBlocks>,
+    geometry: KvGeometry,
+}
+
+impl<B: Backend> KvRun<B> {
+    /// A cache of 512 blocks of 16 tokens for `seqs` sequences.
+    pub fn new(b: &B, layers: usize, heads: HeadGeometry, seqs: usize) -> anyhow::Result<Self> {
+        let geometry = KvGeometry {
+            num_layers: layers,
+            num_kv_heads: heads.num_kv_heads,
+            head_dim: heads.head_dim,
+            block_size: 16,
+            num_blocks: 512,
+        };
+        Ok(Self {
+            kv: b.alloc_kv(&geometry)?,
+            alloc: BlockAllocator::new(geometry.num_blocks),
+            seqs: (0..seqs).map(|_| SequenceBlocks::new()).collect(),
+            geometry,
+        })
+    }
+
+    /// The layout of a batch of (sequence, new tokens), reserving the blocks.
+    pub fn layout(&mut self, batch: &[(usize, usize)]) -> anyhow::Result<BatchLayout> {
+        let mut layout = BatchLayout {
+            block_size: self.geometry.block_size,
+            ..Default::default()
+        };
+        for &(s, len) in batch {
+            let blocks = &mut self.seqs[s];
+            let past = blocks.len();
+            blocks.reserve(len, &self.geometry, &mut self.alloc)?;
+            layout.seqs.push(SeqSpan {
+                start: layout.positions.len(),
+                len,
+                past,
+                block_table: blocks.table().to_vec(),
+            });
+            layout
+                .slots
+                .extend(blocks.append_slots(len, &self.geometry));
+            layout
+                .positions
+                .extend((past..past + len).map(|p| p as u32));
+        }
+        Ok(layout)
+    }
+
+    /// Rotary embedding + KV store, then attention, on layer 1; returns q and k after the
+    /// rotation and the attention output.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        b: &B,
+        batch: &BatchLayout,
+        heads: HeadGeometry,
+        inv_freq: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+    ) -> anyhow::Result<[Vec<f32>; 3]> {
+        let rows = batch.rows();
+        let tokens = vec![0u32; rows];
+        let logit_rows: Vec<u32> = batch
+            .seqs
+            .iter()
+            .map(|s| (s.start + s.len - 1) as u32)
+            .collect();
+        let step = b.prepare(&StepInput {
+            tokens: &tokens,
+            batch,
+            logit_rows: &logit_rows,
+            inv_freq,
+            heads,
+        })?;
+        let (qd, kvd) = (
+            heads.num_heads * heads.head_dim,
+            heads.num_kv_heads * heads.head_dim,
+        );
+        let mut qa = b.act_from_host(rows, qd, q)?;
+        let mut ka = b.act_from_host(rows, kvd, k)?;
+        let va = b.act_from_host(rows, kvd, v)?;
+        b.rope_kv(&mut qa, &mut ka, &va, &mut self.kv, 1, &step, heads)?;
+        let mut out = poisoned(b, rows, qd)?;
+        b.attention(&qa, &self.kv, 1, &step, heads, &mut out)?;
+        Ok([b.to_host(&qa)?, b.to_host(&ka)?, b.to_host(&out)?])
+    }
+}
+
+/// Rotary embedding, KV store and attention for several head layouts, over batches that mix
+/// prefill, continued prefill and decode, with contexts from 1 to 3000 tokens.
+fn check_attention(
+    cpu: &CpuBackend,
+    cuda: &CudaBackend,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let layouts = [
+        (9, 3, 64),
+        (32, 8, 64),
+        (32, 8, 128),
+        (4, 4, 64),
+        (16, 2, 128),
+    ];
+    let scenario: Vec<Vec<(usize, usize)>> = vec![
+        vec![(0, 37), (1, 70)],
+        vec![(0, 5), (1, 1)],
+        vec![(0, 1), (1, 1)],
+        vec![(2, 300), (3, 1), (4, 700)],
+        vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)],
+        vec![(4, 1), (2, 1), (0, 1)],
+        vec![(5, 3000)],
+        vec![(5, 1), (3, 1)],
+    ];
+    for (h, kvh, d) in layouts {
+        let heads = HeadGeometry {
+            num_heads: h,
+            num_kv_heads: kvh,
+            head_dim: d,
+        };
+        let config = ModelConfig {
+            head_dim: d,
+            ..preset("llama-3.2-1b")?
+        };
+        let inv_freq = inverse_frequencies(&config);
+        let mut on_cpu = KvRun::new(cpu, 2, heads, 6)?;
+        let mut on_cuda = KvRun::new(cuda, 2, heads, 6)?;
+        for batch in &scenario {
+            let layout = on_cpu.layout(batch)?;
+            on_cuda.layout(batch)?;
+            let rows = layout.rows();
+            let q = rng.normals(rows * h * d, 1.0);
+            let k = rng.normals(rows * kvh * d, 1.0);
+            let v = rng.normals(rows * kvh * d, 1.0);
+            let want = on_cpu.step(cpu, &layout, heads, &inv_freq, &q, &k, &v)?;
+            let got = on_cuda.step(cuda, &layout, heads, &inv_freq, &q, &k, &v)?;
+            let decode = batch.iter().all(|&(_, len)| len == 1);
+            let ctx = layout
+                .seqs
+                .iter()
+                .map(|s| s.past + s.len)
+                .max()
+                .unwrap_or(0);
+            let shape = format!("{h}/{kvh}x{d} {rows} rows ctx {ctx}");
+            checks.check(
+                "rope_kv",
+                &shape,
+                rel_err(&got[0], &want[0]).max(rel_err(&got[1], &want[1])),
+                1e-5,
+            );
+            checks.check(
+                if decode {
+                    "attention decode (split)"
+                } else {
+                    "attention prefill (tiled)"
+                },
+                &shape,
+                rel_err(&got[2], &want[2]),
+                ATTENTION_BOUND,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the op checks.
+pub fn run(
+    cuda: &CudaBackend,
+    dir: &Path,
+    rng: &mut Rng,
+    checks: &mut Checks,
+    big: bool,
+) -> anyhow::Result<()> {
+    let cpu = CpuBackend::new();
+    let file = write_weights(dir, rng, big)?;
+    check_products(&cpu, cuda, &file, rng, checks, big)?;
+    check_norms(&cpu, cuda, &file, rng, checks)?;
+    check_elementwise(&cpu, cuda, &file, rng, checks)?;
+    check_attention(&cpu, cuda, rng, checks)?;
+    Ok(())
+}
