@@ -78,6 +78,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         for bm in [64, 128] {
             all.push(("gemm", format!("qrt_gemm_{t}_m{bm}")));
         }
+        all.push(("gemv_tc", format!("qrt_gemv_tc_{t}")));
         all.push(("elementwise", format!("qrt_to_{t}")));
     }
     for d in [64, 128] {
@@ -100,6 +101,58 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("norm", name.to_string()));
     }
     all
+}
+
+/// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
+/// returns the arguments and the number of blocks.
+fn gemv_args(
+    batch: usize,
+    x: u64,
+    k: usize,
+    segments: &[GemvSegment],
+    rows_per_block: usize,
+    k_multiple: usize,
+) -> Result<(qrt_gemv_args, u32), KernelError> {
+    if !(1..=QRT_GEMV_MAX_BATCH as usize).contains(&batch) {
+        return Err(KernelError::Shape(format!(
+            "GEMV batch {batch} outside 1..={QRT_GEMV_MAX_BATCH}"
+        )));
+    }
+    if k == 0 || !k.is_multiple_of(k_multiple) {
+        return Err(KernelError::Shape(format!(
+            "this GEMV needs k a positive multiple of {k_multiple}, got {k}"
+        )));
+    }
+    if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
+        return Err(KernelError::Shape(format!(
+            "GEMV takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
+            segments.len()
+        )));
+    }
+    let mut args = qrt_gemv_args {
+        x,
+        k: u32_of("k", k)?,
+        num_segments: segments.len() as u32,
+        ..Default::default()
+    };
+    let mut blocks = 0usize;
+    for (slot, s) in args.seg.iter_mut().zip(segments) {
+        if s.n == 0 || !s.w.is_multiple_of(16) {
+            return Err(KernelError::Shape(format!(
+                "GEMV matrix of {} rows at {:#x}: needs rows and 16-byte alignment",
+                s.n, s.w
+            )));
+        }
+        *slot = qrt_gemv_segment {
+            w: s.w,
+            bias: s.bias,
+            y: s.y,
+            n: u32_of("n", s.n)?,
+            first_block: u32_of("blocks", blocks)?,
+        };
+        blocks += s.n.div_ceil(rows_per_block);
+    }
+    Ok((args, u32_of("blocks", blocks)?))
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {
@@ -157,7 +210,9 @@ impl CudaDevice {
     }
 
     /// `y[b, :] = w @ x[b, :] (+ bias)` for each segment, `x` being `[batch, k]` f32 at `x`.
-    /// One launch covers up to three matrices that read the same `x`.
+    /// One launch covers up to three matrices that read the same `x`. A batch of one runs on
+    /// the FMA units with f32 activations; larger batches run on the tensor cores
+    /// ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of 32.
     ///
     /// # Safety
     /// Every address must hold what [`GemvSegment`] and the shapes say.
@@ -169,21 +224,9 @@ impl CudaDevice {
         k: usize,
         segments: &[GemvSegment],
     ) -> Result<(), KernelError> {
-        if !(1..=QRT_GEMV_MAX_BATCH as usize).contains(&batch) {
-            return Err(KernelError::Shape(format!(
-                "GEMV batch {batch} outside 1..={QRT_GEMV_MAX_BATCH}"
-            )));
-        }
-        if k == 0 || !k.is_multiple_of(8) {
-            return Err(KernelError::Shape(format!(
-                "GEMV needs k a positive multiple of 8, got {k}"
-            )));
-        }
-        if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
-            return Err(KernelError::Shape(format!(
-                "GEMV takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
-                segments.len()
-            )));
+        if batch > 1 && k.is_multiple_of(32) {
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.gemv_tc(ty, batch, x, k, segments) };
         }
         let total: usize = segments.iter().map(|s| s.n).sum();
         let rows_per_block = if total >= 8192 {
@@ -193,29 +236,7 @@ impl CudaDevice {
         } else {
             1
         };
-        let mut args = qrt_gemv_args {
-            x,
-            k: u32_of("k", k)?,
-            num_segments: segments.len() as u32,
-            ..Default::default()
-        };
-        let mut blocks = 0usize;
-        for (slot, s) in args.seg.iter_mut().zip(segments) {
-            if s.n == 0 || !s.w.is_multiple_of(16) {
-                return Err(KernelError::Shape(format!(
-                    "GEMV matrix of {} rows at {:#x}: needs rows and 16-byte alignment",
-                    s.n, s.w
-                )));
-            }
-            *slot = qrt_gemv_segment {
-                w: s.w,
-                bias: s.bias,
-                y: s.y,
-                n: u32_of("n", s.n)?,
-                first_block: u32_of("blocks", blocks)?,
-            };
-            blocks += s.n.div_ceil(rows_per_block);
-        }
+        let (args, blocks) = gemv_args(batch, x, k, segments, rows_per_block, 8)?;
         let warps = (k / 8 / 64).clamp(1, 8) as u32;
         let kernel = format!("qrt_gemv_{}_b{batch}_r{rows_per_block}", ty.name());
         // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees the
@@ -224,9 +245,37 @@ impl CudaDevice {
             self.launch(
                 "gemv",
                 &kernel,
-                (u32_of("blocks", blocks)?, 1, 1),
+                (blocks, 1, 1),
                 warps * 32,
                 &mut params([&args]),
+            )
+        }
+    }
+
+    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are
+    /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
+    ///
+    /// # Safety
+    /// Every address must hold what [`GemvSegment`] and the shapes say.
+    pub unsafe fn gemv_tc(
+        &self,
+        ty: Half16,
+        batch: usize,
+        x: u64,
+        k: usize,
+        segments: &[GemvSegment],
+    ) -> Result<(), KernelError> {
+        let (args, blocks) = gemv_args(batch, x, k, segments, 16, 32)?;
+        let kernel = format!("qrt_gemv_tc_{}", ty.name());
+        let batch = batch as u32;
+        // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the addresses.
+        unsafe {
+            self.launch(
+                "gemv_tc",
+                &kernel,
+                (blocks, 1, 1),
+                256,
+                &mut params([&args, &batch]),
             )
         }
     }

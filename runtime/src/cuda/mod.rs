@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
-use qrt_kernels::{CudaDevice, DeviceBuffer, GemvSegment, Graph, Half16};
+use qrt_kernels::{CudaDevice, DeviceBuffer, Event, GemvSegment, Graph, Half16};
 
 use crate::backend::{Backend, HeadGeometry, LinearOut, StepInput};
 use crate::cpu::read_dense_f32;
@@ -35,6 +35,8 @@ pub struct CudaBackend {
     pool: ActPool,
     graphs: Mutex<Graphs>,
     use_graphs: bool,
+    /// With `QRT_PROFILE=1`: every op's start and end events (graphs are then off).
+    profile: Option<Mutex<Vec<(&'static str, Event, Event)>>>,
 }
 
 /// Recorded decode passes, and the fixed input buffers they read.
@@ -132,16 +134,78 @@ fn check(what: &str, act: &CudaAct, rows: usize, cols: usize) -> Result<(), Runt
 }
 
 impl CudaBackend {
-    /// A backend on GPU `ordinal`; CUDA graphs for decode unless `QRT_CUDA_GRAPHS=0`.
+    /// A backend on GPU `ordinal`; CUDA graphs for decode unless `QRT_CUDA_GRAPHS=0`;
+    /// `QRT_PROFILE=1` times every op (see [`profile_report`](Self::profile_report)).
     pub fn new(ordinal: usize) -> Result<Self, RuntimeError> {
         let dev = Arc::new(CudaDevice::new(ordinal)?);
-        let use_graphs = std::env::var("QRT_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let flag = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty() && v != "0")
+        };
+        let profile = flag("QRT_PROFILE").map(|_| Mutex::default());
+        let use_graphs =
+            profile.is_none() && std::env::var("QRT_CUDA_GRAPHS").map_or(true, |v| v != "0");
         Ok(Self {
             pool: ActPool::new(dev.clone()),
             dev,
             graphs: Mutex::default(),
             use_graphs,
+            profile,
         })
+    }
+
+    /// Runs `op`, recording its device time under `label` when profiling.
+    fn timed<T>(
+        &self,
+        label: &'static str,
+        op: impl FnOnce() -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let Some(profile) = &self.profile else {
+            return op();
+        };
+        let start = self.dev.record_event()?;
+        let out = op()?;
+        let end = self.dev.record_event()?;
+        profile
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((label, start, end));
+        Ok(out)
+    }
+
+    /// With `QRT_PROFILE=1`: device time per kind of op since the last report, as a table
+    /// (and the record is cleared). `None` when not profiling.
+    pub fn profile_report(&self) -> Result<Option<String>, RuntimeError> {
+        let Some(profile) = &self.profile else {
+            return Ok(None);
+        };
+        let events = std::mem::take(&mut *profile.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut totals: Vec<(&str, usize, f64)> = Vec::new();
+        for (label, start, end) in &events {
+            let ms = f64::from(start.elapsed_ms(end)?);
+            match totals.iter_mut().find(|t| t.0 == *label) {
+                Some(t) => {
+                    t.1 += 1;
+                    t.2 += ms;
+                }
+                None => totals.push((label, 1, ms)),
+            }
+        }
+        totals.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let all: f64 = totals.iter().map(|t| t.2).sum();
+        let mut out = format!(
+            "{:<28} {:>8} {:>12} {:>10} {:>7}\n",
+            "op", "calls", "total ms", "mean us", "share"
+        );
+        for (label, n, ms) in totals {
+            out += &format!(
+                "{label:<28} {n:>8} {ms:>12.3} {:>10.2} {:>6.1}%\n",
+                ms * 1e3 / n as f64,
+                100.0 * ms / all.max(f64::MIN_POSITIVE)
+            );
+        }
+        Ok(Some(out))
     }
 
     /// The device.
@@ -423,7 +487,9 @@ impl Backend for CudaBackend {
     }
 
     fn prepare(&self, input: &StepInput<'_>) -> Result<CudaStep, RuntimeError> {
-        self.upload_step(plan(input)?, input.heads)
+        self.timed("upload inputs", || {
+            self.upload_step(plan(input)?, input.heads)
+        })
     }
 
     fn run_step(
@@ -458,26 +524,28 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        check("embed", out, step.plan.rows, table.cols)?;
-        if step.plan.rows > 0 && step.plan.max_token as usize >= table.rows {
-            return Err(RuntimeError::Shape(format!(
-                "token id {} is outside the vocabulary of {}",
-                step.plan.max_token, table.rows
-            )));
-        }
-        let ty = Self::half_type(table)?.name();
-        // SAFETY: the tokens are below table.rows (checked); out holds rows * cols f32.
-        unsafe {
-            self.dev.embed(
-                ty,
-                table.buf.ptr(),
-                step.at(step.plan.tokens),
-                out.ptr(),
-                step.plan.rows,
-                table.cols,
-            )?
-        };
-        Ok(())
+        self.timed("embed", || {
+            check("embed", out, step.plan.rows, table.cols)?;
+            if step.plan.rows > 0 && step.plan.max_token as usize >= table.rows {
+                return Err(RuntimeError::Shape(format!(
+                    "token id {} is outside the vocabulary of {}",
+                    step.plan.max_token, table.rows
+                )));
+            }
+            let ty = Self::half_type(table)?.name();
+            // SAFETY: the tokens are below table.rows (checked); out holds rows * cols f32.
+            unsafe {
+                self.dev.embed(
+                    ty,
+                    table.buf.ptr(),
+                    step.at(step.plan.tokens),
+                    out.ptr(),
+                    step.plan.rows,
+                    table.cols,
+                )?
+            };
+            Ok(())
+        })
     }
 
     fn rms_norm(
@@ -487,14 +555,16 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        check("rms_norm", out, x.rows, weight.cols)?;
-        check("rms_norm input", x, out.rows, weight.cols)?;
-        // SAFETY: shapes checked; the weight holds cols f32.
-        unsafe {
-            self.dev
-                .rms_norm_rows(x.ptr(), weight.buf.ptr(), out.ptr(), x.rows, x.cols, eps)?
-        };
-        Ok(())
+        self.timed("rms_norm", || {
+            check("rms_norm", out, x.rows, weight.cols)?;
+            check("rms_norm input", x, out.rows, weight.cols)?;
+            // SAFETY: shapes checked; the weight holds cols f32.
+            unsafe {
+                self.dev
+                    .rms_norm_rows(x.ptr(), weight.buf.ptr(), out.ptr(), x.rows, x.cols, eps)?
+            };
+            Ok(())
+        })
     }
 
     fn add_rms_norm(
@@ -505,23 +575,25 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        check("add_rms_norm residual", residual, x.rows, x.cols)?;
-        check("add_rms_norm output", out, x.rows, weight.cols)?;
-        check("add_rms_norm input", x, out.rows, weight.cols)?;
-        // SAFETY: shapes checked; x is both an input and the sum, as the kernel allows.
-        unsafe {
-            self.dev.add_rms_norm_rows(
-                x.ptr(),
-                residual.ptr(),
-                weight.buf.ptr(),
-                x.ptr(),
-                out.ptr(),
-                x.rows,
-                x.cols,
-                eps,
-            )?
-        };
-        Ok(())
+        self.timed("add_rms_norm", || {
+            check("add_rms_norm residual", residual, x.rows, x.cols)?;
+            check("add_rms_norm output", out, x.rows, weight.cols)?;
+            check("add_rms_norm input", x, out.rows, weight.cols)?;
+            // SAFETY: shapes checked; x is both an input and the sum, as the kernel allows.
+            unsafe {
+                self.dev.add_rms_norm_rows(
+                    x.ptr(),
+                    residual.ptr(),
+                    weight.buf.ptr(),
+                    x.ptr(),
+                    out.ptr(),
+                    x.rows,
+                    x.cols,
+                    eps,
+                )?
+            };
+            Ok(())
+        })
     }
 
     fn linear(
@@ -535,56 +607,63 @@ impl Backend for CudaBackend {
     }
 
     fn linears(&self, x: &CudaAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
-        let Some(first) = outs.first() else {
-            return Ok(());
+        let label = match x.rows {
+            1 => "linear gemv",
+            r if r <= MAX_GEMV_ROWS => "linear gemv (tensor cores)",
+            _ => "linear gemm",
         };
-        let ty = Self::half_type(first.weight)?;
-        for o in outs.iter() {
-            Self::check_linear(x, o.weight, o.bias, o.out)?;
-            if Self::half_type(o.weight)? != ty {
-                return Err(RuntimeError::Unsupported(format!(
-                    "{} and {} have different storage types",
-                    first.weight.name, o.weight.name
-                )));
-            }
-        }
-        if x.rows == 0 {
-            return Ok(());
-        }
-        let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
-        if x.rows <= MAX_GEMV_ROWS {
-            for chunk in outs.chunks(3) {
-                let segments: Vec<GemvSegment> = chunk
-                    .iter()
-                    .map(|o| GemvSegment {
-                        w: o.weight.buf.ptr(),
-                        bias: bias_ptr(o.bias),
-                        y: o.out.ptr(),
-                        n: o.weight.rows,
-                    })
-                    .collect();
-                // SAFETY: shapes checked above; every buffer holds what the segment says.
-                unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments)? };
-            }
-            return Ok(());
-        }
-        let a = self.to_half16(x, ty)?;
-        for o in outs.iter() {
-            // SAFETY: shapes checked above.
-            unsafe {
-                self.dev.gemm(
-                    ty,
-                    a.ptr(),
-                    o.weight.buf.ptr(),
-                    bias_ptr(o.bias),
-                    o.out.ptr(),
-                    x.rows,
-                    o.weight.rows,
-                    x.cols,
-                )?
+        self.timed(label, || {
+            let Some(first) = outs.first() else {
+                return Ok(());
             };
-        }
-        Ok(())
+            let ty = Self::half_type(first.weight)?;
+            for o in outs.iter() {
+                Self::check_linear(x, o.weight, o.bias, o.out)?;
+                if Self::half_type(o.weight)? != ty {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "{} and {} have different storage types",
+                        first.weight.name, o.weight.name
+                    )));
+                }
+            }
+            if x.rows == 0 {
+                return Ok(());
+            }
+            let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
+            if x.rows <= MAX_GEMV_ROWS {
+                for chunk in outs.chunks(3) {
+                    let segments: Vec<GemvSegment> = chunk
+                        .iter()
+                        .map(|o| GemvSegment {
+                            w: o.weight.buf.ptr(),
+                            bias: bias_ptr(o.bias),
+                            y: o.out.ptr(),
+                            n: o.weight.rows,
+                        })
+                        .collect();
+                    // SAFETY: shapes checked above; every buffer holds what the segment says.
+                    unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments)? };
+                }
+                return Ok(());
+            }
+            let a = self.to_half16(x, ty)?;
+            for o in outs.iter() {
+                // SAFETY: shapes checked above.
+                unsafe {
+                    self.dev.gemm(
+                        ty,
+                        a.ptr(),
+                        o.weight.buf.ptr(),
+                        bias_ptr(o.bias),
+                        o.out.ptr(),
+                        x.rows,
+                        o.weight.rows,
+                        x.cols,
+                    )?
+                };
+            }
+            Ok(())
+        })
     }
 
     fn rope_kv(
@@ -597,44 +676,46 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         heads: HeadGeometry,
     ) -> Result<(), RuntimeError> {
-        let rows = step.plan.rows;
-        let d = heads.head_dim;
-        check("rope q", q, rows, heads.num_heads * d)?;
-        check("rope k", k, rows, heads.num_kv_heads * d)?;
-        check("rope v", v, rows, heads.num_kv_heads * d)?;
-        let g = &kv.geometry;
-        if layer >= g.num_layers
-            || g.slot_elems() != heads.num_kv_heads * d
-            || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
-        {
-            return Err(RuntimeError::Shape(format!(
-                "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
-                step.plan.max_slot,
-                g.num_layers,
-                g.num_slots()
-            )));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let off = kv.layer_offset(layer);
-        let args = qrt_rope_kv_args {
-            q: q.ptr(),
-            k: k.ptr(),
-            v: v.ptr(),
-            k_cache: kv.k.ptr() + off,
-            v_cache: kv.v.ptr() + off,
-            positions: step.at(step.plan.positions),
-            slots: step.at(step.plan.slots),
-            inv_freq: step.at(step.plan.inv_freq),
-            rows: rows as u32,
-            num_heads: heads.num_heads as u32,
-            num_kv_heads: heads.num_kv_heads as u32,
-            head_dim: d as u32,
-        };
-        // SAFETY: shapes and slots checked above.
-        unsafe { self.dev.rope_kv(&args)? };
-        Ok(())
+        self.timed("rope_kv", || {
+            let rows = step.plan.rows;
+            let d = heads.head_dim;
+            check("rope q", q, rows, heads.num_heads * d)?;
+            check("rope k", k, rows, heads.num_kv_heads * d)?;
+            check("rope v", v, rows, heads.num_kv_heads * d)?;
+            let g = &kv.geometry;
+            if layer >= g.num_layers
+                || g.slot_elems() != heads.num_kv_heads * d
+                || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
+            {
+                return Err(RuntimeError::Shape(format!(
+                    "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
+                    step.plan.max_slot,
+                    g.num_layers,
+                    g.num_slots()
+                )));
+            }
+            if rows == 0 {
+                return Ok(());
+            }
+            let off = kv.layer_offset(layer);
+            let args = qrt_rope_kv_args {
+                q: q.ptr(),
+                k: k.ptr(),
+                v: v.ptr(),
+                k_cache: kv.k.ptr() + off,
+                v_cache: kv.v.ptr() + off,
+                positions: step.at(step.plan.positions),
+                slots: step.at(step.plan.slots),
+                inv_freq: step.at(step.plan.inv_freq),
+                rows: rows as u32,
+                num_heads: heads.num_heads as u32,
+                num_kv_heads: heads.num_kv_heads as u32,
+                head_dim: d as u32,
+            };
+            // SAFETY: shapes and slots checked above.
+            unsafe { self.dev.rope_kv(&args)? };
+            Ok(())
+        })
     }
 
     fn attention(
@@ -646,33 +727,40 @@ impl Backend for CudaBackend {
         heads: HeadGeometry,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        let q_dim = heads.num_heads * heads.head_dim;
-        check("attention query", q, step.plan.rows, q_dim)?;
-        check("attention output", out, step.plan.rows, q_dim)?;
-        let g = &kv.geometry;
-        if heads != step.heads
-            || layer >= g.num_layers
-            || g.slot_elems() != heads.num_kv_heads * heads.head_dim
-            || step.plan.max_block as usize >= g.num_blocks
-        {
-            return Err(RuntimeError::Shape(format!(
-                "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
-                step.plan.max_block, g.num_layers, g.num_blocks
-            )));
-        }
-        if step.plan.rows == 0 {
-            return Ok(());
-        }
-        let args = self.attn_args(q, kv, layer, step, out);
-        // SAFETY: shapes, blocks and tables checked (tables by `plan`).
-        unsafe {
-            if step.plan.decode.is_some() {
-                self.dev.attention_decode(&args)?
-            } else {
-                self.dev.attention_prefill(&args, step.plan.num_tiles)?
-            }
+        let label = if step.plan.decode.is_some() {
+            "attention decode"
+        } else {
+            "attention prefill"
         };
-        Ok(())
+        self.timed(label, || {
+            let q_dim = heads.num_heads * heads.head_dim;
+            check("attention query", q, step.plan.rows, q_dim)?;
+            check("attention output", out, step.plan.rows, q_dim)?;
+            let g = &kv.geometry;
+            if heads != step.heads
+                || layer >= g.num_layers
+                || g.slot_elems() != heads.num_kv_heads * heads.head_dim
+                || step.plan.max_block as usize >= g.num_blocks
+            {
+                return Err(RuntimeError::Shape(format!(
+                    "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
+                    step.plan.max_block, g.num_layers, g.num_blocks
+                )));
+            }
+            if step.plan.rows == 0 {
+                return Ok(());
+            }
+            let args = self.attn_args(q, kv, layer, step, out);
+            // SAFETY: shapes, blocks and tables checked (tables by `plan`).
+            unsafe {
+                if step.plan.decode.is_some() {
+                    self.dev.attention_decode(&args)?
+                } else {
+                    self.dev.attention_prefill(&args, step.plan.num_tiles)?
+                }
+            };
+            Ok(())
+        })
     }
 
     fn silu_mul(
@@ -681,14 +769,16 @@ impl Backend for CudaBackend {
         up: &CudaAct,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        check("silu_mul up", up, gate.rows, gate.cols)?;
-        check("silu_mul output", out, gate.rows, gate.cols)?;
-        // SAFETY: all three hold gate.len() f32.
-        unsafe {
-            self.dev
-                .silu_mul(gate.ptr(), up.ptr(), out.ptr(), gate.len())?
-        };
-        Ok(())
+        self.timed("silu_mul", || {
+            check("silu_mul up", up, gate.rows, gate.cols)?;
+            check("silu_mul output", out, gate.rows, gate.cols)?;
+            // SAFETY: all three hold gate.len() f32.
+            unsafe {
+                self.dev
+                    .silu_mul(gate.ptr(), up.ptr(), out.ptr(), gate.len())?
+            };
+            Ok(())
+        })
     }
 
     fn select_rows(
@@ -697,22 +787,24 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        check("select_rows input", x, step.plan.rows, out.cols)?;
-        check("select_rows output", out, step.plan.num_logit_rows, x.cols)?;
-        if out.rows == 0 {
-            return Ok(());
-        }
-        // SAFETY: the logit rows are below x.rows (checked by `plan`).
-        unsafe {
-            self.dev.gather_rows(
-                x.ptr(),
-                step.at(step.plan.logit_rows),
-                out.ptr(),
-                out.rows,
-                x.cols,
-            )?
-        };
-        Ok(())
+        self.timed("select_rows", || {
+            check("select_rows input", x, step.plan.rows, out.cols)?;
+            check("select_rows output", out, step.plan.num_logit_rows, x.cols)?;
+            if out.rows == 0 {
+                return Ok(());
+            }
+            // SAFETY: the logit rows are below x.rows (checked by `plan`).
+            unsafe {
+                self.dev.gather_rows(
+                    x.ptr(),
+                    step.at(step.plan.logit_rows),
+                    out.ptr(),
+                    out.rows,
+                    x.cols,
+                )?
+            };
+            Ok(())
+        })
     }
 
     fn to_host(&self, x: &CudaAct) -> Result<Vec<f32>, RuntimeError> {
@@ -723,19 +815,21 @@ impl Backend for CudaBackend {
     }
 
     fn argmax(&self, logits: &CudaAct) -> Result<Vec<u32>, RuntimeError> {
-        let mut tokens = vec![0u32; logits.rows];
-        if logits.rows == 0 {
-            return Ok(tokens);
-        }
-        let buf = self.pool.get(logits.rows * 4, "chosen tokens")?;
-        // SAFETY: logits holds rows * cols f32, buf room for rows u32.
-        unsafe {
-            self.dev
-                .argmax(logits.ptr(), buf.ptr(), logits.rows, logits.cols)?;
-            self.dev
-                .copy_to_host(buf.ptr(), &mut tokens, "chosen tokens")?;
-        }
-        Ok(tokens)
+        self.timed("argmax", || {
+            let mut tokens = vec![0u32; logits.rows];
+            if logits.rows == 0 {
+                return Ok(tokens);
+            }
+            let buf = self.pool.get(logits.rows * 4, "chosen tokens")?;
+            // SAFETY: logits holds rows * cols f32, buf room for rows u32.
+            unsafe {
+                self.dev
+                    .argmax(logits.ptr(), buf.ptr(), logits.rows, logits.cols)?;
+                self.dev
+                    .copy_to_host(buf.ptr(), &mut tokens, "chosen tokens")?;
+            }
+            Ok(tokens)
+        })
     }
 
     fn rows(&self, x: &CudaAct) -> usize {

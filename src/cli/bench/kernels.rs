@@ -128,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, _)| dev.alloc(m_max * n * 4, "benchmark output"))
                 .collect::<Result<_, _>>()?;
-            for batch in [1usize, 4, 8] {
+            for (batch, tensor_cores) in [(1usize, false), (1, true), (4, true), (8, true)] {
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
                     let segs: Vec<GemvSegment> = mats
                         .iter()
@@ -142,12 +142,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         })
                         .collect();
                     // SAFETY: every buffer was allocated for these shapes.
-                    unsafe { dev.gemv(Half16::F16, batch, x.ptr(), k, &segs)? };
+                    unsafe {
+                        if tensor_cores {
+                            dev.gemv_tc(Half16::F16, batch, x.ptr(), k, &segs)?
+                        } else {
+                            dev.gemv(Half16::F16, batch, x.ptr(), k, &segs)?
+                        }
+                    };
                     Ok(())
                 })?;
                 let gbs = set_bytes as f64 / (median * 1e-6) / 1e9;
                 results.push(KernelResult {
-                    kernel: format!("gemv b{batch}"),
+                    kernel: format!("gemv{} b{batch}", if tensor_cores { " tc" } else { "" }),
                     shape: format!("{model} {name} {mats:?}"),
                     dtype: "f16".into(),
                     median_us: median,

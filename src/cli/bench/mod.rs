@@ -73,6 +73,8 @@ trait Probe {
     fn peak_allocated(&self) -> Option<u64>;
     /// The NVML index of the GPU, where there is one.
     fn gpu_index(&self) -> Option<u32>;
+    /// Device time per op since the last call, where the backend profiles (`QRT_PROFILE=1`).
+    fn profile(&self) -> anyhow::Result<Option<String>>;
 }
 
 impl Probe for CpuBackend {
@@ -95,6 +97,9 @@ impl Probe for CpuBackend {
     fn gpu_index(&self) -> Option<u32> {
         None
     }
+    fn profile(&self) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 impl Probe for CudaBackend {
@@ -106,6 +111,9 @@ impl Probe for CudaBackend {
     }
     fn gpu_index(&self) -> Option<u32> {
         Some(self.device().ordinal() as u32)
+    }
+    fn profile(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.profile_report()?)
     }
 }
 
@@ -161,6 +169,14 @@ fn weight_bytes_per_step(mf: &ModelFile) -> u64 {
         .sum()
 }
 
+/// Prints the backend's op profile since the last call (when it profiles and `show`).
+fn print_profile(backend: &impl Probe, show: bool, what: &str) -> anyhow::Result<()> {
+    if let Some(table) = backend.profile()?.filter(|_| show) {
+        eprintln!("\n{what}:\n{table}");
+    }
+    Ok(())
+}
+
 fn measure<B: Backend + Probe>(
     engine: &mut Engine<B>,
     mf: &ModelFile,
@@ -207,9 +223,15 @@ fn measure<B: Backend + Probe>(
                     seed: s as u64,
                 })?;
             }
+            // The last run's ops are profiled, when the backend profiles.
+            let last = it + 1 == args.warmup + args.iters;
+            if last {
+                engine.backend().profile()?;
+            }
             let t = Instant::now();
             let first = engine.step()?;
             let prefill = t.elapsed().as_secs_f64() * 1e3;
+            print_profile(engine.backend(), last, &format!("batch {batch}, prefill"))?;
             if first.len() != batch || !first.iter().all(|s| s.prefill) {
                 bail!("the first step read {} of {batch} prompts", first.len());
             }
@@ -221,6 +243,11 @@ fn measure<B: Backend + Probe>(
                 steps += 1;
             }
             let per_step = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            print_profile(
+                engine.backend(),
+                last,
+                &format!("batch {batch}, {steps} decode steps"),
+            )?;
             if it >= args.warmup {
                 prefill_ms.push(prefill);
                 step_ms.push(per_step);

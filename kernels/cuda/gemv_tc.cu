@@ -1,0 +1,156 @@
+// Batched GEMV on the tensor cores, for decode steps of 2 to 8 sequences:
+// y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]), weights f16 or bf16, activations rounded to the
+// weight type (as the prefill GEMM does), f32 accumulation.
+//
+// With the FMA kernel (gemv.cu) a batch of 8 costs eight multiply-adds per weight, which makes a
+// decode step of 8 sequences twice as slow as one of 1; here `mma.sync.m16n8k16` takes 16 weight
+// rows against the 8 batch columns at once, so the weights stream at the same speed whatever
+// the batch. Each lane loads its weights straight from global memory in 16-byte pieces: lane l
+// reads 8 consecutive k of rows l/4 and l/4 + 8. That is not the k order of an mma fragment,
+// but a dot product may sum its k in any order as long as weights and activations use the same
+// one, so the activations are loaded in that same permuted order. A block is one 16-row tile;
+// its 8 warps split k in steps of 32 and add their tiles in shared memory at the end.
+
+#include "common.cuh"
+#include "qrt_kernels.h"
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 4;  // k-steps of 32 per iteration: 2 * kUnroll weight loads in flight
+
+template <typename W>
+struct Mma16816;
+
+template <>
+struct Mma16816<__half> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b) {
+        const __half2 h = __floats2half2_rn(a, b);
+        return *reinterpret_cast<const uint32_t*>(&h);
+    }
+    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1,
+                                               uint32_t a2, uint32_t a3, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+
+template <>
+struct Mma16816<__nv_bfloat16> {
+    static __device__ __forceinline__ uint32_t pack(float a, float b) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+        return *reinterpret_cast<const uint32_t*>(&h);
+    }
+    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1,
+                                               uint32_t a2, uint32_t a3, uint32_t b0,
+                                               uint32_t b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+};
+
+template <typename W>
+__device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch) {
+    // This block's segment (compile-time indices, so the arguments stay in registers).
+    qrt_gemv_segment seg = args.seg[0];
+#pragma unroll
+    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+    }
+    const unsigned row0 = (blockIdx.x - seg.first_block) * 16;
+    const unsigned k = args.k;
+    const unsigned steps = k / 32;
+    const unsigned warp = threadIdx.x / 32;
+    const unsigned lane = threadIdx.x % 32;
+    const unsigned r = lane / 4;  // fragment row, and batch column
+    const unsigned q = lane % 4;  // which 8 of the 32 k of a step
+
+    const W* w = reinterpret_cast<const W*>(seg.w);
+    const uint4* w_lo =
+        reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r, seg.n - 1)) * k);
+    const uint4* w_hi =
+        reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r + 8, seg.n - 1)) * k);
+    const bool has_x = r < batch;
+    const float4* xr =
+        reinterpret_cast<const float4*>(reinterpret_cast<const float*>(args.x) +
+                                        static_cast<size_t>(has_x ? r : 0) * k);
+
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    unsigned s = warp;
+    for (; s + (kUnroll - 1) * kWarps < steps; s += kUnroll * kWarps) {
+        uint4 lo[kUnroll], hi[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const unsigned c = (s + u * kWarps) * 4 + q;  // 16-byte chunk of the row
+            lo[u] = qrt::load_stream(w_lo + c);
+            hi[u] = qrt::load_stream(w_hi + c);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const unsigned c = (s + u * kWarps) * 4 + q;
+            float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
+            if (has_x) {
+                x0 = __ldg(xr + 2 * c);
+                x1 = __ldg(xr + 2 * c + 1);
+            }
+            const uint32_t b0 = Mma16816<W>::pack(x0.x, x0.y);
+            const uint32_t b1 = Mma16816<W>::pack(x0.z, x0.w);
+            const uint32_t b2 = Mma16816<W>::pack(x1.x, x1.y);
+            const uint32_t b3 = Mma16816<W>::pack(x1.z, x1.w);
+            Mma16816<W>::run(acc, lo[u].x, hi[u].x, lo[u].y, hi[u].y, b0, b1);
+            Mma16816<W>::run(acc, lo[u].z, hi[u].z, lo[u].w, hi[u].w, b2, b3);
+        }
+    }
+    for (; s < steps; s += kWarps) {
+        const unsigned c = s * 4 + q;
+        const uint4 lo = qrt::load_stream(w_lo + c);
+        const uint4 hi = qrt::load_stream(w_hi + c);
+        float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
+        if (has_x) {
+            x0 = __ldg(xr + 2 * c);
+            x1 = __ldg(xr + 2 * c + 1);
+        }
+        Mma16816<W>::run(acc, lo.x, hi.x, lo.y, hi.y, Mma16816<W>::pack(x0.x, x0.y),
+                         Mma16816<W>::pack(x0.z, x0.w));
+        Mma16816<W>::run(acc, lo.z, hi.z, lo.w, hi.w, Mma16816<W>::pack(x1.x, x1.y),
+                         Mma16816<W>::pack(x1.z, x1.w));
+    }
+
+    // acc: rows r and r + 8, batch columns 2q and 2q + 1. Sum the warps' tiles.
+    __shared__ float tile[kWarps][16][8];
+    tile[warp][r][2 * q] = acc[0];
+    tile[warp][r][2 * q + 1] = acc[1];
+    tile[warp][r + 8][2 * q] = acc[2];
+    tile[warp][r + 8][2 * q + 1] = acc[3];
+    __syncthreads();
+    if (threadIdx.x < 16 * 8) {
+        const unsigned m = threadIdx.x / 8;
+        const unsigned b = threadIdx.x % 8;
+        const unsigned row = row0 + m;
+        if (b < batch && row < seg.n) {
+            float sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < kWarps; ++i) sum += tile[i][m][b];
+            if (seg.bias != 0) sum += reinterpret_cast<const float*>(seg.bias)[row];
+            reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kWarps * 32)
+    qrt_gemv_tc_f16(const qrt_gemv_args args, uint32_t batch) {
+    gemv_tc<__half>(args, batch);
+}
+extern "C" __global__ void __launch_bounds__(kWarps * 32)
+    qrt_gemv_tc_bf16(const qrt_gemv_args args, uint32_t batch) {
+    gemv_tc<__nv_bfloat16>(args, batch);
+}
