@@ -36,8 +36,11 @@ pub struct CudaBackend {
     graphs: Mutex<Graphs>,
     use_graphs: bool,
     /// With `QRT_PROFILE=1`: every op's start and end events (graphs are then off).
-    profile: Option<Mutex<Vec<(&'static str, Event, Event)>>>,
+    profile: Option<Mutex<Vec<TimedOp>>>,
 }
+
+/// An op's label and the events around it.
+type TimedOp = (&'static str, Event, Event);
 
 /// Recorded decode passes, and the fixed input buffers they read.
 #[derive(Default)]
