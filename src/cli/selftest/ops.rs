@@ -24,7 +24,7 @@ use super::{rel_err, Checks};
 /// Error bound of a product: the FMA GEMV (one row, or k not a multiple of 32) keeps f32
 /// activations; the tensor-core kernels round them to the weight type.
 fn linear_bound(rows: usize, k: usize, dtype: ElemType) -> f64 {
-    let tensor_cores = rows > 1 && (rows > qrt_runtime::cuda::MAX_GEMV_ROWS || k % 32 == 0);
+    let tensor_cores = rows > 1 && (rows > qrt_runtime::cuda::MAX_GEMV_ROWS || k.is_multiple_of(32));
     match (tensor_cores, dtype) {
         (false, _) => 1e-5,
         (true, ElemType::BF16) => 1e-2,
@@ -175,7 +175,7 @@ fn check_products(
             let got = products(cuda, file, &x, rows, k, &mats)?;
             let kind = match rows {
                 1 => "gemv",
-                r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k % 32 == 0 => "gemv tc",
+                r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
                 _ => "gemm",
             };
