@@ -49,6 +49,28 @@ struct Half16<__nv_bfloat16> {
     }
 };
 
+// Programmatic dependent launch (sm_90 and newer; no-ops before, and for kernels launched
+// without the attribute). Every kernel calls `wait` before it touches data an earlier kernel
+// of the stream wrote (or writes anything), then `launch_dependents`, which lets the next
+// kernel be scheduled and run its own prologue (a GEMV streams in its weights) meanwhile.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Both, in order: for kernels with nothing to do before their inputs are ready.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
 // 16 bytes read once from global memory, bypassing L1 (weights are streamed, never reused).
 __device__ __forceinline__ uint4 load_stream(const void* p) {
     uint4 r;

@@ -23,6 +23,7 @@ __device__ __forceinline__ float to_f32(__nv_bfloat16 v) {
 template <typename T>
 __device__ __forceinline__ void embed(const T* table, const uint32_t* tokens, float* out,
                                       uint32_t cols) {
+    qrt::pdl_enter();
     const size_t src = static_cast<size_t>(tokens[blockIdx.x]) * cols;
     const size_t dst = static_cast<size_t>(blockIdx.x) * cols;
     for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = to_f32(table[src + c]);
@@ -49,6 +50,7 @@ extern "C" __global__ void qrt_embed_bf16(const __nv_bfloat16* table, const uint
 
 // One block per row: rotates q and k in place, then stores k and v (f16) in the row's slot.
 extern "C" __global__ void qrt_rope_kv(const qrt_rope_kv_args args) {
+    qrt::pdl_enter();
     const uint32_t r = blockIdx.x;
     const uint32_t d = args.head_dim;
     const uint32_t half = d / 2;
@@ -87,6 +89,7 @@ extern "C" __global__ void qrt_rope_kv(const qrt_rope_kv_args args) {
 // out = silu(gate) * up = gate / (1 + exp(-gate)) * up.
 extern "C" __global__ void qrt_silu_mul(const float* gate, const float* up, float* out,
                                         uint32_t n) {
+    qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float g = gate[i];
         out[i] = g / (1.f + expf(-g)) * up[i];
@@ -96,6 +99,7 @@ extern "C" __global__ void qrt_silu_mul(const float* gate, const float* up, floa
 // out[i, :] = x[rows[i], :]; one block per output row.
 extern "C" __global__ void qrt_gather_rows(const float* x, const uint32_t* rows, float* out,
                                            uint32_t cols) {
+    qrt::pdl_enter();
     const size_t src = static_cast<size_t>(rows[blockIdx.x]) * cols;
     const size_t dst = static_cast<size_t>(blockIdx.x) * cols;
     for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) out[dst + c] = x[src + c];
@@ -103,66 +107,52 @@ extern "C" __global__ void qrt_gather_rows(const float* x, const uint32_t* rows,
 
 // Rounds f32 activations to f16 / bf16 (round to nearest even) for the tensor-core GEMM.
 extern "C" __global__ void qrt_to_f16(const float* x, __half* out, uint32_t n) {
+    qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         out[i] = __float2half_rn(x[i]);
 }
 extern "C" __global__ void qrt_to_bf16(const float* x, __nv_bfloat16* out, uint32_t n) {
+    qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         out[i] = __float2bfloat16_rn(x[i]);
 }
 
 // x += y.
 extern "C" __global__ void qrt_add(float* x, const float* y, uint32_t n) {
+    qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         x[i] += y[i];
 }
 
-// tokens[r] = argmax(logits[r, :]), the first index on ties (as torch.argmax); one block of
-// 1024 threads per row. NaN logits are never chosen.
-extern "C" __global__ void __launch_bounds__(1024)
-    qrt_argmax(const float* logits, uint32_t* tokens, uint32_t vocab) {
-    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
-    float best = -INFINITY;
-    uint32_t idx = 0xffffffffu;
-    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+// Argmax of every row as a 64-bit key: the value's bits made orderable as an unsigned integer
+// in the high half, the complement of the index in the low half, so that the largest key is
+// the largest value at the first index (as torch.argmax). Blocks (x) split each row (y) and
+// combine with atomicMax; `keys` must be zero before the launch. NaN is never chosen; a row of
+// NaNs leaves its key zero.
+__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
+    const uint32_t bits = __float_as_uint(v);
+    const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    return (static_cast<unsigned long long>(ordered) << 32) | (0xffffffffu - i);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    qrt_argmax(const float* logits, unsigned long long* keys, uint32_t vocab, uint32_t per_block) {
+    qrt::pdl_enter();
+    const float* row = logits + static_cast<size_t>(blockIdx.y) * vocab;
+    const uint32_t begin = blockIdx.x * per_block;
+    const uint32_t end = min(begin + per_block, vocab);
+    unsigned long long best = 0;
+    for (uint32_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const float v = row[i];
-        if (v > best || (idx == 0xffffffffu && v == best)) {
-            best = v;
-            idx = i;
-        }
+        if (v == v) best = max(best, argmax_key(v, i));
     }
-    // Reduce (value, index): larger value wins, then the smaller index.
 #pragma unroll
-    for (unsigned o = 16; o > 0; o /= 2) {
-        const float ov = __shfl_xor_sync(qrt::kFull, best, o);
-        const uint32_t oi = __shfl_xor_sync(qrt::kFull, idx, o);
-        if (ov > best || (ov == best && oi < idx)) {
-            best = ov;
-            idx = oi;
-        }
-    }
-    __shared__ float vals[32];
-    __shared__ uint32_t idxs[32];
-    const unsigned warp = threadIdx.x / 32;
-    const unsigned lane = threadIdx.x % 32;
-    if (lane == 0) {
-        vals[warp] = best;
-        idxs[warp] = idx;
-    }
+    for (unsigned o = 16; o > 0; o /= 2) best = max(best, __shfl_xor_sync(qrt::kFull, best, o));
+    __shared__ unsigned long long warps[8];
+    if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = best;
     __syncthreads();
-    if (warp == 0) {
-        const unsigned warps = blockDim.x / 32;
-        best = lane < warps ? vals[lane] : -INFINITY;
-        idx = lane < warps ? idxs[lane] : 0xffffffffu;
-#pragma unroll
-        for (unsigned o = 16; o > 0; o /= 2) {
-            const float ov = __shfl_xor_sync(qrt::kFull, best, o);
-            const uint32_t oi = __shfl_xor_sync(qrt::kFull, idx, o);
-            if (ov > best || (ov == best && oi < idx)) {
-                best = ov;
-                idx = oi;
-            }
-        }
-        if (lane == 0) tokens[blockIdx.x] = idx == 0xffffffffu ? 0 : idx;
+    if (threadIdx.x == 0) {
+        for (unsigned w = 1; w < blockDim.x / 32; ++w) best = max(best, warps[w]);
+        if (best != 0) atomicMax(keys + blockIdx.y, best);
     }
 }

@@ -1,5 +1,6 @@
 // GEMM for prefill on the tensor cores: c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j]), with
-// a [m, k] and w [n, k] 16-bit (both f16 or both bf16), c [m, n] f32, f32 accumulation.
+// a [m, k] and w [n, k] 16-bit (both f16 or both bf16), c [m, n] f32, f32 accumulation. Up to
+// three matrices that multiply the same `a` (q, k and v; gate and up) share one launch.
 //
 // mma.sync m16n8k16 (sm_80 and newer). A block of 8 warps computes a BM x 128 tile of c
 // (BM = 128 or 64), the warps as 2 x 4, each a (BM / 2) x 32 sub-tile. The k dimension is
@@ -85,11 +86,18 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     __shared__ __align__(128) W smem_a[kStages][BM * kBK];
     __shared__ __align__(128) W smem_b[kStages][kBN * kBK];
 
+    qrt::pdl_enter();
+    // This block's segment (compile-time indices, so the arguments stay in registers).
+    qrt_gemm_segment seg = args.seg[0];
+#pragma unroll
+    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_tile) seg = args.seg[i];
+    }
     const W* a = reinterpret_cast<const W*>(args.a);
-    const W* w = reinterpret_cast<const W*>(args.w);
-    const int m = args.m, n = args.n, k = args.k;
+    const W* w = reinterpret_cast<const W*>(seg.w);
+    const int m = args.m, n = seg.n, k = args.k;
     const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * kBN;
+    const int n0 = (blockIdx.x - seg.first_tile) * kBN;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int warp_m = warp / 4;
@@ -161,8 +169,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     }
     asm volatile("cp.async.wait_group 0;");
 
-    float* c = reinterpret_cast<float*>(args.c);
-    const float* bias = reinterpret_cast<const float*>(args.bias);
+    float* c = reinterpret_cast<float*>(seg.c);
+    const float* bias = reinterpret_cast<const float*>(seg.bias);
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll

@@ -68,13 +68,19 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
 
     unsigned c = tid;
-    // Two chunks per iteration: 2 * R independent 16-byte weight loads in flight.
+    // Two chunks per iteration: 2 * R independent 16-byte weight loads in flight. The first
+    // ones are issued before waiting for the previous kernel (weights never change).
+    bool waited = false;
     for (; c + threads < chunks; c += 2 * threads) {
         uint4 wv[2][R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             wv[0][r] = qrt::load_stream(wrow[r] + c);
             wv[1][r] = qrt::load_stream(wrow[r] + c + threads);
+        }
+        if (!waited) {
+            qrt::pdl_enter();
+            waited = true;
         }
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
@@ -93,6 +99,10 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         uint4 wv[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) wv[r] = qrt::load_stream(wrow[r] + c);
+        if (!waited) {
+            qrt::pdl_enter();
+            waited = true;
+        }
 #pragma unroll
         for (int b = 0; b < B; ++b) {
             const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
@@ -103,6 +113,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         }
     }
 
+    if (!waited) qrt::pdl_enter();  // a thread with no chunk
     __shared__ float partial[kMaxWarps][R * B];
     const unsigned warp = tid / qrt::kWarp;
     const unsigned lane = tid % qrt::kWarp;

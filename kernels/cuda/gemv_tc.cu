@@ -16,8 +16,7 @@
 
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kUnroll = 4;  // k-steps of 32 per iteration: 2 * kUnroll weight loads in flight
+constexpr int kUnroll = 4;  // k-steps of 32 per group: 2 * kUnroll weight loads per lane
 
 template <typename W>
 struct Mma16816;
@@ -56,7 +55,7 @@ struct Mma16816<__nv_bfloat16> {
     }
 };
 
-template <typename W>
+template <typename W, int kWarps>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch) {
     // This block's segment (compile-time indices, so the arguments stay in registers).
     qrt_gemv_segment seg = args.seg[0];
@@ -82,53 +81,58 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
         reinterpret_cast<const float4*>(reinterpret_cast<const float*>(args.x) +
                                         static_cast<size_t>(has_x ? r : 0) * k);
 
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    unsigned s = warp;
-    for (; s + (kUnroll - 1) * kWarps < steps; s += kUnroll * kWarps) {
-        uint4 lo[kUnroll], hi[kUnroll];
+    // One accumulator per unrolled step (independent mma chains); the weights of the next
+    // group of steps are loaded while the current group is multiplied.
+    float acc[kUnroll][4] = {};
+    uint4 lo[kUnroll], hi[kUnroll];
+    auto load = [&](unsigned first) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            const unsigned c = (s + u * kWarps) * 4 + q;  // 16-byte chunk of the row
-            lo[u] = qrt::load_stream(w_lo + c);
-            hi[u] = qrt::load_stream(w_hi + c);
+            const unsigned step = first + u * kWarps;
+            if (step < steps) {
+                const unsigned c = step * 4 + q;  // 16-byte chunk of the row
+                lo[u] = qrt::load_stream(w_lo + c);
+                hi[u] = qrt::load_stream(w_hi + c);
+            }
         }
+    };
+    load(warp);
+    qrt::pdl_enter();  // the first weights are on their way; now wait for x
+    for (unsigned s = warp; s < steps; s += kUnroll * kWarps) {
+        uint4 cur_lo[kUnroll], cur_hi[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            const unsigned c = (s + u * kWarps) * 4 + q;
+            cur_lo[u] = lo[u];
+            cur_hi[u] = hi[u];
+        }
+        load(s + kUnroll * kWarps);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const unsigned step = s + u * kWarps;
+            if (step >= steps) break;
+            const unsigned c = step * 4 + q;
             float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
             if (has_x) {
                 x0 = __ldg(xr + 2 * c);
                 x1 = __ldg(xr + 2 * c + 1);
             }
-            const uint32_t b0 = Mma16816<W>::pack(x0.x, x0.y);
-            const uint32_t b1 = Mma16816<W>::pack(x0.z, x0.w);
-            const uint32_t b2 = Mma16816<W>::pack(x1.x, x1.y);
-            const uint32_t b3 = Mma16816<W>::pack(x1.z, x1.w);
-            Mma16816<W>::run(acc, lo[u].x, hi[u].x, lo[u].y, hi[u].y, b0, b1);
-            Mma16816<W>::run(acc, lo[u].z, hi[u].z, lo[u].w, hi[u].w, b2, b3);
+            Mma16816<W>::run(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
+                             Mma16816<W>::pack(x0.x, x0.y), Mma16816<W>::pack(x0.z, x0.w));
+            Mma16816<W>::run(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
+                             Mma16816<W>::pack(x1.x, x1.y), Mma16816<W>::pack(x1.z, x1.w));
         }
     }
-    for (; s < steps; s += kWarps) {
-        const unsigned c = s * 4 + q;
-        const uint4 lo = qrt::load_stream(w_lo + c);
-        const uint4 hi = qrt::load_stream(w_hi + c);
-        float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-        if (has_x) {
-            x0 = __ldg(xr + 2 * c);
-            x1 = __ldg(xr + 2 * c + 1);
-        }
-        Mma16816<W>::run(acc, lo.x, hi.x, lo.y, hi.y, Mma16816<W>::pack(x0.x, x0.y),
-                         Mma16816<W>::pack(x0.z, x0.w));
-        Mma16816<W>::run(acc, lo.z, hi.z, lo.w, hi.w, Mma16816<W>::pack(x1.x, x1.y),
-                         Mma16816<W>::pack(x1.z, x1.w));
-    }
+#pragma unroll
+    for (int u = 1; u < kUnroll; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][e] += acc[u][e];
 
     // acc: rows r and r + 8, batch columns 2q and 2q + 1. Sum the warps' tiles.
     __shared__ float tile[kWarps][16][8];
-    tile[warp][r][2 * q] = acc[0];
-    tile[warp][r][2 * q + 1] = acc[1];
-    tile[warp][r + 8][2 * q] = acc[2];
-    tile[warp][r + 8][2 * q + 1] = acc[3];
+    tile[warp][r][2 * q] = acc[0][0];
+    tile[warp][r][2 * q + 1] = acc[0][1];
+    tile[warp][r + 8][2 * q] = acc[0][2];
+    tile[warp][r + 8][2 * q + 1] = acc[0][3];
     __syncthreads();
     if (threadIdx.x < 16 * 8) {
         const unsigned m = threadIdx.x / 8;
@@ -146,11 +150,13 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kWarps * 32)
-    qrt_gemv_tc_f16(const qrt_gemv_args args, uint32_t batch) {
-    gemv_tc<__half>(args, batch);
-}
-extern "C" __global__ void __launch_bounds__(kWarps * 32)
-    qrt_gemv_tc_bf16(const qrt_gemv_args args, uint32_t batch) {
-    gemv_tc<__nv_bfloat16>(args, batch);
-}
+#define QRT_GEMV_TC(NAME, W, WARPS)                                                    \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                           \
+        qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch) {      \
+        gemv_tc<W, WARPS>(args, batch);                                                \
+    }
+
+QRT_GEMV_TC(f16, __half, 8)
+QRT_GEMV_TC(f16, __half, 16)
+QRT_GEMV_TC(bf16, __nv_bfloat16, 8)
+QRT_GEMV_TC(bf16, __nv_bfloat16, 16)

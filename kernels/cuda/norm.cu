@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "qrt_kernels.h"
 
 namespace {
@@ -205,6 +206,7 @@ __device__ void add_rms_norm_row(const qrt_rms_norm_args& a, const T* x, const T
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
     qrt_rms_norm_f32(const qrt_rms_norm_args args, const float* x, const float* __restrict__ w,
                      float* y) {
+    qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
     rms_norm_row<float>(args, x, w, y);
 }
@@ -212,6 +214,7 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
     qrt_rms_norm_f16(const qrt_rms_norm_args args, const __half* x, const float* __restrict__ w,
                      __half* y) {
+    qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
     rms_norm_row<__half>(args, x, w, y);
 }
@@ -219,6 +222,7 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
     qrt_add_rms_norm_f32(const qrt_rms_norm_args args, const float* x, const float* residual,
                          const float* __restrict__ w, float* sum, float* y) {
+    qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
     add_rms_norm_row<float>(args, x, residual, w, sum, y);
 }
@@ -226,6 +230,7 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
     qrt_add_rms_norm_f16(const qrt_rms_norm_args args, const __half* x, const __half* residual,
                          const float* __restrict__ w, __half* sum, __half* y) {
+    qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
     add_rms_norm_row<__half>(args, x, residual, w, sum, y);
 }

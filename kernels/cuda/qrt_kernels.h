@@ -56,7 +56,7 @@ QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 28, "qrt_rms_norm_args must be 28
 
 /// Largest batch (rows of `x`) the GEMV kernels take in one launch.
 #define QRT_GEMV_MAX_BATCH 8
-/// Most weight matrices one GEMV launch multiplies (e.g. q, k and v together).
+/// Most weight matrices one GEMV or GEMM launch multiplies (e.g. q, k and v together).
 #define QRT_GEMV_MAX_SEGMENTS 3
 
 /// One weight matrix of a GEMV launch: `y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i])`.
@@ -90,28 +90,40 @@ typedef struct qrt_gemv_args {
 
 QRT_STATIC_ASSERT(sizeof(qrt_gemv_args) == 112, "qrt_gemv_args must be 112 bytes");
 
-/// Arguments of the tensor-core GEMM kernels (`qrt_gemm_<w>_m<tile>`):
-/// `c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j])`, f32 accumulation; `k` a multiple of 8.
-typedef struct qrt_gemm_args {
-    /// Device address of `a`, `[m, k]` 16-bit floats (the weight's type), row-major.
-    uint64_t a;
-    /// Device address of `w`, `[n, k]` 16-bit floats, row-major.
+/// One weight matrix of a GEMM launch: `c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j])`.
+typedef struct qrt_gemm_segment {
+    /// Device address of `w`, `[n, k]` 16-bit floats (the type of `a`), row-major.
     uint64_t w;
     /// Device address of `n` f32 biases, or 0.
     uint64_t bias;
     /// Device address of `c`, `[m, n]` f32.
     uint64_t c;
-    /// Rows of `a` and `c`.
-    uint32_t m;
     /// Rows of `w`, columns of `c`.
     uint32_t n;
-    /// Columns of `a` and `w`.
+    /// First 128-column tile (blockIdx.x) of the grid that works on this segment.
+    uint32_t first_tile;
+} qrt_gemm_segment;
+
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_segment) == 32, "qrt_gemm_segment must be 32 bytes");
+
+/// Arguments of the tensor-core GEMM kernels (`qrt_gemm_<w>_m<tile>`): every segment
+/// multiplies the same `a`; f32 accumulation; `k` a multiple of 8.
+typedef struct qrt_gemm_args {
+    /// The weight matrices, `num_segments` of them; column tiles are assigned in order.
+    qrt_gemm_segment seg[QRT_GEMV_MAX_SEGMENTS];
+    /// Device address of `a`, `[m, k]` 16-bit floats, row-major.
+    uint64_t a;
+    /// Rows of `a` and of every `c`.
+    uint32_t m;
+    /// Columns of `a` and of every `w`.
     uint32_t k;
+    /// Segments in use (1 to QRT_GEMV_MAX_SEGMENTS).
+    uint32_t num_segments;
     /// Unused; keeps the size a multiple of 8.
     uint32_t pad;
 } qrt_gemm_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 48, "qrt_gemm_args must be 48 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 120, "qrt_gemm_args must be 120 bytes");
 
 /// One sequence of a flat attention batch.
 typedef struct qrt_attn_seq {

@@ -34,6 +34,9 @@ pub struct CudaDevice {
     arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
+    /// `QRT_PDL=0`).
+    pub(crate) programmatic_launch: bool,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -139,6 +142,8 @@ impl CudaDevice {
             arch,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            programmatic_launch: compute_capability >= (9, 0)
+                && std::env::var("QRT_PDL").map_or(true, |v| v != "0"),
         })
     }
 

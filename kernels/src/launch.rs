@@ -4,11 +4,11 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::{result, DeviceRepr};
+use cudarc::driver::{result, sys, DeviceRepr};
 
 use crate::error::cuda_err;
 use crate::layouts::{
-    qrt_attn_args, qrt_gemm_args, qrt_gemv_args, qrt_gemv_segment, qrt_rope_kv_args,
+    qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment, qrt_rope_kv_args,
     QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
 };
 use crate::{CudaDevice, KernelError};
@@ -39,9 +39,9 @@ impl Half16 {
     }
 }
 
-/// One weight matrix of a GEMV launch: `y[b, :] = w @ x[b, :] (+ bias)`.
+/// One weight matrix of a GEMV or GEMM launch: `y[b, :] = w @ x[b, :] (+ bias)`.
 #[derive(Clone, Copy, Debug)]
-pub struct GemvSegment {
+pub struct Segment {
     /// Device address of `w`, `[n, k]` 16-bit, 16-byte aligned.
     pub w: u64,
     /// Device address of `n` f32 biases, or 0.
@@ -55,13 +55,27 @@ pub struct GemvSegment {
 /// Threads of a decode attention block (`kDecodeThreads` in attention.cu).
 const DECODE_THREADS: u32 = 128;
 /// Largest decode partition (`kMaxPartition` in attention.cu).
-pub const MAX_ATTN_PARTITION: usize = 128;
+pub const MAX_ATTN_PARTITION: usize = 64;
 /// Largest number of query heads per KV head (`kMaxGroup` in attention.cu).
 pub const MAX_ATTN_GROUP: usize = 8;
 
+/// Bytes of the decode attention's work area: per (sequence, query head, split) an output of
+/// `head_dim` f32, a maximum and a sum; per (sequence, KV head) a u32 arrival counter, which
+/// must be zero before the first launch.
+pub fn attention_decode_work_bytes(
+    seqs: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    splits: usize,
+) -> (usize, usize) {
+    let partials = seqs * heads * splits * (head_dim + 2) * 4;
+    (partials, partials + seqs * kv_heads * 4)
+}
+
 /// Query rows per prefill attention tile for a head dimension (`tile_q` in attention.cu).
 pub fn attention_tile_rows(head_dim: usize) -> usize {
-    32 * 64 / head_dim
+    1024 / head_dim
 }
 
 /// Every (module, kernel) the launchers of this crate may launch, so that a build can be
@@ -78,11 +92,13 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         for bm in [64, 128] {
             all.push(("gemm", format!("qrt_gemm_{t}_m{bm}")));
         }
-        all.push(("gemv_tc", format!("qrt_gemv_tc_{t}")));
+        for warps in [8, 16] {
+            all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
+        }
         all.push(("elementwise", format!("qrt_to_{t}")));
     }
     for d in [64, 128] {
-        for stage in ["prefill", "decode", "merge"] {
+        for stage in ["prefill", "decode"] {
             all.push(("attention", format!("qrt_attn_{stage}_d{d}")));
         }
     }
@@ -109,7 +125,7 @@ fn gemv_args(
     batch: usize,
     x: u64,
     k: usize,
-    segments: &[GemvSegment],
+    segments: &[Segment],
     rows_per_block: usize,
     k_multiple: usize,
 ) -> Result<(qrt_gemv_args, u32), KernelError> {
@@ -189,24 +205,75 @@ impl CudaDevice {
         block: u32,
         params: &mut [*mut c_void],
     ) -> Result<(), KernelError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_with(module, kernel, grid, block, params, true) }
+    }
+
+    /// [`launch`](Self::launch), with programmatic dependent launch only when `overlap`
+    /// (large kernels that fill the GPU run better without it).
+    ///
+    /// # Safety
+    /// As for [`launch`](Self::launch).
+    pub(crate) unsafe fn launch_with(
+        &self,
+        module: &'static str,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &mut [*mut c_void],
+        overlap: bool,
+    ) -> Result<(), KernelError> {
         let f = self.function(module, kernel)?;
         self.ctx
             .bind_to_thread()
             .map_err(cuda_err("binding the CUDA context"))?;
-        // SAFETY: the caller guarantees the parameters; grid and block are checked by the driver.
+        let context = || format!("launching {kernel} (grid {grid:?}, block {block})");
+        if !(self.programmatic_launch && overlap) {
+            // SAFETY: the caller guarantees the parameters; the driver checks grid and block.
+            return unsafe {
+                result::launch_kernel(
+                    f.cu_function(),
+                    grid,
+                    (block, 1, 1),
+                    0,
+                    self.stream.cu_stream(),
+                    params,
+                )
+            }
+            .map_err(cuda_err(context()));
+        }
+        // Programmatic dependent launch: this kernel may start while the previous one
+        // finishes; it waits (griddepcontrol.wait) before reading what that one wrote.
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            // SAFETY: an all-zero union is a valid value; the field set next is the one read.
+            value: unsafe { std::mem::zeroed() },
+        };
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as above; `config` and `attr` outlive the call.
         unsafe {
-            result::launch_kernel(
+            sys::cuLaunchKernelEx(
+                &config,
                 f.cu_function(),
-                grid,
-                (block, 1, 1),
-                0,
-                self.stream.cu_stream(),
-                params,
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
             )
         }
-        .map_err(cuda_err(format_args!(
-            "launching {kernel} (grid {grid:?}, block {block})"
-        )))
+        .result()
+        .map_err(cuda_err(context()))
     }
 
     /// `y[b, :] = w @ x[b, :] (+ bias)` for each segment, `x` being `[batch, k]` f32 at `x`.
@@ -215,14 +282,14 @@ impl CudaDevice {
     /// ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of 32.
     ///
     /// # Safety
-    /// Every address must hold what [`GemvSegment`] and the shapes say.
+    /// Every address must hold what [`Segment`] and the shapes say.
     pub unsafe fn gemv(
         &self,
         ty: Half16,
         batch: usize,
         x: u64,
         k: usize,
-        segments: &[GemvSegment],
+        segments: &[Segment],
     ) -> Result<(), KernelError> {
         if batch > 1 && k.is_multiple_of(32) {
             // SAFETY: forwarded from the caller.
@@ -256,17 +323,19 @@ impl CudaDevice {
     /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
     ///
     /// # Safety
-    /// Every address must hold what [`GemvSegment`] and the shapes say.
+    /// Every address must hold what [`Segment`] and the shapes say.
     pub unsafe fn gemv_tc(
         &self,
         ty: Half16,
         batch: usize,
         x: u64,
         k: usize,
-        segments: &[GemvSegment],
+        segments: &[Segment],
     ) -> Result<(), KernelError> {
         let (args, blocks) = gemv_args(batch, x, k, segments, 16, 32)?;
-        let kernel = format!("qrt_gemv_tc_{}", ty.name());
+        // Few 16-row tiles (under two per multiprocessor): more warps per tile.
+        let warps = if blocks < 264 { 16 } else { 8 };
+        let kernel = format!("qrt_gemv_tc_{}_w{warps}", ty.name());
         let batch = batch as u32;
         // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the addresses.
         unsafe {
@@ -274,54 +343,62 @@ impl CudaDevice {
                 "gemv_tc",
                 &kernel,
                 (blocks, 1, 1),
-                256,
+                warps * 32,
                 &mut params([&args, &batch]),
             )
         }
     }
 
-    /// `c = a @ w^T (+ bias)` on the tensor cores: `a` `[m, k]` and `w` `[n, k]` of type
-    /// `ty`, `c` `[m, n]` f32.
+    /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):
+    /// `a` `[m, k]` of type `ty` at `a`, every `w` `[n, k]` of the same type.
     ///
     /// # Safety
     /// The addresses must hold the stated shapes (`bias`: `n` f32 or 0).
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(
         &self,
         ty: Half16,
         a: u64,
-        w: u64,
-        bias: u64,
-        c: u64,
         m: usize,
-        n: usize,
         k: usize,
+        segments: &[Segment],
     ) -> Result<(), KernelError> {
-        if k == 0 || !k.is_multiple_of(8) || m == 0 || n == 0 {
+        if k == 0 || !k.is_multiple_of(8) || m == 0 {
             return Err(KernelError::Shape(format!(
-                "GEMM needs m, n > 0 and k a positive multiple of 8, got {m} x {n} x {k}"
+                "GEMM needs m > 0 and k a positive multiple of 8, got m = {m}, k = {k}"
             )));
         }
-        let tiles_128 = m.div_ceil(128) * n.div_ceil(128);
-        let bm = if tiles_128 >= 132 { 128 } else { 64 };
-        let args = qrt_gemm_args {
+        if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
+            return Err(KernelError::Shape(format!(
+                "GEMM takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
+                segments.len()
+            )));
+        }
+        let mut args = qrt_gemm_args {
             a,
-            w,
-            bias,
-            c,
             m: u32_of("m", m)?,
-            n: u32_of("n", n)?,
             k: u32_of("k", k)?,
-            pad: 0,
+            num_segments: segments.len() as u32,
+            ..Default::default()
         };
+        let mut tiles = 0usize;
+        for (slot, s) in args.seg.iter_mut().zip(segments) {
+            if s.n == 0 {
+                return Err(KernelError::Shape("GEMM matrix of 0 rows".into()));
+            }
+            *slot = qrt_gemm_segment {
+                w: s.w,
+                bias: s.bias,
+                c: s.y,
+                n: u32_of("n", s.n)?,
+                first_tile: u32_of("tiles", tiles)?,
+            };
+            tiles += s.n.div_ceil(128);
+        }
+        let bm = if m.div_ceil(128) * tiles >= 132 { 128 } else { 64 };
         let kernel = format!("qrt_gemm_{}_m{bm}", ty.name());
-        let grid = (
-            u32_of("n tiles", n.div_ceil(128))?,
-            u32_of("m tiles", m.div_ceil(bm))?,
-            1,
-        );
+        let grid = (u32_of("n tiles", tiles)?, u32_of("m tiles", m.div_ceil(bm))?, 1);
         // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
-        unsafe { self.launch("gemm", &kernel, grid, 256, &mut params([&args])) }
+        unsafe { self.launch_with("gemm", &kernel, grid, 256, &mut params([&args]), false) }
     }
 
     fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {
@@ -358,12 +435,22 @@ impl CudaDevice {
         let kernel = format!("qrt_attn_prefill_d{}", args.head_dim);
         let grid = (u32_of("tiles", tiles)?, args.num_kv_heads, 1);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
-        unsafe { self.launch("attention", &kernel, grid, 32 * group, &mut params([args])) }
+        unsafe {
+            self.launch_with(
+                "attention",
+                &kernel,
+                grid,
+                64 * group,
+                &mut params([args]),
+                false,
+            )
+        }
     }
 
     /// Attention of the last row of each sequence over its cached context, split into
-    /// `args.splits` partitions of `args.partition` tokens and merged (flash-decoding).
-    /// `args.work` needs `num_seqs * num_heads * splits * (head_dim + 2)` f32.
+    /// `args.splits` partitions of `args.partition` tokens, the last partition of each
+    /// (sequence, KV head) to finish merging them (flash-decoding). `args.work` needs
+    /// [`attention_decode_work_bytes`] bytes, its arrival counters zero (they are left zero).
     ///
     /// # Safety
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
@@ -375,22 +462,14 @@ impl CudaDevice {
                 args.partition
             )));
         }
-        let d = args.head_dim;
         let grid = (args.num_seqs, args.num_kv_heads, args.splits);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             self.launch(
                 "attention",
-                &format!("qrt_attn_decode_d{d}"),
+                &format!("qrt_attn_decode_d{}", args.head_dim),
                 grid,
                 DECODE_THREADS,
-                &mut params([args]),
-            )?;
-            self.launch(
-                "attention",
-                &format!("qrt_attn_merge_d{d}"),
-                (args.num_seqs, args.num_heads, 1),
-                d,
                 &mut params([args]),
             )
         }
@@ -543,27 +622,41 @@ impl CudaDevice {
         }
     }
 
-    /// `tokens[r] = argmax(logits[r, :])` (first index on ties) for `rows` rows of `vocab`.
+    /// Queues the argmax of `rows` rows of `vocab` f32 at `logits` into `keys` (`rows` u64, see
+    /// [`argmax_token`]): the keys are zeroed, then blocks split each row.
     ///
     /// # Safety
-    /// `logits` must hold `rows * vocab` f32 and `tokens` room for `rows` u32.
+    /// `logits` must hold `rows * vocab` f32 and `keys` room for `rows` u64.
     pub unsafe fn argmax(
         &self,
         logits: u64,
-        tokens: u64,
+        keys: u64,
         rows: usize,
         vocab: usize,
     ) -> Result<(), KernelError> {
+        const PER_BLOCK: usize = 4096;
+        let per_block = PER_BLOCK as u32;
+        let grid = (
+            u32_of("blocks", vocab.div_ceil(PER_BLOCK))?,
+            u32_of("rows", rows)?,
+            1,
+        );
         let vocab = u32_of("vocab", vocab)?;
-        // SAFETY: (const float*, uint32_t*, uint32_t).
+        // SAFETY: keys holds rows u64; then (const float*, u64*, uint32_t, uint32_t).
         unsafe {
+            self.fill_bytes(keys, 0, rows * 8)?;
             self.launch(
                 "elementwise",
                 "qrt_argmax",
-                (u32_of("rows", rows)?, 1, 1),
-                1024,
-                &mut params([&logits, &tokens, &vocab]),
+                grid,
+                256,
+                &mut params([&logits, &keys, &vocab, &per_block]),
             )
         }
     }
+}
+
+/// The token of an argmax key written by [`CudaDevice::argmax`] (`None` for a row of NaNs).
+pub fn argmax_token(key: u64) -> Option<u32> {
+    (key != 0).then(|| u32::MAX - key as u32)
 }

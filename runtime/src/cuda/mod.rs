@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
-use qrt_kernels::{CudaDevice, DeviceBuffer, Event, GemvSegment, Graph, Half16};
+use qrt_kernels::{
+    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Segment, Graph, Half16,
+};
 
 use crate::backend::{Backend, HeadGeometry, LinearOut, StepInput};
 use crate::cpu::read_dense_f32;
@@ -297,13 +299,28 @@ impl CudaBackend {
                 split,
                 heads,
             });
-        let work_floats = plan.decode.map_or(0, |d| {
-            plan.num_seqs * heads.num_heads * d.splits * (heads.head_dim + 2)
+        let (counters_at, work_bytes) = plan.decode.map_or((0, 0), |d| {
+            attention_decode_work_bytes(
+                plan.num_seqs,
+                heads.num_heads,
+                heads.num_kv_heads,
+                heads.head_dim,
+                d.splits,
+            )
         });
         let alloc = || -> Result<Arc<StepBuffers>, RuntimeError> {
+            let work = self.dev.alloc(work_bytes, "attention partials")?;
+            // SAFETY: the arrival counters lie within the work buffer.
+            unsafe {
+                self.dev.fill_bytes(
+                    work.ptr() + counters_at as u64,
+                    0,
+                    work_bytes - counters_at,
+                )?
+            };
             Ok(Arc::new(StepBuffers {
                 words: self.dev.alloc(plan.words.len() * 4, "pass inputs")?,
-                work: self.dev.alloc(work_floats * 4, "attention partials")?,
+                work,
             }))
         };
         let buffers = match key {
@@ -633,37 +650,28 @@ impl Backend for CudaBackend {
                 return Ok(());
             }
             let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
+            let segments = |chunk: &[LinearOut<'_, Self>]| -> Vec<Segment> {
+                chunk
+                    .iter()
+                    .map(|o| Segment {
+                        w: o.weight.buf.ptr(),
+                        bias: bias_ptr(o.bias),
+                        y: o.out.ptr(),
+                        n: o.weight.rows,
+                    })
+                    .collect()
+            };
             if x.rows <= MAX_GEMV_ROWS {
                 for chunk in outs.chunks(3) {
-                    let segments: Vec<GemvSegment> = chunk
-                        .iter()
-                        .map(|o| GemvSegment {
-                            w: o.weight.buf.ptr(),
-                            bias: bias_ptr(o.bias),
-                            y: o.out.ptr(),
-                            n: o.weight.rows,
-                        })
-                        .collect();
                     // SAFETY: shapes checked above; every buffer holds what the segment says.
-                    unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments)? };
+                    unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments(chunk))? };
                 }
                 return Ok(());
             }
             let a = self.to_half16(x, ty)?;
-            for o in outs.iter() {
+            for chunk in outs.chunks(3) {
                 // SAFETY: shapes checked above.
-                unsafe {
-                    self.dev.gemm(
-                        ty,
-                        a.ptr(),
-                        o.weight.buf.ptr(),
-                        bias_ptr(o.bias),
-                        o.out.ptr(),
-                        x.rows,
-                        o.weight.rows,
-                        x.cols,
-                    )?
-                };
+                unsafe { self.dev.gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk))? };
             }
             Ok(())
         })
@@ -819,19 +827,24 @@ impl Backend for CudaBackend {
 
     fn argmax(&self, logits: &CudaAct) -> Result<Vec<u32>, RuntimeError> {
         self.timed("argmax", || {
-            let mut tokens = vec![0u32; logits.rows];
+            let mut keys = vec![0u64; logits.rows];
             if logits.rows == 0 {
-                return Ok(tokens);
+                return Ok(Vec::new());
             }
-            let buf = self.pool.get(logits.rows * 4, "chosen tokens")?;
-            // SAFETY: logits holds rows * cols f32, buf room for rows u32.
+            let buf = self.pool.get(logits.rows * 8, "argmax keys")?;
+            // SAFETY: logits holds rows * cols f32, buf room for rows u64.
             unsafe {
                 self.dev
                     .argmax(logits.ptr(), buf.ptr(), logits.rows, logits.cols)?;
-                self.dev
-                    .copy_to_host(buf.ptr(), &mut tokens, "chosen tokens")?;
+                self.dev.copy_to_host(buf.ptr(), &mut keys, "argmax keys")?;
             }
-            Ok(tokens)
+            keys.iter()
+                .map(|&k| {
+                    argmax_token(k).ok_or_else(|| {
+                        RuntimeError::InvalidRequest("every logit of a row is NaN".into())
+                    })
+                })
+                .collect()
         })
     }
 

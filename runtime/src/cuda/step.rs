@@ -20,12 +20,11 @@ pub struct DecodeSplit {
 }
 
 impl DecodeSplit {
-    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions up to 2048
-    /// tokens, 128 beyond, over the context rounded up to a power of two (so that few
-    /// distinct shapes, and few graphs, occur).
+    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions over the context
+    /// rounded up to a power of two (so that few distinct shapes, and few graphs, occur).
     pub fn for_context(max_ctx: usize) -> Self {
-        let bucket = max_ctx.next_power_of_two().max(64);
-        let partition = if bucket <= 2048 { 64 } else { 128 };
+        let partition = qrt_kernels::MAX_ATTN_PARTITION;
+        let bucket = max_ctx.next_power_of_two().max(partition);
         Self {
             splits: bucket / partition,
             partition,
@@ -235,9 +234,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(p.decode, None);
-        // 40 rows in tiles of 32: two tiles for the first sequence, one for the second.
-        assert_eq!(p.num_tiles, 3);
-        assert_eq!(&p.words[p.tiles..p.tiles + 6], &[0, 0, 0, 32, 1, 0]);
+        // 40 rows in tiles of 16: three tiles for the first sequence, one for the second.
+        assert_eq!(p.num_tiles, 4);
+        assert_eq!(&p.words[p.tiles..p.tiles + 8], &[0, 0, 0, 16, 0, 32, 1, 0]);
         assert_eq!(&p.words[p.seqs..p.seqs + 8], &[0, 40, 0, 0, 40, 1, 20, 3]);
         assert_eq!(&p.words[p.tables..p.tables + 5], &[3, 1, 4, 0, 2]);
         assert_eq!(p.words[p.inv_freq + 1], 0.5f32.to_bits());
@@ -330,6 +329,6 @@ mod tests {
         assert_eq!(DecodeSplit::for_context(1).splits, 1);
         assert_eq!(DecodeSplit::for_context(640).splits, 16);
         let long = DecodeSplit::for_context(5000);
-        assert_eq!((long.splits, long.partition), (64, 128));
+        assert_eq!((long.splits, long.partition), (128, 64));
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use qrt_bench::report::{kernel_table, write_json, KernelReport, KernelResult};
-use qrt_kernels::{CudaDevice, DeviceBuffer, GemvSegment, Half16};
+use qrt_kernels::{CudaDevice, DeviceBuffer, Segment, Half16};
 use qrt_runtime::sampling::Rng;
 
 /// Arguments of `qrt bench kernels`.
@@ -128,19 +128,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, _)| dev.alloc(m_max * n * 4, "benchmark output"))
                 .collect::<Result<_, _>>()?;
+            let segments = |i: usize| -> Vec<Segment> {
+                mats.iter()
+                    .zip(&weights[i % copies])
+                    .zip(&outs)
+                    .map(|(((n, _), w), y)| Segment {
+                        w: w.ptr(),
+                        bias: 0,
+                        y: y.ptr(),
+                        n: *n,
+                    })
+                    .collect()
+            };
             for (batch, tensor_cores) in [(1usize, false), (1, true), (4, true), (8, true)] {
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
-                    let segs: Vec<GemvSegment> = mats
-                        .iter()
-                        .zip(&weights[i % copies])
-                        .zip(&outs)
-                        .map(|(((n, _), w), y)| GemvSegment {
-                            w: w.ptr(),
-                            bias: 0,
-                            y: y.ptr(),
-                            n: *n,
-                        })
-                        .collect();
+                    let segs = segments(i);
                     // SAFETY: every buffer was allocated for these shapes.
                     unsafe {
                         if tensor_cores {
@@ -165,10 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let m = m_max;
             let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
-                for (((n, k), w), y) in mats.iter().zip(&weights[i % copies]).zip(&outs) {
-                    // SAFETY: every buffer was allocated for these shapes.
-                    unsafe { dev.gemm(Half16::F16, x.ptr(), w.ptr(), 0, y.ptr(), m, *n, *k)? };
-                }
+                // SAFETY: every buffer was allocated for these shapes.
+                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments(i))? };
                 Ok(())
             })?;
             let flops = 2.0 * (m * set_bytes / 2) as f64;
