@@ -208,7 +208,22 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     const unsigned row = seq.start + seq.len - 1;
     const float* q = reinterpret_cast<const float*>(args.q) +
                      static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
-    for (unsigned i = tid; i < group * D; i += blockDim.x) qs[i / D][i % D] = q[i] * args.scale;
+    const float* inv_freq = reinterpret_cast<const float*>(args.inv_freq);
+    const float pos = static_cast<float>(ctx - 1);  // the query's position
+    if (inv_freq == nullptr) {
+        for (unsigned i = tid; i < group * D; i += blockDim.x) qs[i / D][i % D] = q[i] * args.scale;
+    } else {
+        for (unsigned i = tid; i < group * D / 2; i += blockDim.x) {
+            const unsigned g = i / (D / 2);
+            const unsigned j = i % (D / 2);
+            float sn, cs;
+            sincosf(pos * inv_freq[j], &sn, &cs);
+            const float x1 = q[g * D + j];
+            const float x2 = q[g * D + j + D / 2];
+            qs[g][j] = (x1 * cs - x2 * sn) * args.scale;
+            qs[g][j + D / 2] = (x2 * cs + x1 * sn) * args.scale;
+        }
+    }
     const __half* kc = reinterpret_cast<const __half*>(args.k_cache);
     const __half* vc = reinterpret_cast<const __half*>(args.v_cache);
     for (unsigned e = tid; e < n * (D / 8); e += blockDim.x) {
@@ -217,6 +232,36 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
         const size_t off =
             (static_cast<size_t>(slot_of(table, t_begin + t, args.block_size)) * args.num_kv_heads +
              kvh) * D + c * 8;
+        if (inv_freq != nullptr && t_begin + t == ctx - 1) {
+            // The newest token: rotate its key, store key and value in the cache, stage both.
+            const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
+            const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
+            const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
+            __align__(16) __half kh[8];
+            __align__(16) __half vh[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const unsigned d = c * 8 + i;
+                const unsigned j = d % (D / 2);
+                float sn, cs;
+                sincosf(pos * inv_freq[j], &sn, &cs);
+                const float x1 = kn[j];
+                const float x2 = kn[j + D / 2];
+                kh[i] = __float2half_rn(d < D / 2 ? x1 * cs - x2 * sn : x2 * cs + x1 * sn);
+                vh[i] = __float2half_rn(vn[d]);
+            }
+            const uint4 kv = *reinterpret_cast<const uint4*>(kh);
+            const uint4 vv = *reinterpret_cast<const uint4*>(vh);
+            *reinterpret_cast<uint4*>(const_cast<__half*>(kc) + off) = kv;
+            *reinterpret_cast<uint4*>(const_cast<__half*>(vc) + off) = vv;
+            uint32_t* kd = ks + t * kStride + c * 4;
+            kd[0] = kv.x;
+            kd[1] = kv.y;
+            kd[2] = kv.z;
+            kd[3] = kv.w;
+            *reinterpret_cast<uint4*>(&vs[t][c * 8]) = vv;
+            continue;
+        }
         const uint4 kv = *reinterpret_cast<const uint4*>(kc + off);
         uint32_t* kd = ks + t * kStride + c * 4;
         kd[0] = kv.x;

@@ -175,9 +175,18 @@ typedef struct qrt_attn_args {
     uint32_t partition;
     /// Softmax scale, usually 1 / sqrt(head_dim).
     float scale;
+    /// Decode, fused with the rotary embedding and the KV store: 0, or the device address of
+    /// the `head_dim / 2` inverse frequencies (f32). Then `q` is rotated as it is read, and
+    /// each sequence's newest token (position `past`) is taken from `k_new` and `v_new`,
+    /// rotated, and stored in its cache slot.
+    uint64_t inv_freq;
+    /// Decode, fused: the new keys, `[rows, num_kv_heads * head_dim]` f32, not yet rotated.
+    uint64_t k_new;
+    /// Decode, fused: the new values, `[rows, num_kv_heads * head_dim]` f32.
+    uint64_t v_new;
 } qrt_attn_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_attn_args) == 88, "qrt_attn_args must be 88 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_attn_args) == 112, "qrt_attn_args must be 112 bytes");
 
 /// Arguments of the fused rotary-embedding + KV-store kernel (`qrt_rope_kv`): rotates `q` and
 /// `k` in place (rotate-half layout, angle `position * inv_freq[i]`), then stores `k` and `v`

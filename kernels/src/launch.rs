@@ -8,8 +8,8 @@ use cudarc::driver::{result, sys, DeviceRepr};
 
 use crate::error::cuda_err;
 use crate::layouts::{
-    qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment, qrt_rope_kv_args,
-    QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+    qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
+    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -96,6 +96,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
             all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
+        all.push(("elementwise", format!("qrt_silu_mul_to_{t}")));
     }
     for d in [64, 128] {
         for stage in ["prefill", "decode"] {
@@ -394,9 +395,17 @@ impl CudaDevice {
             };
             tiles += s.n.div_ceil(128);
         }
-        let bm = if m.div_ceil(128) * tiles >= 132 { 128 } else { 64 };
+        let bm = if m.div_ceil(128) * tiles >= 132 {
+            128
+        } else {
+            64
+        };
         let kernel = format!("qrt_gemm_{}_m{bm}", ty.name());
-        let grid = (u32_of("n tiles", tiles)?, u32_of("m tiles", m.div_ceil(bm))?, 1);
+        let grid = (
+            u32_of("n tiles", tiles)?,
+            u32_of("m tiles", m.div_ceil(bm))?,
+            1,
+        );
         // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
         unsafe { self.launch_with("gemm", &kernel, grid, 256, &mut params([&args]), false) }
     }
@@ -600,6 +609,32 @@ impl CudaDevice {
                 Self::elementwise_grid(n),
                 256,
                 &mut params([&x, &out, &n32]),
+            )
+        }
+    }
+
+    /// `out = silu(gate) * up` over `n` f32, rounded to `ty` (the input of a GEMM).
+    ///
+    /// # Safety
+    /// `gate` and `up` must hold `n` f32 and `out` room for `n` 16-bit values.
+    pub unsafe fn silu_mul_to_half16(
+        &self,
+        ty: Half16,
+        gate: u64,
+        up: u64,
+        out: u64,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        let n32 = u32_of("n", n)?;
+        let kernel = format!("qrt_silu_mul_to_{}", ty.name());
+        // SAFETY: (const float*, const float*, T*, uint32_t).
+        unsafe {
+            self.launch(
+                "elementwise",
+                &kernel,
+                Self::elementwise_grid(n),
+                256,
+                &mut params([&gate, &up, &out, &n32]),
             )
         }
     }

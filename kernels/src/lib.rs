@@ -16,7 +16,8 @@ mod norm;
 pub use device::{CudaDevice, Event, Graph};
 pub use error::KernelError;
 pub use launch::{
-    argmax_token, attention_decode_work_bytes, attention_tile_rows, kernel_inventory, Segment, Half16, MAX_ATTN_GROUP, MAX_ATTN_PARTITION,
+    argmax_token, attention_decode_work_bytes, attention_tile_rows, kernel_inventory, Half16,
+    Segment, MAX_ATTN_GROUP, MAX_ATTN_PARTITION,
 };
 pub use memory::DeviceBuffer;
 

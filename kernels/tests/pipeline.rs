@@ -4,8 +4,9 @@ use std::mem::{align_of, offset_of, size_of};
 use std::path::Path;
 
 use qrt_kernels::layouts::{
-    qrt_attn_args, qrt_attn_seq, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment, qrt_rms_norm_args,
-    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
+    qrt_attn_args, qrt_attn_seq, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
+    qrt_rms_norm_args, qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+    QRT_MAX_BLOCK_THREADS,
 };
 use qrt_kernels::{kernel_inventory, ptx, ptx_modules, CudaDevice, KernelError, BUILD_INFO};
 
@@ -142,9 +143,11 @@ fn decoder_kernel_layouts_match_the_header() {
     assert_eq!(offset_of!(qrt_gemm_args, a), 96);
     assert_eq!(offset_of!(qrt_gemm_args, num_segments), 112);
     assert_eq!(size_of::<qrt_attn_seq>(), 16);
-    assert_eq!(size_of::<qrt_attn_args>(), 88);
+    assert_eq!(size_of::<qrt_attn_args>(), 112);
     assert_eq!(offset_of!(qrt_attn_args, num_seqs), 56);
     assert_eq!(offset_of!(qrt_attn_args, scale), 84);
+    assert_eq!(offset_of!(qrt_attn_args, inv_freq), 88);
+    assert_eq!(offset_of!(qrt_attn_args, v_new), 104);
     assert_eq!(size_of::<qrt_rope_kv_args>(), 80);
     assert_eq!(offset_of!(qrt_rope_kv_args, rows), 64);
     assert_eq!(offset_of!(qrt_rope_kv_args, head_dim), 76);

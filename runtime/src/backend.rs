@@ -180,6 +180,23 @@ pub trait Backend: Send + Sync {
         step: &Self::Step,
         heads: HeadGeometry,
     ) -> Result<(), RuntimeError>;
+    /// [`rope_kv`](Self::rope_kv) then [`attention`](Self::attention), which a backend may
+    /// fuse (then `q` and `k` need not be left rotated).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_attention(
+        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        kv: &mut Self::Kv,
+        layer: usize,
+        step: &Self::Step,
+        heads: HeadGeometry,
+        out: &mut Self::Act,
+    ) -> Result<(), RuntimeError> {
+        self.rope_kv(q, k, v, kv, layer, step, heads)?;
+        self.attention(q, kv, layer, step, heads, out)
+    }
     /// Causal attention of every row of `q` over its own sequence's cached keys and values.
     fn attention(
         &self,
@@ -197,6 +214,19 @@ pub trait Backend: Send + Sync {
         up: &Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
+    /// `out = (silu(gate) * up) @ weight^T`: SwiGLU's down projection, which a backend may
+    /// compute without storing its input (`act` is scratch for those that do).
+    fn silu_mul_linear(
+        &self,
+        gate: &Self::Act,
+        up: &Self::Act,
+        act: &mut Self::Act,
+        weight: &Self::Weight,
+        out: &mut Self::Act,
+    ) -> Result<(), RuntimeError> {
+        self.silu_mul(gate, up, act)?;
+        self.linear(act, weight, None, out)
+    }
     /// `out[i] = x[logit_rows[i]]` for the step's logit rows.
     fn select_rows(
         &self,

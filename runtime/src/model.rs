@@ -263,8 +263,16 @@ impl<B: Backend> Model<B> {
                     },
                 ],
             )?;
-            backend.rope_kv(&mut ws.q, &mut ws.k, &ws.v, kv, i, step, heads)?;
-            backend.attention(&ws.q, kv, i, step, heads, &mut ws.attn)?;
+            backend.rope_kv_attention(
+                &mut ws.q,
+                &mut ws.k,
+                &ws.v,
+                kv,
+                i,
+                step,
+                heads,
+                &mut ws.attn,
+            )?;
             backend.linear(&ws.attn, &layer.o, layer.o_bias.as_ref(), &mut ws.proj)?;
             backend.add_rms_norm(
                 &mut ws.x,
@@ -288,8 +296,7 @@ impl<B: Backend> Model<B> {
                     },
                 ],
             )?;
-            backend.silu_mul(&ws.gate, &ws.up, &mut ws.act)?;
-            backend.linear(&ws.act, &layer.down, None, &mut ws.proj)?;
+            backend.silu_mul_linear(&ws.gate, &ws.up, &mut ws.act, &layer.down, &mut ws.proj)?;
             let next_norm = self
                 .layers
                 .get(i + 1)

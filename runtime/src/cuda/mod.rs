@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
 use qrt_kernels::{
-    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Segment, Graph, Half16,
+    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Graph, Half16,
+    Segment,
 };
 
 use crate::backend::{Backend, HeadGeometry, LinearOut, StepInput};
@@ -312,11 +313,8 @@ impl CudaBackend {
             let work = self.dev.alloc(work_bytes, "attention partials")?;
             // SAFETY: the arrival counters lie within the work buffer.
             unsafe {
-                self.dev.fill_bytes(
-                    work.ptr() + counters_at as u64,
-                    0,
-                    work_bytes - counters_at,
-                )?
+                self.dev
+                    .fill_bytes(work.ptr() + counters_at as u64, 0, work_bytes - counters_at)?
             };
             Ok(Arc::new(StepBuffers {
                 words: self.dev.alloc(plan.words.len() * 4, "pass inputs")?,
@@ -355,6 +353,32 @@ impl CudaBackend {
         })
     }
 
+    /// Checks the shapes of an attention call against the step and the cache.
+    fn check_attention(
+        q: &CudaAct,
+        kv: &CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+        out: &CudaAct,
+    ) -> Result<(), RuntimeError> {
+        let q_dim = heads.num_heads * heads.head_dim;
+        check("attention query", q, step.plan.rows, q_dim)?;
+        check("attention output", out, step.plan.rows, q_dim)?;
+        let g = &kv.geometry;
+        if heads != step.heads
+            || layer >= g.num_layers
+            || g.slot_elems() != heads.num_kv_heads * heads.head_dim
+            || step.plan.max_block as usize >= g.num_blocks
+        {
+            return Err(RuntimeError::Shape(format!(
+                "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
+                step.plan.max_block, g.num_layers, g.num_blocks
+            )));
+        }
+        Ok(())
+    }
+
     fn attn_args(
         &self,
         q: &CudaAct,
@@ -389,6 +413,9 @@ impl CudaBackend {
             splits: split.splits as u32,
             partition: split.partition as u32,
             scale: 1.0 / (h.head_dim as f32).sqrt(),
+            inv_freq: 0,
+            k_new: 0,
+            v_new: 0,
         }
     }
 }
@@ -664,14 +691,55 @@ impl Backend for CudaBackend {
             if x.rows <= MAX_GEMV_ROWS {
                 for chunk in outs.chunks(3) {
                     // SAFETY: shapes checked above; every buffer holds what the segment says.
-                    unsafe { self.dev.gemv(ty, x.rows, x.ptr(), x.cols, &segments(chunk))? };
+                    unsafe {
+                        self.dev
+                            .gemv(ty, x.rows, x.ptr(), x.cols, &segments(chunk))?
+                    };
                 }
                 return Ok(());
             }
             let a = self.to_half16(x, ty)?;
             for chunk in outs.chunks(3) {
                 // SAFETY: shapes checked above.
-                unsafe { self.dev.gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk))? };
+                unsafe {
+                    self.dev
+                        .gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk))?
+                };
+            }
+            Ok(())
+        })
+    }
+
+    fn silu_mul_linear(
+        &self,
+        gate: &CudaAct,
+        up: &CudaAct,
+        act: &mut CudaAct,
+        weight: &CudaWeight,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        if gate.rows <= MAX_GEMV_ROWS {
+            // Decode: the GEMV reads its input once per block, so the input is made first.
+            self.silu_mul(gate, up, act)?;
+            return self.linear(act, weight, None, out);
+        }
+        // Prefill: SiLU, product and rounding for the tensor cores in one pass.
+        check("silu_mul_linear up", up, gate.rows, gate.cols)?;
+        Self::check_linear(gate, weight, None, out)?;
+        let ty = Self::half_type(weight)?;
+        self.timed("linear gemm (silu input)", || {
+            let segment = [Segment {
+                w: weight.buf.ptr(),
+                bias: 0,
+                y: out.ptr(),
+                n: weight.rows,
+            }];
+            let a = self.pool.get(gate.len() * 2, "16-bit activations")?;
+            // SAFETY: shapes checked above; `a` holds gate.len() 16-bit values.
+            unsafe {
+                self.dev
+                    .silu_mul_to_half16(ty, gate.ptr(), up.ptr(), a.ptr(), gate.len())?;
+                self.dev.gemm(ty, a.ptr(), gate.rows, gate.cols, &segment)?;
             }
             Ok(())
         })
@@ -729,6 +797,48 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn rope_kv_attention(
+        &self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        if step.plan.decode.is_none() || step.plan.rows == 0 {
+            self.rope_kv(q, k, v, kv, layer, step, heads)?;
+            return self.attention(q, kv, layer, step, heads, out);
+        }
+        // Decode: the attention kernel rotates q and the new key, and stores the new key and
+        // value itself.
+        let kv_dim = heads.num_kv_heads * heads.head_dim;
+        check("rope k", k, step.plan.rows, kv_dim)?;
+        check("rope v", v, step.plan.rows, kv_dim)?;
+        Self::check_attention(q, kv, layer, step, heads, out)?;
+        let g = &kv.geometry;
+        if step.plan.max_slot as usize >= g.num_slots() {
+            return Err(RuntimeError::Shape(format!(
+                "KV write to slot {} of a cache of {} slots",
+                step.plan.max_slot,
+                g.num_slots()
+            )));
+        }
+        self.timed("attention decode (+ rope, KV store)", || {
+            let args = qrt_attn_args {
+                inv_freq: step.at(step.plan.inv_freq),
+                k_new: k.ptr(),
+                v_new: v.ptr(),
+                ..self.attn_args(q, kv, layer, step, out)
+            };
+            // SAFETY: shapes, slots, blocks and tables checked (tables by `plan`).
+            unsafe { self.dev.attention_decode(&args)? };
+            Ok(())
+        })
+    }
+
     fn attention(
         &self,
         q: &CudaAct,
@@ -744,20 +854,7 @@ impl Backend for CudaBackend {
             "attention prefill"
         };
         self.timed(label, || {
-            let q_dim = heads.num_heads * heads.head_dim;
-            check("attention query", q, step.plan.rows, q_dim)?;
-            check("attention output", out, step.plan.rows, q_dim)?;
-            let g = &kv.geometry;
-            if heads != step.heads
-                || layer >= g.num_layers
-                || g.slot_elems() != heads.num_kv_heads * heads.head_dim
-                || step.plan.max_block as usize >= g.num_blocks
-            {
-                return Err(RuntimeError::Shape(format!(
-                    "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
-                    step.plan.max_block, g.num_layers, g.num_blocks
-                )));
-            }
+            Self::check_attention(q, kv, layer, step, heads, out)?;
             if step.plan.rows == 0 {
                 return Ok(());
             }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use qrt_bench::report::{kernel_table, write_json, KernelReport, KernelResult};
-use qrt_kernels::{CudaDevice, DeviceBuffer, Segment, Half16};
+use qrt_kernels::{CudaDevice, DeviceBuffer, Half16, Segment};
 use qrt_runtime::sampling::Rng;
 
 /// Arguments of `qrt bench kernels`.
