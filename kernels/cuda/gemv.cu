@@ -6,7 +6,9 @@
 // read through L1 and reused for the R weight rows a block works on. A block has 32 * WK
 // threads (WK warps, from blockDim.x): all of them split the k dimension of the block's R rows,
 // partial sums are reduced within warps by shuffles and across warps in shared memory.
-// Several matrices that read the same x (q, k and v; gate and up) go in one launch as segments.
+// Several matrices that read the same x (q, k and v; gate and up) go in one launch as segments;
+// the gated kernels (`qrt_gemv_gated_*`) read gate and up rows together and write
+// silu(gate) * up, so SwiGLU's input never needs a kernel of its own.
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -36,28 +38,40 @@ __device__ __forceinline__ float dot8(const uint4& w, const float4& x0, const fl
     return acc;
 }
 
-template <typename W, int B, int R>
+// SwiGLU: silu(gate) * up, as the CPU reference computes it.
+__device__ __forceinline__ float swiglu(float gate, float up) {
+    return gate / (1.f + expf(-gate)) * up;
+}
+
+// GATED: the launch has two segments, gate and up, of the same shape; a block reads R / 2 rows
+// of each and writes silu(gate) * up for those rows into the gate segment's `y`.
+template <typename W, int B, int R, bool GATED>
 __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
     // Find this block's segment.
     // (Compile-time indices only, so that the argument struct stays in registers.)
     qrt_gemv_segment seg = args.seg[0];
+    if (!GATED) {
 #pragma unroll
-    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
-        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+        for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+            if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+        }
     }
-    const unsigned row0 = (blockIdx.x - seg.first_block) * R;
+    constexpr int kOutRows = GATED ? R / 2 : R;
+    const unsigned row0 = (blockIdx.x - seg.first_block) * kOutRows;
     const unsigned k = args.k;
     const unsigned chunks = k / 8;
     const unsigned threads = blockDim.x;
     const unsigned tid = threadIdx.x;
 
-    const W* w = reinterpret_cast<const W*>(seg.w);
     const float* x = reinterpret_cast<const float*>(args.x);
     const uint4* wrow[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
+        // Gated: rows [0, R/2) of the block are gate rows, the rest the same rows of up.
+        const bool up_row = GATED && r >= kOutRows;
+        const W* w = reinterpret_cast<const W*>(up_row ? args.seg[1].w : seg.w);
         // Rows past the end re-read the last row; their sums are not stored.
-        const unsigned row = min(row0 + r, seg.n - 1);
+        const unsigned row = min(row0 + (up_row ? r - kOutRows : r), seg.n - 1);
         wrow[r] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * k);
     }
 
@@ -126,14 +140,20 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         }
     __syncthreads();
     const unsigned warps = threads / qrt::kWarp;
-    for (unsigned i = tid; i < R * B; i += threads) {
+    for (unsigned i = tid; i < kOutRows * B; i += threads) {
         const unsigned r = i / B;
         const unsigned b = i % B;
         const unsigned row = row0 + r;
         if (row >= seg.n) continue;
         float sum = 0.f;
         for (unsigned j = 0; j < warps; ++j) sum += partial[j][i];
-        if (seg.bias != 0) sum += reinterpret_cast<const float*>(seg.bias)[row];
+        if (GATED) {
+            float up = 0.f;
+            for (unsigned j = 0; j < warps; ++j) up += partial[j][i + kOutRows * B];
+            sum = swiglu(sum, up);
+        } else if (seg.bias != 0) {
+            sum += reinterpret_cast<const float*>(seg.bias)[row];
+        }
         reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
     }
 }
@@ -143,13 +163,21 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
 #define QRT_GEMV(NAME, W, B, R)                                                         \
     extern "C" __global__ void __launch_bounds__(kMaxWarps * qrt::kWarp)                \
         qrt_gemv_##NAME##_b##B##_r##R(const qrt_gemv_args args) {                       \
-        gemv<W, B, R>(args);                                                            \
+        gemv<W, B, R, false>(args);                                                     \
+    }
+
+#define QRT_GEMV_GATED(NAME, W, B, R)                                                   \
+    extern "C" __global__ void __launch_bounds__(kMaxWarps * qrt::kWarp)                \
+        qrt_gemv_gated_##NAME##_b##B##_r##R(const qrt_gemv_args args) {                 \
+        gemv<W, B, R, true>(args);                                                      \
     }
 
 #define QRT_GEMV_ROWS(NAME, W, B) \
     QRT_GEMV(NAME, W, B, 1)       \
     QRT_GEMV(NAME, W, B, 2)       \
-    QRT_GEMV(NAME, W, B, 4)
+    QRT_GEMV(NAME, W, B, 4)       \
+    QRT_GEMV_GATED(NAME, W, B, 2) \
+    QRT_GEMV_GATED(NAME, W, B, 4)
 
 #define QRT_GEMV_ALL(NAME, W)   \
     QRT_GEMV_ROWS(NAME, W, 1)   \

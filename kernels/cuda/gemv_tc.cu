@@ -55,15 +55,21 @@ struct Mma16816<__nv_bfloat16> {
     }
 };
 
-template <typename W, int kWarps>
+// GATED: two segments, gate and up, of the same shape; the tile's rows 0-7 are 8 rows of gate and
+// rows 8-15 the same rows of up, so that each lane ends up holding gate and up sums of the same
+// (row, batch) and writes silu(gate) * up into the gate segment's `y`.
+template <typename W, int kWarps, bool GATED>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch) {
     // This block's segment (compile-time indices, so the arguments stay in registers).
     qrt_gemv_segment seg = args.seg[0];
+    if (!GATED) {
 #pragma unroll
-    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
-        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+        for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+            if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
+        }
     }
-    const unsigned row0 = (blockIdx.x - seg.first_block) * 16;
+    constexpr unsigned kOutRows = GATED ? 8 : 16;
+    const unsigned row0 = (blockIdx.x - seg.first_block) * kOutRows;
     const unsigned k = args.k;
     const unsigned steps = k / 32;
     const unsigned warp = threadIdx.x / 32;
@@ -72,10 +78,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned q = lane % 4;  // which 8 of the 32 k of a step
 
     const W* w = reinterpret_cast<const W*>(seg.w);
+    const W* w2 = GATED ? reinterpret_cast<const W*>(args.seg[1].w) : w;
+    const unsigned hi_row = GATED ? row0 + r : row0 + r + 8;
     const uint4* w_lo =
         reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r, seg.n - 1)) * k);
     const uint4* w_hi =
-        reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r + 8, seg.n - 1)) * k);
+        reinterpret_cast<const uint4*>(w2 + static_cast<size_t>(min(hi_row, seg.n - 1)) * k);
     const bool has_x = r < batch;
     const float4* xr =
         reinterpret_cast<const float4*>(reinterpret_cast<const float*>(args.x) +
@@ -134,7 +142,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     tile[warp][r + 8][2 * q] = acc[0][2];
     tile[warp][r + 8][2 * q + 1] = acc[0][3];
     __syncthreads();
-    if (threadIdx.x < 16 * 8) {
+    if (threadIdx.x < kOutRows * 8) {
         const unsigned m = threadIdx.x / 8;
         const unsigned b = threadIdx.x % 8;
         const unsigned row = row0 + m;
@@ -142,7 +150,14 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             float sum = 0.f;
 #pragma unroll
             for (int i = 0; i < kWarps; ++i) sum += tile[i][m][b];
-            if (seg.bias != 0) sum += reinterpret_cast<const float*>(seg.bias)[row];
+            if (GATED) {
+                float up = 0.f;
+#pragma unroll
+                for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
+                sum = sum / (1.f + expf(-sum)) * up;  // silu(gate) * up, as the CPU computes it
+            } else if (seg.bias != 0) {
+                sum += reinterpret_cast<const float*>(seg.bias)[row];
+            }
             reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
         }
     }
@@ -153,7 +168,11 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 #define QRT_GEMV_TC(NAME, W, WARPS)                                                    \
     extern "C" __global__ void __launch_bounds__(WARPS * 32)                           \
         qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch) {      \
-        gemv_tc<W, WARPS>(args, batch);                                                \
+        gemv_tc<W, WARPS, false>(args, batch);                                         \
+    }                                                                                  \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                           \
+        qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch) { \
+        gemv_tc<W, WARPS, true>(args, batch);                                          \
     }
 
 QRT_GEMV_TC(f16, __half, 8)

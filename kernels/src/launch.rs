@@ -88,12 +88,16 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
             for rows in [1, 2, 4] {
                 all.push(("gemv", format!("qrt_gemv_{t}_b{batch}_r{rows}")));
             }
+            for rows in [2, 4] {
+                all.push(("gemv", format!("qrt_gemv_gated_{t}_b{batch}_r{rows}")));
+            }
         }
         for bm in [64, 128] {
             all.push(("gemm", format!("qrt_gemm_{t}_m{bm}")));
         }
         for warps in [8, 16] {
             all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
+            all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}")));
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
         all.push(("elementwise", format!("qrt_silu_mul_to_{t}")));
@@ -318,6 +322,62 @@ impl CudaDevice {
                 &mut params([&args]),
             )
         }
+    }
+
+    /// SwiGLU's input: `out[b, :] = silu(gate @ x[b, :]) * (up @ x[b, :])`, gate and up both
+    /// `[n, k]` of type `ty` (`gate.y` is `out`, `[batch, n]` f32; no biases), in one pass
+    /// that reads both matrices; FMA or tensor cores as for [`gemv`](Self::gemv).
+    ///
+    /// # Safety
+    /// `x` must hold `[batch, k]` f32, `gate.w` and `up` `[gate.n, k]` 16-bit values.
+    pub unsafe fn gemv_gated(
+        &self,
+        ty: Half16,
+        batch: usize,
+        x: u64,
+        k: usize,
+        gate: Segment,
+        up: u64,
+    ) -> Result<(), KernelError> {
+        if gate.bias != 0 || !up.is_multiple_of(16) {
+            return Err(KernelError::Shape(
+                "the gated GEMV takes no bias and 16-byte aligned matrices".into(),
+            ));
+        }
+        let tensor_cores = batch > 1 && k.is_multiple_of(32);
+        let (rows_loaded, out_rows) = match (tensor_cores, gate.n >= 4096) {
+            (true, _) => (16, 8),
+            (false, true) => (4, 2),
+            (false, false) => (2, 1),
+        };
+        let (mut args, blocks) =
+            gemv_args(batch, x, k, &[gate], out_rows, if tensor_cores { 32 } else { 8 })?;
+        args.seg[1] = qrt_gemv_segment {
+            w: up,
+            n: args.seg[0].n,
+            ..Default::default()
+        };
+        args.num_segments = 2;
+        let t = ty.name();
+        if tensor_cores {
+            let warps = if blocks < 264 { 16 } else { 8 };
+            let kernel = format!("qrt_gemv_tc_gated_{t}_w{warps}");
+            let batch = batch as u32;
+            // SAFETY: (qrt_gemv_args, uint32_t); the caller guarantees the addresses.
+            return unsafe {
+                self.launch(
+                    "gemv_tc",
+                    &kernel,
+                    (blocks, 1, 1),
+                    warps * 32,
+                    &mut params([&args, &batch]),
+                )
+            };
+        }
+        let warps = (k / 8 / 64).clamp(1, 8) as u32;
+        let kernel = format!("qrt_gemv_gated_{t}_b{batch}_r{rows_loaded}");
+        // SAFETY: qrt_gemv_args by value; the caller guarantees the addresses.
+        unsafe { self.launch("gemv", &kernel, (blocks, 1, 1), warps * 32, &mut params([&args])) }
     }
 
     /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are

@@ -214,18 +214,37 @@ pub trait Backend: Send + Sync {
         up: &Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// `out = (silu(gate) * up) @ weight^T`: SwiGLU's down projection, which a backend may
-    /// compute without storing its input (`act` is scratch for those that do).
-    fn silu_mul_linear(
+    /// The SwiGLU MLP: `out = (silu(x @ gate^T) * (x @ up^T)) @ down^T`. `gate`, `up` and
+    /// `act` are scratch (`[rows, intermediate]`), which a fusing backend may leave unused.
+    #[allow(clippy::too_many_arguments)]
+    fn mlp(
         &self,
-        gate: &Self::Act,
-        up: &Self::Act,
+        x: &Self::Act,
+        gate_w: &Self::Weight,
+        up_w: &Self::Weight,
+        down_w: &Self::Weight,
+        gate: &mut Self::Act,
+        up: &mut Self::Act,
         act: &mut Self::Act,
-        weight: &Self::Weight,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError> {
+        self.linears(
+            x,
+            &mut [
+                LinearOut {
+                    weight: gate_w,
+                    bias: None,
+                    out: gate,
+                },
+                LinearOut {
+                    weight: up_w,
+                    bias: None,
+                    out: up,
+                },
+            ],
+        )?;
         self.silu_mul(gate, up, act)?;
-        self.linear(act, weight, None, out)
+        self.linear(act, down_w, None, out)
     }
     /// `out[i] = x[logit_rows[i]]` for the step's logit rows.
     fn select_rows(

@@ -281,22 +281,16 @@ impl<B: Backend> Model<B> {
                 c.rms_norm_eps,
                 &mut ws.h,
             )?;
-            backend.linears(
+            backend.mlp(
                 &ws.h,
-                &mut [
-                    LinearOut {
-                        weight: &layer.gate,
-                        bias: None,
-                        out: &mut ws.gate,
-                    },
-                    LinearOut {
-                        weight: &layer.up,
-                        bias: None,
-                        out: &mut ws.up,
-                    },
-                ],
+                &layer.gate,
+                &layer.up,
+                &layer.down,
+                &mut ws.gate,
+                &mut ws.up,
+                &mut ws.act,
+                &mut ws.proj,
             )?;
-            backend.silu_mul_linear(&ws.gate, &ws.up, &mut ws.act, &layer.down, &mut ws.proj)?;
             let next_norm = self
                 .layers
                 .get(i + 1)

@@ -710,29 +710,72 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn silu_mul_linear(
+    fn mlp(
         &self,
-        gate: &CudaAct,
-        up: &CudaAct,
+        x: &CudaAct,
+        gate_w: &CudaWeight,
+        up_w: &CudaWeight,
+        down_w: &CudaWeight,
+        gate: &mut CudaAct,
+        up: &mut CudaAct,
         act: &mut CudaAct,
-        weight: &CudaWeight,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        if gate.rows <= MAX_GEMV_ROWS {
-            // Decode: the GEMV reads its input once per block, so the input is made first.
-            self.silu_mul(gate, up, act)?;
-            return self.linear(act, weight, None, out);
+        Self::check_linear(x, gate_w, None, gate)?;
+        Self::check_linear(x, up_w, None, up)?;
+        Self::check_linear(act, down_w, None, out)?;
+        check("mlp activations", act, x.rows, gate_w.rows)?;
+        let ty = Self::half_type(gate_w)?;
+        if Self::half_type(up_w)? != ty || up_w.rows != gate_w.rows {
+            return Err(RuntimeError::Unsupported(format!(
+                "{} and {} differ in shape or storage",
+                gate_w.name, up_w.name
+            )));
         }
-        // Prefill: SiLU, product and rounding for the tensor cores in one pass.
-        check("silu_mul_linear up", up, gate.rows, gate.cols)?;
-        Self::check_linear(gate, weight, None, out)?;
-        let ty = Self::half_type(weight)?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        if x.rows <= MAX_GEMV_ROWS {
+            // Decode: gate and up read together, silu(gate) * up written directly.
+            self.timed("linear gemv (gate, up, silu)", || {
+                let segment = Segment {
+                    w: gate_w.buf.ptr(),
+                    bias: 0,
+                    y: act.ptr(),
+                    n: gate_w.rows,
+                };
+                // SAFETY: shapes checked above.
+                unsafe {
+                    self.dev
+                        .gemv_gated(ty, x.rows, x.ptr(), x.cols, segment, up_w.buf.ptr())?
+                };
+                Ok(())
+            })?;
+            return self.linear(act, down_w, None, out);
+        }
+        // Prefill: gate and up in one GEMM; SiLU, product and the rounding for the tensor
+        // cores in one pass; then the down GEMM.
+        self.linears(
+            x,
+            &mut [
+                LinearOut {
+                    weight: gate_w,
+                    bias: None,
+                    out: gate,
+                },
+                LinearOut {
+                    weight: up_w,
+                    bias: None,
+                    out: up,
+                },
+            ],
+        )?;
         self.timed("linear gemm (silu input)", || {
             let segment = [Segment {
-                w: weight.buf.ptr(),
+                w: down_w.buf.ptr(),
                 bias: 0,
                 y: out.ptr(),
-                n: weight.rows,
+                n: down_w.rows,
             }];
             let a = self.pool.get(gate.len() * 2, "16-bit activations")?;
             // SAFETY: shapes checked above; `a` holds gate.len() 16-bit values.
