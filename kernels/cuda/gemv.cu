@@ -102,8 +102,8 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
 #pragma unroll
             for (int b = 0; b < B; ++b) {
                 const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
-                const float4 x0 = __ldg(xb + 2 * cc);
-                const float4 x1 = __ldg(xb + 2 * cc + 1);
+                const float4 x0 = __ldcg(xb + 2 * cc);
+                const float4 x1 = __ldcg(xb + 2 * cc + 1);
 #pragma unroll
                 for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[u][r], x0, x1, acc[r][b]);
             }
@@ -120,8 +120,8 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
 #pragma unroll
         for (int b = 0; b < B; ++b) {
             const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
-            const float4 x0 = __ldg(xb + 2 * c);
-            const float4 x1 = __ldg(xb + 2 * c + 1);
+            const float4 x0 = __ldcg(xb + 2 * c);
+            const float4 x1 = __ldcg(xb + 2 * c + 1);
 #pragma unroll
             for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[r], x0, x1, acc[r][b]);
         }

@@ -121,8 +121,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             const unsigned c = step * 4 + q;
             float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
             if (has_x) {
-                x0 = __ldg(xr + 2 * c);
-                x1 = __ldg(xr + 2 * c + 1);
+                x0 = __ldcg(xr + 2 * c);
+                x1 = __ldcg(xr + 2 * c + 1);
             }
             Mma16816<W>::run(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
                              Mma16816<W>::pack(x0.x, x0.y), Mma16816<W>::pack(x0.z, x0.w));

@@ -350,8 +350,14 @@ impl CudaDevice {
             (false, true) => (4, 2),
             (false, false) => (2, 1),
         };
-        let (mut args, blocks) =
-            gemv_args(batch, x, k, &[gate], out_rows, if tensor_cores { 32 } else { 8 })?;
+        let (mut args, blocks) = gemv_args(
+            batch,
+            x,
+            k,
+            &[gate],
+            out_rows,
+            if tensor_cores { 32 } else { 8 },
+        )?;
         args.seg[1] = qrt_gemv_segment {
             w: up,
             n: args.seg[0].n,
@@ -377,7 +383,15 @@ impl CudaDevice {
         let warps = (k / 8 / 64).clamp(1, 8) as u32;
         let kernel = format!("qrt_gemv_gated_{t}_b{batch}_r{rows_loaded}");
         // SAFETY: qrt_gemv_args by value; the caller guarantees the addresses.
-        unsafe { self.launch("gemv", &kernel, (blocks, 1, 1), warps * 32, &mut params([&args])) }
+        unsafe {
+            self.launch(
+                "gemv",
+                &kernel,
+                (blocks, 1, 1),
+                warps * 32,
+                &mut params([&args]),
+            )
+        }
     }
 
     /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are

@@ -115,15 +115,17 @@ pub trait Backend: Send + Sync {
     /// Makes a pass's inputs available to the device.
     fn prepare(&self, input: &StepInput<'_>) -> Result<Self::Step, RuntimeError>;
     /// Runs `body`, the ops of one forward pass over `step` writing into buffers that live
-    /// across passes. A backend may record the ops the first time a kind of step is seen and
-    /// replay the recording afterwards instead of calling `body` (CUDA graphs), so `body` must
-    /// do nothing but queue ops on this backend.
+    /// across passes. A backend may record the ops the first time a kind of step is seen in a
+    /// `scope` (one model with its buffers and KV cache) and replay the recording afterwards
+    /// instead of calling `body` (CUDA graphs), so `body` must do nothing but queue ops on this
+    /// backend.
     fn run_step(
         &self,
         step: &Self::Step,
+        scope: u64,
         body: &mut dyn FnMut() -> Result<(), RuntimeError>,
     ) -> Result<(), RuntimeError> {
-        let _ = step;
+        let _ = (step, scope);
         body()
     }
 

@@ -81,7 +81,12 @@ pub struct Model<B: Backend> {
     inv_freq: Vec<f32>,
     /// Buffers of small passes, by (rows, logit rows).
     workspaces: Mutex<HashMap<(usize, usize), Workspace<B>>>,
+    /// Distinguishes this model from others loaded in the process.
+    id: u64,
 }
+
+/// Ids of loaded models.
+static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<B: Backend> Model<B> {
     /// Loads every weight of `file` that the graph needs onto `backend`.
@@ -135,6 +140,7 @@ impl<B: Backend> Model<B> {
             layers,
             config,
             workspaces: Mutex::new(HashMap::new()),
+            id: NEXT_MODEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -226,7 +232,9 @@ impl<B: Backend> Model<B> {
             temporary = Workspace::new(backend, &self.config, rows, logit_rows.len())?;
             &mut temporary
         };
-        backend.run_step(&step, &mut || self.body(backend, kv, &step, ws))?;
+        // Recordings are valid for this model's buffers and this KV cache only.
+        let scope = self.id ^ ((kv as *const B::Kv as u64) << 20);
+        backend.run_step(&step, scope, &mut || self.body(backend, kv, &step, ws))?;
         read(backend, &ws.logits)
     }
 

@@ -49,8 +49,8 @@ type TimedOp = (&'static str, Event, Event);
 #[derive(Default)]
 struct Graphs {
     /// Keys run once already (the second run is recorded).
-    seen: HashSet<StepKey>,
-    recorded: HashMap<StepKey, Graph>,
+    seen: HashSet<(StepKey, u64)>,
+    recorded: HashMap<(StepKey, u64), Graph>,
     inputs: HashMap<StepKey, Arc<StepBuffers>>,
 }
 
@@ -542,11 +542,13 @@ impl Backend for CudaBackend {
     fn run_step(
         &self,
         step: &CudaStep,
+        scope: u64,
         body: &mut dyn FnMut() -> Result<(), RuntimeError>,
     ) -> Result<(), RuntimeError> {
         let Some(key) = step.key else {
             return body();
         };
+        let key = (key, scope);
         let mut graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(graph) = graphs.recorded.get(&key) {
             return Ok(self.dev.replay(graph)?);

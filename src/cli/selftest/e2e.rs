@@ -83,14 +83,33 @@ fn compare(
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
     let mf = ModelFile::open(path)?;
+    // Four sequences read with a prefill GEMM and decoded with the batched GEMV; one long and
+    // one short sequence alone (prefill by GEMM or GEMV, then batch-one decode); two short ones.
+    for lens in [&[45, 1, 17, 120][..], &[40], &[5], &[5, 3]] {
+        compare_run(cuda, &mf, lens, label, rng, checks)?;
+    }
+    Ok(())
+}
+
+/// Compares the logits of one run (prompts of the given lengths) on both backends.
+fn compare_run(
+    cuda: &CudaBackend,
+    mf: &ModelFile,
+    lens: &[usize],
+    label: &str,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
     let vocab = mf.config.vocab_size;
-    let prompts: Vec<Vec<u32>> = [45, 1, 17, 120]
+    let prompts: Vec<Vec<u32>> = lens
         .iter()
         .map(|&n| (0..n).map(|_| rng.below(vocab) as u32).collect())
         .collect();
+    let label = format!("{label} x{}", lens.len());
+    let mf = &mf;
     let cpu = CpuBackend::new();
-    let want = logits_of_run(&cpu, &mf, &prompts, None)?;
-    let got = logits_of_run(cuda, &mf, &prompts, Some(&want.choices))?;
+    let want = logits_of_run(&cpu, mf, &prompts, None)?;
+    let got = logits_of_run(cuda, mf, &prompts, Some(&want.choices))?;
     for (step, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
         let (name, bound) = if step == 0 {
             ("model prefill logits", PREFILL_BOUND)

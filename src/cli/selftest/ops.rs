@@ -218,36 +218,39 @@ fn check_products(
             linear_bound(rows, 2048, ElemType::F16),
         );
     }
-    // The SwiGLU MLP of Llama-3.2-1B (gate and up fused on the GPU).
+    // SwiGLU MLPs of Llama-3.2-1B and SmolLM2 (gate and up fused on the GPU).
     fn mlp<B: Backend>(
         b: &B,
         file: &Arc<QrtFile>,
         x: &[f32],
         rows: usize,
+        (hidden, ffn): (usize, usize),
     ) -> anyhow::Result<Vec<f32>> {
         let w = |n, k| weight(b, file, &matrix_name(n, k, ElemType::F16));
-        let (gate_w, up_w, down_w) = (w(8192, 2048)?, w(8192, 2048)?, w(2048, 8192)?);
-        let xa = b.act_from_host(rows, 2048, x)?;
+        let (gate_w, up_w, down_w) = (w(ffn, hidden)?, w(ffn, hidden)?, w(hidden, ffn)?);
+        let xa = b.act_from_host(rows, hidden, x)?;
         let mut scratch = [
-            poisoned(b, rows, 8192)?,
-            poisoned(b, rows, 8192)?,
-            poisoned(b, rows, 8192)?,
+            poisoned(b, rows, ffn)?,
+            poisoned(b, rows, ffn)?,
+            poisoned(b, rows, ffn)?,
         ];
-        let mut out = poisoned(b, rows, 2048)?;
+        let mut out = poisoned(b, rows, hidden)?;
         let [gate, up, act] = &mut scratch;
         b.mlp(&xa, &gate_w, &up_w, &down_w, gate, up, act, &mut out)?;
         Ok(b.to_host(&out)?)
     }
-    for rows in [1, 3, 8, 40] {
-        let x = rng.normals(rows * 2048, 1.0);
-        let want = mlp(cpu, file, &x, rows)?;
-        let got = mlp(cuda, file, &x, rows)?;
-        checks.check(
-            "mlp (gate+up+silu, down)",
-            &format!("{rows}x2048 -> 8192 -> 2048"),
-            rel_err(&got, &want),
-            linear_bound(rows, 2048, ElemType::F16),
-        );
+    for shape @ (hidden, ffn) in [(2048, 8192), (576, 1536)] {
+        for rows in [1, 2, 3, 8, 40] {
+            let x = rng.normals(rows * hidden, 1.0);
+            let want = mlp(cpu, file, &x, rows, shape)?;
+            let got = mlp(cuda, file, &x, rows, shape)?;
+            checks.check(
+                "mlp (gate+up+silu, down)",
+                &format!("{rows}x{hidden} -> {ffn} -> {hidden}"),
+                rel_err(&got, &want),
+                linear_bound(rows, hidden, ElemType::F16),
+            );
+        }
     }
     Ok(())
 }
