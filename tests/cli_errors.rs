@@ -206,6 +206,117 @@ fn no_gpu_is_a_clear_message() {
         "{}",
         o.stderr
     );
+    // Every command that can run on a GPU says so the same way.
+    let dir = scratch("nogpu");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "one two three four five six seven eight nine ten ".repeat(50),
+    )
+    .unwrap();
+    let t = text.to_str().unwrap();
+    for args in [
+        &[
+            "generate", "--model", m, "--prompt", "hi", "--device", "cuda",
+        ][..],
+        &["bench", "--model", m, "--device", "cuda:0"],
+        &["bench", "kernels"],
+        &[
+            "eval", "ppl", "--model", m, "--data", t, "--ctx", "64", "--device", "cuda",
+        ],
+    ] {
+        expect_error(args, &["CUDA"]);
+    }
+    expect_error(
+        &[
+            "generate", "--model", m, "--prompt", "hi", "--device", "gpu",
+        ],
+        &["expected auto, cpu, cuda or cuda:N"],
+    );
+    expect_error(
+        &["bench", "kernels", "--device", "cpu"],
+        &["cuda or cuda:N"],
+    );
+}
+
+#[test]
+fn bench_measures_a_model_on_the_cpu_and_refuses_bad_requests() {
+    let dir = scratch("bench");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    let out = dir.join("bench.json");
+    let o = qrt(&[
+        "bench",
+        "--model",
+        m,
+        "--device",
+        "cpu",
+        "--batch",
+        "1,3",
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.ok, "{}", o.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (r, batch) in results.iter().zip([1, 3]) {
+        assert_eq!(r["batch"], batch);
+        assert_eq!(r["decode_step_ms"]["n"], 2);
+        // A decode step reads every weight and the cache: at least the file's matrices.
+        assert!(r["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["bytes_per_step"].as_u64().unwrap() > 0);
+        // Each sequence holds prompt + generated tokens, in blocks of 16.
+        assert_eq!(r["kv_bytes"].as_u64().unwrap() % 16, 0);
+    }
+    assert!(report["copy_bandwidth_gbs"].as_f64().unwrap() > 0.0);
+    assert!(report["device"].as_str().unwrap().starts_with("cpu"));
+    expect_error(&["bench", "--batch", "1"], &["needs --model"]);
+    expect_error(
+        &["bench", "--model", m, "--device", "cpu", "--batch", "0"],
+        &["at least 1"],
+    );
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--prompt-len",
+            "1000",
+        ],
+        &["exceeds the model's context of 1024"],
+    );
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            m,
+            "--device",
+            "cpu",
+            "--batch",
+            "8",
+            "--prompt-len",
+            "100",
+            "--gen-len",
+            "28",
+            "--kv-memory",
+            "64KiB",
+        ],
+        &["KV blocks", "--kv-memory"],
+    );
 }
 
 fn story(id: &str, turns: usize) -> String {

@@ -15,6 +15,10 @@ use crate::error::cuda_err;
 use crate::memory::MemoryCounter;
 use crate::{ptx, KernelError, BUILD_INFO};
 
+/// Oldest driver API version that loads the embedded PTX (13.0, encoded as 1000 * major +
+/// 10 * minor).
+const MIN_DRIVER_CUDA_VERSION: i32 = 13000;
+
 /// Oldest compute capability the kernels are built for (`sm_80`).
 const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
@@ -90,6 +94,20 @@ impl CudaDevice {
             } else {
                 KernelError::NoDriver(format!("the CUDA driver failed to initialise: {e}"))
             });
+        }
+        // The embedded PTX is ISA 9.0 (CUDA 13.0): older drivers cannot load it.
+        let mut driver = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut driver) }
+            .result()
+            .map_err(cuda_err("querying the driver version"))?;
+        if driver < MIN_DRIVER_CUDA_VERSION {
+            return Err(KernelError::NoDriver(format!(
+                "the NVIDIA driver supports CUDA {}.{}; qrt's kernels (PTX ISA 9.0) need a driver \
+                 for CUDA 13.0 or newer (R580+): update the driver",
+                driver / 1000,
+                driver % 1000 / 10
+            )));
         }
         let count = CudaContext::device_count().map_err(cuda_err("counting devices"))?;
         if ordinal >= usize::try_from(count).unwrap_or(0) {

@@ -309,17 +309,57 @@ impl CudaDevice {
             1
         };
         let (args, blocks) = gemv_args(batch, x, k, segments, rows_per_block, 8)?;
-        let warps = (k / 8 / 64).clamp(1, 8) as u32;
         let kernel = format!("qrt_gemv_{}_b{batch}_r{rows_per_block}", ty.name());
-        // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees the
-        // addresses.
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
+    }
+
+    /// Launches FMA GEMV kernel `kernel` on `blocks` blocks, a warp per 512 values of k (1 to
+    /// 8 warps).
+    ///
+    /// # Safety
+    /// `args` must describe valid buffers for `kernel`.
+    unsafe fn launch_gemv_fma(
+        &self,
+        kernel: &str,
+        args: &qrt_gemv_args,
+        blocks: u32,
+    ) -> Result<(), KernelError> {
+        let warps = (args.k / 8 / 64).clamp(1, 8);
+        // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees it.
         unsafe {
             self.launch(
                 "gemv",
-                &kernel,
+                kernel,
                 (blocks, 1, 1),
                 warps * 32,
-                &mut params([&args]),
+                &mut params([args]),
+            )
+        }
+    }
+
+    /// Launches tensor-core GEMV kernel `<stem>_w<warps>` on `blocks` 16-row tiles: 16 warps
+    /// per tile when there are few tiles (under two per multiprocessor), else 8.
+    ///
+    /// # Safety
+    /// `args` must describe valid buffers for the kernel.
+    unsafe fn launch_gemv_tc(
+        &self,
+        stem: &str,
+        args: &qrt_gemv_args,
+        blocks: u32,
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        let warps = if blocks < 264 { 16 } else { 8 };
+        let batch = batch as u32;
+        // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the buffers.
+        unsafe {
+            self.launch(
+                "gemv_tc",
+                &format!("{stem}_w{warps}"),
+                (blocks, 1, 1),
+                warps * 32,
+                &mut params([args, &batch]),
             )
         }
     }
@@ -365,32 +405,17 @@ impl CudaDevice {
         };
         args.num_segments = 2;
         let t = ty.name();
-        if tensor_cores {
-            let warps = if blocks < 264 { 16 } else { 8 };
-            let kernel = format!("qrt_gemv_tc_gated_{t}_w{warps}");
-            let batch = batch as u32;
-            // SAFETY: (qrt_gemv_args, uint32_t); the caller guarantees the addresses.
-            return unsafe {
-                self.launch(
-                    "gemv_tc",
-                    &kernel,
-                    (blocks, 1, 1),
-                    warps * 32,
-                    &mut params([&args, &batch]),
-                )
-            };
-        }
-        let warps = (k / 8 / 64).clamp(1, 8) as u32;
-        let kernel = format!("qrt_gemv_gated_{t}_b{batch}_r{rows_loaded}");
-        // SAFETY: qrt_gemv_args by value; the caller guarantees the addresses.
+        // SAFETY: forwarded from the caller.
         unsafe {
-            self.launch(
-                "gemv",
-                &kernel,
-                (blocks, 1, 1),
-                warps * 32,
-                &mut params([&args]),
-            )
+            if tensor_cores {
+                self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, batch)
+            } else {
+                self.launch_gemv_fma(
+                    &format!("qrt_gemv_gated_{t}_b{batch}_r{rows_loaded}"),
+                    &args,
+                    blocks,
+                )
+            }
         }
     }
 
@@ -408,20 +433,8 @@ impl CudaDevice {
         segments: &[Segment],
     ) -> Result<(), KernelError> {
         let (args, blocks) = gemv_args(batch, x, k, segments, 16, 32)?;
-        // Few 16-row tiles (under two per multiprocessor): more warps per tile.
-        let warps = if blocks < 264 { 16 } else { 8 };
-        let kernel = format!("qrt_gemv_tc_{}_w{warps}", ty.name());
-        let batch = batch as u32;
-        // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the addresses.
-        unsafe {
-            self.launch(
-                "gemv_tc",
-                &kernel,
-                (blocks, 1, 1),
-                warps * 32,
-                &mut params([&args, &batch]),
-            )
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_gemv_tc(&format!("qrt_gemv_tc_{}", ty.name()), &args, blocks, batch) }
     }
 
     /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):

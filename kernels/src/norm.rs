@@ -105,7 +105,6 @@ impl CudaDevice {
     ///
     /// # Safety
     /// `x` and `y` must hold `rows * cols` f32, `w` `cols` f32.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn rms_norm_rows(
         &self,
         x: u64,
@@ -115,23 +114,8 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
-        let n = rows * cols;
-        let args = row_args(rows, cols, eps, &[("x", n)], cols)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let cfg = launch_config(&args, f32::VEC);
-        // SAFETY: (qrt_rms_norm_args, const float*, const float*, float*); the caller
-        // guarantees the addresses.
-        unsafe {
-            self.launch(
-                MODULE,
-                f32::RMS_NORM,
-                cfg.grid_dim,
-                cfg.block_dim.0,
-                &mut params([&args, &x, &w, &y]),
-            )
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.norm_rows(f32::RMS_NORM, &[x, w, y], rows, cols, eps) }
     }
 
     /// `sum = x + residual` then `y = rmsnorm(sum) * w`, over `rows` rows of `cols` f32;
@@ -151,23 +135,46 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
-        let n = rows * cols;
-        let args = row_args(rows, cols, eps, &[("x", n)], cols)?;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.norm_rows(
+                f32::ADD_RMS_NORM,
+                &[x, residual, w, sum, y],
+                rows,
+                cols,
+                eps,
+            )
+        }
+    }
+
+    /// Launches norm kernel `kernel` (f32 activations) with the arguments and then the device
+    /// addresses `pointers`, in the kernel's order.
+    ///
+    /// # Safety
+    /// The addresses must be what the kernel reads and writes, each of `rows * cols` f32 (the
+    /// weight `cols`).
+    unsafe fn norm_rows(
+        &self,
+        kernel: &str,
+        pointers: &[u64],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let args = row_args(rows, cols, eps, &[("x", rows * cols)], cols)?;
         if rows == 0 {
             return Ok(());
         }
         let cfg = launch_config(&args, f32::VEC);
-        // SAFETY: (qrt_rms_norm_args, const float* x, const float* residual, const float* w,
-        // float* sum, float* y); the caller guarantees the addresses.
-        unsafe {
-            self.launch(
-                MODULE,
-                f32::ADD_RMS_NORM,
-                cfg.grid_dim,
-                cfg.block_dim.0,
-                &mut params([&args, &x, &residual, &w, &sum, &y]),
-            )
-        }
+        let mut list: Vec<*mut std::ffi::c_void> = params([&args]).to_vec();
+        list.extend(
+            pointers
+                .iter()
+                .map(|p| std::ptr::from_ref(p).cast_mut().cast::<std::ffi::c_void>()),
+        );
+        // SAFETY: the norm args by value then the pointers, as the kernel takes them; the
+        // caller guarantees the addresses, which `pointers` keeps alive for the call.
+        unsafe { self.launch(MODULE, kernel, cfg.grid_dim, cfg.block_dim.0, &mut list) }
     }
 
     /// RMSNorm of each row of `x` (`rows` x `cols`, row-major):

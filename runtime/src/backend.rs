@@ -82,6 +82,39 @@ pub struct LinearOut<'a, B: Backend + ?Sized> {
     pub out: &'a mut B::Act,
 }
 
+impl<'a, B: Backend + ?Sized> LinearOut<'a, B> {
+    /// The gate and up projections of a SwiGLU MLP (no biases), for [`Backend::linears`].
+    pub fn gate_up(
+        gate_w: &'a B::Weight,
+        up_w: &'a B::Weight,
+        gate: &'a mut B::Act,
+        up: &'a mut B::Act,
+    ) -> [Self; 2] {
+        [
+            LinearOut {
+                weight: gate_w,
+                bias: None,
+                out: gate,
+            },
+            LinearOut {
+                weight: up_w,
+                bias: None,
+                out: up,
+            },
+        ]
+    }
+}
+
+/// Checks that `len` host values fill a `[rows, cols]` activation.
+pub fn check_host_len(rows: usize, cols: usize, len: usize) -> Result<(), RuntimeError> {
+    if len != rows * cols {
+        return Err(RuntimeError::Shape(format!(
+            "{len} values for a [{rows}, {cols}] activation"
+        )));
+    }
+    Ok(())
+}
+
 /// The op set every backend provides.
 pub trait Backend: Send + Sync {
     /// An activation buffer of `rows x cols` values.
@@ -230,21 +263,7 @@ pub trait Backend: Send + Sync {
         act: &mut Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError> {
-        self.linears(
-            x,
-            &mut [
-                LinearOut {
-                    weight: gate_w,
-                    bias: None,
-                    out: gate,
-                },
-                LinearOut {
-                    weight: up_w,
-                    bias: None,
-                    out: up,
-                },
-            ],
-        )?;
+        self.linears(x, &mut LinearOut::gate_up(gate_w, up_w, gate, up))?;
         self.silu_mul(gate, up, act)?;
         self.linear(act, down_w, None, out)
     }

@@ -44,6 +44,15 @@ impl FromStr for Device {
     }
 }
 
+/// The ordinal of a `cuda` or `cuda:N` device name (for the GPU-only commands).
+pub fn cuda_ordinal(name: &str) -> anyhow::Result<usize> {
+    // (`auto` would probe for a GPU; it is not a name these commands take.)
+    match (name != "auto").then(|| name.parse::<Device>()) {
+        Some(Ok(Device::Cuda(n))) => Ok(n),
+        _ => bail!("--device must be cuda or cuda:N, got '{name}'"),
+    }
+}
+
 /// KV-cache capacity from `--kv-memory`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KvMemory {
@@ -116,6 +125,16 @@ pub fn engine_on<B: Backend>(
     kv_elem_bytes: usize,
     free_bytes: impl Fn(&B) -> Option<u64>,
 ) -> anyhow::Result<Engine<B>> {
+    let weights: u64 = mf.file.tensors().iter().map(|t| t.nbytes()).sum();
+    if let Some(free) = free_bytes(&backend).filter(|&free| weights > free) {
+        bail!(
+            "{}: the weights take {} MiB, more than the {} MiB free on {}",
+            mf.file.path(),
+            weights >> 20,
+            free >> 20,
+            backend.describe()
+        );
+    }
     let model = Model::load(&backend, &mf.file, mf.config.clone())
         .with_context(|| format!("loading {} on {}", mf.file.path(), backend.describe()))?;
     let per_token = kv_bytes_per_token(mf, kv_elem_bytes) as u64;
@@ -186,6 +205,15 @@ pub(crate) use with_engine;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_only_commands_take_cuda_names() {
+        assert_eq!(cuda_ordinal("cuda").unwrap(), 0);
+        assert_eq!(cuda_ordinal("cuda:2").unwrap(), 2);
+        for bad in ["cpu", "auto", "gpu"] {
+            assert!(cuda_ordinal(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn devices_parse() {

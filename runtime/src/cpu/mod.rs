@@ -12,7 +12,7 @@ use std::sync::Arc;
 use qrt_format::container::{ElemType, QrtFile, TensorInfo};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, BatchLayout, HeadGeometry, StepInput};
+use crate::backend::{check_host_len, Backend, BatchLayout, HeadGeometry, StepInput};
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
 use linear::{DecodeRows, DenseRows, Weights};
@@ -397,12 +397,7 @@ impl Backend for CpuBackend {
         cols: usize,
         data: &[f32],
     ) -> Result<CpuAct, RuntimeError> {
-        if data.len() != rows * cols {
-            return Err(RuntimeError::Shape(format!(
-                "{} values for a [{rows}, {cols}] activation",
-                data.len()
-            )));
-        }
+        check_host_len(rows, cols, data.len())?;
         Ok(CpuAct {
             data: data.to_vec(),
             rows,

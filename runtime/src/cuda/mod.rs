@@ -22,7 +22,7 @@ use qrt_kernels::{
     Segment,
 };
 
-use crate::backend::{Backend, HeadGeometry, LinearOut, StepInput};
+use crate::backend::{check_host_len, Backend, HeadGeometry, LinearOut, StepInput};
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
@@ -512,12 +512,7 @@ impl Backend for CudaBackend {
         cols: usize,
         data: &[f32],
     ) -> Result<CudaAct, RuntimeError> {
-        if data.len() != rows * cols {
-            return Err(RuntimeError::Shape(format!(
-                "{} values for a [{rows}, {cols}] activation",
-                data.len()
-            )));
-        }
+        check_host_len(rows, cols, data.len())?;
         let act = self.alloc_act(rows, cols)?;
         // SAFETY: the buffer holds rows * cols f32.
         unsafe { self.dev.copy_to_device(data, act.ptr(), "activations")? };
@@ -757,21 +752,7 @@ impl Backend for CudaBackend {
         }
         // Prefill: gate and up in one GEMM; SiLU, product and the rounding for the tensor
         // cores in one pass; then the down GEMM.
-        self.linears(
-            x,
-            &mut [
-                LinearOut {
-                    weight: gate_w,
-                    bias: None,
-                    out: gate,
-                },
-                LinearOut {
-                    weight: up_w,
-                    bias: None,
-                    out: up,
-                },
-            ],
-        )?;
+        self.linears(x, &mut LinearOut::gate_up(gate_w, up_w, gate, up))?;
         self.timed("linear gemm (silu input)", || {
             let segment = [Segment {
                 w: down_w.buf.ptr(),

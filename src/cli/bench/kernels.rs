@@ -87,13 +87,7 @@ fn time_us(
 
 /// Runs the kernel benchmarks and writes the table and JSON.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let ordinal = match args.device.as_str() {
-        "cuda" => 0,
-        d => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => n,
-            None => bail!("--device must be cuda or cuda:N, got '{d}'"),
-        },
-    };
+    let ordinal = crate::cli::device::cuda_ordinal(&args.device)?;
     if args.iters == 0 || args.repeats == 0 {
         bail!("--iters and --repeats must be at least 1");
     }

@@ -78,13 +78,7 @@ impl Checks {
 
 /// Runs every check; fails if any exceeds its bound.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let ordinal = match args.device.as_str() {
-        "cuda" => 0,
-        d => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => n,
-            None => bail!("--device must be cuda or cuda:N, got '{d}'"),
-        },
-    };
+    let ordinal = crate::cli::device::cuda_ordinal(&args.device)?;
     let cuda = CudaBackend::new(ordinal)?;
     println!("device: {}", qrt_runtime::backend::Backend::describe(&cuda));
     let seed = args.seed.unwrap_or_else(|| {
