@@ -1,6 +1,7 @@
 // Small row-wise and element-wise kernels of the decoder graph: embedding gather, the fused
 // rotary embedding + KV-cache store, SiLU-and-multiply, row gather, conversion of activations
-// to 16 bits for the tensor cores, residual add, and greedy token choice (argmax).
+// to 16 bits for the tensor cores (with SiLU-and-multiply fused for the MLP), and greedy token
+// choice (argmax).
 // Activations are f32 throughout; the KV cache is f16.
 
 #include "common.cuh"
@@ -135,13 +136,6 @@ extern "C" __global__ void qrt_silu_mul_to_f16(const float* gate, const float* u
 extern "C" __global__ void qrt_silu_mul_to_bf16(const float* gate, const float* up,
                                                 __nv_bfloat16* out, uint32_t n) {
     silu_mul_to(gate, up, out, n);
-}
-
-// x += y.
-extern "C" __global__ void qrt_add(float* x, const float* y, uint32_t n) {
-    qrt::pdl_enter();
-    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
-        x[i] += y[i];
 }
 
 // Argmax of every row as a 64-bit key: the value's bits made orderable as an unsigned integer

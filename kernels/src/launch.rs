@@ -113,7 +113,6 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         "qrt_rope_kv",
         "qrt_silu_mul",
         "qrt_gather_rows",
-        "qrt_add",
         "qrt_argmax",
     ] {
         all.push(("elementwise", name.to_string()));
@@ -621,9 +620,24 @@ impl CudaDevice {
         }
     }
 
-    /// Grid of up to 1024 blocks of 256 threads for `n` elements, grid-stride loops beyond.
-    fn elementwise_grid(n: usize) -> (u32, u32, u32) {
-        (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1)
+    /// Launches element-wise kernel `kernel` (parameters: the device addresses `pointers`,
+    /// then `n` as u32) on up to 1024 blocks of 256 threads, grid-stride loops beyond.
+    ///
+    /// # Safety
+    /// The addresses must be what the kernel reads and writes, each of `n` elements.
+    unsafe fn launch_elementwise(
+        &self,
+        kernel: &str,
+        pointers: &[u64],
+        n: usize,
+    ) -> Result<(), KernelError> {
+        let n32 = u32_of("n", n)?;
+        let mut list: Vec<*mut c_void> = pointers.iter().map(Param::ptr).collect();
+        list.push(Param::ptr(&n32));
+        let grid = (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1);
+        // SAFETY: the pointers then n, as the kernel takes them; the caller guarantees the
+        // addresses, which `pointers` and `n32` keep alive for the call.
+        unsafe { self.launch("elementwise", kernel, grid, 256, &mut list) }
     }
 
     /// `out = silu(gate) * up` over `n` f32.
@@ -637,17 +651,8 @@ impl CudaDevice {
         out: u64,
         n: usize,
     ) -> Result<(), KernelError> {
-        let n32 = u32_of("n", n)?;
-        // SAFETY: (const float*, const float*, float*, uint32_t).
-        unsafe {
-            self.launch(
-                "elementwise",
-                "qrt_silu_mul",
-                Self::elementwise_grid(n),
-                256,
-                &mut params([&gate, &up, &out, &n32]),
-            )
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_elementwise("qrt_silu_mul", &[gate, up, out], n) }
     }
 
     /// `out[i, :] = x[rows[i], :]` for `count` rows of `cols` f32.
@@ -686,18 +691,8 @@ impl CudaDevice {
         out: u64,
         n: usize,
     ) -> Result<(), KernelError> {
-        let n32 = u32_of("n", n)?;
-        let kernel = format!("qrt_to_{}", ty.name());
-        // SAFETY: (const float*, T*, uint32_t).
-        unsafe {
-            self.launch(
-                "elementwise",
-                &kernel,
-                Self::elementwise_grid(n),
-                256,
-                &mut params([&x, &out, &n32]),
-            )
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_elementwise(&format!("qrt_to_{}", ty.name()), &[x, out], n) }
     }
 
     /// `out = silu(gate) * up` over `n` f32, rounded to `ty` (the input of a GEMM).
@@ -712,34 +707,12 @@ impl CudaDevice {
         out: u64,
         n: usize,
     ) -> Result<(), KernelError> {
-        let n32 = u32_of("n", n)?;
-        let kernel = format!("qrt_silu_mul_to_{}", ty.name());
-        // SAFETY: (const float*, const float*, T*, uint32_t).
+        // SAFETY: forwarded from the caller.
         unsafe {
-            self.launch(
-                "elementwise",
-                &kernel,
-                Self::elementwise_grid(n),
-                256,
-                &mut params([&gate, &up, &out, &n32]),
-            )
-        }
-    }
-
-    /// `x += y` over `n` f32.
-    ///
-    /// # Safety
-    /// Both addresses must hold `n` f32.
-    pub unsafe fn add(&self, x: u64, y: u64, n: usize) -> Result<(), KernelError> {
-        let n32 = u32_of("n", n)?;
-        // SAFETY: (float*, const float*, uint32_t).
-        unsafe {
-            self.launch(
-                "elementwise",
-                "qrt_add",
-                Self::elementwise_grid(n),
-                256,
-                &mut params([&x, &y, &n32]),
+            self.launch_elementwise(
+                &format!("qrt_silu_mul_to_{}", ty.name()),
+                &[gate, up, out],
+                n,
             )
         }
     }

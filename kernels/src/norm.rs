@@ -4,7 +4,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use crate::error::cuda_err;
-use crate::launch::params;
+use crate::launch::{params, Param};
 use crate::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
 use crate::{CudaDevice, KernelError};
 
@@ -167,11 +167,7 @@ impl CudaDevice {
         }
         let cfg = launch_config(&args, f32::VEC);
         let mut list: Vec<*mut std::ffi::c_void> = params([&args]).to_vec();
-        list.extend(
-            pointers
-                .iter()
-                .map(|p| std::ptr::from_ref(p).cast_mut().cast::<std::ffi::c_void>()),
-        );
+        list.extend(pointers.iter().map(Param::ptr));
         // SAFETY: the norm args by value then the pointers, as the kernel takes them; the
         // caller guarantees the addresses, which `pointers` keeps alive for the call.
         unsafe { self.launch(MODULE, kernel, cfg.grid_dim, cfg.block_dim.0, &mut list) }
