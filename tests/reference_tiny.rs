@@ -68,3 +68,29 @@ fn tiny_models_match_transformers() {
         assert!(a.max_abs_diff < 1e-4, "{name}: {a:?}");
     }
 }
+
+/// Token ids outside the vocabulary are refused before anything runs, by the engine and by the
+/// model (a backend may replay a recorded pass without running the ops that would check them).
+#[test]
+fn out_of_vocabulary_tokens_are_refused() {
+    let path = convert("tiny_llama_hf+vocab", &serde_json::json!({}));
+    let mf = ModelFile::open(&path).unwrap();
+    let vocab = mf.config.vocab_size as u32;
+    let backend = CpuBackend::new();
+    let model = Model::load(&backend, &mf.file, mf.config.clone()).unwrap();
+    let mut engine = Engine::new(backend, model, 64, 16).unwrap();
+    let request = |prompt: Vec<u32>| qrt_runtime::engine::SeqRequest {
+        prompt,
+        max_new_tokens: 2,
+        sampling: qrt_runtime::sampling::SamplingParams::GREEDY,
+        seed: 0,
+    };
+    let err = engine.add(request(vec![1, vocab])).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("token id {vocab}")),
+        "{err}"
+    );
+    let err = engine.score(&[1, vocab + 7]).unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    assert!(engine.add(request(vec![1, vocab - 1])).is_ok());
+}

@@ -460,6 +460,12 @@ impl CudaDevice {
                 segments.len()
             )));
         }
+        // cp.async copies 16-byte pieces.
+        if !a.is_multiple_of(16) || segments.iter().any(|s| !s.w.is_multiple_of(16)) {
+            return Err(KernelError::Shape(
+                "GEMM operands must be 16-byte aligned".into(),
+            ));
+        }
         let mut args = qrt_gemm_args {
             a,
             m: u32_of("m", m)?,
@@ -498,7 +504,7 @@ impl CudaDevice {
 
     fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {
         let (h, kvh, d) = (args.num_heads, args.num_kv_heads, args.head_dim);
-        if kvh == 0 || h % kvh != 0 || h / kvh > MAX_ATTN_GROUP as u32 {
+        if kvh == 0 || h == 0 || h % kvh != 0 || h / kvh > MAX_ATTN_GROUP as u32 {
             return Err(KernelError::Shape(format!(
                 "attention needs num_heads a multiple of num_kv_heads with at most \
                  {MAX_ATTN_GROUP} query heads per KV head, got {h} and {kvh}"

@@ -145,8 +145,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Act, RuntimeError>;
     /// A KV pool of the given geometry.
     fn alloc_kv(&self, geometry: &KvGeometry) -> Result<Self::Kv, RuntimeError>;
-    /// Makes a pass's inputs available to the device.
-    fn prepare(&self, input: &StepInput<'_>) -> Result<Self::Step, RuntimeError>;
+    /// Makes a pass's inputs available to the device, checking them against the KV cache the
+    /// pass will use (block size, blocks and slots in range).
+    fn prepare(&self, input: &StepInput<'_>, kv: &Self::Kv) -> Result<Self::Step, RuntimeError>;
+    /// An id of `kv` that no other KV cache of this backend has had (for [`run_step`]'s
+    /// scope); 0 where a backend records nothing.
+    ///
+    /// [`run_step`]: Self::run_step
+    fn kv_id(&self, kv: &Self::Kv) -> u64 {
+        let _ = kv;
+        0
+    }
     /// Runs `body`, the ops of one forward pass over `step` writing into buffers that live
     /// across passes. A backend may record the ops the first time a kind of step is seen in a
     /// `scope` (one model with its buffers and KV cache) and replay the recording afterwards

@@ -145,6 +145,12 @@ impl<B: Backend> Engine<B> {
         if request.prompt.is_empty() {
             return Err(RuntimeError::InvalidRequest("the prompt is empty".into()));
         }
+        let vocab = self.model.config().vocab_size;
+        if let Some(t) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
         if total > max_ctx {
             return Err(RuntimeError::InvalidRequest(format!(
                 "prompt ({} tokens) plus up to {} new tokens exceeds the model's context of {max_ctx} tokens",

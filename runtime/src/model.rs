@@ -204,6 +204,14 @@ impl<B: Backend> Model<B> {
                 batch.rows()
             )));
         }
+        // Checked here, not only by the ops: a backend may replay a recorded pass without
+        // running them.
+        let vocab = self.config.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
         let input = StepInput {
             tokens,
             batch,
@@ -211,7 +219,7 @@ impl<B: Backend> Model<B> {
             inv_freq: &self.inv_freq,
             heads: self.heads(),
         };
-        let step = backend.prepare(&input)?;
+        let step = backend.prepare(&input, kv)?;
         let key = (rows, logit_rows.len());
         let mut kept = self
             .workspaces
@@ -233,7 +241,7 @@ impl<B: Backend> Model<B> {
             &mut temporary
         };
         // Recordings are valid for this model's buffers and this KV cache only.
-        let scope = self.id ^ ((kv as *const B::Kv as u64) << 20);
+        let scope = (self.id << 32) | (backend.kv_id(kv) & 0xffff_ffff);
         backend.run_step(&step, scope, &mut || self.body(backend, kv, &step, ws))?;
         read(backend, &ws.logits)
     }

@@ -430,7 +430,8 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn prepare(&self, input: &StepInput<'_>) -> Result<CpuStep, RuntimeError> {
+    fn prepare(&self, input: &StepInput<'_>, kv: &CpuKv) -> Result<CpuStep, RuntimeError> {
+        let _ = kv; // each op checks its slots against the pool
         Ok(CpuStep {
             tokens: input.tokens.to_vec(),
             batch: input.batch.clone(),

@@ -32,7 +32,8 @@ use step::{plan, DecodeSplit, StepPlan};
 /// Largest batch of rows multiplied by GEMV (and recorded as a graph); larger ones use GEMM.
 pub const MAX_GEMV_ROWS: usize = 8;
 
-/// The CUDA backend on one GPU.
+/// The CUDA backend on one GPU. It runs one pass at a time (an engine drives it from one
+/// thread): a pass's inputs and a recorded pass's buffers are shared per kind of pass.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
     pool: ActPool,
@@ -60,6 +61,7 @@ struct StepKey {
     rows: usize,
     split: DecodeSplit,
     heads: HeadGeometry,
+    block_size: usize,
 }
 
 /// The storage of a weight on the device.
@@ -99,7 +101,12 @@ pub struct CudaKv {
     k: DeviceBuffer,
     v: DeviceBuffer,
     geometry: KvGeometry,
+    /// Unique among the caches of this process (recordings are kept per cache).
+    id: u64,
 }
+
+/// Ids of KV caches.
+static NEXT_KV_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl CudaKv {
     /// Byte offset of layer `layer` in either pool.
@@ -258,6 +265,17 @@ impl CudaBackend {
         }
     }
 
+    /// Checks that `w` is a vector held as f32 (a norm scale).
+    fn check_vector(w: &CudaWeight) -> Result<(), RuntimeError> {
+        if w.ty != WeightType::F32 || w.rows != 1 {
+            return Err(RuntimeError::Shape(format!(
+                "tensor {} is not a vector: [{}, {}]",
+                w.name, w.rows, w.cols
+            )));
+        }
+        Ok(())
+    }
+
     fn check_linear(
         x: &CudaAct,
         w: &CudaWeight,
@@ -299,6 +317,7 @@ impl CudaBackend {
                 rows: plan.rows,
                 split,
                 heads,
+                block_size: plan.block_size,
             });
         let (counters_at, work_bytes) = plan.decode.map_or((0, 0), |d| {
             attention_decode_work_bytes(
@@ -525,13 +544,34 @@ impl Backend for CudaBackend {
             k: self.dev.alloc(bytes, "the KV cache (keys)")?,
             v: self.dev.alloc(bytes, "the KV cache (values)")?,
             geometry: *g,
+            id: NEXT_KV_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
-    fn prepare(&self, input: &StepInput<'_>) -> Result<CudaStep, RuntimeError> {
+    fn prepare(&self, input: &StepInput<'_>, kv: &CudaKv) -> Result<CudaStep, RuntimeError> {
         self.timed("upload inputs", || {
-            self.upload_step(plan(input)?, input.heads)
+            let plan = plan(input)?;
+            // Checked here as well as by the ops, since a replayed recording runs no op.
+            let g = &kv.geometry;
+            let heads = input.heads;
+            if plan.block_size != g.block_size
+                || heads.num_kv_heads * heads.head_dim != g.slot_elems()
+                || (plan.rows > 0
+                    && (plan.max_block as usize >= g.num_blocks
+                        || plan.max_slot as usize >= g.num_slots()))
+            {
+                return Err(RuntimeError::Shape(format!(
+                    "a pass over blocks of {} tokens (block {}, slot {}) does not fit a KV cache \
+                     of {} blocks of {} tokens",
+                    plan.block_size, plan.max_block, plan.max_slot, g.num_blocks, g.block_size
+                )));
+            }
+            self.upload_step(plan, heads)
         })
+    }
+
+    fn kv_id(&self, kv: &CudaKv) -> u64 {
+        kv.id
     }
 
     fn run_step(
@@ -577,6 +617,9 @@ impl Backend for CudaBackend {
                 )));
             }
             let ty = Self::half_type(table)?.name();
+            if step.plan.rows == 0 {
+                return Ok(());
+            }
             // SAFETY: the tokens are below table.rows (checked); out holds rows * cols f32.
             unsafe {
                 self.dev.embed(
@@ -602,6 +645,7 @@ impl Backend for CudaBackend {
         self.timed("rms_norm", || {
             check("rms_norm", out, x.rows, weight.cols)?;
             check("rms_norm input", x, out.rows, weight.cols)?;
+            Self::check_vector(weight)?;
             // SAFETY: shapes checked; the weight holds cols f32.
             unsafe {
                 self.dev
@@ -623,6 +667,7 @@ impl Backend for CudaBackend {
             check("add_rms_norm residual", residual, x.rows, x.cols)?;
             check("add_rms_norm output", out, x.rows, weight.cols)?;
             check("add_rms_norm input", x, out.rows, weight.cols)?;
+            Self::check_vector(weight)?;
             // SAFETY: shapes checked; x is both an input and the sum, as the kernel allows.
             unsafe {
                 self.dev.add_rms_norm_rows(

@@ -69,6 +69,8 @@ pub struct StepPlan {
     pub max_block: u32,
     /// Largest cache slot written.
     pub max_slot: u32,
+    /// Tokens per KV block the tables assume.
+    pub block_size: usize,
 }
 
 /// Appends `data` at a 16-byte-aligned offset and returns the offset.
@@ -112,9 +114,32 @@ pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
             "logit row {r} of a batch of {rows} rows"
         )));
     }
+    if input.inv_freq.len() * 2 != input.heads.head_dim {
+        return Err(RuntimeError::Shape(format!(
+            "{} rotary frequencies for heads of {}",
+            input.inv_freq.len(),
+            input.heads.head_dim
+        )));
+    }
+    let words_u32 = |what: &str, v: usize| {
+        u32::try_from(v).map_err(|_| RuntimeError::Shape(format!("{what} {v} exceeds 32 bits")))
+    };
+    words_u32("rows", rows)?;
+    for s in &batch.seqs {
+        words_u32("context", s.past + s.len)?;
+    }
+    // Decode: one new token per sequence, at the position and in the slot its block table
+    // gives (the decode kernel derives both from the table), logits of every row in order.
     let decode_rows: Vec<u32> = batch.seqs.iter().map(|s| s.start as u32).collect();
-    let decode = (batch.seqs.iter().all(|s| s.len == 1)
-        && batch.seqs.len() == rows
+    let from_table = |s: &crate::backend::SeqSpan| {
+        let p = s.past;
+        u64::from(s.block_table[p / bs]) * bs as u64 + (p % bs) as u64
+    };
+    let decode = (batch.seqs.iter().all(|s| {
+        s.len == 1
+            && batch.positions[s.start] as usize == s.past
+            && u64::from(batch.slots[s.start]) == from_table(s)
+    }) && batch.seqs.len() == rows
         && input.logit_rows == decode_rows.as_slice())
     .then(|| {
         let max_ctx = batch.seqs.iter().map(|s| s.past + 1).max().unwrap_or(1);
@@ -137,11 +162,15 @@ pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
     let seqs = push(&mut words, records);
     let tables = push(
         &mut words,
+        // (A decode table longer than the stride is cut: only ceil(context / block) entries,
+        // at most the stride, are ever read.)
         batch.seqs.iter().flat_map(|s| {
-            let pad = stride.map_or(0, |st| st.saturating_sub(s.block_table.len()));
+            let keep = stride.unwrap_or(s.block_table.len());
+            let pad = keep.saturating_sub(s.block_table.len());
             s.block_table
                 .iter()
                 .copied()
+                .take(keep)
                 .chain(std::iter::repeat_n(0, pad))
         }),
     );
@@ -186,6 +215,7 @@ pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
             .max()
             .unwrap_or(0),
         max_slot: batch.slots.iter().copied().max().unwrap_or(0),
+        block_size: bs,
     })
 }
 
@@ -224,7 +254,8 @@ mod tests {
             block_size: 16,
         };
         let tokens: Vec<u32> = (0..41).collect();
-        let inv = [1.0f32, 0.5];
+        let mut inv = [1.0f32; 32];
+        inv[1] = 0.5;
         let p = plan(&StepInput {
             tokens: &tokens,
             batch: &batch,
@@ -280,7 +311,7 @@ mod tests {
             tokens: &[7, 9],
             batch: &batch,
             logit_rows: &[0, 1],
-            inv_freq: &[1.0],
+            inv_freq: &[1.0; 32],
             heads: heads(),
         })
         .unwrap();
@@ -301,6 +332,93 @@ mod tests {
     }
 
     #[test]
+    fn a_decode_step_must_match_its_tables() {
+        let layout = |position: u32, slot: u32| BatchLayout {
+            seqs: vec![SeqSpan {
+                start: 0,
+                len: 1,
+                past: 20,
+                block_table: vec![7, 3, 9],
+            }],
+            positions: vec![position],
+            slots: vec![slot],
+            block_size: 16,
+        };
+        let decode = |batch: &BatchLayout| {
+            plan(&StepInput {
+                tokens: &[1],
+                batch,
+                logit_rows: &[0],
+                inv_freq: &[1.0; 32],
+                heads: heads(),
+            })
+            .unwrap()
+            .decode
+            .is_some()
+        };
+        // Position 20 is in block 3 (the table's second entry): slot 3 * 16 + 4.
+        assert!(decode(&layout(20, 52)));
+        assert!(!decode(&layout(21, 52)), "position not the cached length");
+        assert!(!decode(&layout(20, 53)), "slot not the table's");
+    }
+
+    #[test]
+    fn long_decode_tables_are_cut_to_the_stride() {
+        let batch = BatchLayout {
+            seqs: (0..2)
+                .map(|i| SeqSpan {
+                    start: i,
+                    len: 1,
+                    past: 3,
+                    block_table: vec![10 + i as u32, 20, 30, 40, 50, 60],
+                })
+                .collect(),
+            positions: vec![3, 3],
+            slots: vec![163, 179],
+            block_size: 16,
+        };
+        let p = plan(&StepInput {
+            tokens: &[1, 2],
+            batch: &batch,
+            logit_rows: &[0, 1],
+            inv_freq: &[1.0; 32],
+            heads: heads(),
+        })
+        .unwrap();
+        assert!(p.decode.is_some());
+        // Context 4: one partition of 64 tokens, a stride of 4 blocks per table.
+        assert_eq!(p.words[p.seqs + 7], 4);
+        assert_eq!(
+            &p.words[p.tables..p.tables + 8],
+            &[10, 20, 30, 40, 11, 20, 30, 40]
+        );
+    }
+
+    #[test]
+    fn rotary_frequencies_must_fit_the_heads() {
+        let batch = BatchLayout {
+            seqs: vec![SeqSpan {
+                start: 0,
+                len: 1,
+                past: 0,
+                block_table: vec![0],
+            }],
+            positions: vec![0],
+            slots: vec![0],
+            block_size: 16,
+        };
+        let err = plan(&StepInput {
+            tokens: &[1],
+            batch: &batch,
+            logit_rows: &[0],
+            inv_freq: &[1.0; 3],
+            heads: heads(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("rotary"), "{err}");
+    }
+
+    #[test]
     fn short_tables_are_refused() {
         let batch = BatchLayout {
             seqs: vec![SeqSpan {
@@ -317,7 +435,7 @@ mod tests {
             tokens: &[1],
             batch: &batch,
             logit_rows: &[0],
-            inv_freq: &[1.0],
+            inv_freq: &[1.0; 32],
             heads: heads(),
         })
         .unwrap_err();

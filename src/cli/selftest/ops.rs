@@ -342,13 +342,24 @@ fn check_elementwise(
         let rows = tokens.len();
         let batch = single_sequence(rows);
         let logit_rows = [6u32, 0, 3];
-        let step = b.prepare(&StepInput {
-            tokens,
-            batch: &batch,
-            logit_rows: &logit_rows,
-            inv_freq: &[1.0],
-            heads: small_heads(),
+        let heads = small_heads();
+        let kv = b.alloc_kv(&KvGeometry {
+            num_layers: 1,
+            num_kv_heads: heads.num_kv_heads,
+            head_dim: heads.head_dim,
+            block_size: 16,
+            num_blocks: rows.div_ceil(16),
         })?;
+        let step = b.prepare(
+            &StepInput {
+                tokens,
+                batch: &batch,
+                logit_rows: &logit_rows,
+                inv_freq: &[1.0; 32],
+                heads,
+            },
+            &kv,
+        )?;
         let mut out = Vec::new();
         for dtype in [ElemType::F16, ElemType::BF16] {
             let table = weight(b, file, &matrix_name(37, 72, dtype))?;
@@ -485,13 +496,16 @@ impl<B: Backend> KvRun<B> {
             .iter()
             .map(|s| (s.start + s.len - 1) as u32)
             .collect();
-        let step = b.prepare(&StepInput {
-            tokens: &tokens,
-            batch,
-            logit_rows: &logit_rows,
-            inv_freq,
-            heads,
-        })?;
+        let step = b.prepare(
+            &StepInput {
+                tokens: &tokens,
+                batch,
+                logit_rows: &logit_rows,
+                inv_freq,
+                heads,
+            },
+            &self.kv,
+        )?;
         let (qd, kvd) = (
             heads.num_heads * heads.head_dim,
             heads.num_kv_heads * heads.head_dim,
