@@ -17,6 +17,7 @@
 //! is one bucket: `p_rest (log p_rest - log q_rest)`. That bucketed value never exceeds the
 //! exact KL (the log-sum inequality) and equals it when the top-k carry all the mass.
 
+use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -153,13 +154,13 @@ pub fn score_window(
     vocab: usize,
     base: Base<'_>,
 ) -> Vec<TokenScore> {
-    let range = scored_positions(window.len());
+    let first = scored_positions(window.len()).start;
+    // Rows are independent (a log-softmax over the vocabulary each): in parallel, in order.
     logits
-        .chunks(vocab)
-        .zip(range)
+        .par_chunks(vocab)
         .enumerate()
-        .map(|(i, (row, j))| {
-            let target = window[j + 1];
+        .map(|(i, row)| {
+            let target = window[first + i + 1];
             let q = log_softmax(row);
             let mut s = TokenScore {
                 nll: -(q[target as usize] as f64),
@@ -469,7 +470,7 @@ pub fn evaluate<B: Backend>(
         let rows: Vec<u32> = scored_positions(window.len()).map(|r| r as u32).collect();
         let logits = model.score_rows(window, &rows)?;
         if let Some(writer) = save.as_deref_mut() {
-            let own: Vec<Vec<f32>> = logits.chunks(vocab).map(log_softmax).collect();
+            let own: Vec<Vec<f32>> = logits.par_chunks(vocab).map(log_softmax).collect();
             writer.write_window(window, &own)?;
         }
         let window_scores = match &mut base {
@@ -483,7 +484,7 @@ pub fn evaluate<B: Backend>(
                 }
                 let base_rows: Vec<Vec<f32>> = engine
                     .score_rows(window, &rows)?
-                    .chunks(vocab)
+                    .par_chunks(vocab)
                     .map(log_softmax)
                     .collect();
                 score_window(window, &logits, vocab, Base::Rows(&base_rows))
