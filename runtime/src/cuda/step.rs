@@ -418,6 +418,60 @@ mod tests {
         assert!(err.to_string().contains("rotary"), "{err}");
     }
 
+    /// The engine's decode steps (built the way `Engine::step` builds them, from a block
+    /// allocator shared by several sequences) are recognised as decode passes, so they take
+    /// the decode kernels and CUDA graphs.
+    #[test]
+    fn engine_decode_steps_are_decode_passes() {
+        use crate::kv_cache::{BlockAllocator, KvGeometry, SequenceBlocks};
+        let g = KvGeometry {
+            num_layers: 1,
+            num_kv_heads: 2,
+            head_dim: 64,
+            block_size: 16,
+            num_blocks: 64,
+        };
+        let mut alloc = BlockAllocator::new(g.num_blocks);
+        let mut seqs: Vec<SequenceBlocks> = (0..3).map(|_| SequenceBlocks::new()).collect();
+        let step = |seqs: &mut Vec<SequenceBlocks>, alloc: &mut BlockAllocator, lens: &[usize]| {
+            let mut batch = BatchLayout {
+                block_size: g.block_size,
+                ..Default::default()
+            };
+            for (s, &len) in seqs.iter_mut().zip(lens) {
+                let past = s.len();
+                s.reserve(len, &g, alloc).unwrap();
+                batch.seqs.push(SeqSpan {
+                    start: batch.positions.len(),
+                    len,
+                    past,
+                    block_table: s.table().to_vec(),
+                });
+                batch.slots.extend(s.append_slots(len, &g));
+                batch.positions.extend((past..past + len).map(|p| p as u32));
+            }
+            let rows: Vec<u32> = batch
+                .seqs
+                .iter()
+                .map(|s| (s.start + s.len - 1) as u32)
+                .collect();
+            let tokens = vec![1; batch.rows()];
+            plan(&StepInput {
+                tokens: &tokens,
+                batch: &batch,
+                logit_rows: &rows,
+                inv_freq: &[1.0; 32],
+                heads: heads(),
+            })
+            .unwrap()
+            .decode
+        };
+        assert_eq!(step(&mut seqs, &mut alloc, &[37, 5, 16]), None);
+        for _ in 0..40 {
+            assert!(step(&mut seqs, &mut alloc, &[1, 1, 1]).is_some());
+        }
+    }
+
     #[test]
     fn short_tables_are_refused() {
         let batch = BatchLayout {
