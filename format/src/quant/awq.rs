@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use half::f16;
 
 use super::{
-    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, matrix_shape, plan_of, storage,
+    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, matrix_shape, storage,
     ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
@@ -240,11 +240,6 @@ impl QuantizedParts for AwqTensor {
 
     fn shape(&self) -> Vec<u64> {
         vec![self.n as u64, self.k as u64]
-    }
-
-    fn plan_parts(&self) -> Vec<(String, ElemType, u64)> {
-        // The shape was accepted when the tensor was built.
-        plan_of(&self.params.part_specs(&self.shape()).unwrap_or_default())
     }
 
     fn part_bytes(&self) -> Vec<Vec<u8>> {

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use super::dynamic_map::{self, block_absmax, kernel_reciprocal, scale_ftz, DYNAMIC_MAP_LEN};
 use super::{
-    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, plan_of, storage, FloatDtype,
+    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, storage, FloatDtype,
     ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
@@ -446,11 +446,6 @@ impl QuantizedParts for Bnb4Tensor {
 
     fn shape(&self) -> Vec<u64> {
         self.shape.clone()
-    }
-
-    fn plan_parts(&self) -> Vec<(String, ElemType, u64)> {
-        // The shape was accepted when the tensor was built.
-        plan_of(&self.params.part_specs(&self.shape).unwrap_or_default())
     }
 
     fn part_bytes(&self) -> Vec<Vec<u8>> {

@@ -62,7 +62,16 @@ pub trait QuantizedParts {
     fn shape(&self) -> Vec<u64>;
     /// `(role, element type, byte length)` of each part, in the canonical order of
     /// `SPEC.md` §10 (the order [`QuantizedParts::part_bytes`] returns them in).
-    fn plan_parts(&self) -> Vec<(String, ElemType, u64)>;
+    fn plan_parts(&self) -> Vec<(String, ElemType, u64)> {
+        // The shape was accepted when the tensor was built.
+        let specs = part_specs(&self.storage_type(), &self.shape())
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        specs
+            .iter()
+            .map(|s| (s.role.to_string(), s.elem, s.nbytes))
+            .collect()
+    }
     /// The bytes of each part (little-endian), in the order of [`QuantizedParts::plan_parts`].
     fn part_bytes(&self) -> Vec<Vec<u8>>;
     /// A [`TensorPlan`] for this tensor under `name`.
@@ -122,14 +131,19 @@ pub(crate) fn validate(
     shape: &[u64],
     parts: &[PartInfo],
 ) -> Option<Result<(), String>> {
-    let specs = match t.name.as_str() {
+    part_specs(t, shape).map(|specs| specs.and_then(|specs| check_parts(&t.name, &specs, parts)))
+}
+
+/// The parts a quantized storage type `t` has for `shape`, or the reason the parameters or
+/// shape are invalid. `None` if `t` is not a quantized type.
+fn part_specs(t: &StorageType, shape: &[u64]) -> Option<Result<Vec<PartSpec>, String>> {
+    Some(match t.name.as_str() {
         "nf4" | "fp4" => bnb4::Bnb4Params::from_storage(t).and_then(|p| p.part_specs(shape)),
         "int8_rowwise" => int8::Int8Params::from_storage(t).and_then(|p| p.part_specs(shape)),
         "gptq" => gptq::GptqParams::from_storage(t).and_then(|p| p.part_specs(shape)),
         "awq" => awq::AwqParams::from_storage(t).and_then(|p| p.part_specs(shape)),
         _ => return None,
-    };
-    Some(specs.and_then(|specs| check_parts(&t.name, &specs, parts)))
+    })
 }
 
 /// A floating-point type named by a storage parameter (`compute_dtype`, `orig_dtype`).
@@ -220,14 +234,6 @@ impl PartSpec {
             formula,
         })
     }
-}
-
-/// `(role, elem, nbytes)` triples of `specs`, as [`QuantizedParts::plan_parts`] returns them.
-fn plan_of(specs: &[PartSpec]) -> Vec<(String, ElemType, u64)> {
-    specs
-        .iter()
-        .map(|s| (s.role.to_string(), s.elem, s.nbytes))
-        .collect()
 }
 
 /// Checks that `parts` are exactly the parts `specs` require (in any order).
