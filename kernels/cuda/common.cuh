@@ -29,6 +29,7 @@ struct Half16;
 template <>
 struct Half16<__half> {
     using Pair = __half2;
+    static __device__ __forceinline__ Pair pack(float a, float b) { return __floats2half2_rn(a, b); }
     static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
         return __half22float2(*reinterpret_cast<const __half2*>(&bits));
     }
@@ -39,6 +40,9 @@ struct Half16<__half> {
 template <>
 struct Half16<__nv_bfloat16> {
     using Pair = __nv_bfloat162;
+    static __device__ __forceinline__ Pair pack(float a, float b) {
+        return __floats2bfloat162_rn(a, b);
+    }
     static __device__ __forceinline__ float2 to_float2(uint32_t bits) {
         // bf16 is the top half of an f32: shifts, no conversion instruction.
         return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
@@ -72,6 +76,34 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
     pdl_launch_dependents();
+}
+
+// mma.sync m16n8k16 with f32 accumulation on 16-bit operands of type W (sm_80 and newer):
+// d += a * b, a the row-major 16x16 fragment a0..a3, b the column-major 16x8 fragment b0, b1.
+template <typename W>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                 uint32_t a2, uint32_t a3, uint32_t b0,
+                                                 uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                        uint32_t a2, uint32_t a3, uint32_t b0,
+                                                        uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // 16 bytes read once from global memory, bypassing L1 (weights are streamed, never reused).

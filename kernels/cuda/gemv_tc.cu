@@ -18,42 +18,12 @@ namespace {
 
 constexpr int kUnroll = 4;  // k-steps of 32 per group: 2 * kUnroll weight loads per lane
 
+// Two f32 values rounded to a packed pair of W.
 template <typename W>
-struct Mma16816;
-
-template <>
-struct Mma16816<__half> {
-    static __device__ __forceinline__ uint32_t pack(float a, float b) {
-        const __half2 h = __floats2half2_rn(a, b);
-        return *reinterpret_cast<const uint32_t*>(&h);
-    }
-    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1,
-                                               uint32_t a2, uint32_t a3, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
-
-template <>
-struct Mma16816<__nv_bfloat16> {
-    static __device__ __forceinline__ uint32_t pack(float a, float b) {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-        return *reinterpret_cast<const uint32_t*>(&h);
-    }
-    static __device__ __forceinline__ void run(float (&d)[4], uint32_t a0, uint32_t a1,
-                                               uint32_t a2, uint32_t a3, uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    }
-};
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+    const typename qrt::Half16<W>::Pair h = qrt::Half16<W>::pack(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+}
 
 // GATED: two segments, gate and up, of the same shape; the tile's rows 0-7 are 8 rows of gate and
 // rows 8-15 the same rows of up, so that each lane ends up holding gate and up sums of the same
@@ -124,10 +94,10 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 x0 = __ldcg(xr + 2 * c);
                 x1 = __ldcg(xr + 2 * c + 1);
             }
-            Mma16816<W>::run(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
-                             Mma16816<W>::pack(x0.x, x0.y), Mma16816<W>::pack(x0.z, x0.w));
-            Mma16816<W>::run(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
-                             Mma16816<W>::pack(x1.x, x1.y), Mma16816<W>::pack(x1.z, x1.w));
+            qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
+                             pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w));
+            qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
+                             pack2<W>(x1.x, x1.y), pack2<W>(x1.z, x1.w));
         }
     }
 #pragma unroll
