@@ -143,6 +143,12 @@ pub trait Backend: Send + Sync {
         cols: usize,
         data: &[f32],
     ) -> Result<Self::Act, RuntimeError>;
+    /// Bytes of one value in this backend's KV cache (4 for f32, 2 for f16).
+    fn kv_value_bytes(&self) -> usize;
+    /// Device memory free now, in bytes, where the backend has its own memory.
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// A KV pool of the given geometry.
     fn alloc_kv(&self, geometry: &KvGeometry) -> Result<Self::Kv, RuntimeError>;
     /// Makes a pass's inputs available to the device, checking them against the KV cache the

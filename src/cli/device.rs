@@ -108,25 +108,22 @@ pub struct DeviceArgs {
     pub kv_memory: Option<KvMemory>,
 }
 
-/// Bytes of KV cache per token of context for `mf` on a backend whose cache holds
-/// `elem_bytes`-byte values.
-pub fn kv_bytes_per_token(mf: &ModelFile, elem_bytes: usize) -> usize {
+/// Bytes of KV cache per token of context for `mf` on `backend`.
+pub fn kv_bytes_per_token<B: Backend>(mf: &ModelFile, backend: &B) -> usize {
     let c = &mf.config;
-    2 * c.num_layers * c.num_kv_heads * c.head_dim * elem_bytes
+    2 * c.num_layers * c.num_kv_heads * c.head_dim * backend.kv_value_bytes()
 }
 
 /// Loads `mf` onto `backend` and makes an engine whose KV cache holds `needed` tokens, or
-/// what `--kv-memory` says (`free_bytes`: device memory free after loading, if known).
+/// what `--kv-memory` says.
 pub fn engine_on<B: Backend>(
     backend: B,
     mf: &ModelFile,
     needed: usize,
     kv_memory: Option<KvMemory>,
-    kv_elem_bytes: usize,
-    free_bytes: impl Fn(&B) -> Option<u64>,
 ) -> anyhow::Result<Engine<B>> {
     let weights: u64 = mf.file.tensors().iter().map(|t| t.nbytes()).sum();
-    if let Some(free) = free_bytes(&backend).filter(|&free| weights > free) {
+    if let Some(free) = backend.free_memory().filter(|&free| weights > free) {
         bail!(
             "{}: the weights take {} MiB, more than the {} MiB free on {}",
             mf.file.path(),
@@ -137,8 +134,8 @@ pub fn engine_on<B: Backend>(
     }
     let model = Model::load(&backend, &mf.file, mf.config.clone())
         .with_context(|| format!("loading {} on {}", mf.file.path(), backend.describe()))?;
-    let per_token = kv_bytes_per_token(mf, kv_elem_bytes) as u64;
-    let free = free_bytes(&backend);
+    let per_token = kv_bytes_per_token(mf, &backend) as u64;
+    let free = backend.free_memory();
     let tokens = match (kv_memory, free) {
         (Some(KvMemory::Bytes(b)), _) => (b / per_token) as usize,
         (Some(KvMemory::Fraction(f)), Some(free)) => (free as f64 * f / per_token as f64) as usize,
@@ -174,27 +171,15 @@ macro_rules! with_engine {
             $crate::cli::device::Device::Cpu => {
                 let backend = qrt_runtime::cpu::CpuBackend::new();
                 #[allow(unused_mut)]
-                let mut $engine = $crate::cli::device::engine_on(
-                    backend,
-                    $mf,
-                    $needed,
-                    args.kv_memory,
-                    4,
-                    |_| None,
-                )?;
+                let mut $engine =
+                    $crate::cli::device::engine_on(backend, $mf, $needed, args.kv_memory)?;
                 $body
             }
             $crate::cli::device::Device::Cuda(n) => {
                 let backend = qrt_runtime::cuda::CudaBackend::new(n)?;
                 #[allow(unused_mut)]
-                let mut $engine = $crate::cli::device::engine_on(
-                    backend,
-                    $mf,
-                    $needed,
-                    args.kv_memory,
-                    2,
-                    |b| b.device().memory_info().ok().map(|(free, _)| free as u64),
-                )?;
+                let mut $engine =
+                    $crate::cli::device::engine_on(backend, $mf, $needed, args.kv_memory)?;
                 $body
             }
         }

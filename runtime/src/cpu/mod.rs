@@ -405,6 +405,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn kv_value_bytes(&self) -> usize {
+        4
+    }
+
     fn alloc_kv(&self, g: &KvGeometry) -> Result<CpuKv, RuntimeError> {
         let per_layer = g.num_slots() * g.slot_elems();
         let bytes = per_layer as u128 * g.num_layers as u128 * 2 * 4;

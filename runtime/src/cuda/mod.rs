@@ -538,8 +538,16 @@ impl Backend for CudaBackend {
         Ok(act)
     }
 
+    fn kv_value_bytes(&self) -> usize {
+        2
+    }
+
+    fn free_memory(&self) -> Option<u64> {
+        self.dev.memory_info().ok().map(|(free, _)| free as u64)
+    }
+
     fn alloc_kv(&self, g: &KvGeometry) -> Result<CudaKv, RuntimeError> {
-        let bytes = g.num_layers * g.num_slots() * g.slot_elems() * 2;
+        let bytes = g.num_layers * g.num_slots() * g.slot_elems() * self.kv_value_bytes();
         Ok(CudaKv {
             k: self.dev.alloc(bytes, "the KV cache (keys)")?,
             v: self.dev.alloc(bytes, "the KV cache (values)")?,

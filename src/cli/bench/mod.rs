@@ -192,7 +192,7 @@ fn measure<B: Backend + Probe>(
         .and_then(|i| GpuMemory::open(i).ok())
         .map(Arc::new);
     let sampler = nvml.clone().and_then(|g| PeakSampler::start(g).ok());
-    let kv_per_token = kv_bytes_per_token(mf, if nvml.is_some() { 2 } else { 4 }) as u64;
+    let kv_per_token = kv_bytes_per_token(mf, engine.backend()) as u64;
     let weights = weight_bytes_per_step(mf);
     let geometry = *engine.kv_geometry();
     let mut rng = Rng::new(0x5eed);
