@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write as _};
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -265,14 +265,21 @@ pub struct KernelReport {
 }
 
 /// Writes `report` (a [`BenchReport`] or any other serializable result) as pretty-printed JSON
-/// to `path`, atomically: the JSON goes to
-/// `<path>.tmp` in the same directory, is flushed to disk, and is then renamed over `path`.
-/// An interrupted write leaves at most a stray `.tmp` file, never a truncated `path`.
+/// to `path`, atomically (see [`write_atomic`]).
 pub fn write_json<T: Serialize>(report: &T, path: &Path) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(report)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: they go to `<path>.tmp` in the same directory, are
+/// flushed to disk, and the file is then renamed over `path`. An interrupted write leaves at
+/// most a stray `.tmp` file, never a truncated `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let written = write_synced(report, &tmp).and_then(|()| fs::rename(&tmp, path));
+    let written = write_synced(bytes, &tmp).and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {
         // Best effort: the error being returned is the one that matters.
         let _ = fs::remove_file(&tmp);
@@ -286,11 +293,9 @@ pub fn write_json<T: Serialize>(report: &T, path: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_synced<T: Serialize>(report: &T, path: &Path) -> io::Result<()> {
-    let mut w = BufWriter::new(File::create(path)?);
-    serde_json::to_writer_pretty(&mut w, report)?;
-    w.write_all(b"\n")?;
-    let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
+fn write_synced(bytes: &[u8], path: &Path) -> io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(bytes)?;
     file.sync_all()
 }
 

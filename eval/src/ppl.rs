@@ -17,6 +17,7 @@
 //! is one bucket: `p_rest (log p_rest - log q_rest)`. That bucketed value never exceeds the
 //! exact KL (the log-sum inequality) and equals it when the top-k carry all the mass.
 
+use qrt_runtime::sampling::argmax;
 use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -68,16 +69,6 @@ pub fn log_softmax(row: &[f32]) -> Vec<f32> {
     let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
     let log_z = max as f64 + sum.ln();
     row.iter().map(|&v| (v as f64 - log_z) as f32).collect()
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Exact `KL(P||Q)` from two log-probability rows.
@@ -154,14 +145,21 @@ pub fn score_window(
     vocab: usize,
     base: Base<'_>,
 ) -> Vec<TokenScore> {
+    score_log_probs(window, &log_softmax_rows(logits, vocab), base)
+}
+
+/// The log-softmax of every row of `logits` (`rows x vocab`), rows in parallel.
+pub fn log_softmax_rows(logits: &[f32], vocab: usize) -> Vec<Vec<f32>> {
+    logits.par_chunks(vocab).map(log_softmax).collect()
+}
+
+/// [`score_window`] from the model's log-probability rows.
+pub fn score_log_probs(window: &[u32], rows: &[Vec<f32>], base: Base<'_>) -> Vec<TokenScore> {
     let first = scored_positions(window.len()).start;
-    // Rows are independent (a log-softmax over the vocabulary each): in parallel, in order.
-    logits
-        .par_chunks(vocab)
+    rows.par_iter()
         .enumerate()
-        .map(|(i, row)| {
+        .map(|(i, q)| {
             let target = window[first + i + 1];
-            let q = log_softmax(row);
             let mut s = TokenScore {
                 nll: -(q[target as usize] as f64),
                 ..Default::default()
@@ -171,14 +169,14 @@ pub fn score_window(
                 Base::Rows(rows) => {
                     let p = &rows[i];
                     s.base_nll = Some(-(p[target as usize] as f64));
-                    s.kl = Some(kl_exact(p, &q));
-                    s.same_top1 = Some(argmax(p) == argmax(&q));
+                    s.kl = Some(kl_exact(p, q));
+                    s.same_top1 = Some(argmax(p) == argmax(q));
                 }
                 Base::Top(tops) => {
                     let t = &tops[i];
                     s.base_nll = Some(-(t.target as f64));
-                    s.kl = Some(t.kl_bucketed(&q));
-                    s.same_top1 = Some(t.ids.first() == Some(&argmax(&q)));
+                    s.kl = Some(t.kl_bucketed(q));
+                    s.same_top1 = Some(t.ids.first() == Some(&argmax(q)));
                 }
             }
             s
@@ -468,13 +466,12 @@ pub fn evaluate<B: Backend>(
     let vocab = model.model().config().vocab_size;
     for (w, window) in windows.iter().enumerate() {
         let rows: Vec<u32> = scored_positions(window.len()).map(|r| r as u32).collect();
-        let logits = model.score_rows(window, &rows)?;
+        let own = log_softmax_rows(&model.score_rows(window, &rows)?, vocab);
         if let Some(writer) = save.as_deref_mut() {
-            let own: Vec<Vec<f32>> = logits.par_chunks(vocab).map(log_softmax).collect();
             writer.write_window(window, &own)?;
         }
         let window_scores = match &mut base {
-            BaseSource::None => score_window(window, &logits, vocab, Base::None),
+            BaseSource::None => score_log_probs(window, &own, Base::None),
             BaseSource::Model(engine) => {
                 let base_vocab = engine.model().config().vocab_size;
                 if base_vocab != vocab {
@@ -482,14 +479,10 @@ pub fn evaluate<B: Backend>(
                         "the base model's vocabulary ({base_vocab}) differs from the model's ({vocab})"
                     )));
                 }
-                let base_rows: Vec<Vec<f32>> = engine
-                    .score_rows(window, &rows)?
-                    .par_chunks(vocab)
-                    .map(log_softmax)
-                    .collect();
-                score_window(window, &logits, vocab, Base::Rows(&base_rows))
+                let base_rows = log_softmax_rows(&engine.score_rows(window, &rows)?, vocab);
+                score_log_probs(window, &own, Base::Rows(&base_rows))
             }
-            BaseSource::File(tops) => score_window(window, &logits, vocab, Base::Top(&tops[w])),
+            BaseSource::File(tops) => score_log_probs(window, &own, Base::Top(&tops[w])),
         };
         scores.extend(window_scores);
         progress(w + 1, windows.len());

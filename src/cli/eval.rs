@@ -1,7 +1,6 @@
 //! `qrt eval`: CoQA as lm-evaluation-harness scores it, perplexity and KL-divergence, and
 //! paired comparison of two CoQA runs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -165,15 +164,8 @@ fn default_out(model: &Path, suffix: &str) -> PathBuf {
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    qrt_bench::report::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The model's file facts for results files: path, sha256, quantization recipe, provenance.
