@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::{Device, Nvml};
 
 /// One GPU's memory counters, read through NVML.
@@ -57,26 +56,6 @@ impl GpuMemory {
             .memory_info()
             .map_err(|e| format!("NVML could not read GPU {} memory: {e}", self.index))?;
         Ok(info.used)
-    }
-
-    /// Device memory used by this process, from NVML's list of running compute processes.
-    /// `None` when this process is not listed (no CUDA context yet, or a container whose
-    /// process ids differ from the host's) or the driver does not report its usage.
-    pub fn process_used_bytes(&self) -> Result<Option<u64>, String> {
-        let processes = self
-            .device()?
-            .running_compute_processes()
-            .map_err(|e| format!("NVML could not list GPU {} processes: {e}", self.index))?;
-        let pid = std::process::id();
-        // A process can appear more than once (one entry per MIG instance): add them up.
-        Ok(processes
-            .iter()
-            .filter(|p| p.pid == pid)
-            .filter_map(|p| match p.used_gpu_memory {
-                UsedGpuMemory::Used(bytes) => Some(bytes),
-                UsedGpuMemory::Unavailable => None,
-            })
-            .reduce(|a, b| a + b))
     }
 }
 
@@ -160,7 +139,6 @@ mod tests {
                 // An idle GPU can report 0 bytes used (NVML counts reserved memory apart), so
                 // only check that every reading succeeds.
                 gpu.used_bytes().unwrap();
-                gpu.process_used_bytes().unwrap();
                 let sampler = PeakSampler::start(Arc::new(gpu)).unwrap();
                 thread::sleep(Duration::from_millis(20));
                 sampler.stop();

@@ -45,21 +45,15 @@ fn layer_shapes(
     ]
 }
 
-/// Device memory holding random 16-bit values (finite, below 2 in magnitude).
+/// Device memory holding at least `count` random 16-bit values (finite, below 2 in magnitude).
 fn random_halves(dev: &CudaDevice, count: usize, rng: &mut Rng) -> anyhow::Result<DeviceBuffer> {
     let words: Vec<u64> = (0..count.div_ceil(4))
         .map(|_| rng.next_u64() & 0xBFFF_BFFF_BFFF_BFFF)
         .collect();
-    let buf = dev.alloc(count * 2, "benchmark data")?;
-    let bytes: &[u8] = &bytemuck_words(&words)[..count * 2];
-    // SAFETY: the buffer holds count * 2 bytes, exactly what is copied.
-    unsafe { dev.copy_to_device(bytes, buf.ptr(), "benchmark data")? };
+    let buf = dev.alloc(words.len() * 8, "benchmark data")?;
+    // SAFETY: the buffer holds words.len() u64.
+    unsafe { dev.copy_to_device(&words, buf.ptr(), "benchmark data")? };
     Ok(buf)
-}
-
-/// The bytes of `words`, little-endian.
-fn bytemuck_words(words: &[u64]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// Median microseconds per launch of `launch(i)` (i rotating over copies of the inputs).
@@ -122,27 +116,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, _)| dev.alloc(m_max * n * 4, "benchmark output"))
                 .collect::<Result<_, _>>()?;
-            let segments = |i: usize| -> Vec<Segment> {
-                mats.iter()
-                    .zip(&weights[i % copies])
-                    .zip(&outs)
-                    .map(|(((n, _), w), y)| Segment {
-                        w: w.ptr(),
-                        bias: 0,
-                        y: y.ptr(),
-                        n: *n,
-                    })
-                    .collect()
-            };
+            // The launch arguments of each copy, made before timing.
+            let segments: Vec<Vec<Segment>> = weights
+                .iter()
+                .map(|copy| {
+                    mats.iter()
+                        .zip(copy)
+                        .zip(&outs)
+                        .map(|(((n, _), w), y)| Segment {
+                            w: w.ptr(),
+                            bias: 0,
+                            y: y.ptr(),
+                            n: *n,
+                        })
+                        .collect()
+                })
+                .collect();
             for (batch, tensor_cores) in [(1usize, false), (1, true), (4, true), (8, true)] {
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
-                    let segs = segments(i);
+                    let segs = &segments[i % copies];
                     // SAFETY: every buffer was allocated for these shapes.
                     unsafe {
                         if tensor_cores {
-                            dev.gemv_tc(Half16::F16, batch, x.ptr(), k, &segs)?
+                            dev.gemv_tc(Half16::F16, batch, x.ptr(), k, segs)?
                         } else {
-                            dev.gemv(Half16::F16, batch, x.ptr(), k, &segs)?
+                            dev.gemv(Half16::F16, batch, x.ptr(), k, segs)?
                         }
                     };
                     Ok(())
@@ -162,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let m = m_max;
             let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
                 // SAFETY: every buffer was allocated for these shapes.
-                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments(i))? };
+                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments[i % copies])? };
                 Ok(())
             })?;
             let flops = 2.0 * (m * set_bytes / 2) as f64;
