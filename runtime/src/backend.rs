@@ -128,6 +128,10 @@ pub trait Backend: Send + Sync {
 
     /// A short description, e.g. `cpu (2 threads)`.
     fn describe(&self) -> String;
+    /// Another backend on the same device (for a second model beside this one's).
+    fn another(&self) -> Result<Self, RuntimeError>
+    where
+        Self: Sized;
     /// Makes a tensor of `file` available to the device.
     fn load_weight(
         &self,

@@ -17,6 +17,8 @@ const KV_FREE_FRACTION: f64 = 0.9;
 /// A device named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
+    /// The first GPU when one is usable, else the CPU.
+    Auto,
     /// The CPU reference backend.
     Cpu,
     /// CUDA GPU number N.
@@ -31,10 +33,7 @@ impl FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            "auto" => Ok(match qrt_kernels::CudaDevice::new(0) {
-                Ok(_) => Device::Cuda(0),
-                Err(_) => Device::Cpu,
-            }),
+            "auto" => Ok(Device::Auto),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
@@ -46,9 +45,8 @@ impl FromStr for Device {
 
 /// The ordinal of a `cuda` or `cuda:N` device name (for the GPU-only commands).
 pub fn cuda_ordinal(name: &str) -> anyhow::Result<usize> {
-    // (`auto` would probe for a GPU; it is not a name these commands take.)
-    match (name != "auto").then(|| name.parse::<Device>()) {
-        Some(Ok(Device::Cuda(n))) => Ok(n),
+    match name.parse::<Device>() {
+        Ok(Device::Cuda(n)) => Ok(n),
         _ => bail!("--device must be cuda or cuda:N, got '{name}'"),
     }
 }
@@ -166,20 +164,24 @@ pub fn engine_on<B: Backend>(
 /// otherwise. The body is compiled once per backend type.
 macro_rules! with_engine {
     ($args:expr, $mf:expr, $needed:expr, |$engine:ident| $body:expr) => {{
+        use $crate::cli::device::{engine_on, Device};
         let args: &$crate::cli::device::DeviceArgs = &$args;
-        match args.device {
-            $crate::cli::device::Device::Cpu => {
+        // The GPU is opened once; with `auto`, failing to open it means the CPU.
+        let gpu = match args.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(qrt_runtime::cuda::CudaBackend::new(n)?),
+            Device::Auto => qrt_runtime::cuda::CudaBackend::new(0).ok(),
+        };
+        match gpu {
+            None => {
                 let backend = qrt_runtime::cpu::CpuBackend::new();
                 #[allow(unused_mut)]
-                let mut $engine =
-                    $crate::cli::device::engine_on(backend, $mf, $needed, args.kv_memory)?;
+                let mut $engine = engine_on(backend, $mf, $needed, args.kv_memory)?;
                 $body
             }
-            $crate::cli::device::Device::Cuda(n) => {
-                let backend = qrt_runtime::cuda::CudaBackend::new(n)?;
+            Some(backend) => {
                 #[allow(unused_mut)]
-                let mut $engine =
-                    $crate::cli::device::engine_on(backend, $mf, $needed, args.kv_memory)?;
+                let mut $engine = engine_on(backend, $mf, $needed, args.kv_memory)?;
                 $body
             }
         }
@@ -203,6 +205,7 @@ mod tests {
     #[test]
     fn devices_parse() {
         assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("auto".parse::<Device>(), Ok(Device::Auto));
         assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
         assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
         assert!("gpu".parse::<Device>().is_err());

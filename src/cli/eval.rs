@@ -11,7 +11,6 @@ use qrt_eval::coqa::prompt::MAX_NEW_TOKENS;
 use qrt_eval::coqa::run::{compare, prompt_tokens, run_coqa, summarize, DocScore};
 use qrt_eval::ppl::{self, BaseLogitsWriter, BaseSource};
 use qrt_runtime::backend::Backend;
-use qrt_runtime::engine::Engine;
 use qrt_runtime::import::sha256_file;
 use serde_json::{json, Value};
 
@@ -364,16 +363,15 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
     let bar = super::progress_bar(windows.len() as u64, "ppl");
     let (scores, device) = super::device::with_engine!(args.device, &mf, args.ctx, |engine| {
         // The base model runs on the same kind of device, in an engine of its own.
-        let mut base_engine = None;
-        if let Some(bm) = &base_model {
-            let device = super::device::DeviceArgs {
-                kv_memory: None,
-                ..args.device.clone()
-            };
-            base_engine = Some(super::device::with_engine!(device, bm, args.ctx, |e| {
-                same_backend(e, &engine)?
-            }));
-        }
+        let mut base_engine = match &base_model {
+            Some(bm) => Some(super::device::engine_on(
+                engine.backend().another()?,
+                bm,
+                args.ctx,
+                None,
+            )?),
+            None => None,
+        };
         let base = match (&mut base_engine, base_file) {
             (Some(e), _) => BaseSource::Model(e),
             (None, Some(f)) => BaseSource::File(f),
@@ -439,19 +437,6 @@ fn perplexity(args: PplArgs) -> anyhow::Result<()> {
     }
     println!("results: {}", out.display());
     Ok(())
-}
-
-/// `engine` as an engine of the same backend type as `like` (the base model of a KL run is
-/// loaded on the same device as the model, so the types always agree).
-fn same_backend<A: Backend + 'static, B: Backend + 'static>(
-    engine: Engine<A>,
-    like: &Engine<B>,
-) -> anyhow::Result<Engine<B>> {
-    let _ = like;
-    (Box::new(engine) as Box<dyn std::any::Any>)
-        .downcast::<Engine<B>>()
-        .map(|e| *e)
-        .map_err(|_| anyhow::anyhow!("the KL base model was loaded on a different kind of device"))
 }
 
 fn read_run(path: &Path) -> anyhow::Result<(Value, Vec<DocScore>)> {

@@ -345,6 +345,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn another(&self) -> Result<Self, RuntimeError> {
+        Ok(Self::new())
+    }
+
     fn load_weight(
         &self,
         file: &Arc<QrtFile>,

@@ -456,6 +456,10 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn another(&self) -> Result<Self, RuntimeError> {
+        Self::new(self.dev.ordinal())
+    }
+
     fn load_weight(
         &self,
         file: &Arc<QrtFile>,
