@@ -18,6 +18,8 @@
 //! exact KL (the log-sum inequality) and equals it when the top-k carry all the mass.
 
 use qrt_runtime::sampling::argmax;
+
+use crate::stats::percentile;
 use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -247,15 +249,6 @@ pub struct KlSummary {
     pub delta_ppl: f64,
     /// Whether KL is exact (base model) or bucketed (base top-k file).
     pub exact: bool,
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// Summarises per-token scores.

@@ -53,8 +53,11 @@ pub fn paired_bootstrap_ci(a: &[f64], b: &[f64], resamples: usize, seed: u64) ->
     bootstrap_ci(&diffs, resamples, seed)
 }
 
-/// The `q` quantile of sorted, non-empty values, interpolating linearly.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of sorted values, interpolating linearly; NaN for none.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let pos = q * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
