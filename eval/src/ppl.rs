@@ -17,19 +17,18 @@
 //! is one bucket: `p_rest (log p_rest - log q_rest)`. That bucketed value never exceeds the
 //! exact KL (the log-sum inequality) and equals it when the top-k carry all the mass.
 
-use qrt_runtime::sampling::argmax;
-
-use crate::stats::percentile;
-use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use qrt_runtime::backend::Backend;
 use qrt_runtime::engine::Engine;
+use qrt_runtime::sampling::argmax;
 
+use crate::stats::percentile;
 use crate::EvalError;
 
 /// Per-position statistics of one scored token.
