@@ -507,16 +507,6 @@ impl<'a> Bnb4View<'a> {
             absmax,
         })
     }
-
-    /// The (decoded) absmax of each block.
-    pub fn absmax(&self) -> &[f32] {
-        &self.absmax
-    }
-
-    /// The packed codes.
-    pub fn data(&self) -> &[u8] {
-        self.data
-    }
 }
 
 impl QuantizedMatrix for Bnb4View<'_> {

@@ -563,11 +563,6 @@ impl<'a> GptqView<'a> {
             g_idx,
         })
     }
-
-    /// The parameters.
-    pub fn params(&self) -> &GptqParams {
-        &self.params
-    }
 }
 
 impl QuantizedMatrix for GptqView<'_> {

@@ -110,7 +110,8 @@ impl CpuWeight {
                     int8::int8_matmul(x, m, k, rows, n, params.threshold, out);
                 } else {
                     // Weight-only int8: 16-bit activations against the dequantized weights.
-                    rounded_matmul(x, m, &view, Some(FloatDtype::F16), out);
+                    let f16 = Some(FloatDtype::F16);
+                    rounded_matmul(x, m, &view, f16, f16, out);
                 }
             }
             name => {
@@ -124,21 +125,17 @@ impl CpuWeight {
                 match dtype {
                     // Decoded values are already in the original dtype; round the inputs only.
                     Some(p) if p.orig_dtype == p.compute_dtype => {
-                        let xr: Vec<f32> = x.iter().map(|&v| p.compute_dtype.round(v)).collect();
-                        linear::matmul_nt(
-                            &xr,
-                            m,
-                            k,
-                            Weights::Decoded(&QuantizedRows {
-                                inner: view.as_ref(),
-                                dtype: None,
-                            }),
-                            n,
-                            out,
-                        )
+                        rounded_matmul(x, m, view.as_ref(), Some(p.compute_dtype), None, out)
                     }
-                    Some(p) => rounded_matmul(x, m, view.as_ref(), Some(p.compute_dtype), out),
-                    None => rounded_matmul(x, m, view.as_ref(), None, out),
+                    Some(p) => rounded_matmul(
+                        x,
+                        m,
+                        view.as_ref(),
+                        Some(p.compute_dtype),
+                        Some(p.compute_dtype),
+                        out,
+                    ),
+                    None => rounded_matmul(x, m, view.as_ref(), None, None, out),
                 }
             }
         }
@@ -171,18 +168,22 @@ impl DecodeRows for QuantizedRows<'_> {
     }
 }
 
-/// `out = x @ w^T` with weights decoded tile by tile; with a compute dtype, inputs and decoded
-/// weights are rounded to it first (products still accumulate in f32).
+/// `out = x @ w^T` with weights decoded tile by tile; the inputs rounded to `x_dtype` and the
+/// decoded weights to `w_dtype` where given (products still accumulate in f32).
 fn rounded_matmul(
     x: &[f32],
     m: usize,
     w: &(dyn QuantizedMatrix + Send + Sync),
-    dtype: Option<FloatDtype>,
+    x_dtype: Option<FloatDtype>,
+    w_dtype: Option<FloatDtype>,
     out: &mut [f32],
 ) {
-    let rows = QuantizedRows { inner: w, dtype };
+    let rows = QuantizedRows {
+        inner: w,
+        dtype: w_dtype,
+    };
     let (k, n) = (w.cols(), w.rows());
-    match dtype {
+    match x_dtype {
         Some(d) => {
             let xr: Vec<f32> = x.iter().map(|&v| d.round(v)).collect();
             linear::matmul_nt(&xr, m, k, Weights::Decoded(&rows), n, out)

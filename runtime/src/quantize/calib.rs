@@ -169,10 +169,7 @@ pub fn attention_input(
     inv_freq: &[f32],
 ) -> Vec<f32> {
     let rows = act.rows();
-    let (qd, kvd) = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-    );
+    let (_, qd, kvd, _) = layer_widths(cfg);
     let mut q = linear(h, rows, &lw.q, qd, lw.biases[0].as_deref());
     let mut k = linear(h, rows, &lw.k, kvd, lw.biases[1].as_deref());
     let v = linear(h, rows, &lw.v, kvd, lw.biases[2].as_deref());
@@ -219,6 +216,16 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
     x.par_chunks_mut(4096)
         .zip(y.par_chunks(4096))
         .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
+/// Widths of a block: hidden, query (heads x head_dim), key/value, MLP intermediate.
+pub(super) fn layer_widths(cfg: &ModelConfig) -> (usize, usize, usize, usize) {
+    (
+        cfg.hidden_size,
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    )
 }
 
 #[cfg(test)]

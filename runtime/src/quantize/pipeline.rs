@@ -11,6 +11,7 @@
 //! allow), searches clipping, then quantizes; the next block sees this block's output computed
 //! with the scaled, unquantized weights (as AutoAWQ does).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -23,7 +24,8 @@ use qrt_format::quant::int8::{Int8Params, Int8Tensor};
 use qrt_format::quant::{FloatDtype, QuantizedParts};
 
 use super::calib::{
-    add_into, attention_input, linear, mlp_hidden, rms_norm, Activations, LayerWeights,
+    add_into, attention_input, layer_widths, linear, mlp_hidden, rms_norm, Activations,
+    LayerWeights,
 };
 use super::recipe::{ComputeDtype, Method, Recipe};
 use crate::cpu::read_dense_f32;
@@ -193,20 +195,11 @@ fn embed_windows(
     })
 }
 
-/// Widths of a block: hidden, query (heads x head_dim), key/value, MLP intermediate.
-fn layer_widths(cfg: &ModelConfig) -> (usize, usize, usize, usize) {
-    (
-        cfg.hidden_size,
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-        cfg.intermediate_size,
-    )
-}
-
-/// Every `stride`-th row of `x` (`[rows, k]`), at most `limit` rows.
-fn sample_rows(x: &[f32], rows: usize, k: usize, limit: usize) -> (Vec<f32>, usize) {
+/// Every `stride`-th row of `x` (`[rows, k]`), at most `limit` rows (`x` itself when it has
+/// no more).
+fn sample_rows(x: &[f32], rows: usize, k: usize, limit: usize) -> (Cow<'_, [f32]>, usize) {
     if rows <= limit {
-        return (x.to_vec(), rows);
+        return (Cow::Borrowed(x), rows);
     }
     let stride = rows.div_ceil(limit);
     let picked: Vec<f32> = (0..rows)
@@ -214,7 +207,7 @@ fn sample_rows(x: &[f32], rows: usize, k: usize, limit: usize) -> (Vec<f32>, usi
         .flat_map(|r| x[r * k..(r + 1) * k].iter().copied())
         .collect();
     let n = picked.len() / k;
-    (picked, n)
+    (Cow::Owned(picked), n)
 }
 
 fn gptq_config(recipe: &Recipe) -> GptqConfig {
@@ -241,10 +234,7 @@ fn quantize_gptq(
     let inv_freq = crate::rope::inverse_frequencies(cfg);
     let gcfg = gptq_config(recipe);
     let rows = act.rows();
-    let (qd, kvd) = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-    );
+    let (_, qd, kvd, _) = layer_widths(cfg);
     let total = cfg.num_layers * LINEARS.len();
     for i in 0..cfg.num_layers {
         let mut lw = layer_weights(&mf.file, i)?;
@@ -397,7 +387,7 @@ pub fn awq_scale_block(
         let s = awq_scales(&[(&lw.o, hd)], &o_in, rows, qd, acfg);
         fold_scale_into_linear_rows(&mut lw.v, kvd, hd, &s);
         if let Some(b) = lw.biases[2].as_mut() {
-            b.iter_mut().zip(&s).for_each(|(b, s)| *b /= s);
+            fold_scale_into_norm(b, &s);
         }
         scale_weight_columns(&mut lw.o, hd, qd, &s);
         divide_columns(&mut o_in, qd, &s);
@@ -429,7 +419,8 @@ pub fn awq_scale_block(
 }
 
 /// The output of one block with dense f32 weights (the reference the AWQ folding test uses).
-pub fn block_output(
+#[cfg(test)]
+fn block_output(
     cfg: &ModelConfig,
     lw: &LayerWeights,
     act: &Activations,
