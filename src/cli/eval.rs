@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use qrt_eval::coqa::data::{load_coqa, CoqaDoc};
-use qrt_eval::coqa::prompt::MAX_NEW_TOKENS;
-use qrt_eval::coqa::run::{compare, prompt_tokens, run_coqa, summarize, DocScore};
+use qrt_eval::coqa::prompt::{MAX_NEW_TOKENS, STOP_SEQUENCES};
+use qrt_eval::coqa::run::{compare, coqa_prompts, run_coqa_prompts, summarize, DocScore};
 use qrt_eval::ppl::{self, BaseLogitsWriter, BaseSource};
 use qrt_runtime::backend::Backend;
 use qrt_runtime::import::sha256_file;
@@ -204,10 +204,8 @@ fn coqa(args: CoqaArgs) -> anyhow::Result<()> {
     let predictions_path = out.with_extension("predictions.jsonl");
     let mf = qrt_runtime::model_file::ModelFile::open(&args.model)?;
     let max_context = mf.config.max_position_embeddings;
-    let mut longest = 0;
-    for d in &docs {
-        longest = longest.max(prompt_tokens(&mf.tokenizer, d, max_context)?.0.len());
-    }
+    let prompts = coqa_prompts(&mf.tokenizer, &docs, max_context)?;
+    let longest = prompts.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     let batch = args.batch.max(1);
     let started = Instant::now();
     let bar = super::progress_bar(docs.len() as u64, "coqa");
@@ -217,10 +215,11 @@ fn coqa(args: CoqaArgs) -> anyhow::Result<()> {
         batch * (longest + MAX_NEW_TOKENS),
         |engine| {
             engine.set_max_running(batch);
-            let results = run_coqa(
+            let results = run_coqa_prompts(
                 &mut engine,
                 &mf.tokenizer,
                 &docs,
+                prompts,
                 &mf.config.eos_token_ids,
                 &mut |done, _| bar.set_position(done as u64),
             )?;
@@ -251,7 +250,7 @@ fn coqa(args: CoqaArgs) -> anyhow::Result<()> {
         "model": model_facts(&args.model, &mf.file)?,
         "data": {"path": data.display().to_string(), "sha256": sha256_file(&data)?},
         "limit": args.limit,
-        "settings": {"max_new_tokens": MAX_NEW_TOKENS, "stop": ["\nQ:"], "greedy": true, "batch": batch,
+        "settings": {"max_new_tokens": MAX_NEW_TOKENS, "stop": STOP_SEQUENCES, "greedy": true, "batch": batch,
                       "bootstrap_resamples": args.resamples, "bootstrap_seed": BOOTSTRAP_SEED},
         "qrt_version": super::qrt_version(),
         "device": device,

@@ -58,6 +58,17 @@ pub fn prompt_tokens(
     }
 }
 
+/// Every story's prompt tokens and whether they were cut ([`prompt_tokens`]).
+pub fn coqa_prompts(
+    tokenizer: &Tokenizer,
+    docs: &[CoqaDoc],
+    max_context: usize,
+) -> Result<Vec<(Vec<u32>, bool)>, EvalError> {
+    docs.iter()
+        .map(|doc| prompt_tokens(tokenizer, doc, max_context))
+        .collect()
+}
+
 /// Generates answers for every story (greedy, up to 256 tokens, stopping at `"\nQ:"` or EOS),
 /// all queued at once so that the engine batches them; `progress(done, total)` after each
 /// story ends.
@@ -69,18 +80,31 @@ pub fn run_coqa<B: Backend>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<DocResult>, EvalError> {
     let max_context = engine.model().config().max_position_embeddings;
-    let mut requests = Vec::with_capacity(docs.len());
-    let mut truncated = Vec::with_capacity(docs.len());
-    for doc in docs {
-        let (prompt, cut) = prompt_tokens(tokenizer, doc, max_context)?;
-        truncated.push(cut);
-        requests.push(SeqRequest {
-            prompt,
-            max_new_tokens: MAX_NEW_TOKENS,
-            sampling: SamplingParams::GREEDY,
-            seed: 0,
-        });
-    }
+    let prompts = coqa_prompts(tokenizer, docs, max_context)?;
+    run_coqa_prompts(engine, tokenizer, docs, prompts, eos, progress)
+}
+
+/// [`run_coqa`] with the prompts already made by [`coqa_prompts`] (one per story).
+pub fn run_coqa_prompts<B: Backend>(
+    engine: &mut Engine<B>,
+    tokenizer: &Tokenizer,
+    docs: &[CoqaDoc],
+    prompts: Vec<(Vec<u32>, bool)>,
+    eos: &[u32],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<DocResult>, EvalError> {
+    let (requests, truncated): (Vec<SeqRequest>, Vec<bool>) = prompts
+        .into_iter()
+        .map(|(prompt, cut)| {
+            let request = SeqRequest {
+                prompt,
+                max_new_tokens: MAX_NEW_TOKENS,
+                sampling: SamplingParams::GREEDY,
+                seed: 0,
+            };
+            (request, cut)
+        })
+        .unzip();
     let stop: Vec<String> = STOP_SEQUENCES.iter().map(|s| s.to_string()).collect();
     let mut done = 0;
     let (completions, _) = generate(engine, tokenizer, requests, eos, &stop, |event| {
