@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use qrt_format::quant::FloatDtype;
 use qrt_runtime::quantize::pipeline::quantize_model;
-use qrt_runtime::quantize::recipe::{preset, Calibration, ComputeDtype, Method, Recipe, PRESETS};
+use qrt_runtime::quantize::recipe::{preset, Calibration, Method, Recipe, PRESETS};
 
 /// Arguments of `qrt quantize`.
 #[derive(clap::Args)]
@@ -107,9 +108,9 @@ fn recipe(args: &Args) -> anyhow::Result<Recipe> {
     }
     if let Some(c) = &args.compute_dtype {
         r.compute_dtype = if c == "bf16" {
-            ComputeDtype::Bf16
+            FloatDtype::Bf16
         } else {
-            ComputeDtype::F16
+            FloatDtype::F16
         };
     }
     if let Some(t) = args.int8_threshold {

@@ -101,6 +101,15 @@ pub struct StorageType {
 }
 
 impl StorageType {
+    /// The element type of a dense storage type (`f32`, `f16`, `bf16`); `None` for the
+    /// quantized ones.
+    pub fn dense_elem(&self) -> Option<ElemType> {
+        DENSE
+            .iter()
+            .find(|(name, _)| *name == self.name)
+            .map(|&(_, e)| e)
+    }
+
     /// The dense storage type holding elements of type `e`, named after it
     /// (`"f32"`, `"f16"`, `"bf16"`; other element types give names that are not
     /// known storage types and are refused by the writer).
@@ -206,16 +215,12 @@ const DENSE: [(&str, ElemType); 3] = [
 /// Version 1.1 adds the quantized types of [`crate::quant`]: `"nf4"`, `"fp4"`,
 /// `"int8_rowwise"`, `"gptq"`, `"awq"`.
 pub fn known_storage_types() -> &'static [&'static str] {
-    &[
-        "f32",
-        "f16",
-        "bf16",
-        "nf4",
-        "fp4",
-        "int8_rowwise",
-        "gptq",
-        "awq",
-    ]
+    use crate::quant::QUANTIZED_STORAGE_TYPES as Q;
+    const _: () = assert!(DENSE.len() + Q.len() == 8, "list every storage type below");
+    const KNOWN: [&str; 8] = [
+        DENSE[0].0, DENSE[1].0, DENSE[2].0, Q[0], Q[1], Q[2], Q[3], Q[4],
+    ];
+    &KNOWN
 }
 
 /// Checks that `parts` are what storage type `t` requires for a tensor of logical
@@ -225,7 +230,7 @@ pub fn known_storage_types() -> &'static [&'static str] {
 /// is not in [`known_storage_types`].
 pub fn validate_storage(t: &StorageType, shape: &[u64], parts: &[PartInfo]) -> Result<(), String> {
     let numel = check_shape(shape)?;
-    if let Some(&(_, elem)) = DENSE.iter().find(|(name, _)| *name == t.name) {
+    if let Some(elem) = t.dense_elem() {
         return validate_dense(t, elem, numel, parts);
     }
     if let Some(result) = crate::quant::validate(t, shape, parts) {

@@ -60,20 +60,11 @@ impl CpuWeight {
 
     /// The weight as dense rows `[rows, cols]`.
     pub fn dense(&self) -> DenseRows<'_> {
-        let bytes = self.bytes();
-        match self.tensor.storage.name.as_str() {
-            "f16" => DenseRows::F16(cast(bytes)),
-            "bf16" => DenseRows::Bf16(cast(bytes)),
-            _ => DenseRows::F32(cast(bytes)),
-        }
+        dense_rows(self.dense_elem(), self.bytes())
     }
 
     fn dense_elem(&self) -> ElemType {
-        match self.tensor.storage.name.as_str() {
-            "f16" => ElemType::F16,
-            "bf16" => ElemType::BF16,
-            _ => ElemType::F32,
-        }
+        self.tensor.storage.dense_elem().unwrap_or(ElemType::F32)
     }
 
     /// The row decoder of a quantized weight.
@@ -198,20 +189,26 @@ pub fn read_dense_f32(file: &QrtFile, name: &str) -> Result<Vec<f32>, RuntimeErr
         .tensor(name)
         .ok_or_else(|| RuntimeError::MissingTensor(name.to_string(), file.path().to_string()))?;
     let bytes = file.part_bytes(t, "data")?;
-    let rows = match t.storage.name.as_str() {
-        "f16" => DenseRows::F16(cast(bytes)),
-        "bf16" => DenseRows::Bf16(cast(bytes)),
-        "f32" => DenseRows::F32(cast(bytes)),
-        other => {
-            return Err(RuntimeError::Unsupported(format!(
-                "tensor {name} is stored as {other}; a 16- or 32-bit tensor is needed here"
-            )))
-        }
-    };
+    let elem = t.storage.dense_elem().ok_or_else(|| {
+        RuntimeError::Unsupported(format!(
+            "tensor {name} is stored as {}; a 16- or 32-bit tensor is needed here",
+            t.storage.name
+        ))
+    })?;
+    let rows = dense_rows(elem, bytes);
     let numel = t.numel() as usize;
     let mut out = vec![0f32; numel];
     rows.rows_to_f32(numel, 0, 1, &mut out);
     Ok(out)
+}
+
+/// Dense rows of element type `elem` (f16, bf16, else f32) over `bytes`.
+fn dense_rows(elem: ElemType, bytes: &[u8]) -> DenseRows<'_> {
+    match elem {
+        ElemType::F16 => DenseRows::F16(cast(bytes)),
+        ElemType::BF16 => DenseRows::Bf16(cast(bytes)),
+        _ => DenseRows::F32(cast(bytes)),
+    }
 }
 
 /// Reinterprets aligned little-endian bytes as a slice of `T`.

@@ -27,7 +27,7 @@ use super::calib::{
     add_into, attention_input, layer_widths, linear, mlp_hidden, rms_norm, Activations,
     LayerWeights,
 };
-use super::recipe::{ComputeDtype, Method, Recipe};
+use super::recipe::{Method, Recipe};
 use crate::cpu::read_dense_f32;
 use crate::import::{encode_dense, sha256_file};
 use crate::model_file::{config_to_metadata, ModelFile};
@@ -86,11 +86,7 @@ fn orig_dtype(file: &QrtFile, name: &str) -> Result<ElemType, RuntimeError> {
     let t = file
         .tensor(name)
         .ok_or_else(|| RuntimeError::MissingTensor(name.into(), file.path().into()))?;
-    Ok(match t.storage.name.as_str() {
-        "f16" => ElemType::F16,
-        "bf16" => ElemType::BF16,
-        _ => ElemType::F32,
-    })
+    Ok(t.storage.dense_elem().unwrap_or(ElemType::F32))
 }
 
 /// Quantizes one matrix with a method that needs no calibration.
@@ -111,10 +107,7 @@ fn quantize_plain(
             let mut p = Bnb4Params::new(kind);
             p.block_size = recipe.group_size.unwrap_or(64) as u32;
             p.double_quant = recipe.double_quant;
-            p.compute_dtype = match recipe.compute_dtype {
-                ComputeDtype::F16 => FloatDtype::F16,
-                ComputeDtype::Bf16 => FloatDtype::Bf16,
-            };
+            p.compute_dtype = recipe.compute_dtype;
             p.orig_dtype = match orig {
                 ElemType::F16 => FloatDtype::F16,
                 ElemType::BF16 => FloatDtype::Bf16,

@@ -1,6 +1,7 @@
 //! Quantization recipes: the method and its parameters, and the named presets that reproduce
 //! the FP16-vs-4-bit comparison users run with bitsandbytes, AutoGPTQ and AutoAWQ.
 
+use qrt_format::quant::FloatDtype;
 use std::path::PathBuf;
 
 use qrt_format::container::Metadata;
@@ -50,16 +51,6 @@ impl Method {
     }
 }
 
-/// 16-bit type that activations and dequantized weights are rounded to (bitsandbytes'
-/// `bnb_4bit_compute_dtype`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComputeDtype {
-    /// IEEE half.
-    F16,
-    /// bfloat16.
-    Bf16,
-}
-
 /// Calibration data for GPTQ and AWQ.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Calibration {
@@ -94,7 +85,7 @@ pub struct Recipe {
     /// bitsandbytes double quantization of the absmax values.
     pub double_quant: bool,
     /// bitsandbytes compute dtype.
-    pub compute_dtype: ComputeDtype,
+    pub compute_dtype: FloatDtype,
     /// Quantize the output head too (default: it stays in 16 bits).
     pub quantize_head: bool,
     /// Calibration data (GPTQ, AWQ).
@@ -119,7 +110,7 @@ impl Recipe {
             bits,
             group_size,
             damp: 0.01,
-            compute_dtype: ComputeDtype::F16,
+            compute_dtype: FloatDtype::F16,
             quantize_head: false,
             calibration: None,
         }
@@ -180,13 +171,7 @@ impl Recipe {
         m.insert("quantization.act_order", self.act_order);
         m.insert("quantization.damp", self.damp);
         m.insert("quantization.double_quant", self.double_quant);
-        m.insert(
-            "quantization.compute_dtype",
-            match self.compute_dtype {
-                ComputeDtype::F16 => "f16",
-                ComputeDtype::Bf16 => "bf16",
-            },
-        );
+        m.insert("quantization.compute_dtype", self.compute_dtype.name());
         m.insert("quantization.quantize_head", self.quantize_head);
         if let Method::Int8 { threshold } = self.method {
             m.insert("quantization.int8_threshold", threshold);
@@ -246,7 +231,7 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "bnb_4bit_nf4_bf16",
         description: "bitsandbytes NF4, block 64, double quantization, bf16 compute (bnb_4bit_compute_dtype=bfloat16)",
-        recipe: || with(Method::Nf4, |r| r.compute_dtype = ComputeDtype::Bf16),
+        recipe: || with(Method::Nf4, |r| r.compute_dtype = FloatDtype::Bf16),
     },
     Preset {
         name: "gptq_4bit_g128",
