@@ -18,8 +18,8 @@ use std::borrow::Cow;
 use half::f16;
 
 use super::{
-    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, matrix_shape, storage,
-    ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
+    check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice, matrix_shape,
+    storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
 
@@ -183,16 +183,8 @@ impl AwqTensor {
         if let Some(q) = codes.iter().chain(zeros).find(|&&q| q > 15) {
             return Err(format!("code or zero point {q} does not fit in 4 bits"));
         }
-        let scales: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
-        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
-            return Err(format!("scale {s} is not a finite f16"));
-        }
-        let mut transposed = vec![0u8; n * k];
-        for (r, row) in codes.chunks_exact(k).enumerate() {
-            for (j, &q) in row.iter().enumerate() {
-                transposed[j * n + r] = q;
-            }
-        }
+        let scales = f16_scales(scales)?;
+        let transposed = transpose(codes, n, k);
         Ok(AwqTensor {
             params,
             n,
@@ -205,14 +197,7 @@ impl AwqTensor {
 
     /// The integer codes, `[n, k]` row-major.
     pub fn codes(&self) -> Vec<u8> {
-        let t = unpack(&self.qweight);
-        let mut codes = vec![0u8; self.n * self.k];
-        for (j, row) in t.chunks_exact(self.n).enumerate() {
-            for (r, &q) in row.iter().enumerate() {
-                codes[r * self.k + j] = q;
-            }
-        }
-        codes
+        transpose(&unpack(&self.qweight), self.k, self.n)
     }
 
     /// The zero points, `[ceil(k/group_size), n]`.

@@ -27,8 +27,8 @@ use std::borrow::Cow;
 use half::f16;
 
 use super::{
-    check_decode_args, check_len, fetch_parts, le_bytes, le_slice, matrix_shape, storage,
-    ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
+    check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice, matrix_shape,
+    storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
 
@@ -347,16 +347,8 @@ impl GptqTensor {
             }
         }
         check_g_idx(&params, g_idx, k)?;
-        let scales: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
-        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
-            return Err(format!("scale {s} is not a finite f16"));
-        }
-        let mut transposed = vec![0u8; n * k];
-        for (r, row) in codes.chunks_exact(k).enumerate() {
-            for (j, &q) in row.iter().enumerate() {
-                transposed[j * n + r] = q;
-            }
-        }
+        let scales = f16_scales(scales)?;
+        let transposed = transpose(codes, n, k);
         let stored: Vec<u8> = zeros
             .iter()
             .map(|&z| (u32::from(z).wrapping_sub(1) & maxq) as u8)
@@ -380,13 +372,7 @@ impl GptqTensor {
     /// The integer codes, `[n, k]` row-major.
     pub fn codes(&self) -> Vec<u8> {
         let t = unpack_along_rows(&self.qweight, self.k, self.n, self.params.bits);
-        let mut codes = vec![0u8; self.n * self.k];
-        for (j, row) in t.chunks_exact(self.n).enumerate() {
-            for (r, &q) in row.iter().enumerate() {
-                codes[r * self.k + j] = q;
-            }
-        }
-        codes
+        transpose(&t, self.k, self.n)
     }
 
     /// The zero points, `[groups, n]`.

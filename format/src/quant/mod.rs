@@ -514,3 +514,23 @@ fn le_bytes<T: LeScalar>(values: &[T]) -> Vec<u8> {
     }
     out
 }
+
+/// `v` (`[rows, cols]` row-major) transposed to `[cols, rows]`.
+pub(crate) fn transpose<T: Copy + Default>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); rows * cols];
+    for (r, row) in v.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * rows + r] = x;
+        }
+    }
+    t
+}
+
+/// f32 scales stored as f16, refusing any that do not stay finite.
+pub(crate) fn f16_scales(scales: &[f32]) -> Result<Vec<f16>, String> {
+    let stored: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
+    match stored.iter().find(|s| !s.is_finite()) {
+        Some(s) => Err(format!("scale {s} is not a finite f16")),
+        None => Ok(stored),
+    }
+}
