@@ -110,6 +110,39 @@ fn act_order(h: &HessianAccumulator) -> Vec<usize> {
     perm
 }
 
+/// GPTQ's result against the reference: every scale within 1e-4 (relative) and 999 of every
+/// 1000 dequantized weights within 1e-6 (`N` rows of `k`).
+fn assert_matches_reference(
+    res: &GptqResult,
+    want: &[f32],
+    want_scales: &[Vec<f32>],
+    k: usize,
+    label: &str,
+) {
+    let mut worst = 0f32;
+    for (g, sc) in want_scales.iter().enumerate() {
+        for (r, &s) in sc.iter().enumerate() {
+            worst = worst.max((res.scales[g * N + r] - s).abs() / s);
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "{label}: scales differ by {worst:e} (relative)"
+    );
+    let same = res
+        .dequantized
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| (*a - *b).abs() < 1e-6)
+        .count();
+    assert!(
+        same * 1000 >= 999 * N * k,
+        "{label}: {} of {} weights differ",
+        N * k - same,
+        N * k
+    );
+}
+
 /// A literal port of the reference `fasterquant` (no threads, W in f64, Hinv through the three
 /// reference steps), asymmetric, blocks of 128 columns: returns the dequantized weights (original order) and the
 /// scales in the order the groups are visited, `[groups][n]`.
@@ -222,28 +255,7 @@ fn matches_a_literal_port_of_the_reference() {
         };
         let res = gptq_quantize(&w, N, K, &h, &cfg).unwrap();
         let (want, want_scales) = reference_fasterquant(&w, N, K, &h, 4, 32, act);
-        let mut worst = 0f32;
-        for (g, sc) in want_scales.iter().enumerate() {
-            for (r, &s) in sc.iter().enumerate() {
-                worst = worst.max((res.scales[g * N + r] - s).abs() / s);
-            }
-        }
-        assert!(
-            worst < 1e-4,
-            "act_order={act}: scales differ by {worst:e} (relative)"
-        );
-        let same = res
-            .dequantized
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| (*a - *b).abs() < 1e-6)
-            .count();
-        assert!(
-            same * 1000 >= 999 * N * K,
-            "act_order={act}: {} of {} weights differ",
-            N * K - same,
-            N * K
-        );
+        assert_matches_reference(&res, &want, &want_scales, K, &format!("act_order={act}"));
     }
 }
 
@@ -598,28 +610,8 @@ fn uneven_groups_match_a_literal_port_of_the_reference() {
             let (want, want_scales) = reference_fasterquant(&w, N, k, &h, 4, gs, act);
             assert_eq!(want_scales.len(), k.div_ceil(gs));
             assert_eq!(res.scales.len(), k.div_ceil(gs) * N);
-            let mut worst = 0f32;
-            for (g, sc) in want_scales.iter().enumerate() {
-                for (r, &s) in sc.iter().enumerate() {
-                    worst = worst.max((res.scales[g * N + r] - s).abs() / s);
-                }
-            }
-            assert!(
-                worst < 1e-4,
-                "k={k} g={gs} act_order={act}: scales differ by {worst:e} (relative)"
-            );
-            let same = res
-                .dequantized
-                .iter()
-                .zip(&want)
-                .filter(|(a, b)| (*a - *b).abs() < 1e-6)
-                .count();
-            assert!(
-                same * 1000 >= 999 * N * k,
-                "k={k} g={gs} act_order={act}: {} of {} weights differ",
-                N * k - same,
-                N * k
-            );
+            let label = format!("k={k} g={gs} act_order={act}");
+            assert_matches_reference(&res, &want, &want_scales, k, &label);
         }
     }
 }
