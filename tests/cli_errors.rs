@@ -6,6 +6,7 @@ use std::process::Command;
 
 struct Outcome {
     ok: bool,
+    stdout: String,
     stderr: String,
 }
 
@@ -21,6 +22,7 @@ fn qrt(args: &[&str]) -> Outcome {
     );
     Outcome {
         ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
     }
 }
@@ -355,13 +357,10 @@ fn eval_runs_end_to_end_and_refuses_bad_data() {
     assert!((0.0..=1.0).contains(&f1));
     let predictions = std::fs::read_to_string(dir.join("run.predictions.jsonl")).unwrap();
     assert_eq!(predictions.lines().count(), 3);
-    let same = Command::new(env!("CARGO_BIN_EXE_qrt"))
-        .args(["eval", "compare", o, o])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&same.stdout);
+    let same = qrt(&["eval", "compare", o, o]);
+    let text = &same.stdout;
     assert!(
-        same.status.success() && text.contains("+0.00") && text.contains("within noise"),
+        same.ok && text.contains("+0.00") && text.contains("within noise"),
         "{text}"
     );
 
@@ -571,11 +570,7 @@ fn quantize_refuses_bad_requests_and_leaves_no_file() {
         ],
         &["already quantized"],
     );
-    let listed = Command::new(env!("CARGO_BIN_EXE_qrt"))
-        .args(["quantize", "--list-presets"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&listed.stdout);
+    let text = qrt(&["quantize", "--list-presets"]).stdout;
     for p in [
         "fp16_baseline",
         "bnb_8bit",
@@ -599,11 +594,8 @@ fn every_preset_quantizes_a_model_that_runs() {
         "Calibration passages: rivers, mountains, 1789 and the sea. ".repeat(60),
     )
     .unwrap();
-    let listed = Command::new(env!("CARGO_BIN_EXE_qrt"))
-        .args(["quantize", "--list-presets"])
-        .output()
-        .unwrap();
-    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+    let listed = qrt(&["quantize", "--list-presets"]).stdout;
+    for line in listed.lines() {
         let preset = line.split_whitespace().next().unwrap();
         let out = dir.join(format!("{preset}.qrt"));
         let o = out.to_str().unwrap();
@@ -646,14 +638,10 @@ fn every_preset_quantizes_a_model_that_runs() {
             "4",
         ]);
         assert!(g.ok, "{preset}: {}", g.stderr);
-        let i = Command::new(env!("CARGO_BIN_EXE_qrt"))
-            .args(["inspect", o, "--verify"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&i.stdout);
+        let i = qrt(&["inspect", o, "--verify"]);
+        let text = &i.stdout;
         assert!(
-            i.status.success() && text.contains(&format!("\"{preset}\""))
-                || preset == "fp16_baseline",
+            i.ok && text.contains(&format!("\"{preset}\"")) || preset == "fp16_baseline",
             "{preset}: {text}"
         );
     }

@@ -113,10 +113,16 @@ fn stanford_single_line() {
 
 /// Every case must fail with a Data error naming the label and containing `needle`.
 fn rejects(text: &str, needle: &str) {
-    match parse(text) {
+    rejects_as(text, "dev.jsonl", needle);
+}
+
+/// `text` read as file `label` must fail with a Data error naming `label` and containing
+/// `needle`.
+fn rejects_as(text: &str, label: &str, needle: &str) {
+    match parse_coqa(text, label) {
         Err(e @ EvalError::Data { .. }) => {
             let msg = e.to_string();
-            assert!(msg.starts_with("dev.jsonl: "), "{msg}");
+            assert!(msg.starts_with(&format!("{label}: ")), "{msg}");
             assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
         }
         other => panic!("{text:?} gave {other:?}"),
@@ -188,16 +194,7 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn bad_official_inputs_are_errors() {
-    let fail = |text: &str, needle: &str| match parse_coqa(text, "coqa-dev.json") {
-        Err(e @ EvalError::Data { .. }) => {
-            let msg = e.to_string();
-            assert!(
-                msg.starts_with("coqa-dev.json: ") && msg.contains(needle),
-                "{msg:?} lacks {needle:?}"
-            );
-        }
-        other => panic!("{text:?} gave {other:?}"),
-    };
+    let fail = |text: &str, needle: &str| rejects_as(text, "coqa-dev.json", needle);
     fail(
         r#"{"version": "1.0", "data": {}}"#,
         "`data` is not an array",
