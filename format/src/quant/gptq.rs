@@ -435,6 +435,32 @@ fn check_g_idx(params: &GptqParams, g_idx: &[i32], k: usize) -> Result<(), Strin
     Ok(())
 }
 
+/// GPTQ's quantization grid of a group of values (AutoGPTQ `Quantizer.find_params`, per
+/// channel, no MSE search): the range is widened to include 0; symmetric: `xmax =
+/// max(|xmin|, xmax)`, `xmin = −xmax` when `xmin < 0`, zero point `(maxq + 1) / 2`;
+/// asymmetric: zero point `round(−xmin / scale)` (half to even); an all-zero range becomes
+/// `[−1, 1]`. Returns `(scale, zero)`.
+pub fn minmax_params(values: impl Iterator<Item = f32>, maxq: f32, sym: bool) -> (f32, f32) {
+    let (mut xmin, mut xmax) = values.fold((0f32, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if sym {
+        xmax = xmax.max(xmin.abs());
+        if xmin < 0.0 {
+            xmin = -xmax;
+        }
+    }
+    if xmin == 0.0 && xmax == 0.0 {
+        xmin = -1.0;
+        xmax = 1.0;
+    }
+    let scale = (xmax - xmin) / maxq;
+    let zero = if sym {
+        (maxq + 1.0) / 2.0
+    } else {
+        (-xmin / scale).round_ties_even().clamp(0.0, maxq)
+    };
+    (scale, zero)
+}
+
 /// Round-to-nearest quantization of `w` (`[n, k]` row-major), per group of
 /// `group_size` input columns (-1: the whole row), as AutoGPTQ's `Quantizer.find_params`
 /// chooses scale and zero point:
@@ -475,24 +501,7 @@ pub fn rtn_quantize(
     for r in 0..n {
         for g in 0..groups {
             let x = &w[r * k + g * gl..r * k + ((g + 1) * gl).min(k)];
-            let mut xmin = x.iter().fold(0f32, |m, &v| m.min(v));
-            let mut xmax = x.iter().fold(0f32, |m, &v| m.max(v));
-            if sym {
-                xmax = xmax.max(xmin.abs());
-                if xmin < 0.0 {
-                    xmin = -xmax;
-                }
-            }
-            if xmin == 0.0 && xmax == 0.0 {
-                xmin = -1.0;
-                xmax = 1.0;
-            }
-            let scale = (xmax - xmin) / maxq;
-            let zero = if sym {
-                (maxq + 1.0) / 2.0
-            } else {
-                (-xmin / scale).round_ties_even().clamp(0.0, maxq)
-            };
+            let (scale, zero) = minmax_params(x.iter().copied(), maxq, sym);
             let s = f16::from_f32(scale).to_f32();
             for (j, &v) in x.iter().enumerate() {
                 // A scale below f16's range (a group of tiny values) decodes every

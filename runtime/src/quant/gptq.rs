@@ -29,6 +29,7 @@
 //! - If the Cholesky factorization fails, it is retried with ten times the damping (up to
 //!   three times); [`GptqResult::damp_percent`] says which damping was used.
 
+use qrt_format::quant::gptq::minmax_params;
 use rayon::prelude::*;
 
 use super::linalg::{gemm, inverse_cholesky_upper, View};
@@ -210,27 +211,9 @@ struct Params {
 }
 
 impl Params {
-    /// `xmin ≤ 0 ≤ xmax` enforced; symmetric: `xmax = max(|xmin|, xmax)`, `xmin = −xmax` when
-    /// `xmin < 0`, zero `(maxq + 1)/2`; asymmetric: zero `round(−xmin/scale)`; an all-zero
-    /// range becomes `[−1, 1]`.
+    /// The grid of `values` ([`minmax_params`]).
     fn find(values: impl Iterator<Item = f32>, maxq: f32, sym: bool) -> Self {
-        let (mut xmin, mut xmax) = values.fold((0f32, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        if sym {
-            xmax = xmax.max(xmin.abs());
-            if xmin < 0.0 {
-                xmin = -xmax;
-            }
-        }
-        if xmin == 0.0 && xmax == 0.0 {
-            xmin = -1.0;
-            xmax = 1.0;
-        }
-        let scale = (xmax - xmin) / maxq;
-        let zero = if sym {
-            (maxq + 1.0) / 2.0
-        } else {
-            (-xmin / scale).round_ties_even()
-        };
+        let (scale, zero) = minmax_params(values, maxq, sym);
         Self { scale, zero }
     }
 
