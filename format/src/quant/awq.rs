@@ -236,6 +236,20 @@ impl QuantizedParts for AwqTensor {
     }
 }
 
+/// AWQ's (llm-awq's) asymmetric grid of a group, without requiring 0 in `[min, max]`:
+/// `scale = max(max − min, 1e-5) / maxq`, zero point `clamp(−round(min / scale), 0, maxq)`
+/// (half to even). Returns `(scale, zero)`.
+pub fn group_params(group: &[f32], maxq: f32) -> (f32, f32) {
+    let (lo, hi) = group
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let scale = (hi - lo).max(1e-5) / maxq;
+    let zero = (-(lo / scale).round_ties_even()).clamp(0.0, maxq);
+    (scale, zero)
+}
+
 /// Round-to-nearest 4-bit quantization of `w` (`[n, k]` row-major) with a zero point
 /// per group, as AutoAWQ's `pseudo_quantize_tensor` (zero-point mode) chooses it:
 /// `scale = max(xmax - xmin, 1e-5) / 15`, `zero = clamp(-round(xmin / scale), 0, 15)`,
@@ -255,10 +269,7 @@ pub fn rtn_quantize(w: &[f32], n: usize, k: usize, group_size: u32) -> Result<Aw
     for r in 0..n {
         for g in 0..groups {
             let x = &w[r * k + g * gs..r * k + ((g + 1) * gs).min(k)];
-            let xmax = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let xmin = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-            let scale = (xmax - xmin).max(1e-5) / 15.0;
-            let zero = (-(xmin / scale).round_ties_even()).clamp(0.0, 15.0);
+            let (scale, zero) = group_params(x, 15.0);
             let s = f16::from_f32(scale).to_f32();
             for (j, &v) in x.iter().enumerate() {
                 codes[r * k + g * gs + j] =

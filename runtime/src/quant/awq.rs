@@ -25,6 +25,7 @@
 //! `g_idx = j // group_size`, and as the storage codec accepts). llm-awq itself reshapes the
 //! weight to `[-1, group_size]` and needs `k` to be a multiple.
 
+use qrt_format::quant::awq::group_params;
 use rayon::prelude::*;
 
 use super::linalg::{gemm, View};
@@ -68,15 +69,9 @@ struct GroupParams {
 }
 
 impl GroupParams {
-    /// llm-awq's asymmetric parameters of a group (no `0 ∈ [min, max]` requirement).
+    /// llm-awq's asymmetric parameters of a group ([`group_params`]).
     fn find(group: &[f32], maxq: f32) -> Self {
-        let (lo, hi) = group
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
-        let scale = (hi - lo).max(1e-5) / maxq;
-        let zero = (-(lo / scale).round_ties_even()).clamp(0.0, maxq);
+        let (scale, zero) = group_params(group, maxq);
         Self { scale, zero }
     }
 
