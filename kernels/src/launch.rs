@@ -143,12 +143,7 @@ fn gemv_args(
             "this GEMV needs k a positive multiple of {k_multiple}, got {k}"
         )));
     }
-    if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
-        return Err(KernelError::Shape(format!(
-            "GEMV takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
-            segments.len()
-        )));
-    }
+    check_segments("GEMV", segments.len())?;
     let mut args = qrt_gemv_args {
         x,
         k: u32_of("k", k)?,
@@ -173,6 +168,16 @@ fn gemv_args(
         blocks += s.n.div_ceil(rows_per_block);
     }
     Ok((args, u32_of("blocks", blocks)?))
+}
+
+/// A launch of `what` multiplies 1 to QRT_GEMV_MAX_SEGMENTS matrices.
+fn check_segments(what: &str, count: usize) -> Result<(), KernelError> {
+    if count == 0 || count > QRT_GEMV_MAX_SEGMENTS as usize {
+        return Err(KernelError::Shape(format!(
+            "{what} takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {count}"
+        )));
+    }
+    Ok(())
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {
@@ -454,12 +459,7 @@ impl CudaDevice {
                 "GEMM needs m > 0 and k a positive multiple of 8, got m = {m}, k = {k}"
             )));
         }
-        if segments.is_empty() || segments.len() > QRT_GEMV_MAX_SEGMENTS as usize {
-            return Err(KernelError::Shape(format!(
-                "GEMM takes 1 to {QRT_GEMV_MAX_SEGMENTS} matrices, got {}",
-                segments.len()
-            )));
-        }
+        check_segments("GEMM", segments.len())?;
         // cp.async copies 16-byte pieces.
         if !a.is_multiple_of(16) || segments.iter().any(|s| !s.w.is_multiple_of(16)) {
             return Err(KernelError::Shape(
