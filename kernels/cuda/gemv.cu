@@ -1,10 +1,12 @@
-// GEMV for decode: y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]) for a batch of 1 to 8 rows of
-// f32 activations against 16-bit (f16 or bf16) weights, f32 accumulation.
+// GEMV for decode: y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]) (+ y[b, i] when accumulating)
+// for a batch of 1 to 8 rows of f32 activations against 16-bit (f16 or bf16) weights, f32
+// accumulation. Batches of one normally run on gemv_one.cu and larger batches on the tensor
+// cores (gemv_tc.cu); this kernel takes the rest (k not a multiple of 32, or too large for
+// gemv_one's shared memory).
 //
 // Decode is bound by reading the weights, so each weight byte is read exactly once, in 16-byte
-// loads that bypass L1, and is used for every row of the batch; the activations (a few KB) are
-// read through L1 and reused for the R weight rows a block works on. A block has 32 * WK
-// threads (WK warps, from blockDim.x): all of them split the k dimension of the block's R rows,
+// loads that bypass L1, and is used for every row of the batch. A block has 32 * WK threads
+// (WK warps, from blockDim.x): all of them split the k dimension of the block's R rows,
 // partial sums are reduced within warps by shuffles and across warps in shared memory.
 // Several matrices that read the same x (q, k and v; gate and up) go in one launch as segments;
 // the gated kernels (`qrt_gemv_gated_*`) read gate and up rows together and write
@@ -154,7 +156,9 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         } else if (seg.bias != 0) {
             sum += reinterpret_cast<const float*>(seg.bias)[row];
         }
-        reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
+        float* y = reinterpret_cast<float*>(seg.y) + static_cast<size_t>(b) * seg.n + row;
+        if (args.accumulate) sum += __ldcg(y);
+        *y = sum;
     }
 }
 

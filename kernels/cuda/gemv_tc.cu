@@ -128,7 +128,9 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             } else if (seg.bias != 0) {
                 sum += reinterpret_cast<const float*>(seg.bias)[row];
             }
-            reinterpret_cast<float*>(seg.y)[static_cast<size_t>(b) * seg.n + row] = sum;
+            float* y = reinterpret_cast<float*>(seg.y) + static_cast<size_t>(b) * seg.n + row;
+            if (args.accumulate) sum += __ldcg(y);
+            *y = sum;
         }
     }
 }

@@ -75,8 +75,8 @@ typedef struct qrt_gemv_segment {
 
 QRT_STATIC_ASSERT(sizeof(qrt_gemv_segment) == 32, "qrt_gemv_segment must be 32 bytes");
 
-/// Arguments of the GEMV kernels (`qrt_gemv_<w>_b<batch>_r<rows>`): every segment reads the
-/// same activations `x`, `[batch, k]` f32; `k` is a multiple of 8.
+/// Arguments of the GEMV kernels (`qrt_gemv_*`): every segment reads the same activations
+/// `x`, `[batch, k]` f32; `k` is a multiple of 8.
 typedef struct qrt_gemv_args {
     /// The weight matrices, `num_segments` of them; blocks are assigned in order.
     qrt_gemv_segment seg[QRT_GEMV_MAX_SEGMENTS];
@@ -86,9 +86,16 @@ typedef struct qrt_gemv_args {
     uint32_t k;
     /// Segments in use (1 to QRT_GEMV_MAX_SEGMENTS).
     uint32_t num_segments;
+    /// Device address of `k` f32 RMSNorm weights `g`, or 0: the product then reads
+    /// `x[b, :] / sqrt(mean(x[b, :]^2) + eps) * g` instead of `x` (batch-one kernels only).
+    uint64_t norm;
+    /// The RMSNorm's epsilon (with `norm`).
+    float eps;
+    /// Nonzero: `y += product` (a residual add) instead of `y = product`.
+    uint32_t accumulate;
 } qrt_gemv_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_gemv_args) == 112, "qrt_gemv_args must be 112 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_gemv_args) == 128, "qrt_gemv_args must be 128 bytes");
 
 /// One weight matrix of a GEMM launch: `c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j])`.
 typedef struct qrt_gemm_segment {
@@ -119,8 +126,8 @@ typedef struct qrt_gemm_args {
     uint32_t k;
     /// Segments in use (1 to QRT_GEMV_MAX_SEGMENTS).
     uint32_t num_segments;
-    /// Unused; keeps the size a multiple of 8.
-    uint32_t pad;
+    /// Nonzero: `c += product` (a residual add) instead of `c = product`.
+    uint32_t accumulate;
 } qrt_gemm_args;
 
 QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 120, "qrt_gemm_args must be 120 bytes");

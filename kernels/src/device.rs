@@ -35,6 +35,7 @@ pub struct CudaDevice {
     pub(crate) name: String,
     compute_capability: (i32, i32),
     total_memory: usize,
+    multiprocessors: usize,
     arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
@@ -136,6 +137,11 @@ impl CudaDevice {
         let total_memory = ctx.total_mem().map_err(cuda_err(format_args!(
             "querying the memory of device {ordinal}"
         )))?;
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(cuda_err(format_args!(
+                "querying the multiprocessors of device {ordinal}"
+            )))?;
         let arch = if compute_capability >= (9, 0) {
             "sm_90"
         } else {
@@ -157,6 +163,7 @@ impl CudaDevice {
             name,
             compute_capability,
             total_memory,
+            multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
             arch,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -183,6 +190,11 @@ impl CudaDevice {
     /// Total device memory in bytes.
     pub fn total_memory(&self) -> usize {
         self.total_memory
+    }
+
+    /// Streaming multiprocessors of the device (132 on an H100/H200 SXM).
+    pub fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 
     /// The PTX arch used on this device: `sm_90` or `sm_80`.

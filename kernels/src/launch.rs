@@ -1,4 +1,5 @@
-//! Launchers of the decoder kernels (`gemv.cu`, `gemm.cu`, `attention.cu`, `elementwise.cu`)
+//! Launchers of the decoder kernels (`gemv_one.cu`, `gemv.cu`, `gemv_tc.cu`, `gemm.cu`,
+//! `attention.cu`, `elementwise.cu`)
 //! over raw device addresses. They check what can be checked from the host (sizes, limits)
 //! and pick the kernel variant and grid; the callers (the CUDA backend) own the buffers.
 
@@ -52,6 +53,36 @@ pub struct Segment {
     pub n: usize,
 }
 
+/// The activations a GEMV reads: `rows` rows (the batch) of `k` f32 at `x`.
+#[derive(Clone, Copy, Debug)]
+pub struct GemvInput {
+    /// Device address of `x`, `[rows, k]` f32.
+    pub x: u64,
+    /// Rows of `x`: 1 to 8.
+    pub rows: usize,
+    /// Columns of `x`.
+    pub k: usize,
+}
+
+/// RMSNorm of a GEMV's input, applied on the fly: the product reads
+/// `x / sqrt(mean(x^2) + eps) * weight` (see [`CudaDevice::gemv_fuses_norm`]).
+#[derive(Clone, Copy, Debug)]
+pub struct InputNorm {
+    /// Device address of the `k` f32 norm weights.
+    pub weight: u64,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
+/// What a GEMV does besides `y = w @ x (+ bias)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fusion {
+    /// Normalise the input first.
+    pub norm: Option<InputNorm>,
+    /// `y += product` instead of `y = product` (a residual add).
+    pub accumulate: bool,
+}
+
 /// Threads of a decode attention block (`kDecodeThreads` in attention.cu).
 const DECODE_THREADS: u32 = 128;
 /// Largest decode partition (`kMaxPartition` in attention.cu).
@@ -84,6 +115,8 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     let mut all = Vec::new();
     for ty in [Half16::F16, Half16::Bf16] {
         let t = ty.name();
+        all.push(("gemv_one", format!("qrt_gemv_one_{t}")));
+        all.push(("gemv_one", format!("qrt_gemv_one_gated_{t}")));
         for batch in 1..=QRT_GEMV_MAX_BATCH {
             for rows in [1, 2, 4] {
                 all.push(("gemv", format!("qrt_gemv_{t}_b{batch}_r{rows}")));
@@ -126,13 +159,13 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
 /// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
 /// returns the arguments and the number of blocks.
 fn gemv_args(
-    batch: usize,
-    x: u64,
-    k: usize,
+    input: GemvInput,
     segments: &[Segment],
     rows_per_block: usize,
     k_multiple: usize,
+    fusion: Fusion,
 ) -> Result<(qrt_gemv_args, u32), KernelError> {
+    let GemvInput { x, rows: batch, k } = input;
     if !(1..=QRT_GEMV_MAX_BATCH as usize).contains(&batch) {
         return Err(KernelError::Shape(format!(
             "GEMV batch {batch} outside 1..={QRT_GEMV_MAX_BATCH}"
@@ -148,6 +181,9 @@ fn gemv_args(
         x,
         k: u32_of("k", k)?,
         num_segments: segments.len() as u32,
+        norm: fusion.norm.map_or(0, |n| n.weight),
+        eps: fusion.norm.map_or(0.0, |n| n.eps),
+        accumulate: fusion.accumulate.into(),
         ..Default::default()
     };
     let mut blocks = 0usize;
@@ -178,6 +214,29 @@ fn check_segments(what: &str, count: usize) -> Result<(), KernelError> {
         )));
     }
     Ok(())
+}
+
+/// Bytes of input the batch-one GEMV may stage in shared memory (`k` f32).
+const GEMV_ONE_MAX_STAGED: usize = 200 * 1024;
+
+/// A normalised input needs the batch-one kernel.
+fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
+    if fusion.norm.is_some() && !CudaDevice::gemv_fuses_norm(input.rows, input.k) {
+        return Err(KernelError::Shape(format!(
+            "a GEMV of {} rows of {} values cannot normalise its input",
+            input.rows, input.k
+        )));
+    }
+    Ok(())
+}
+
+/// Blocks of the batch-one GEMV per multiprocessor (`QRT_GEMV_ONE_BLOCKS`, default 2).
+fn gemv_one_blocks_per_sm() -> usize {
+    std::env::var("QRT_GEMV_ONE_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(2)
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {
@@ -218,6 +277,23 @@ impl CudaDevice {
         unsafe { self.launch_with(module, kernel, grid, block, params, true) }
     }
 
+    /// [`launch`](Self::launch) with `shared` bytes of dynamic shared memory per block.
+    ///
+    /// # Safety
+    /// As for [`launch`](Self::launch).
+    pub(crate) unsafe fn launch_shared(
+        &self,
+        module: &'static str,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: usize,
+        params: &mut [*mut c_void],
+    ) -> Result<(), KernelError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_config(module, kernel, (grid, block, shared), params, true) }
+    }
+
     /// [`launch`](Self::launch), with programmatic dependent launch only when `overlap`
     /// (large kernels that fill the GPU run better without it).
     ///
@@ -232,11 +308,37 @@ impl CudaDevice {
         params: &mut [*mut c_void],
         overlap: bool,
     ) -> Result<(), KernelError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_config(module, kernel, (grid, block, 0), params, overlap) }
+    }
+
+    /// Launches `kernel` of `module` with (grid, threads per block, dynamic shared bytes),
+    /// with programmatic dependent launch when `overlap`.
+    ///
+    /// # Safety
+    /// As for [`launch`](Self::launch).
+    unsafe fn launch_config(
+        &self,
+        module: &'static str,
+        kernel: &str,
+        (grid, block, shared): ((u32, u32, u32), u32, usize),
+        params: &mut [*mut c_void],
+        overlap: bool,
+    ) -> Result<(), KernelError> {
         let f = self.function(module, kernel)?;
         self.ctx
             .bind_to_thread()
             .map_err(cuda_err("binding the CUDA context"))?;
         let context = || format!("launching {kernel} (grid {grid:?}, block {block})");
+        let shared = u32_of("shared memory bytes", shared)?;
+        if shared > 48 * 1024 {
+            // Above 48 KiB a kernel must opt in to dynamic shared memory.
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared as i32,
+            )
+            .map_err(cuda_err(context()))?;
+        }
         if !(self.programmatic_launch && overlap) {
             // SAFETY: the caller guarantees the parameters; the driver checks grid and block.
             return unsafe {
@@ -244,7 +346,7 @@ impl CudaDevice {
                     f.cu_function(),
                     grid,
                     (block, 1, 1),
-                    0,
+                    shared,
                     self.stream.cu_stream(),
                     params,
                 )
@@ -267,7 +369,7 @@ impl CudaDevice {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: shared,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: 1,
@@ -285,24 +387,47 @@ impl CudaDevice {
         .map_err(cuda_err(context()))
     }
 
-    /// `y[b, :] = w @ x[b, :] (+ bias)` for each segment, `x` being `[batch, k]` f32 at `x`.
-    /// One launch covers up to three matrices that read the same `x`. A batch of one runs on
-    /// the FMA units with f32 activations; larger batches run on the tensor cores
-    /// ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of 32.
+    /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
+    /// batches of one whose input fits the batch-one kernel's shared memory.
+    pub fn gemv_fuses_norm(rows: usize, k: usize) -> bool {
+        rows == 1 && k.is_multiple_of(8) && k * 4 <= GEMV_ONE_MAX_STAGED
+    }
+
+    /// `y[b, :] = w @ x[b, :] (+ bias)` for each segment, `x` being `[batch, k]` f32, with
+    /// `fusion`'s extras. One launch covers up to three matrices that read the same `x`. A
+    /// batch of one runs on the FMA units with f32 activations (`gemv_one.cu`); larger
+    /// batches run on the tensor cores ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of
+    /// 32, else on the FMA units.
     ///
     /// # Safety
-    /// Every address must hold what [`Segment`] and the shapes say.
+    /// Every address must hold what [`Segment`], [`GemvInput`] and [`Fusion`] say.
     pub unsafe fn gemv(
         &self,
         ty: Half16,
-        batch: usize,
-        x: u64,
-        k: usize,
+        input: GemvInput,
         segments: &[Segment],
+        fusion: Fusion,
     ) -> Result<(), KernelError> {
-        if batch > 1 && k.is_multiple_of(32) {
+        check_norm(input, fusion)?;
+        if Self::gemv_fuses_norm(input.rows, input.k) {
+            let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
+            let rows = segments.iter().map(|s| s.n).sum();
             // SAFETY: forwarded from the caller.
-            return unsafe { self.gemv_tc(ty, batch, x, k, segments) };
+            return unsafe {
+                self.launch_gemv_one(&format!("qrt_gemv_one_{}", ty.name()), &args, rows)
+            };
+        }
+        if input.rows > 1 && input.k.is_multiple_of(32) {
+            let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
+            // SAFETY: forwarded from the caller.
+            return unsafe {
+                self.launch_gemv_tc(
+                    &format!("qrt_gemv_tc_{}", ty.name()),
+                    &args,
+                    blocks,
+                    input.rows,
+                )
+            };
         }
         let total: usize = segments.iter().map(|s| s.n).sum();
         let rows_per_block = if total >= 8192 {
@@ -312,10 +437,39 @@ impl CudaDevice {
         } else {
             1
         };
-        let (args, blocks) = gemv_args(batch, x, k, segments, rows_per_block, 8)?;
-        let kernel = format!("qrt_gemv_{}_b{batch}_r{rows_per_block}", ty.name());
+        let (args, blocks) = gemv_args(input, segments, rows_per_block, 8, fusion)?;
+        let kernel = format!("qrt_gemv_{}_b{}_r{rows_per_block}", ty.name(), input.rows);
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
+    }
+
+    /// Launches batch-one GEMV kernel `kernel` over `rows` output rows: 8 warps per block,
+    /// a warp per row at a time, as many blocks as are resident at once (or fewer, for few
+    /// rows); `k` f32 of dynamic shared memory.
+    ///
+    /// # Safety
+    /// `args` must describe valid buffers for `kernel`.
+    unsafe fn launch_gemv_one(
+        &self,
+        kernel: &str,
+        args: &qrt_gemv_args,
+        rows: usize,
+    ) -> Result<(), KernelError> {
+        const WARPS: usize = 8;
+        let blocks = rows
+            .div_ceil(WARPS)
+            .min(self.multiprocessors() * gemv_one_blocks_per_sm());
+        // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees it.
+        unsafe {
+            self.launch_shared(
+                "gemv_one",
+                kernel,
+                (u32_of("blocks", blocks)?, 1, 1),
+                (WARPS * 32) as u32,
+                args.k as usize * 4,
+                &mut params([args]),
+            )
+        }
     }
 
     /// Launches FMA GEMV kernel `kernel` on `blocks` blocks, a warp per 512 values of k (1 to
@@ -370,37 +524,39 @@ impl CudaDevice {
 
     /// SwiGLU's input: `out[b, :] = silu(gate @ x[b, :]) * (up @ x[b, :])`, gate and up both
     /// `[n, k]` of type `ty` (`gate.y` is `out`, `[batch, n]` f32; no biases), in one pass
-    /// that reads both matrices; FMA or tensor cores as for [`gemv`](Self::gemv).
+    /// that reads both matrices; kernels as for [`gemv`](Self::gemv). `fusion` may normalise
+    /// the input; it cannot accumulate.
     ///
     /// # Safety
     /// `x` must hold `[batch, k]` f32, `gate.w` and `up` `[gate.n, k]` 16-bit values.
     pub unsafe fn gemv_gated(
         &self,
         ty: Half16,
-        batch: usize,
-        x: u64,
-        k: usize,
+        input: GemvInput,
         gate: Segment,
         up: u64,
+        fusion: Fusion,
     ) -> Result<(), KernelError> {
-        if gate.bias != 0 || !up.is_multiple_of(16) {
+        if gate.bias != 0 || !up.is_multiple_of(16) || fusion.accumulate {
             return Err(KernelError::Shape(
-                "the gated GEMV takes no bias and 16-byte aligned matrices".into(),
+                "the gated GEMV takes no bias, no accumulation and 16-byte aligned matrices".into(),
             ));
         }
-        let tensor_cores = batch > 1 && k.is_multiple_of(32);
+        check_norm(input, fusion)?;
+        let t = ty.name();
+        let one = Self::gemv_fuses_norm(input.rows, input.k);
+        let tensor_cores = !one && input.rows > 1 && input.k.is_multiple_of(32);
         let (rows_loaded, out_rows) = match (tensor_cores, gate.n >= 4096) {
             (true, _) => (16, 8),
             (false, true) => (4, 2),
             (false, false) => (2, 1),
         };
         let (mut args, blocks) = gemv_args(
-            batch,
-            x,
-            k,
+            input,
             &[gate],
             out_rows,
             if tensor_cores { 32 } else { 8 },
+            fusion,
         )?;
         args.seg[1] = qrt_gemv_segment {
             w: up,
@@ -408,14 +564,15 @@ impl CudaDevice {
             ..Default::default()
         };
         args.num_segments = 2;
-        let t = ty.name();
         // SAFETY: forwarded from the caller.
         unsafe {
-            if tensor_cores {
-                self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, batch)
+            if one {
+                self.launch_gemv_one(&format!("qrt_gemv_one_gated_{t}"), &args, gate.n)
+            } else if tensor_cores {
+                self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
             } else {
                 self.launch_gemv_fma(
-                    &format!("qrt_gemv_gated_{t}_b{batch}_r{rows_loaded}"),
+                    &format!("qrt_gemv_gated_{t}_b{}_r{rows_loaded}", input.rows),
                     &args,
                     blocks,
                 )
@@ -427,18 +584,23 @@ impl CudaDevice {
     /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
     ///
     /// # Safety
-    /// Every address must hold what [`Segment`] and the shapes say.
+    /// Every address must hold what [`Segment`] and [`GemvInput`] say.
     pub unsafe fn gemv_tc(
         &self,
         ty: Half16,
-        batch: usize,
-        x: u64,
-        k: usize,
+        input: GemvInput,
         segments: &[Segment],
     ) -> Result<(), KernelError> {
-        let (args, blocks) = gemv_args(batch, x, k, segments, 16, 32)?;
+        let (args, blocks) = gemv_args(input, segments, 16, 32, Fusion::default())?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_gemv_tc(&format!("qrt_gemv_tc_{}", ty.name()), &args, blocks, batch) }
+        unsafe {
+            self.launch_gemv_tc(
+                &format!("qrt_gemv_tc_{}", ty.name()),
+                &args,
+                blocks,
+                input.rows,
+            )
+        }
     }
 
     /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):
@@ -453,6 +615,7 @@ impl CudaDevice {
         m: usize,
         k: usize,
         segments: &[Segment],
+        accumulate: bool,
     ) -> Result<(), KernelError> {
         if k == 0 || !k.is_multiple_of(8) || m == 0 {
             return Err(KernelError::Shape(format!(
@@ -471,6 +634,7 @@ impl CudaDevice {
             m: u32_of("m", m)?,
             k: u32_of("k", k)?,
             num_segments: segments.len() as u32,
+            accumulate: accumulate.into(),
             ..Default::default()
         };
         let mut tiles = 0usize;

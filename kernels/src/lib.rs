@@ -16,8 +16,8 @@ mod norm;
 pub use device::{CudaDevice, Event, Graph};
 pub use error::KernelError;
 pub use launch::{
-    argmax_token, attention_decode_work_bytes, attention_tile_rows, kernel_inventory, Half16,
-    Segment, MAX_ATTN_GROUP, MAX_ATTN_PARTITION,
+    argmax_token, attention_decode_work_bytes, attention_tile_rows, kernel_inventory, Fusion,
+    GemvInput, Half16, InputNorm, Segment, MAX_ATTN_GROUP, MAX_ATTN_PARTITION,
 };
 pub use memory::DeviceBuffer;
 

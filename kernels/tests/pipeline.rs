@@ -135,7 +135,7 @@ fn layouts_match_the_header() {
 fn decoder_kernel_layouts_match_the_header() {
     assert_eq!(size_of::<qrt_gemv_segment>(), 32);
     assert_eq!(offset_of!(qrt_gemv_segment, first_block), 28);
-    assert_eq!(size_of::<qrt_gemv_args>(), 112);
+    assert_eq!(size_of::<qrt_gemv_args>(), 128);
     assert_eq!(offset_of!(qrt_gemv_args, x), 96);
     assert_eq!(offset_of!(qrt_gemv_args, num_segments), 108);
     assert_eq!(size_of::<qrt_gemm_segment>(), 32);

@@ -83,6 +83,15 @@ pub struct LinearOut<'a, B: Backend + ?Sized> {
 }
 
 impl<'a, B: Backend + ?Sized> LinearOut<'a, B> {
+    /// A product without bias.
+    pub fn plain(weight: &'a B::Weight, out: &'a mut B::Act) -> Self {
+        LinearOut {
+            weight,
+            bias: None,
+            out,
+        }
+    }
+
     /// The gate and up projections of a SwiGLU MLP (no biases), for [`Backend::linears`].
     pub fn gate_up(
         gate_w: &'a B::Weight,
@@ -90,19 +99,32 @@ impl<'a, B: Backend + ?Sized> LinearOut<'a, B> {
         gate: &'a mut B::Act,
         up: &'a mut B::Act,
     ) -> [Self; 2] {
-        [
-            LinearOut {
-                weight: gate_w,
-                bias: None,
-                out: gate,
-            },
-            LinearOut {
-                weight: up_w,
-                bias: None,
-                out: up,
-            },
-        ]
+        [Self::plain(gate_w, gate), Self::plain(up_w, up)]
     }
+}
+
+/// The weights of a SwiGLU MLP block with its input norm, for [`Backend::mlp`].
+pub struct MlpWeights<'a, B: Backend + ?Sized> {
+    /// RMSNorm weights of the block's input, `[hidden]`.
+    pub norm: &'a B::Weight,
+    /// `[intermediate, hidden]`.
+    pub gate: &'a B::Weight,
+    /// `[intermediate, hidden]`.
+    pub up: &'a B::Weight,
+    /// `[hidden, intermediate]`.
+    pub down: &'a B::Weight,
+}
+
+/// Scratch buffers of [`Backend::mlp`], which a fusing backend may leave unused.
+pub struct MlpScratch<'a, B: Backend + ?Sized> {
+    /// The normalised input, `[rows, hidden]`.
+    pub normed: &'a mut B::Act,
+    /// `[rows, intermediate]`.
+    pub gate: &'a mut B::Act,
+    /// `[rows, intermediate]`.
+    pub up: &'a mut B::Act,
+    /// `silu(gate) * up`, `[rows, intermediate]`.
+    pub act: &'a mut B::Act,
 }
 
 /// Checks that `len` host values fill a `[rows, cols]` activation.
@@ -196,17 +218,16 @@ pub trait Backend: Send + Sync {
         eps: f32,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// `x += residual; out = rms_norm(x)`.
-    fn add_rms_norm(
-        &self,
-        x: &mut Self::Act,
-        residual: &Self::Act,
-        weight: &Self::Weight,
-        eps: f32,
-        out: &mut Self::Act,
-    ) -> Result<(), RuntimeError>;
     /// `out = x @ weight^T (+ bias)`, with `weight` stored `[out_features, in_features]`.
     fn linear(
+        &self,
+        x: &Self::Act,
+        weight: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        out: &mut Self::Act,
+    ) -> Result<(), RuntimeError>;
+    /// `out += x @ weight^T (+ bias)`: a product added into the residual stream.
+    fn linear_add(
         &self,
         x: &Self::Act,
         weight: &Self::Weight,
@@ -220,6 +241,20 @@ pub trait Backend: Send + Sync {
             self.linear(x, o.weight, o.bias, o.out)?;
         }
         Ok(())
+    }
+    /// [`linears`](Self::linears) of `rms_norm(x)` (an attention block's q, k and v; the
+    /// logits). `normed` receives the normalised input, unless a backend fuses the norm into
+    /// the products.
+    fn norm_linears(
+        &self,
+        x: &Self::Act,
+        norm: &Self::Weight,
+        eps: f32,
+        normed: &mut Self::Act,
+        outs: &mut [LinearOut<'_, Self>],
+    ) -> Result<(), RuntimeError> {
+        self.rms_norm(x, norm, eps, normed)?;
+        self.linears(normed, outs)
     }
     /// Rotary embedding (rotate-half layout) of `q` and `k` in place at the step's positions,
     /// then `k` and `v` stored in the step's cache slots of layer `layer`.
@@ -268,23 +303,22 @@ pub trait Backend: Send + Sync {
         up: &Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
-    /// The SwiGLU MLP: `out = (silu(x @ gate^T) * (x @ up^T)) @ down^T`. `gate`, `up` and
-    /// `act` are scratch (`[rows, intermediate]`), which a fusing backend may leave unused.
-    #[allow(clippy::too_many_arguments)]
+    /// A SwiGLU MLP block with its residual: `x += (silu(n @ gate^T) * (n @ up^T)) @ down^T`
+    /// where `n = rms_norm(x)`.
     fn mlp(
         &self,
-        x: &Self::Act,
-        gate_w: &Self::Weight,
-        up_w: &Self::Weight,
-        down_w: &Self::Weight,
-        gate: &mut Self::Act,
-        up: &mut Self::Act,
-        act: &mut Self::Act,
-        out: &mut Self::Act,
+        x: &mut Self::Act,
+        w: &MlpWeights<'_, Self>,
+        eps: f32,
+        scratch: &mut MlpScratch<'_, Self>,
     ) -> Result<(), RuntimeError> {
-        self.linears(x, &mut LinearOut::gate_up(gate_w, up_w, gate, up))?;
-        self.silu_mul(gate, up, act)?;
-        self.linear(act, down_w, None, out)
+        self.rms_norm(x, w.norm, eps, scratch.normed)?;
+        self.linears(
+            scratch.normed,
+            &mut LinearOut::gate_up(w.gate, w.up, scratch.gate, scratch.up),
+        )?;
+        self.silu_mul(scratch.gate, scratch.up, scratch.act)?;
+        self.linear_add(scratch.act, w.down, None, x)
     }
     /// `out[i] = x[logit_rows[i]]` for the step's logit rows.
     fn select_rows(

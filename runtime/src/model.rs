@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use qrt_format::config::ModelConfig;
 use qrt_format::container::QrtFile;
 
-use crate::backend::{Backend, BatchLayout, HeadGeometry, LinearOut, StepInput};
+use crate::backend::{
+    Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
+};
 use crate::RuntimeError;
 
 /// Passes of at most this many rows (decode steps) keep their activation buffers between
@@ -15,17 +17,20 @@ const KEPT_WORKSPACE_ROWS: usize = 8;
 
 /// The activation buffers of one forward pass.
 struct Workspace<B: Backend> {
+    /// The residual stream.
     x: B::Act,
+    /// A normalised copy of `x` (where a backend does not fuse the norms).
     h: B::Act,
     q: B::Act,
     k: B::Act,
     v: B::Act,
     attn: B::Act,
-    proj: B::Act,
     gate: B::Act,
     up: B::Act,
     act: B::Act,
+    /// The rows of `x` whose logits are wanted, and their normalised copy.
     selected: B::Act,
+    selected_h: B::Act,
     logits: B::Act,
 }
 
@@ -45,11 +50,11 @@ impl<B: Backend> Workspace<B> {
             k: alloc(kv_dim)?,
             v: alloc(kv_dim)?,
             attn: alloc(q_dim)?,
-            proj: alloc(c.hidden_size)?,
             gate: alloc(c.intermediate_size)?,
             up: alloc(c.intermediate_size)?,
             act: alloc(c.intermediate_size)?,
             selected: backend.alloc_act(logit_rows, c.hidden_size)?,
+            selected_h: backend.alloc_act(logit_rows, c.hidden_size)?,
             logits: backend.alloc_act(logit_rows, c.vocab_size)?,
         })
     }
@@ -257,10 +262,12 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let heads = self.heads();
         backend.embed(&self.embed, step, &mut ws.x)?;
-        backend.rms_norm(&ws.x, &self.layers[0].input_norm, c.rms_norm_eps, &mut ws.h)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            backend.linears(
-                &ws.h,
+            backend.norm_linears(
+                &ws.x,
+                &layer.input_norm,
+                c.rms_norm_eps,
+                &mut ws.h,
                 &mut [
                     LinearOut {
                         weight: &layer.q,
@@ -289,32 +296,36 @@ impl<B: Backend> Model<B> {
                 heads,
                 &mut ws.attn,
             )?;
-            backend.linear(&ws.attn, &layer.o, layer.o_bias.as_ref(), &mut ws.proj)?;
-            backend.add_rms_norm(
-                &mut ws.x,
-                &ws.proj,
-                &layer.post_norm,
-                c.rms_norm_eps,
-                &mut ws.h,
-            )?;
+            backend.linear_add(&ws.attn, &layer.o, layer.o_bias.as_ref(), &mut ws.x)?;
             backend.mlp(
-                &ws.h,
-                &layer.gate,
-                &layer.up,
-                &layer.down,
-                &mut ws.gate,
-                &mut ws.up,
-                &mut ws.act,
-                &mut ws.proj,
+                &mut ws.x,
+                &MlpWeights {
+                    norm: &layer.post_norm,
+                    gate: &layer.gate,
+                    up: &layer.up,
+                    down: &layer.down,
+                },
+                c.rms_norm_eps,
+                &mut MlpScratch {
+                    normed: &mut ws.h,
+                    gate: &mut ws.gate,
+                    up: &mut ws.up,
+                    act: &mut ws.act,
+                },
             )?;
-            let next_norm = self
-                .layers
-                .get(i + 1)
-                .map_or(&self.final_norm, |l| &l.input_norm);
-            backend.add_rms_norm(&mut ws.x, &ws.proj, next_norm, c.rms_norm_eps, &mut ws.h)?;
         }
-        backend.select_rows(&ws.h, step, &mut ws.selected)?;
+        backend.select_rows(&ws.x, step, &mut ws.selected)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        backend.linear(&ws.selected, head, None, &mut ws.logits)
+        backend.norm_linears(
+            &ws.selected,
+            &self.final_norm,
+            c.rms_norm_eps,
+            &mut ws.selected_h,
+            &mut [LinearOut {
+                weight: head,
+                bias: None,
+                out: &mut ws.logits,
+            }],
+        )
     }
 }

@@ -483,18 +483,6 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add_rms_norm(
-        &self,
-        x: &mut CpuAct,
-        residual: &CpuAct,
-        weight: &CpuWeight,
-        eps: f32,
-        out: &mut CpuAct,
-    ) -> Result<(), RuntimeError> {
-        self.add(x, residual)?;
-        self.rms_norm(x, weight, eps, out)
-    }
-
     fn linear(
         &self,
         x: &CpuAct,
@@ -517,6 +505,18 @@ impl Backend for CpuBackend {
                 .for_each(|r| r.iter_mut().zip(&b).for_each(|(o, b)| *o += b));
         }
         Ok(())
+    }
+
+    fn linear_add(
+        &self,
+        x: &CpuAct,
+        weight: &CpuWeight,
+        bias: Option<&CpuWeight>,
+        out: &mut CpuAct,
+    ) -> Result<(), RuntimeError> {
+        let mut product = self.alloc_act(out.rows, out.cols)?;
+        self.linear(x, weight, bias, &mut product)?;
+        self.add(out, &product)
     }
 
     fn rope_kv(

@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
 use qrt_kernels::{
-    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Graph, Half16,
-    Segment,
+    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Fusion, GemvInput,
+    Graph, Half16, InputNorm, Segment,
 };
 
-use crate::backend::{check_host_len, Backend, HeadGeometry, LinearOut, StepInput};
+use crate::backend::{
+    check_host_len, Backend, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
+};
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
@@ -133,6 +135,15 @@ pub struct CudaStep {
 impl CudaStep {
     fn at(&self, offset_words: usize) -> u64 {
         self.buffers.words.ptr() + 4 * offset_words as u64
+    }
+}
+
+/// `x` as the input of a GEMV.
+fn gemv_input(x: &CudaAct) -> GemvInput {
+    GemvInput {
+        x: x.ptr(),
+        rows: x.rows,
+        k: x.cols,
     }
 }
 
@@ -306,6 +317,101 @@ impl CudaBackend {
         // SAFETY: x holds len f32, buf room for len 16-bit values.
         unsafe { self.dev.to_half16(ty, x.ptr(), buf.ptr(), x.len())? };
         Ok(buf)
+    }
+
+    /// The norm of `x` as a fusion of the products that read it, when the kernels can apply it
+    /// on the fly (a single row); `None` when it needs a pass of its own.
+    fn input_norm(
+        &self,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+    ) -> Result<Option<InputNorm>, RuntimeError> {
+        Self::check_vector(norm)?;
+        if norm.cols != x.cols {
+            return Err(RuntimeError::Shape(format!(
+                "norm {} has {} weights for {} features",
+                norm.name, norm.cols, x.cols
+            )));
+        }
+        Ok(
+            CudaDevice::gemv_fuses_norm(x.rows, x.cols).then(|| InputNorm {
+                weight: norm.buf.ptr(),
+                eps,
+            }),
+        )
+    }
+
+    /// `out = x @ weight^T (+ bias)` for each of `outs`, with `fusion`'s extras (a norm of
+    /// the input: GEMV of one row only; `out +=`: any).
+    fn products(
+        &self,
+        x: &CudaAct,
+        outs: &mut [LinearOut<'_, Self>],
+        fusion: Fusion,
+    ) -> Result<(), RuntimeError> {
+        let label = match x.rows {
+            1 => "linear gemv",
+            r if r <= MAX_GEMV_ROWS => "linear gemv (tensor cores)",
+            _ => "linear gemm",
+        };
+        self.timed(label, || {
+            let Some(first) = outs.first() else {
+                return Ok(());
+            };
+            let ty = Self::half_type(first.weight)?;
+            for o in outs.iter() {
+                Self::check_linear(x, o.weight, o.bias, o.out)?;
+                if Self::half_type(o.weight)? != ty {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "{} and {} have different storage types",
+                        first.weight.name, o.weight.name
+                    )));
+                }
+            }
+            if x.rows == 0 {
+                return Ok(());
+            }
+            let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
+            let segments = |chunk: &[LinearOut<'_, Self>]| -> Vec<Segment> {
+                chunk
+                    .iter()
+                    .map(|o| Segment {
+                        w: o.weight.buf.ptr(),
+                        bias: bias_ptr(o.bias),
+                        y: o.out.ptr(),
+                        n: o.weight.rows,
+                    })
+                    .collect()
+            };
+            if x.rows <= MAX_GEMV_ROWS {
+                for chunk in outs.chunks(3) {
+                    // SAFETY: shapes checked above; every buffer holds what the segment says.
+                    unsafe { self.dev.gemv(ty, gemv_input(x), &segments(chunk), fusion)? };
+                }
+                return Ok(());
+            }
+            if fusion.norm.is_some() {
+                return Err(RuntimeError::Unsupported(
+                    "the GEMM cannot normalise its input".into(),
+                ));
+            }
+            let a = self.to_half16(x, ty)?;
+            for chunk in outs.chunks(3) {
+                // SAFETY: shapes checked above.
+                unsafe {
+                    self.dev.gemm(
+                        ty,
+                        a.ptr(),
+                        x.rows,
+                        x.cols,
+                        &segments(chunk),
+                        fusion.accumulate,
+                    )?
+                };
+            }
+            Ok(())
+        })
     }
 
     /// Packs and uploads a pass's inputs; decode passes reuse the buffers of their key.
@@ -667,36 +773,6 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn add_rms_norm(
-        &self,
-        x: &mut CudaAct,
-        residual: &CudaAct,
-        weight: &CudaWeight,
-        eps: f32,
-        out: &mut CudaAct,
-    ) -> Result<(), RuntimeError> {
-        self.timed("add_rms_norm", || {
-            check("add_rms_norm residual", residual, x.rows, x.cols)?;
-            check("add_rms_norm output", out, x.rows, weight.cols)?;
-            check("add_rms_norm input", x, out.rows, weight.cols)?;
-            Self::check_vector(weight)?;
-            // SAFETY: shapes checked; x is both an input and the sum, as the kernel allows.
-            unsafe {
-                self.dev.add_rms_norm_rows(
-                    x.ptr(),
-                    residual.ptr(),
-                    weight.buf.ptr(),
-                    x.ptr(),
-                    out.ptr(),
-                    x.rows,
-                    x.cols,
-                    eps,
-                )?
-            };
-            Ok(())
-        })
-    }
-
     fn linear(
         &self,
         x: &CudaAct,
@@ -707,122 +783,125 @@ impl Backend for CudaBackend {
         self.linears(x, &mut [LinearOut { weight, bias, out }])
     }
 
-    fn linears(&self, x: &CudaAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
-        let label = match x.rows {
-            1 => "linear gemv",
-            r if r <= MAX_GEMV_ROWS => "linear gemv (tensor cores)",
-            _ => "linear gemm",
+    fn linear_add(
+        &self,
+        x: &CudaAct,
+        weight: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        out: &mut CudaAct,
+    ) -> Result<(), RuntimeError> {
+        let fusion = Fusion {
+            accumulate: true,
+            ..Fusion::default()
         };
-        self.timed(label, || {
-            let Some(first) = outs.first() else {
-                return Ok(());
-            };
-            let ty = Self::half_type(first.weight)?;
-            for o in outs.iter() {
-                Self::check_linear(x, o.weight, o.bias, o.out)?;
-                if Self::half_type(o.weight)? != ty {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "{} and {} have different storage types",
-                        first.weight.name, o.weight.name
-                    )));
-                }
+        self.products(x, &mut [LinearOut { weight, bias, out }], fusion)
+    }
+
+    fn linears(&self, x: &CudaAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
+        self.products(x, outs, Fusion::default())
+    }
+
+    fn norm_linears(
+        &self,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        normed: &mut CudaAct,
+        outs: &mut [LinearOut<'_, Self>],
+    ) -> Result<(), RuntimeError> {
+        match self.input_norm(x, norm, eps)? {
+            Some(norm) => self.products(
+                x,
+                outs,
+                Fusion {
+                    norm: Some(norm),
+                    accumulate: false,
+                },
+            ),
+            None => {
+                self.rms_norm(x, norm, eps, normed)?;
+                self.linears(normed, outs)
             }
-            if x.rows == 0 {
-                return Ok(());
-            }
-            let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
-            let segments = |chunk: &[LinearOut<'_, Self>]| -> Vec<Segment> {
-                chunk
-                    .iter()
-                    .map(|o| Segment {
-                        w: o.weight.buf.ptr(),
-                        bias: bias_ptr(o.bias),
-                        y: o.out.ptr(),
-                        n: o.weight.rows,
-                    })
-                    .collect()
-            };
-            if x.rows <= MAX_GEMV_ROWS {
-                for chunk in outs.chunks(3) {
-                    // SAFETY: shapes checked above; every buffer holds what the segment says.
-                    unsafe {
-                        self.dev
-                            .gemv(ty, x.rows, x.ptr(), x.cols, &segments(chunk))?
-                    };
-                }
-                return Ok(());
-            }
-            let a = self.to_half16(x, ty)?;
-            for chunk in outs.chunks(3) {
-                // SAFETY: shapes checked above.
-                unsafe {
-                    self.dev
-                        .gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk))?
-                };
-            }
-            Ok(())
-        })
+        }
     }
 
     fn mlp(
         &self,
-        x: &CudaAct,
-        gate_w: &CudaWeight,
-        up_w: &CudaWeight,
-        down_w: &CudaWeight,
-        gate: &mut CudaAct,
-        up: &mut CudaAct,
-        act: &mut CudaAct,
-        out: &mut CudaAct,
+        x: &mut CudaAct,
+        w: &MlpWeights<'_, Self>,
+        eps: f32,
+        scratch: &mut MlpScratch<'_, Self>,
     ) -> Result<(), RuntimeError> {
-        Self::check_linear(x, gate_w, None, gate)?;
-        Self::check_linear(x, up_w, None, up)?;
-        Self::check_linear(act, down_w, None, out)?;
-        check("mlp activations", act, x.rows, gate_w.rows)?;
-        let ty = Self::half_type(gate_w)?;
-        if Self::half_type(up_w)? != ty || up_w.rows != gate_w.rows {
+        let act = &mut *scratch.act;
+        Self::check_linear(x, w.gate, None, act)?;
+        Self::check_linear(x, w.up, None, act)?;
+        Self::check_linear(act, w.down, None, x)?;
+        let ty = Self::half_type(w.gate)?;
+        if Self::half_type(w.up)? != ty || w.up.rows != w.gate.rows {
             return Err(RuntimeError::Unsupported(format!(
                 "{} and {} differ in shape or storage",
-                gate_w.name, up_w.name
+                w.gate.name, w.up.name
             )));
         }
         if x.rows == 0 {
             return Ok(());
         }
+        let residual = Fusion {
+            accumulate: true,
+            ..Fusion::default()
+        };
         if x.rows <= MAX_GEMV_ROWS {
-            // Decode: gate and up read together, silu(gate) * up written directly.
+            // Decode: gate and up read together, silu(gate) * up written directly; at batch
+            // one the norm is applied on the fly.
+            let norm = self.input_norm(x, w.norm, eps)?;
+            let input = if norm.is_some() {
+                &*x
+            } else {
+                self.rms_norm(x, w.norm, eps, scratch.normed)?;
+                &*scratch.normed
+            };
             self.timed("linear gemv (gate, up, silu)", || {
                 let segment = Segment {
-                    w: gate_w.buf.ptr(),
+                    w: w.gate.buf.ptr(),
                     bias: 0,
                     y: act.ptr(),
-                    n: gate_w.rows,
+                    n: w.gate.rows,
+                };
+                let fusion = Fusion {
+                    norm,
+                    accumulate: false,
                 };
                 // SAFETY: shapes checked above.
                 unsafe {
                     self.dev
-                        .gemv_gated(ty, x.rows, x.ptr(), x.cols, segment, up_w.buf.ptr())?
+                        .gemv_gated(ty, gemv_input(input), segment, w.up.buf.ptr(), fusion)?
                 };
                 Ok(())
             })?;
-            return self.linear(act, down_w, None, out);
+            return self.products(act, &mut [LinearOut::plain(w.down, x)], residual);
         }
         // Prefill: gate and up in one GEMM; SiLU, product and the rounding for the tensor
-        // cores in one pass; then the down GEMM.
-        self.linears(x, &mut LinearOut::gate_up(gate_w, up_w, gate, up))?;
+        // cores in one pass; then the down GEMM adding into the residual.
+        self.rms_norm(x, w.norm, eps, scratch.normed)?;
+        let (gate, up) = (&mut *scratch.gate, &mut *scratch.up);
+        self.linears(
+            scratch.normed,
+            &mut LinearOut::gate_up(w.gate, w.up, gate, up),
+        )?;
         self.timed("linear gemm (silu input)", || {
             let segment = [Segment {
-                w: down_w.buf.ptr(),
+                w: w.down.buf.ptr(),
                 bias: 0,
-                y: out.ptr(),
-                n: down_w.rows,
+                y: x.ptr(),
+                n: w.down.rows,
             }];
             let a = self.pool.get(gate.len() * 2, "16-bit activations")?;
             // SAFETY: shapes checked above; `a` holds gate.len() 16-bit values.
             unsafe {
                 self.dev
                     .silu_mul_to_half16(ty, gate.ptr(), up.ptr(), a.ptr(), gate.len())?;
-                self.dev.gemm(ty, a.ptr(), gate.rows, gate.cols, &segment)?;
+                self.dev
+                    .gemm(ty, a.ptr(), gate.rows, gate.cols, &segment, true)?;
             }
             Ok(())
         })

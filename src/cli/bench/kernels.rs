@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use qrt_bench::report::{kernel_table, write_json, KernelReport, KernelResult};
-use qrt_kernels::{CudaDevice, DeviceBuffer, Half16, Segment};
+use qrt_kernels::{CudaDevice, DeviceBuffer, Fusion, GemvInput, Half16, Segment};
 use qrt_runtime::sampling::Rng;
 
 /// Arguments of `qrt bench kernels`.
@@ -136,11 +136,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
                     let segs = &segments[i % copies];
                     // SAFETY: every buffer was allocated for these shapes.
+                    let input = GemvInput {
+                        x: x.ptr(),
+                        rows: batch,
+                        k,
+                    };
                     unsafe {
                         if tensor_cores {
-                            dev.gemv_tc(Half16::F16, batch, x.ptr(), k, segs)?
+                            dev.gemv_tc(Half16::F16, input, segs)?
                         } else {
-                            dev.gemv(Half16::F16, batch, x.ptr(), k, segs)?
+                            dev.gemv(Half16::F16, input, segs, Fusion::default())?
                         }
                     };
                     Ok(())
@@ -160,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let m = m_max;
             let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
                 // SAFETY: every buffer was allocated for these shapes.
-                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments[i % copies])? };
+                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments[i % copies], false)? };
                 Ok(())
             })?;
             let flops = 2.0 * (m * set_bytes / 2) as f64;

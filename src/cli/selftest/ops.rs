@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::{ElemType, Metadata, QrtFile, QrtWriter, TensorPlan};
-use qrt_runtime::backend::{Backend, BatchLayout, HeadGeometry, LinearOut, SeqSpan, StepInput};
+use qrt_runtime::backend::{
+    Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, SeqSpan, StepInput,
+};
 use qrt_runtime::cpu::CpuBackend;
 use qrt_runtime::cuda::CudaBackend;
 use qrt_runtime::import::encode_dense;
@@ -122,7 +124,18 @@ fn poisoned<B: Backend>(b: &B, rows: usize, cols: usize) -> anyhow::Result<B::Ac
     Ok(b.act_from_host(rows, cols, &vec![f32::NAN; rows * cols])?)
 }
 
-/// `x @ w^T (+ bias)` for each named matrix on `b`, all in one `linears` call.
+/// How [`products`] calls the backend.
+#[derive(Clone, Copy)]
+enum ProductOp<'a> {
+    /// `linears(x)`.
+    Plain,
+    /// `norm_linears(x)` with this norm weight.
+    Normed(&'a str),
+    /// `linear_add` of the one matrix into outputs that start as this residual.
+    Add(&'a [f32]),
+}
+
+/// `x @ w^T (+ bias)` for each named matrix on `b`, all in one call as `op` says.
 fn products<B: Backend>(
     b: &B,
     file: &Arc<QrtFile>,
@@ -130,6 +143,7 @@ fn products<B: Backend>(
     rows: usize,
     k: usize,
     mats: &[(String, usize, Option<String>)],
+    op: ProductOp<'_>,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let xa = b.act_from_host(rows, k, x)?;
     let ws = mats
@@ -143,7 +157,10 @@ fn products<B: Backend>(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut outs = mats
         .iter()
-        .map(|(_, n, _)| poisoned(b, rows, *n))
+        .map(|(_, n, _)| match op {
+            ProductOp::Add(residual) => Ok(b.act_from_host(rows, *n, residual)?),
+            _ => poisoned(b, rows, *n),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut list: Vec<LinearOut<'_, B>> = ws
         .iter()
@@ -154,7 +171,20 @@ fn products<B: Backend>(
             out,
         })
         .collect();
-    b.linears(&xa, &mut list)?;
+    match op {
+        ProductOp::Plain => b.linears(&xa, &mut list)?,
+        ProductOp::Normed(norm) => {
+            let mut normed = poisoned(b, rows, k)?;
+            let norm = weight(b, file, norm)?;
+            b.norm_linears(&xa, &norm, 1e-5, &mut normed, &mut list)?
+        }
+        ProductOp::Add(_) => {
+            let [one] = list.as_mut_slice() else {
+                anyhow::bail!("linear_add takes one matrix");
+            };
+            b.linear_add(&xa, one.weight, one.bias, one.out)?
+        }
+    }
     drop(list);
     outs.iter().map(|o| Ok(b.to_host(o)?)).collect()
 }
@@ -172,8 +202,8 @@ fn check_products(
             let x = rng.normals(rows * k, 1.0);
             let bias = (n == 37).then(|| "b.37".to_string());
             let mats = [(matrix_name(n, k, dtype), n, bias)];
-            let want = products(cpu, file, &x, rows, k, &mats)?;
-            let got = products(cuda, file, &x, rows, k, &mats)?;
+            let want = products(cpu, file, &x, rows, k, &mats, ProductOp::Plain)?;
+            let got = products(cuda, file, &x, rows, k, &mats, ProductOp::Plain)?;
             let kind = match rows {
                 1 => "gemv",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
@@ -202,23 +232,47 @@ fn check_products(
         ),
         (matrix_name(512, 2048, ElemType::F16), 512, None),
     ];
+    // Also normalised on the way (RMSNorm fused into the batch-one GEMV).
     for rows in [1, 5, 8, 40] {
         let x = rng.normals(rows * 2048, 1.0);
-        let want = products(cpu, file, &x, rows, 2048, &qkv)?;
-        let got = products(cuda, file, &x, rows, 2048, &qkv)?;
-        let err = want
-            .iter()
-            .zip(&got)
-            .map(|(w, g)| rel_err(g, w))
-            .fold(0.0, f64::max);
-        checks.check(
-            "linears q,k,v + bias",
-            &format!("{rows}x2048"),
-            err,
-            linear_bound(rows, 2048, ElemType::F16),
-        );
+        for (name, op) in [
+            ("linears q,k,v + bias", ProductOp::Plain),
+            ("norm_linears q,k,v + bias", ProductOp::Normed("norm.2048")),
+        ] {
+            let want = products(cpu, file, &x, rows, 2048, &qkv, op)?;
+            let got = products(cuda, file, &x, rows, 2048, &qkv, op)?;
+            let err = want
+                .iter()
+                .zip(&got)
+                .map(|(w, g)| rel_err(g, w))
+                .fold(0.0, f64::max);
+            checks.check(
+                name,
+                &format!("{rows}x2048"),
+                err,
+                linear_bound(rows, 2048, ElemType::F16),
+            );
+        }
     }
-    // SwiGLU MLPs of Llama-3.2-1B and SmolLM2 (gate and up fused on the GPU).
+    // Products added into a residual stream (the o and down projections), with a bias.
+    for (n, k, bias) in [(2048, 2048, Some("b.2048")), (576, 1536, None)] {
+        for rows in [1, 3, 8, 40] {
+            let x = rng.normals(rows * k, 1.0);
+            let residual = rng.normals(rows * n, 1.0);
+            let mats = [(matrix_name(n, k, ElemType::F16), n, bias.map(String::from))];
+            let op = ProductOp::Add(&residual);
+            let want = products(cpu, file, &x, rows, k, &mats, op)?;
+            let got = products(cuda, file, &x, rows, k, &mats, op)?;
+            checks.check(
+                "linear_add (residual)",
+                &format!("{rows}x{k} @ {n}x{k}"),
+                rel_err(&got[0], &want[0]),
+                linear_bound(rows, k, ElemType::F16),
+            );
+        }
+    }
+    // SwiGLU MLP blocks of Llama-3.2-1B and SmolLM2 with their norm and residual (norm,
+    // gate, up and SiLU fused on the GPU at batch one).
     fn mlp<B: Backend>(
         b: &B,
         file: &Arc<QrtFile>,
@@ -227,17 +281,30 @@ fn check_products(
         (hidden, ffn): (usize, usize),
     ) -> anyhow::Result<Vec<f32>> {
         let w = |n, k| weight(b, file, &matrix_name(n, k, ElemType::F16));
-        let (gate_w, up_w, down_w) = (w(ffn, hidden)?, w(ffn, hidden)?, w(hidden, ffn)?);
-        let xa = b.act_from_host(rows, hidden, x)?;
+        let (gate, up, down) = (w(ffn, hidden)?, w(ffn, hidden)?, w(hidden, ffn)?);
+        let norm = weight(b, file, &format!("norm.{hidden}"))?;
+        let mut xa = b.act_from_host(rows, hidden, x)?;
+        let mut normed = poisoned(b, rows, hidden)?;
         let mut scratch = [
             poisoned(b, rows, ffn)?,
             poisoned(b, rows, ffn)?,
             poisoned(b, rows, ffn)?,
         ];
-        let mut out = poisoned(b, rows, hidden)?;
-        let [gate, up, act] = &mut scratch;
-        b.mlp(&xa, &gate_w, &up_w, &down_w, gate, up, act, &mut out)?;
-        Ok(b.to_host(&out)?)
+        let [g, u, act] = &mut scratch;
+        let weights = MlpWeights {
+            norm: &norm,
+            gate: &gate,
+            up: &up,
+            down: &down,
+        };
+        let mut scratch = MlpScratch {
+            normed: &mut normed,
+            gate: g,
+            up: u,
+            act,
+        };
+        b.mlp(&mut xa, &weights, 1e-5, &mut scratch)?;
+        Ok(b.to_host(&xa)?)
     }
     for shape @ (hidden, ffn) in [(2048, 8192), (576, 1536)] {
         for rows in [1, 2, 3, 8, 40] {
@@ -245,7 +312,7 @@ fn check_products(
             let want = mlp(cpu, file, &x, rows, shape)?;
             let got = mlp(cuda, file, &x, rows, shape)?;
             checks.check(
-                "mlp (gate+up+silu, down)",
+                "mlp (norm, gate+up+silu, down, residual)",
                 &format!("{rows}x{hidden} -> {ffn} -> {hidden}"),
                 rel_err(&got, &want),
                 linear_bound(rows, hidden, ElemType::F16),
@@ -255,7 +322,7 @@ fn check_products(
     Ok(())
 }
 
-/// RMSNorm and residual-add + RMSNorm through the backends.
+/// RMSNorm through the backends.
 fn check_norms(
     cpu: &CpuBackend,
     cuda: &CudaBackend,
@@ -263,39 +330,29 @@ fn check_norms(
     rng: &mut Rng,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
-    fn norms<B: Backend>(
+    fn norm<B: Backend>(
         b: &B,
         file: &Arc<QrtFile>,
         x: &[f32],
-        r: &[f32],
         rows: usize,
         cols: usize,
-    ) -> anyhow::Result<[Vec<f32>; 3]> {
+    ) -> anyhow::Result<Vec<f32>> {
         let w = weight(b, file, &format!("norm.{cols}"))?;
-        let mut xa = b.act_from_host(rows, cols, x)?;
-        let ra = b.act_from_host(rows, cols, r)?;
-        let mut plain = poisoned(b, rows, cols)?;
-        b.rms_norm(&xa, &w, 1e-5, &mut plain)?;
-        let mut fused = poisoned(b, rows, cols)?;
-        b.add_rms_norm(&mut xa, &ra, &w, 1e-5, &mut fused)?;
-        Ok([b.to_host(&plain)?, b.to_host(&xa)?, b.to_host(&fused)?])
+        let xa = b.act_from_host(rows, cols, x)?;
+        let mut out = poisoned(b, rows, cols)?;
+        b.rms_norm(&xa, &w, 1e-5, &mut out)?;
+        Ok(b.to_host(&out)?)
     }
     for (rows, cols) in [(1, 576), (3, 129), (8, 2048), (77, 4096), (5, 1000)] {
         let x = rng.normals(rows * cols, 3.0);
-        let r = rng.normals(rows * cols, 1.0);
-        let want = norms(cpu, file, &x, &r, rows, cols)?;
-        let got = norms(cuda, file, &x, &r, rows, cols)?;
-        for (i, name) in ["rms_norm", "add_rms_norm (sum)", "add_rms_norm"]
-            .iter()
-            .enumerate()
-        {
-            checks.check(
-                name,
-                &format!("{rows}x{cols}"),
-                rel_err(&got[i], &want[i]),
-                1e-5,
-            );
-        }
+        let want = norm(cpu, file, &x, rows, cols)?;
+        let got = norm(cuda, file, &x, rows, cols)?;
+        checks.check(
+            "rms_norm",
+            &format!("{rows}x{cols}"),
+            rel_err(&got, &want),
+            1e-5,
+        );
     }
     Ok(())
 }
