@@ -227,4 +227,24 @@ typedef struct qrt_rope_kv_args {
 
 QRT_STATIC_ASSERT(sizeof(qrt_rope_kv_args) == 80, "qrt_rope_kv_args must be 80 bytes");
 
+/// Sampling parameters of one row for `qrt_sample` (an array of one per row in device memory);
+/// the semantics are those of the CPU reference, `qrt_runtime::sampling::sample_with_uniform`.
+typedef struct qrt_sample_row {
+    /// The uniform in [0, 1) that picks the token (ignored by greedy rows).
+    double uniform;
+    /// Temperature; at most 0 means greedy.
+    float temperature;
+    /// Keep the shortest prefix of candidates whose probability reaches this (1 or more: all).
+    float top_p;
+    /// Keep this many most likely candidates (0: all; 1: greedy).
+    uint32_t top_k;
+    /// Unused; keeps the size a multiple of 8.
+    uint32_t pad;
+} qrt_sample_row;
+
+QRT_STATIC_ASSERT(sizeof(qrt_sample_row) == 24, "qrt_sample_row must be 24 bytes");
+
+/// The token `qrt_sample` writes for a greedy row whose logits are all NaN.
+#define QRT_SAMPLE_NO_TOKEN 0xffffffffu
+
 #endif /* QRT_KERNELS_H */

@@ -153,6 +153,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     for name in ["qrt_rms_norm_f32", "qrt_add_rms_norm_f32"] {
         all.push(("norm", name.to_string()));
     }
+    all.push(("sample", "qrt_sample".to_string()));
     all
 }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use qrt_kernels::layouts::{
     qrt_attn_args, qrt_attn_seq, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
-    qrt_rms_norm_args, qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
-    QRT_MAX_BLOCK_THREADS,
+    qrt_rms_norm_args, qrt_rope_kv_args, qrt_sample_row, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+    QRT_MAX_BLOCK_THREADS, QRT_SAMPLE_NO_TOKEN,
 };
 use qrt_kernels::{kernel_inventory, ptx, ptx_modules, CudaDevice, KernelError, BUILD_INFO};
 
@@ -152,6 +152,11 @@ fn decoder_kernel_layouts_match_the_header() {
     assert_eq!(offset_of!(qrt_rope_kv_args, rows), 64);
     assert_eq!(offset_of!(qrt_rope_kv_args, head_dim), 76);
     assert_eq!((QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS), (8, 3));
+    assert_eq!(size_of::<qrt_sample_row>(), 24);
+    assert_eq!(offset_of!(qrt_sample_row, temperature), 8);
+    assert_eq!(offset_of!(qrt_sample_row, top_p), 12);
+    assert_eq!(offset_of!(qrt_sample_row, top_k), 16);
+    assert_eq!(QRT_SAMPLE_NO_TOKEN, u32::MAX);
 }
 
 /// Without a GPU this must be an error, not a panic; with one, a usable device.

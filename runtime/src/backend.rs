@@ -10,6 +10,7 @@ use std::sync::Arc;
 use qrt_format::container::{QrtFile, TensorInfo};
 
 use crate::kv_cache::KvGeometry;
+use crate::sampling::{sample_with_uniform, SamplingParams};
 use crate::RuntimeError;
 
 /// One sequence's share of a flat batch of tokens.
@@ -341,6 +342,43 @@ pub trait Backend: Send + Sync {
             .map(crate::sampling::argmax)
             .collect())
     }
+    /// One token per row of `logits`: row `i` chosen under `params[i]` with the uniform
+    /// `uniforms[i]` (ignored by greedy rows), as [`sample_with_uniform`] chooses it. The
+    /// default copies the logits to the host and runs that CPU reference.
+    fn sample(
+        &self,
+        logits: &Self::Act,
+        params: &[SamplingParams],
+        uniforms: &[f64],
+    ) -> Result<Vec<u32>, RuntimeError> {
+        let rows = check_sampling(self.rows(logits), params, uniforms)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.to_host(logits)?;
+        Ok(host
+            .chunks(host.len() / rows)
+            .zip(params.iter().zip(uniforms))
+            .map(|(row, (p, &u))| sample_with_uniform(row, p, u))
+            .collect())
+    }
     /// Rows of an activation buffer.
     fn rows(&self, x: &Self::Act) -> usize;
+}
+
+/// Checks that a [`Backend::sample`] call has parameters and a uniform for each of its `rows`
+/// rows; returns `rows`.
+pub fn check_sampling(
+    rows: usize,
+    params: &[SamplingParams],
+    uniforms: &[f64],
+) -> Result<usize, RuntimeError> {
+    if params.len() != rows || uniforms.len() != rows {
+        return Err(RuntimeError::Shape(format!(
+            "sampling {rows} rows with {} parameter sets and {} uniforms",
+            params.len(),
+            uniforms.len()
+        )));
+    }
+    Ok(rows)
 }

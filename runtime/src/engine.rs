@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::backend::{Backend, BatchLayout, SeqSpan};
 use crate::kv_cache::{BlockAllocator, KvGeometry, SequenceBlocks};
 use crate::model::Model;
-use crate::sampling::{sample, Rng, SamplingParams};
+use crate::sampling::{draw_uniform, Rng, SamplingParams};
 use crate::RuntimeError;
 
 /// Identifies a sequence within an engine.
@@ -267,21 +267,21 @@ impl<B: Backend> Engine<B> {
             logit_rows.push((tokens.len() - 1) as u32);
             prefill.push(past == 0);
         }
-        let greedy = self.running.iter().all(|s| s.request.sampling.is_greedy());
-        let chosen = if greedy {
-            self.model
-                .forward_greedy(&self.backend, &mut self.kv, &tokens, &layout, &logit_rows)?
-        } else {
-            let logits =
-                self.model
-                    .forward(&self.backend, &mut self.kv, &tokens, &layout, &logit_rows)?;
-            let vocab = self.model.config().vocab_size;
-            self.running
-                .iter_mut()
-                .zip(logits.chunks(vocab))
-                .map(|(s, row)| sample(row, &s.request.sampling, &mut s.rng))
-                .collect()
-        };
+        let params: Vec<SamplingParams> = self.running.iter().map(|s| s.request.sampling).collect();
+        let uniforms: Vec<f64> = self
+            .running
+            .iter_mut()
+            .map(|s| draw_uniform(&s.request.sampling, &mut s.rng))
+            .collect();
+        let chosen = self.model.forward_sample(
+            &self.backend,
+            &mut self.kv,
+            &tokens,
+            &layout,
+            &logit_rows,
+            &params,
+            &uniforms,
+        )?;
         let mut out = Vec::with_capacity(self.running.len());
         for ((s, token), prefill) in self.running.iter_mut().zip(chosen).zip(prefill) {
             s.generated.push(token);

@@ -9,6 +9,7 @@ use qrt_format::container::QrtFile;
 use crate::backend::{
     Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
 };
+use crate::sampling::SamplingParams;
 use crate::RuntimeError;
 
 /// Passes of at most this many rows (decode steps) keep their activation buffers between
@@ -178,18 +179,21 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Like [`Model::forward`], but returns the most likely token of each logit row
-    /// (greedy decoding), computed on the device.
-    pub fn forward_greedy(
+    /// Like [`Model::forward`], but returns one token per logit row, chosen on the device:
+    /// row `i` under `params[i]` with the uniform `uniforms[i]` (see [`Backend::sample`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_sample(
         &self,
         backend: &B,
         kv: &mut B::Kv,
         tokens: &[u32],
         batch: &BatchLayout,
         logit_rows: &[u32],
+        params: &[SamplingParams],
+        uniforms: &[f64],
     ) -> Result<Vec<u32>, RuntimeError> {
         self.forward_then(backend, kv, tokens, batch, logit_rows, |b, logits| {
-            b.argmax(logits)
+            b.sample(logits, params, uniforms)
         })
     }
 

@@ -82,6 +82,24 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Chooses a token from `logits` under `params`, drawing from `rng` when sampling.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    sample_with_uniform(logits, params, draw_uniform(params, rng))
+}
+
+/// The uniform [`sample`] draws from `rng` for `params`: one `rng.next_f64()` when sampling,
+/// nothing (and 0, which greedy decoding ignores) when greedy.
+pub fn draw_uniform(params: &SamplingParams, rng: &mut Rng) -> f64 {
+    if params.is_greedy() {
+        0.0
+    } else {
+        rng.next_f64()
+    }
+}
+
+/// Chooses a token from `logits` under `params` with the uniform `u` in `[0, 1)` (ignored
+/// when greedy): the candidates sorted by `logit / temperature` descending (ties: lower index
+/// first), cut to `top_k`, then to the shortest prefix whose probability reaches `top_p`;
+/// the first candidate whose inclusive cumulative probability exceeds `u`.
+pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, mut u: f64) -> u32 {
     if params.is_greedy() {
         return argmax(logits);
     }
@@ -115,7 +133,6 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
         let kept: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= kept);
     }
-    let mut u = rng.next_f64();
     for (i, p) in probs.iter().enumerate() {
         if u < *p {
             return candidates[i].0;
@@ -186,6 +203,44 @@ mod tests {
             assert!(sample(&logits, &k2, &mut rng) >= 3);
             assert_eq!(sample(&logits, &p, &mut rng), 4);
         }
+    }
+
+    #[test]
+    fn sampling_with_drawn_uniforms_is_sampling() {
+        let logits: Vec<f32> = (0..300).map(|i| (i as f32 * 0.91).cos() * 3.0).collect();
+        let all = [
+            SamplingParams::GREEDY,
+            SamplingParams {
+                temperature: 0.8,
+                top_k: 0,
+                top_p: 1.0,
+            },
+            SamplingParams {
+                temperature: 1.3,
+                top_k: 40,
+                top_p: 0.9,
+            },
+            SamplingParams {
+                temperature: 0.5,
+                top_k: 1,
+                top_p: 0.5,
+            },
+        ];
+        let mut a = Rng::new(11);
+        let mut b = Rng::new(11);
+        let mut drawn = Vec::new();
+        for i in 0..400 {
+            let params = &all[i % all.len()];
+            let want = sample(&logits, params, &mut a);
+            let u = draw_uniform(params, &mut b);
+            assert_eq!(sample_with_uniform(&logits, params, u), want, "draw {i}");
+            drawn.push(want);
+        }
+        // What `sample` chose for this stream before it was split into a draw and a choice.
+        let before = [0, 55, 7, 0, 0, 256, 131, 0, 0, 152, 159, 0, 0, 221, 166, 0];
+        assert_eq!(drawn[..16], before);
+        // Greedy draws nothing, so both streams are still in step.
+        assert_eq!(a.next_u64(), b.next_u64());
     }
 
     #[test]

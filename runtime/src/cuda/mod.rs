@@ -16,17 +16,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use qrt_format::container::{QrtFile, TensorInfo};
-use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args};
+use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args, qrt_sample_row};
 use qrt_kernels::{
-    argmax_token, attention_decode_work_bytes, CudaDevice, DeviceBuffer, Event, Fusion, GemvInput,
-    Graph, Half16, InputNorm, Segment,
+    argmax_token, attention_decode_work_bytes, sampled_token, CudaDevice, DeviceBuffer, Event,
+    Fusion, GemvInput, Graph, Half16, InputNorm, Segment,
 };
 
 use crate::backend::{
-    check_host_len, Backend, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
+    check_host_len, check_sampling, Backend, HeadGeometry, LinearOut, MlpScratch, MlpWeights,
+    StepInput,
 };
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
+use crate::sampling::SamplingParams;
 use crate::RuntimeError;
 use pool::{ActPool, PooledBuffer};
 use step::{plan, DecodeSplit, StepPlan};
@@ -1100,6 +1102,57 @@ impl Backend for CudaBackend {
             keys.iter()
                 .map(|&k| {
                     argmax_token(k).ok_or_else(|| {
+                        RuntimeError::InvalidRequest("every logit of a row is NaN".into())
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// On the device (`qrt_sample`); batches of greedy rows only take the argmax kernel.
+    fn sample(
+        &self,
+        logits: &CudaAct,
+        params: &[SamplingParams],
+        uniforms: &[f64],
+    ) -> Result<Vec<u32>, RuntimeError> {
+        let rows = check_sampling(logits.rows, params, uniforms)?;
+        if params.iter().all(SamplingParams::is_greedy) {
+            return self.argmax(logits);
+        }
+        self.timed("sample", || {
+            let host: Vec<qrt_sample_row> = params
+                .iter()
+                .zip(uniforms)
+                .map(|(p, &uniform)| qrt_sample_row {
+                    uniform,
+                    temperature: p.temperature,
+                    top_p: p.top_p,
+                    // Any k beyond the vocabulary keeps everything, as on the CPU.
+                    top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+                    pad: 0,
+                })
+                .collect();
+            let row_params = self.pool.get(
+                rows * std::mem::size_of::<qrt_sample_row>(),
+                "sampling parameters",
+            )?;
+            let out = self.pool.get(rows * 4, "sampled tokens")?;
+            let mut tokens = vec![0u32; rows];
+            // SAFETY: logits holds rows * cols f32; row_params room for rows qrt_sample_row,
+            // out for rows u32.
+            unsafe {
+                self.dev
+                    .copy_to_device(&host, row_params.ptr(), "sampling parameters")?;
+                self.dev
+                    .sample(logits.ptr(), row_params.ptr(), out.ptr(), rows, logits.cols)?;
+                self.dev
+                    .copy_to_host(out.ptr(), &mut tokens, "sampled tokens")?;
+            }
+            tokens
+                .into_iter()
+                .map(|t| {
+                    sampled_token(t).ok_or_else(|| {
                         RuntimeError::InvalidRequest("every logit of a row is NaN".into())
                     })
                 })

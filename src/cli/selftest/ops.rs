@@ -2,8 +2,8 @@
 //! products (GEMV for up to 8 rows, tensor-core GEMM beyond, f16 and bf16, with and without
 //! bias, one matrix or several sharing the input), RMSNorm, embedding, SiLU-and-multiply,
 //! rotary embedding with the KV store, prefill and decode attention over the paged cache for
-//! several head layouts, row selection and argmax. Outputs start as NaN, so an element a
-//! kernel fails to write fails the check.
+//! several head layouts, row selection, argmax and sampling. Outputs start as NaN, so an
+//! element a kernel fails to write fails the check.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use qrt_runtime::cuda::CudaBackend;
 use qrt_runtime::import::encode_dense;
 use qrt_runtime::kv_cache::{BlockAllocator, KvGeometry, SequenceBlocks};
 use qrt_runtime::rope::inverse_frequencies;
-use qrt_runtime::sampling::{argmax, Rng};
+use qrt_runtime::sampling::{argmax, sample_with_uniform, Rng, SamplingParams};
 use qrt_runtime::synthetic::preset;
 
 use super::{rel_err, Checks};
@@ -479,6 +479,141 @@ fn check_elementwise(
     Ok(())
 }
 
+/// Sampling on the device against the CPU reference ([`sample_with_uniform`]) for the same
+/// uniforms: random rows with ties, peaked rows, and every mix of temperature, top-k and top-p
+/// (a greedy row among them). The two may differ only where a uniform or top-p falls within
+/// rounding of a boundary between two tokens: at most one such row is allowed. Then the
+/// device's token frequencies against a softmax computed here in f64.
+fn check_sample(cuda: &CudaBackend, rng: &mut Rng, checks: &mut Checks) -> anyhow::Result<()> {
+    let mut mismatches = 0usize;
+    let mut greedy_mismatches = 0usize;
+    for (rows, vocab) in [(64, 128256), (40, 1000)] {
+        let mut logits = rng.normals(rows * vocab, 4.0);
+        let mut params = Vec::with_capacity(rows);
+        let mut uniforms = Vec::with_capacity(rows);
+        for (r, row) in logits.chunks_mut(vocab).enumerate() {
+            match r % 7 {
+                // Exact ties at the top: the lower index comes first.
+                3 => {
+                    let top = row.iter().fold(f32::MIN, |a, &b| a.max(b));
+                    for i in [5, vocab / 2, vocab - 1] {
+                        row[i] = top;
+                    }
+                }
+                // Ties everywhere (and zeros of both signs).
+                5 => row.iter_mut().for_each(|v| *v = (*v * 2.0).round() / 2.0),
+                // Peaked: one token far ahead (most others round to weight 0).
+                6 => row[rng.below(vocab)] += if r % 2 == 0 { 40.0 } else { 12.0 },
+                _ => {}
+            }
+            params.push(SamplingParams {
+                temperature: if r == rows - 1 {
+                    0.0
+                } else {
+                    [0.3, 1.0, 2.0][(r / 20) % 3]
+                },
+                top_k: [0, 1, 2, 50, vocab][r % 5],
+                top_p: [1.0, 0.9, 0.5, 1e-6][(r / 5) % 4],
+            });
+            uniforms.push(match r {
+                7 => 0.0,
+                // The largest uniform Rng::next_f64 draws.
+                8 => 1.0 - f64::EPSILON / 2.0,
+                _ => rng.next_f64(),
+            });
+        }
+        let l = cuda.act_from_host(rows, vocab, &logits)?;
+        let got = cuda.sample(&l, &params, &uniforms)?;
+        for (r, row) in logits.chunks(vocab).enumerate() {
+            let want = sample_with_uniform(row, &params[r], uniforms[r]);
+            if got[r] != want {
+                println!(
+                    "  sample row {r} of {rows}x{vocab} ({:?}, u {}): device {} CPU {want}",
+                    params[r], uniforms[r], got[r]
+                );
+                if params[r].is_greedy() {
+                    greedy_mismatches += 1;
+                } else {
+                    mismatches += 1;
+                }
+            }
+        }
+    }
+    checks.check(
+        "sample vs CPU (mismatches)",
+        "64x128256 + 40x1000",
+        mismatches as f64,
+        1.0,
+    );
+    checks.check(
+        "sample greedy rows",
+        "64x128256 + 40x1000",
+        greedy_mismatches as f64,
+        0.0,
+    );
+
+    // Frequencies: 2^16 rows per setting, so that 0.01 is over 5 standard deviations.
+    let logits = [1.0f32, 2.0, 0.5, -1.0];
+    let temperature = 0.7f32;
+    let settings = [(0, 1.0f32), (3, 1.0), (0, 0.9)];
+    let n = 1 << 16;
+    let rows = settings.len() * n;
+    let params: Vec<SamplingParams> = (0..rows)
+        .map(|r| SamplingParams {
+            temperature,
+            top_k: settings[r / n].0,
+            top_p: settings[r / n].1,
+        })
+        .collect();
+    let uniforms: Vec<f64> = (0..rows).map(|_| rng.next_f64()).collect();
+    let l = cuda.act_from_host(rows, logits.len(), &logits.repeat(rows))?;
+    let got = cuda.sample(&l, &params, &uniforms)?;
+    // Independent reference: softmax of logits / T in f64, cut to the top k, then to the
+    // shortest prefix reaching top_p, renormalized.
+    let z: Vec<f64> = logits
+        .iter()
+        .map(|&v| (f64::from(v) / f64::from(temperature)).exp())
+        .collect();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+    let mut worst = 0.0f64;
+    for (&(top_k, top_p), tokens) in settings.iter().zip(got.chunks(n)) {
+        let mut kept = if top_k == 0 {
+            order.clone()
+        } else {
+            order[..top_k].to_vec()
+        };
+        let total: f64 = kept.iter().map(|&i| z[i]).sum();
+        let mut cumulative = 0.0;
+        let reach = kept
+            .iter()
+            .position(|&i| {
+                cumulative += z[i] / total;
+                cumulative >= f64::from(top_p)
+            })
+            .map_or(kept.len(), |p| p + 1);
+        kept.truncate(reach);
+        let kept_total: f64 = kept.iter().map(|&i| z[i]).sum();
+        let mut counts = vec![0usize; logits.len()];
+        for &t in tokens {
+            match counts.get_mut(t as usize) {
+                Some(c) => *c += 1,
+                None => worst = f64::INFINITY,
+            }
+        }
+        for (i, &count) in counts.iter().enumerate() {
+            let expected = if kept.contains(&i) {
+                z[i] / kept_total
+            } else {
+                0.0
+            };
+            worst = worst.max((count as f64 / n as f64 - expected).abs());
+        }
+    }
+    checks.check("sample frequencies", "3x65536 rows of 4", worst, 0.01);
+    Ok(())
+}
+
 /// A KV cache on one backend with the block tables of several sequences, for driving ops or
 /// models batch by batch.
 pub struct KvRun<B: Backend> {
@@ -677,6 +812,7 @@ pub fn run(
     check_products(&cpu, cuda, &file, rng, checks, big)?;
     check_norms(&cpu, cuda, &file, rng, checks)?;
     check_elementwise(&cpu, cuda, &file, rng, checks)?;
+    check_sample(cuda, rng, checks)?;
     check_attention(&cpu, cuda, rng, checks)?;
     Ok(())
 }
