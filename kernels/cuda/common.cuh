@@ -115,4 +115,18 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
     return r;
 }
 
+// load_stream into `v` where `pred` holds; `v` is left as it is elsewhere. A predicated load, not
+// a branch around one: a load on one side of a branch only makes ptxas wait for every load in
+// flight where the paths meet, which drains a software pipeline of loads.
+__device__ __forceinline__ void load_stream_if(uint4& v, const void* p, bool pred) {
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %5, 0;\n"
+        "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        "}"
+        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+        : "l"(p), "r"(static_cast<int>(pred)));
+}
+
 }  // namespace qrt

@@ -2,29 +2,31 @@
 // 16-bit weights, f32 activations and accumulation, where x' is x or its RMSNorm.
 //
 // At batch one a decode step is a chain of small kernels that each stream a few MB of weights,
-// so what costs is latency, not arithmetic. This kernel is built to keep weight loads in flight
-// from its first instruction to its last:
+// so what costs is latency, not arithmetic. This kernel is built to keep weight loads in flight:
 //   - the grid is sized to be resident at once (a few blocks per multiprocessor) and each warp
-//     walks its own rows (row = warp, warp + warps in the grid, ...), so no block waits for a
-//     second wave and no warp waits for another;
-//   - each lane keeps a ring of kRing 16-byte weight loads in flight; the ring is filled before
-//     the grid-dependency wait (weights never change), so with programmatic dependent launch
-//     the loads overlap the previous kernel's tail, and every load consumed is replaced at once;
+//     walks its own pairs of rows (a gated launch pairs a gate row with the same row of up), so
+//     no block waits for a second wave and no warp waits for another;
+//   - a warp loads 8 chunks of 16 bytes per lane of both rows of a pair at once (16 loads in
+//     flight per lane; with few rows, 16 chunks of one row), then multiplies them; the loads and the products are one straight run
+//     of code with predicated loads and no branch: ptxas waits for every load in flight at the
+//     first branch after them, so a branch per load would leave one load in flight;
+//   - the first loads are issued before the grid-dependency wait (weights never change), so
+//     with programmatic dependent launch they overlap the previous kernel's tail; the next
+//     kernel is let in only at the end (earlier, measured slower: its blocks compete for
+//     bandwidth and room they cannot use yet);
 //   - after the wait, the block stages x once in shared memory (split in two halves of each
 //     16-byte chunk so that the lanes' reads are contiguous), computing the sum of squares on
 //     the way when the input is normalised: RMSNorm's scale 1/rms is applied to the finished
 //     dot products, its weights to the staged x, so the norm needs no kernel of its own;
-//   - the epilogue adds a bias, applies SwiGLU (gated: the warp reads a gate row then the same
-//     row of up) or adds into y (the residual stream), so neither needs a kernel either.
-// A row's work is `per_lane` 16-byte chunks per lane (k / 256, rounded up; lanes past the end
-// of a row load nothing), for each of its one or two matrices.
+//   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
+//     needs a kernel either.
 
 #include "common.cuh"
 #include "qrt_kernels.h"
 
 namespace {
 
-constexpr int kRing = 16;       // 16-byte weight loads in flight per lane
+constexpr int kGroup = 8;       // 16-byte chunks per lane and row loaded at once
 constexpr unsigned kWarps = 8;  // warps per block
 
 template <typename W>
@@ -44,13 +46,6 @@ __device__ __forceinline__ float dot8(const uint4& w, const float4& a, const flo
     acc = fmaf(s.y, b.w, acc);
     return acc;
 }
-
-// Where a warp stands in its list of (row, matrix, chunk) work items.
-struct Cursor {
-    unsigned row;   // index among the warp's rows
-    unsigned part;  // 0, or 1 for the up matrix of a gated launch
-    unsigned j;     // chunk slot of the lane within the row, < per_lane
-};
 
 // A row of the launch (global index over the segments): its segment and its row there.
 struct RowRef {
@@ -72,6 +67,16 @@ __device__ __forceinline__ RowRef find_row(const qrt_gemv_args& args, unsigned g
     return ref;
 }
 
+// Writes the result `v` of row `global`: plus its bias, plus y when accumulating.
+template <bool GATED>
+__device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global, float v) {
+    const RowRef ref = find_row<GATED>(args, global);
+    if (!GATED && ref.seg.bias != 0) v += reinterpret_cast<const float*>(ref.seg.bias)[ref.row];
+    float* y = reinterpret_cast<float*>(ref.seg.y) + ref.row;
+    if (args.accumulate) v += __ldcg(y);
+    *y = v;
+}
+
 template <typename W, bool GATED>
 __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     extern __shared__ float4 staged[];
@@ -82,7 +87,6 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     const unsigned lane = threadIdx.x % qrt::kWarp;
     const unsigned warp = threadIdx.x / qrt::kWarp;
     const unsigned warps = blockDim.x / qrt::kWarp;
-    const unsigned first = blockIdx.x * warps + warp;
     const unsigned stride = gridDim.x * warps;
 
     unsigned rows = args.seg[0].n;
@@ -91,47 +95,65 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
         for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
             rows += i < args.num_segments ? args.seg[i].n : 0;
     }
-    const unsigned my_rows = first < rows ? (rows - 1 - first) / stride + 1 : 0;
+    // Pair p: rows 2p and 2p + 1, or (gated) row p of gate and of up. With fewer rows than
+    // twice the warps of the grid, a "pair" is one row whose chunks the two halves of a group
+    // share (`single`), so that every warp has work.
+    const bool single = !GATED && rows < 2 * stride;
+    const unsigned pairs = GATED || single ? rows : (rows + 1) / 2;
     const unsigned per_lane = (chunks + qrt::kWarp - 1) / qrt::kWarp;
-    constexpr unsigned kParts = GATED ? 2 : 1;
-    const unsigned items = my_rows * kParts * per_lane;
+    // Chunk slots a group covers, and where its second half starts.
+    const unsigned group_slots = single ? 2 * kGroup : kGroup;
+    const unsigned b_offset = single ? kGroup : 0;
 
-    // The load side of the ring: the next item to load and its row's weights.
-    auto row_weights = [&](const Cursor& c) -> const uint4* {
-        const RowRef ref = find_row<GATED>(args, first + c.row * stride);
-        const uint64_t base = (GATED && c.part == 1) ? args.seg[1].w : ref.seg.w;
-        return reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(base) +
-                                              static_cast<size_t>(ref.row) * k);
-    };
-    Cursor ld{0, 0, 0};
-    const uint4* ld_w = my_rows > 0 ? row_weights(ld) : nullptr;
-    auto advance = [&](Cursor& c) -> bool {  // true when a new (row, part) starts
-        if (++c.j < per_lane) return false;
-        c.j = 0;
-        if (++c.part == kParts) {
-            c.part = 0;
-            ++c.row;
-        }
-        return true;
-    };
-    // Loads the next item into `slot` (which is left as it is past the end: those values are
-    // never used). A slot is refilled only after it has been consumed, so that the load goes
-    // straight into the slot's registers (not through a temporary and a move that would wait
-    // for it) and stays in flight until the slot comes round again.
-    auto refill = [&](uint4& slot) {
-        if (ld.row < my_rows) {
-            const unsigned chunk = lane + ld.j * qrt::kWarp;
-            if (chunk < chunks) slot = qrt::load_stream(ld_w + chunk);
-            if (advance(ld) && ld.row < my_rows) ld_w = row_weights(ld);
+    // The weights of both rows of pair p (the second is null past the last row).
+    auto pair_weights = [&](unsigned p, const uint4*& w0, const uint4*& w1) {
+        const unsigned r0 = GATED || single ? p : 2 * p;
+        const RowRef a = find_row<GATED>(args, r0);
+        w0 = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(a.seg.w) +
+                                            static_cast<size_t>(a.row) * k);
+        if (single) {
+            w1 = w0;
+        } else if (GATED) {
+            w1 = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(args.seg[1].w) +
+                                                static_cast<size_t>(a.row) * k);
+        } else {
+            const RowRef b = find_row<GATED>(args, min(r0 + 1, rows - 1));
+            w1 = r0 + 1 < rows ? reinterpret_cast<const uint4*>(
+                                     reinterpret_cast<const W*>(b.seg.w) +
+                                     static_cast<size_t>(b.row) * k)
+                               : nullptr;
         }
     };
-
-    uint4 ring[kRing];
+    // Chunk slot j of a lane: its chunk, clamped into the row for reading x, and whether it
+    // is in the row.
+    auto slot = [&](unsigned j, unsigned& chunk, unsigned& at) {
+        chunk = lane + j * qrt::kWarp;
+        at = min(chunk, chunks - 1);
+        return j < per_lane && chunk < chunks;
+    };
+    // Loads the group of chunk slots starting at j0 of both rows: predicated, no branch.
+    auto load_group = [&](const uint4* w0, const uint4* w1, unsigned j0, uint4 (&a)[kGroup],
+                          uint4 (&b)[kGroup]) {
 #pragma unroll
-    for (int u = 0; u < kRing; ++u) refill(ring[u]);
+        for (int u = 0; u < kGroup; ++u) {
+            unsigned chunk, at;
+            const bool in_a = slot(j0 + u, chunk, at);
+            qrt::load_stream_if(a[u], w0 + chunk, in_a);
+            const bool in_b = slot(j0 + b_offset + u, chunk, at);
+            qrt::load_stream_if(b[u], w1 + chunk, in_b && w1 != nullptr);
+        }
+    };
+
+    unsigned p = blockIdx.x * warps + warp;
+    const uint4 *w0 = nullptr, *w1 = nullptr;
+    uint4 a[kGroup], b[kGroup];
+    if (p < pairs) {
+        pair_weights(p, w0, w1);
+        load_group(w0, w1, 0, a, b);
+    }
 
     // Stage x (times the norm weights) in shared memory; sum its squares for the norm.
-    qrt::pdl_enter();
+    qrt::pdl_wait();
     const float4* x4 = reinterpret_cast<const float4*>(args.x);
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     float squares = 0.f;
@@ -157,44 +179,49 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
         scale = 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
     }
 
-    // Consume the ring in order, refilling each slot once it is read.
-    Cursor at{0, 0, 0};
-    float acc = 0.f;
-    float gate = 0.f;
-    auto consume = [&](const uint4 w) {
-        const unsigned chunk = lane + at.j * qrt::kWarp;
-        if (chunk < chunks) acc = dot8<W>(w, x_lo[chunk], x_hi[chunk], acc);
-        if (at.j + 1 < per_lane) {
-            ++at.j;
-            return;
-        }
-        const float sum = qrt::warp_sum(acc) * scale;
-        acc = 0.f;
-        if (GATED && at.part == 0) {
-            gate = sum;
-        } else if (lane == 0) {
-            const RowRef ref = find_row<GATED>(args, first + at.row * stride);
-            float v = sum;
-            if (GATED) {
-                v = gate / (1.f + expf(-gate)) * sum;  // silu(gate) * up, as the CPU computes it
-            } else if (ref.seg.bias != 0) {
-                v += reinterpret_cast<const float*>(ref.seg.bias)[ref.row];
-            }
-            float* y = reinterpret_cast<float*>(ref.seg.y) + ref.row;
-            if (args.accumulate) v += __ldcg(y);
-            *y = v;
-        }
-        advance(at);
-    };
-    for (unsigned t = 0; t < items; t += kRing) {
+    for (; p < pairs; p += stride) {
+        float acc0 = 0.f, acc1 = 0.f;
+        for (unsigned j0 = 0; j0 < per_lane; j0 += group_slots) {
+            if (j0 > 0) load_group(w0, w1, j0, a, b);
+            // Lanes past the end of the row read a valid x and drop the product.
 #pragma unroll
-        for (int u = 0; u < kRing; ++u) {
-            if (t + u < items) {
-                consume(ring[u]);
-                refill(ring[u]);
+            for (int u = 0; u < kGroup; ++u) {
+                unsigned chunk, at;
+                const bool in_a = slot(j0 + u, chunk, at);
+                const float s0 = dot8<W>(a[u], x_lo[at], x_hi[at], acc0);
+                acc0 = in_a ? s0 : acc0;
+                const bool in_b = slot(j0 + b_offset + u, chunk, at);
+                const float s1 = dot8<W>(b[u], x_lo[at], x_hi[at], acc1);
+                acc1 = in_b ? s1 : acc1;
+            }
+        }
+        if (single) {
+            acc0 += acc1;
+            acc1 = 0.f;
+        }
+        const float sum0 = qrt::warp_sum(acc0) * scale;
+        const float sum1 = qrt::warp_sum(acc1) * scale;
+        // The next pair's first loads go out before this pair's results are written.
+        const unsigned done = p;
+        const bool second = !single && (GATED || w1 != nullptr);
+        if (p + stride < pairs) {
+            pair_weights(p + stride, w0, w1);
+            load_group(w0, w1, 0, a, b);
+        }
+        if (lane == 0) {
+            if (GATED) {
+                // silu(gate) * up, as the CPU computes it.
+                store<GATED>(args, done, sum0 / (1.f + expf(-sum0)) * sum1);
+            } else {
+                const unsigned row = single ? done : 2 * done;
+                store<GATED>(args, row, sum0);
+                if (second) store<GATED>(args, row + 1, sum1);
             }
         }
     }
+    // Only now let the next kernel start: earlier, its blocks would take bandwidth and room
+    // on the multiprocessors for loads it cannot use until this kernel is done.
+    qrt::pdl_launch_dependents();
 }
 
 }  // namespace

@@ -231,15 +231,6 @@ fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Blocks of the batch-one GEMV per multiprocessor (`QRT_GEMV_ONE_BLOCKS`, default 2).
-fn gemv_one_blocks_per_sm() -> usize {
-    std::env::var("QRT_GEMV_ONE_BLOCKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&b| b > 0)
-        .unwrap_or(2)
-}
-
 fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {
     u32::try_from(v).map_err(|_| KernelError::Shape(format!("{what} = {v} does not fit 32 bits")))
 }
@@ -276,23 +267,6 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_with(module, kernel, grid, block, params, true) }
-    }
-
-    /// [`launch`](Self::launch) with `shared` bytes of dynamic shared memory per block.
-    ///
-    /// # Safety
-    /// As for [`launch`](Self::launch).
-    pub(crate) unsafe fn launch_shared(
-        &self,
-        module: &'static str,
-        kernel: &str,
-        grid: (u32, u32, u32),
-        block: u32,
-        shared: usize,
-        params: &mut [*mut c_void],
-    ) -> Result<(), KernelError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.launch_config(module, kernel, (grid, block, shared), params, true) }
     }
 
     /// [`launch`](Self::launch), with programmatic dependent launch only when `overlap`
@@ -444,9 +418,9 @@ impl CudaDevice {
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
     }
 
-    /// Launches batch-one GEMV kernel `kernel` over `rows` output rows: 8 warps per block,
-    /// a warp per row at a time, as many blocks as are resident at once (or fewer, for few
-    /// rows); `k` f32 of dynamic shared memory.
+    /// Launches batch-one GEMV kernel `kernel` over `rows` output rows: 8 warps per block, a
+    /// warp per pair of rows at a time, two blocks per multiprocessor at most (all resident at
+    /// once), `k` f32 of dynamic shared memory.
     ///
     /// # Safety
     /// `args` must describe valid buffers for `kernel`.
@@ -457,18 +431,19 @@ impl CudaDevice {
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
-        let blocks = rows
-            .div_ceil(WARPS)
-            .min(self.multiprocessors() * gemv_one_blocks_per_sm());
+        let blocks = rows.div_ceil(WARPS).min(self.multiprocessors() * 2);
         // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees it.
         unsafe {
-            self.launch_shared(
+            self.launch_config(
                 "gemv_one",
                 kernel,
-                (u32_of("blocks", blocks)?, 1, 1),
-                (WARPS * 32) as u32,
-                args.k as usize * 4,
+                (
+                    (u32_of("blocks", blocks)?, 1, 1),
+                    (WARPS * 32) as u32,
+                    args.k as usize * 4,
+                ),
                 &mut params([args]),
+                true,
             )
         }
     }
