@@ -78,6 +78,31 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_launch_dependents();
 }
 
+// acc plus the dot product of the 8 16-bit weights in `w` with the 8 f32 activations in a, b
+// (FMA chain, in order).
+template <typename W>
+__device__ __forceinline__ float dot8(const uint4& w, const float4& a, const float4& b,
+                                      float acc) {
+    const float2 p = Half16<W>::to_float2(w.x);
+    const float2 q = Half16<W>::to_float2(w.y);
+    const float2 r = Half16<W>::to_float2(w.z);
+    const float2 s = Half16<W>::to_float2(w.w);
+    acc = fmaf(p.x, a.x, acc);
+    acc = fmaf(p.y, a.y, acc);
+    acc = fmaf(q.x, a.z, acc);
+    acc = fmaf(q.y, a.w, acc);
+    acc = fmaf(r.x, b.x, acc);
+    acc = fmaf(r.y, b.y, acc);
+    acc = fmaf(s.x, b.z, acc);
+    acc = fmaf(s.y, b.w, acc);
+    return acc;
+}
+
+// SwiGLU's product silu(gate) * up, as the CPU reference computes it.
+__device__ __forceinline__ float swiglu(float gate, float up) {
+    return gate / (1.f + expf(-gate)) * up;
+}
+
 // mma.sync m16n8k16 with f32 accumulation on 16-bit operands of type W (sm_80 and newer):
 // d += a * b, a the row-major 16x16 fragment a0..a3, b the column-major 16x8 fragment b0, b1.
 template <typename W>

@@ -21,30 +21,6 @@ using qrt::Half16;
 
 constexpr unsigned kMaxWarps = 8;
 
-// Accumulates the dot products of the 8 weights in `w` with the 8 activations at x.
-template <typename W>
-__device__ __forceinline__ float dot8(const uint4& w, const float4& x0, const float4& x1,
-                                      float acc) {
-    const float2 a = Half16<W>::to_float2(w.x);
-    const float2 b = Half16<W>::to_float2(w.y);
-    const float2 c = Half16<W>::to_float2(w.z);
-    const float2 d = Half16<W>::to_float2(w.w);
-    acc = fmaf(a.x, x0.x, acc);
-    acc = fmaf(a.y, x0.y, acc);
-    acc = fmaf(b.x, x0.z, acc);
-    acc = fmaf(b.y, x0.w, acc);
-    acc = fmaf(c.x, x1.x, acc);
-    acc = fmaf(c.y, x1.y, acc);
-    acc = fmaf(d.x, x1.z, acc);
-    acc = fmaf(d.y, x1.w, acc);
-    return acc;
-}
-
-// SwiGLU: silu(gate) * up, as the CPU reference computes it.
-__device__ __forceinline__ float swiglu(float gate, float up) {
-    return gate / (1.f + expf(-gate)) * up;
-}
-
 // GATED: the launch has two segments, gate and up, of the same shape; a block reads R / 2 rows
 // of each and writes silu(gate) * up for those rows into the gate segment's `y`.
 template <typename W, int B, int R, bool GATED>
@@ -107,7 +83,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
                 const float4 x0 = __ldcg(xb + 2 * cc);
                 const float4 x1 = __ldcg(xb + 2 * cc + 1);
 #pragma unroll
-                for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[u][r], x0, x1, acc[r][b]);
+                for (int r = 0; r < R; ++r) acc[r][b] = qrt::dot8<W>(wv[u][r], x0, x1, acc[r][b]);
             }
         }
     }
@@ -125,7 +101,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
             const float4 x0 = __ldcg(xb + 2 * c);
             const float4 x1 = __ldcg(xb + 2 * c + 1);
 #pragma unroll
-            for (int r = 0; r < R; ++r) acc[r][b] = dot8<W>(wv[r], x0, x1, acc[r][b]);
+            for (int r = 0; r < R; ++r) acc[r][b] = qrt::dot8<W>(wv[r], x0, x1, acc[r][b]);
         }
     }
 
@@ -152,7 +128,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
         if (GATED) {
             float up = 0.f;
             for (unsigned j = 0; j < warps; ++j) up += partial[j][i + kOutRows * B];
-            sum = swiglu(sum, up);
+            sum = qrt::swiglu(sum, up);
         } else if (seg.bias != 0) {
             sum += reinterpret_cast<const float*>(seg.bias)[row];
         }

@@ -29,24 +29,6 @@ namespace {
 constexpr int kGroup = 8;       // 16-byte chunks per lane and row loaded at once
 constexpr unsigned kWarps = 8;  // warps per block
 
-template <typename W>
-__device__ __forceinline__ float dot8(const uint4& w, const float4& a, const float4& b,
-                                      float acc) {
-    const float2 p = qrt::Half16<W>::to_float2(w.x);
-    const float2 q = qrt::Half16<W>::to_float2(w.y);
-    const float2 r = qrt::Half16<W>::to_float2(w.z);
-    const float2 s = qrt::Half16<W>::to_float2(w.w);
-    acc = fmaf(p.x, a.x, acc);
-    acc = fmaf(p.y, a.y, acc);
-    acc = fmaf(q.x, a.z, acc);
-    acc = fmaf(q.y, a.w, acc);
-    acc = fmaf(r.x, b.x, acc);
-    acc = fmaf(r.y, b.y, acc);
-    acc = fmaf(s.x, b.z, acc);
-    acc = fmaf(s.y, b.w, acc);
-    return acc;
-}
-
 // A row of the launch (global index over the segments): its segment and its row there.
 struct RowRef {
     qrt_gemv_segment seg;
@@ -188,10 +170,10 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
             for (int u = 0; u < kGroup; ++u) {
                 unsigned chunk, at;
                 const bool in_a = slot(j0 + u, chunk, at);
-                const float s0 = dot8<W>(a[u], x_lo[at], x_hi[at], acc0);
+                const float s0 = qrt::dot8<W>(a[u], x_lo[at], x_hi[at], acc0);
                 acc0 = in_a ? s0 : acc0;
                 const bool in_b = slot(j0 + b_offset + u, chunk, at);
-                const float s1 = dot8<W>(b[u], x_lo[at], x_hi[at], acc1);
+                const float s1 = qrt::dot8<W>(b[u], x_lo[at], x_hi[at], acc1);
                 acc1 = in_b ? s1 : acc1;
             }
         }
@@ -210,8 +192,7 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
         }
         if (lane == 0) {
             if (GATED) {
-                // silu(gate) * up, as the CPU computes it.
-                store<GATED>(args, done, sum0 / (1.f + expf(-sum0)) * sum1);
+                store<GATED>(args, done, qrt::swiglu(sum0, sum1));
             } else {
                 const unsigned row = single ? done : 2 * done;
                 store<GATED>(args, row, sum0);

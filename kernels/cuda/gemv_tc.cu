@@ -124,7 +124,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 float up = 0.f;
 #pragma unroll
                 for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
-                sum = sum / (1.f + expf(-sum)) * up;  // silu(gate) * up, as the CPU computes it
+                sum = qrt::swiglu(sum, up);
             } else if (seg.bias != 0) {
                 sum += reinterpret_cast<const float*>(seg.bias)[row];
             }
