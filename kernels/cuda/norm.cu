@@ -1,4 +1,4 @@
-// RMSNorm over rows, and the fused "residual add + RMSNorm".
+// RMSNorm over rows.
 //
 //   y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:]
 //
@@ -9,8 +9,7 @@
 // column count, the strides and every base pointer allow it, else one element
 // at a time.
 //
-// Aliasing: `y` may be the same buffer as `x` (in place), and in the fused
-// kernels `sum` may be the same buffer as `x` or `residual`; every element is
+// Aliasing: `y` may be the same buffer as `x` (in place); every element is
 // read and then written by the same thread. Partially overlapping buffers are
 // not supported.
 
@@ -158,49 +157,6 @@ __device__ void rms_norm_row(const qrt_rms_norm_args& a, const T* x, const float
     scale_row<T>(x, w, y, a.cols, scale, vec);
 }
 
-template <typename T>
-__device__ void add_rms_norm_row(const qrt_rms_norm_args& a, const T* x, const T* residual,
-                                 const float* __restrict__ w, T* sum, T* y) {
-    using A = Act<T>;
-    const size_t row = blockIdx.x;
-    x += row * a.x_stride;
-    residual += row * a.residual_stride;
-    sum += row * a.sum_stride;
-    y += row * a.y_stride;
-    const bool vec = a.cols % A::kVec == 0 && a.x_stride % A::kVec == 0 &&
-                     a.residual_stride % A::kVec == 0 && a.sum_stride % A::kVec == 0 &&
-                     a.y_stride % A::kVec == 0 && aligned16(x) && aligned16(residual) &&
-                     aligned16(sum) && aligned16(y) && aligned16(w);
-
-    // First pass: s = x + residual, stored in the activation type; the norm is
-    // taken of s as stored, so that y == rms_norm(s) exactly.
-    float sum_sq = 0.0f;
-    if (vec) {
-        for (uint32_t c = threadIdx.x * A::kVec; c < a.cols; c += blockDim.x * A::kVec) {
-            const Pack<T> xv = *reinterpret_cast<const Pack<T>*>(x + c);
-            const Pack<T> rv = *reinterpret_cast<const Pack<T>*>(residual + c);
-            Pack<T> s;
-#pragma unroll
-            for (unsigned i = 0; i < A::kVec; ++i) {
-                s.v[i] = A::from_f32(A::to_f32(xv.v[i]) + A::to_f32(rv.v[i]));
-                const float v = A::to_f32(s.v[i]);
-                sum_sq = fmaf(v, v, sum_sq);
-            }
-            *reinterpret_cast<Pack<T>*>(sum + c) = s;
-        }
-    } else {
-        for (uint32_t c = threadIdx.x; c < a.cols; c += blockDim.x) {
-            const T s = A::from_f32(A::to_f32(x[c]) + A::to_f32(residual[c]));
-            sum[c] = s;
-            const float v = A::to_f32(s);
-            sum_sq = fmaf(v, v, sum_sq);
-        }
-    }
-    const float scale = inv_rms(block_sum(sum_sq), a);
-    // Second pass reads back this thread's own writes to `sum`.
-    scale_row<T>(sum, w, y, a.cols, scale, vec);
-}
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
@@ -217,20 +173,4 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
     qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
     rms_norm_row<__half>(args, x, w, y);
-}
-
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_add_rms_norm_f32(const qrt_rms_norm_args args, const float* x, const float* residual,
-                         const float* __restrict__ w, float* sum, float* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    add_rms_norm_row<float>(args, x, residual, w, sum, y);
-}
-
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_add_rms_norm_f16(const qrt_rms_norm_args args, const __half* x, const __half* residual,
-                         const float* __restrict__ w, __half* sum, __half* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    add_rms_norm_row<__half>(args, x, residual, w, sum, y);
 }

@@ -26,15 +26,11 @@
 /// `blockDim.x` a multiple of 32 and at most this.
 #define QRT_MAX_BLOCK_THREADS 1024
 
-/// Arguments of the RMSNorm kernels (`qrt_rms_norm_*`, `qrt_add_rms_norm_*`),
-/// passed by value; the device pointers follow as separate kernel parameters.
+/// Arguments of the RMSNorm kernels (`qrt_rms_norm_*`), passed by value; the
+/// device pointers follow as separate kernel parameters.
 ///
 /// For row `r` and column `c < cols` (strides are in elements, not bytes):
-///   plain:  `y[r*y_stride + c] = x[r*x_stride + c] / sqrt(mean_c(x[r,:]^2) + eps) * w[c]`
-///   fused:  `s[r*sum_stride + c] = x[r*x_stride + c] + residual[r*residual_stride + c]`
-///           then `y[r, :] = rmsnorm(s[r, :])`, computed from `s` as stored
-///           (rounded to the activation type).
-/// The plain kernels ignore `residual_stride` and `sum_stride`.
+///   `y[r*y_stride + c] = x[r*x_stride + c] / sqrt(mean_c(x[r,:]^2) + eps) * w[c]`
 typedef struct qrt_rms_norm_args {
     /// Number of rows; the grid has exactly this many blocks.
     uint32_t rows;
@@ -42,17 +38,13 @@ typedef struct qrt_rms_norm_args {
     uint32_t cols;
     /// Elements between the starts of consecutive rows of `x`.
     uint32_t x_stride;
-    /// Elements between the starts of consecutive rows of `residual` (fused only).
-    uint32_t residual_stride;
-    /// Elements between the starts of consecutive rows of the sum `s` (fused only).
-    uint32_t sum_stride;
     /// Elements between the starts of consecutive rows of `y`.
     uint32_t y_stride;
     /// Added to the mean square before the square root.
     float eps;
 } qrt_rms_norm_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 28, "qrt_rms_norm_args must be 28 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 20, "qrt_rms_norm_args must be 20 bytes");
 
 /// Largest batch (rows of `x`) the GEMV kernels take in one launch.
 #define QRT_GEMV_MAX_BATCH 8

@@ -8,9 +8,7 @@
 //! - f32: |y - ref| <= 1e-5 * |ref| (f32 accumulation over at most 2^16
 //!   columns, then two f32 multiplies);
 //! - f16: |y - ref| <= 2^-10 * |ref| + 2^-24 (one f16 rounding of the result,
-//!   2^-11 relative, plus f32 error; 2^-24 covers f16 subnormals);
-//! - fused sums: one rounding in the activation type (2^-23 / 2^-10 relative);
-//!   fused outputs are checked against the norm of the sum as the GPU stored it.
+//!   2^-11 relative, plus f32 error; 2^-24 covers f16 subnormals).
 //!
 //! Outputs are NaN-poisoned before each launch, so unwritten elements fail.
 
@@ -177,33 +175,6 @@ fn run_case(
     );
     ok &= check.report();
 
-    // f32 fused add + RMSNorm.
-    let res: Vec<f32> = activations(rng, rows, cols)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    let (sum, y) = dev.add_rms_norm_f32(&x, &res, &w, rows, cols, eps)?;
-    let mut check = Check::new(
-        format!("add_rms_norm_f32 sum {rows}x{cols}"),
-        1.0 / 8_388_608.0,
-        0.0,
-    );
-    for i in 0..sum.len() {
-        check.element(i, f64::from(sum[i]), f64::from(x[i]) + f64::from(res[i]));
-    }
-    ok &= check.report();
-    let sum64: Vec<f64> = sum.iter().map(|&v| f64::from(v)).collect();
-    let mut check = Check::new(format!("add_rms_norm_f32 y {rows}x{cols}"), F32_REL, 0.0);
-    check_rows(
-        &mut check,
-        &sum64,
-        &w,
-        eps,
-        cols,
-        &y.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-    );
-    ok &= check.report();
-
     // f16 RMSNorm.
     let xh: Vec<f16> = activations(rng, rows, cols)
         .into_iter()
@@ -219,37 +190,6 @@ fn run_case(
     check_rows(
         &mut check,
         &xh64,
-        &w,
-        eps,
-        cols,
-        &y.iter().map(|v| v.to_f64()).collect::<Vec<_>>(),
-    );
-    ok &= check.report();
-
-    // f16 fused add + RMSNorm.
-    let resh: Vec<f16> = activations(rng, rows, cols)
-        .into_iter()
-        .map(f16::from_f64)
-        .collect();
-    let (sum, y) = dev.add_rms_norm_f16(&xh, &resh, &w, rows, cols, eps)?;
-    let mut check = Check::new(
-        format!("add_rms_norm_f16 sum {rows}x{cols}"),
-        F16_REL,
-        F16_ABS,
-    );
-    for i in 0..sum.len() {
-        check.element(i, sum[i].to_f64(), xh[i].to_f64() + resh[i].to_f64());
-    }
-    ok &= check.report();
-    let sum64: Vec<f64> = sum.iter().map(|v| v.to_f64()).collect();
-    let mut check = Check::new(
-        format!("add_rms_norm_f16 y {rows}x{cols}"),
-        F16_REL,
-        F16_ABS,
-    );
-    check_rows(
-        &mut check,
-        &sum64,
         &w,
         eps,
         cols,

@@ -150,9 +150,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     ] {
         all.push(("elementwise", name.to_string()));
     }
-    for name in ["qrt_rms_norm_f32", "qrt_add_rms_norm_f32"] {
-        all.push(("norm", name.to_string()));
-    }
+    all.push(("norm", "qrt_rms_norm_f32".to_string()));
     all.push(("sample", "qrt_sample".to_string()));
     all
 }

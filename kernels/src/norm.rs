@@ -1,4 +1,4 @@
-//! RMSNorm and fused residual-add + RMSNorm (`kernels/cuda/norm.cu`).
+//! RMSNorm over rows (`kernels/cuda/norm.cu`).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
@@ -19,8 +19,6 @@ const MODULE: &str = "norm";
 trait Activation: DeviceRepr + Copy {
     /// The plain RMSNorm kernel for this type.
     const RMS_NORM: &'static str;
-    /// The fused residual-add + RMSNorm kernel for this type.
-    const ADD_RMS_NORM: &'static str;
     /// Elements per 16-byte vector load in the kernels.
     const VEC: usize;
     /// Fill value for outputs before a launch, so that unwritten elements show.
@@ -29,26 +27,23 @@ trait Activation: DeviceRepr + Copy {
 
 impl Activation for f32 {
     const RMS_NORM: &'static str = "qrt_rms_norm_f32";
-    const ADD_RMS_NORM: &'static str = "qrt_add_rms_norm_f32";
     const VEC: usize = 4;
     const POISON: Self = f32::NAN;
 }
 
 impl Activation for f16 {
     const RMS_NORM: &'static str = "qrt_rms_norm_f16";
-    const ADD_RMS_NORM: &'static str = "qrt_add_rms_norm_f16";
     const VEC: usize = 8;
     const POISON: Self = f16::NAN;
 }
 
-/// Checks a row-wise call: `rows` x `cols` activations in each of `inputs`
-/// (name, length) and `cols` weights. Returns the kernel arguments for
-/// contiguous rows.
+/// Checks a row-wise call: `x_len` activations for `rows` x `cols` and `cols`
+/// weights. Returns the kernel arguments for contiguous rows.
 fn row_args(
     rows: usize,
     cols: usize,
     eps: f32,
-    inputs: &[(&str, usize)],
+    x_len: usize,
     weights: usize,
 ) -> Result<qrt_rms_norm_args, KernelError> {
     if cols == 0 {
@@ -64,12 +59,10 @@ fn row_args(
     let elements = rows
         .checked_mul(cols)
         .ok_or_else(|| KernelError::Shape(format!("rows * cols = {rows} * {cols} overflows")))?;
-    for &(name, len) in inputs {
-        if len != elements {
-            return Err(KernelError::Shape(format!(
-                "{name} has {len} elements, expected rows * cols = {rows} * {cols} = {elements}"
-            )));
-        }
+    if x_len != elements {
+        return Err(KernelError::Shape(format!(
+            "x has {x_len} elements, expected rows * cols = {rows} * {cols} = {elements}"
+        )));
     }
     if weights != cols {
         return Err(KernelError::Shape(format!(
@@ -80,8 +73,6 @@ fn row_args(
         rows: rows32,
         cols: cols32,
         x_stride: cols32,
-        residual_stride: cols32,
-        sum_stride: cols32,
         y_stride: cols32,
         eps,
     })
@@ -118,35 +109,6 @@ impl CudaDevice {
         unsafe { self.norm_rows(f32::RMS_NORM, &[x, w, y], rows, cols, eps) }
     }
 
-    /// `sum = x + residual` then `y = rmsnorm(sum) * w`, over `rows` rows of `cols` f32;
-    /// `sum` may be `x`. Stream-ordered.
-    ///
-    /// # Safety
-    /// `x`, `residual`, `sum` and `y` must hold `rows * cols` f32, `w` `cols` f32.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn add_rms_norm_rows(
-        &self,
-        x: u64,
-        residual: u64,
-        w: u64,
-        sum: u64,
-        y: u64,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<(), KernelError> {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            self.norm_rows(
-                f32::ADD_RMS_NORM,
-                &[x, residual, w, sum, y],
-                rows,
-                cols,
-                eps,
-            )
-        }
-    }
-
     /// Launches norm kernel `kernel` (f32 activations) with the arguments and then the device
     /// addresses `pointers`, in the kernel's order.
     ///
@@ -161,7 +123,7 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
-        let args = row_args(rows, cols, eps, &[("x", rows * cols)], cols)?;
+        let args = row_args(rows, cols, eps, rows * cols, cols)?;
         if rows == 0 {
             return Ok(());
         }
@@ -201,36 +163,6 @@ impl CudaDevice {
         self.rms_norm(x, w, rows, cols, eps)
     }
 
-    /// Fused residual add + RMSNorm: `s = x + residual`, `y = rmsnorm(s) * w`
-    /// row by row. Returns `(s, y)`.
-    ///
-    /// A host convenience (upload, launch, download, synchronous), used by self-tests.
-    pub fn add_rms_norm_f32(
-        &self,
-        x: &[f32],
-        residual: &[f32],
-        w: &[f32],
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<(Vec<f32>, Vec<f32>), KernelError> {
-        self.add_rms_norm(x, residual, w, rows, cols, eps)
-    }
-
-    /// [`add_rms_norm_f32`](Self::add_rms_norm_f32) with f16 activations: the
-    /// sum is rounded to f16 and `y` is the norm of the rounded sum.
-    pub fn add_rms_norm_f16(
-        &self,
-        x: &[f16],
-        residual: &[f16],
-        w: &[f32],
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<(Vec<f16>, Vec<f16>), KernelError> {
-        self.add_rms_norm(x, residual, w, rows, cols, eps)
-    }
-
     fn rms_norm<T: Activation>(
         &self,
         x: &[T],
@@ -239,7 +171,7 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<Vec<T>, KernelError> {
-        let args = row_args(rows, cols, eps, &[("x", x.len())], w.len())?;
+        let args = row_args(rows, cols, eps, x.len(), w.len())?;
         if rows == 0 {
             return Ok(Vec::new());
         }
@@ -259,47 +191,6 @@ impl CudaDevice {
         self.synchronize(&what)?;
         self.download("y", &y_dev)
     }
-
-    fn add_rms_norm<T: Activation>(
-        &self,
-        x: &[T],
-        residual: &[T],
-        w: &[f32],
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<(Vec<T>, Vec<T>), KernelError> {
-        let inputs = [("x", x.len()), ("residual", residual.len())];
-        let args = row_args(rows, cols, eps, &inputs, w.len())?;
-        if rows == 0 {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let func = self.function(MODULE, T::ADD_RMS_NORM)?;
-        let x_dev = self.upload("x", x)?;
-        let residual_dev = self.upload("residual", residual)?;
-        let w_dev = self.upload("w", w)?;
-        let poison = vec![T::POISON; x.len()];
-        let mut sum_dev = self.upload("sum (poisoned)", &poison)?;
-        let mut y_dev = self.upload("y (poisoned)", &poison)?;
-        let what = format!("{} over {rows} x {cols}", T::ADD_RMS_NORM);
-        let mut launch = self.stream().launch_builder(&func);
-        launch
-            .arg(&args)
-            .arg(&x_dev)
-            .arg(&residual_dev)
-            .arg(&w_dev)
-            .arg(&mut sum_dev)
-            .arg(&mut y_dev);
-        // SAFETY: the arguments match the kernel's parameters
-        // (qrt_rms_norm_args, const T* x, const T* residual, const float* w,
-        // T* sum, T* y), every buffer holds rows * cols (w: cols) elements as
-        // `args` says, and the block size is a multiple of 32 no larger than
-        // QRT_MAX_BLOCK_THREADS.
-        unsafe { launch.launch(launch_config(&args, T::VEC)) }
-            .map_err(cuda_err(format_args!("launching {what}")))?;
-        self.synchronize(&what)?;
-        Ok((self.download("sum", &sum_dev)?, self.download("y", &y_dev)?))
-    }
 }
 
 #[cfg(test)]
@@ -308,20 +199,12 @@ mod tests {
 
     #[test]
     fn row_args_accepts_matching_shapes() {
-        let args = row_args(3, 5, 1e-6, &[("x", 15), ("residual", 15)], 5).unwrap();
+        let args = row_args(3, 5, 1e-6, 15, 5).unwrap();
         assert_eq!((args.rows, args.cols), (3, 5));
-        assert_eq!(
-            (
-                args.x_stride,
-                args.residual_stride,
-                args.sum_stride,
-                args.y_stride
-            ),
-            (5, 5, 5, 5)
-        );
+        assert_eq!((args.x_stride, args.y_stride), (5, 5));
         assert_eq!(args.eps, 1e-6);
         // No rows is fine (nothing to launch).
-        assert!(row_args(0, 5, 1e-6, &[("x", 0)], 5).is_ok());
+        assert!(row_args(0, 5, 1e-6, 0, 5).is_ok());
     }
 
     #[test]
@@ -330,22 +213,19 @@ mod tests {
             Err(KernelError::Shape(msg)) => msg,
             other => panic!("expected a shape error, got {other:?}"),
         };
-        assert!(shape_err(row_args(2, 0, 1e-6, &[("x", 0)], 0)).contains("cols"));
-        assert!(shape_err(row_args(2, 4, 1e-6, &[("x", 7)], 4)).contains("x has 7"));
-        assert!(
-            shape_err(row_args(2, 4, 1e-6, &[("x", 8), ("residual", 9)], 4))
-                .contains("residual has 9")
-        );
-        assert!(shape_err(row_args(2, 4, 1e-6, &[("x", 8)], 3)).contains("weight"));
-        assert!(shape_err(row_args(1 << 31, 1, 1e-6, &[("x", 1 << 31)], 1)).contains("rows"));
-        assert!(shape_err(row_args(1, 1 << 32, 1e-6, &[("x", 1 << 32)], 1 << 32)).contains("cols"));
-        assert!(shape_err(row_args(usize::MAX / 2, 3, 1e-6, &[], 3)).contains("rows"));
+        assert!(shape_err(row_args(2, 0, 1e-6, 0, 0)).contains("cols"));
+        assert!(shape_err(row_args(2, 4, 1e-6, 7, 4)).contains("x has 7"));
+        assert!(shape_err(row_args(2, 4, 1e-6, 9, 4)).contains("x has 9"));
+        assert!(shape_err(row_args(2, 4, 1e-6, 8, 3)).contains("weight"));
+        assert!(shape_err(row_args(1 << 31, 1, 1e-6, 1 << 31, 1)).contains("rows"));
+        assert!(shape_err(row_args(1, 1 << 32, 1e-6, 1 << 32, 1 << 32)).contains("cols"));
+        assert!(shape_err(row_args(usize::MAX / 2, 3, 1e-6, 0, 3)).contains("rows"));
     }
 
     #[test]
     fn launch_config_uses_whole_warps_within_limits() {
         let cfg = |cols: u32, vec: usize| {
-            let args = row_args(7, cols as usize, 0.0, &[], cols as usize).unwrap();
+            let args = row_args(7, cols as usize, 0.0, 7 * cols as usize, cols as usize).unwrap();
             let c = launch_config(&args, vec);
             assert_eq!(c.grid_dim, (7, 1, 1));
             assert_eq!(c.shared_mem_bytes, 0);
