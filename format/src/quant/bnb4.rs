@@ -509,6 +509,32 @@ impl<'a> Bnb4View<'a> {
     }
 }
 
+/// `out[t] = table[code of value i + t]`, the codes packed two per byte, the first of a pair in
+/// the high nibble: whole bytes at a time between a possibly odd first and last value.
+fn decode_nibbles(data: &[u8], i: usize, table: &[f32; 16], out: &mut [f32]) {
+    let code = |idx: usize| {
+        let byte = data[idx >> 1];
+        usize::from(if idx & 1 == 0 { byte >> 4 } else { byte & 0x0F })
+    };
+    let (mut idx, mut out) = (i, out);
+    if idx & 1 == 1 && !out.is_empty() {
+        out[0] = table[code(idx)];
+        out = &mut out[1..];
+        idx += 1;
+    }
+    let pairs = out.len() / 2;
+    for (pair, &byte) in out
+        .chunks_exact_mut(2)
+        .zip(&data[idx >> 1..(idx >> 1) + pairs])
+    {
+        pair[0] = table[usize::from(byte >> 4)];
+        pair[1] = table[usize::from(byte & 0x0F)];
+    }
+    if out.len() % 2 == 1 {
+        out[2 * pairs] = table[code(idx + 2 * pairs)];
+    }
+}
+
 impl QuantizedMatrix for Bnb4View<'_> {
     fn rows(&self) -> usize {
         self.rows
@@ -531,11 +557,7 @@ impl QuantizedMatrix for Bnb4View<'_> {
             let block_end = ((block + 1) * bs).min(end);
             let a = self.absmax[block];
             let table: [f32; 16] = std::array::from_fn(|c| dtype.round(scale_ftz(codebook[c], a)));
-            for (idx, out) in (i..block_end).zip(&mut dst[i - first..block_end - first]) {
-                let byte = self.data[idx >> 1];
-                let code = if idx & 1 == 0 { byte >> 4 } else { byte & 0x0F };
-                *out = table[usize::from(code)];
-            }
+            decode_nibbles(self.data, i, &table, &mut dst[i - first..block_end - first]);
             i = block_end;
         }
     }

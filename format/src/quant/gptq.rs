@@ -597,12 +597,43 @@ impl QuantizedMatrix for GptqView<'_> {
             }
             let row_words = &words[ri * kw..(ri + 1) * kw];
             let out = &mut dst[ri * k..(ri + 1) * k];
-            for (j, (o, &g)) in out.iter_mut().zip(self.g_idx.iter()).enumerate() {
-                let q = stream_get(|w| row_words[w], j, bits) as f32;
-                // g_idx entries were checked to be groups.
-                let g = g as usize;
-                *o = scale[g] * (q - zero[g]);
+            // g_idx entries were checked to be groups.
+            match bits {
+                4 => decode_whole_words::<4>(row_words, &self.g_idx, &scale, &zero, out),
+                8 => decode_whole_words::<8>(row_words, &self.g_idx, &scale, &zero, out),
+                _ => {
+                    for (j, (o, &g)) in out.iter_mut().zip(self.g_idx.iter()).enumerate() {
+                        let q = stream_get(|w| row_words[w], j, bits) as f32;
+                        let g = g as usize;
+                        *o = scale[g] * (q - zero[g]);
+                    }
+                }
             }
+        }
+    }
+}
+
+/// One row of `BITS`-bit codes from its packed words (widths that divide 32, so no value
+/// straddles two words): `out[j] = scale[g] * (q_j - zero[g])` with `g = g_idx[j]`, as the
+/// bit-stream path computes it, a word at a time.
+fn decode_whole_words<const BITS: u32>(
+    words: &[u32],
+    g_idx: &[i32],
+    scale: &[f32],
+    zero: &[f32],
+    out: &mut [f32],
+) {
+    let per_word = (32 / BITS) as usize;
+    let mask = (1u32 << BITS) - 1;
+    for ((&word, o), gs) in words
+        .iter()
+        .zip(out.chunks_exact_mut(per_word))
+        .zip(g_idx.chunks_exact(per_word))
+    {
+        for (t, (o, &g)) in o.iter_mut().zip(gs).enumerate() {
+            let q = (word >> (t as u32 * BITS) & mask) as f32;
+            let g = g as usize;
+            *o = scale[g] * (q - zero[g]);
         }
     }
 }
