@@ -548,6 +548,10 @@ impl QuantizedMatrix for Bnb4View<'_> {
         check_decode_args(self.rows, self.cols, start, count, dst);
         let bs = self.params.block_size as usize;
         let codebook = self.params.kind.codebook();
+        // The smallest and largest magnitudes among the nonzero code values (all normal).
+        let nonzero = || codebook.iter().map(|c| c.abs()).filter(|&c| c > 0.0);
+        let code_lo = nonzero().fold(f32::INFINITY, f32::min);
+        let code_hi = nonzero().fold(0f32, f32::max);
         let dtype = self.params.orig_dtype;
         let first = start * self.cols;
         let end = first + count * self.cols;
@@ -556,7 +560,17 @@ impl QuantizedMatrix for Bnb4View<'_> {
             let block = i / bs;
             let block_end = ((block + 1) * bs).min(end);
             let a = self.absmax[block];
-            let table: [f32; 16] = std::array::from_fn(|c| dtype.round(scale_ftz(codebook[c], a)));
+            let mut table = [0f32; 16];
+            if dtype.products_in_range(a, code_lo, code_hi) {
+                // Normal products: the flushes do nothing and the rounding needs no checks.
+                for (t, &c) in table.iter_mut().zip(codebook) {
+                    *t = dtype.round_in_range(c * a);
+                }
+            } else {
+                for (t, &c) in table.iter_mut().zip(codebook) {
+                    *t = dtype.round(scale_ftz(c, a));
+                }
+            }
             decode_nibbles(self.data, i, &table, &mut dst[i - first..block_end - first]);
             i = block_end;
         }

@@ -174,6 +174,7 @@ pub(crate) fn block_absmax(block: &[f32]) -> f32 {
 
 /// `x` with a subnormal value flushed to a zero of the same sign, as the GPU does in
 /// bitsandbytes' kernels (built with `--use_fast_math`, which implies `-ftz=true`).
+#[inline]
 pub(crate) fn ftz(x: f32) -> f32 {
     if x.is_subnormal() {
         0f32.copysign(x)
@@ -183,6 +184,7 @@ pub(crate) fn ftz(x: f32) -> f32 {
 }
 
 /// `x × s` as a flush-to-zero f32 multiplication.
+#[inline]
 pub(crate) fn scale_ftz(x: f32, s: f32) -> f32 {
     ftz(ftz(x) * ftz(s))
 }

@@ -157,6 +157,16 @@ pub enum FloatDtype {
     F32,
 }
 
+/// `x` with its low `DROP` mantissa bits rounded off (to nearest, ties to even), on the f32
+/// bits: exact rounding to a narrower float for values in that float's normal range (and zero).
+#[inline]
+fn round_bits<const DROP: u32>(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let lsb = (bits >> DROP) & 1;
+    let half = (1u32 << (DROP - 1)) - 1;
+    f32::from_bits((bits + half + lsb) & !((1u32 << DROP) - 1))
+}
+
 impl FloatDtype {
     /// The parameter value: `"f16"`, `"bf16"` or `"f32"`.
     pub fn name(self) -> &'static str {
@@ -181,26 +191,45 @@ impl FloatDtype {
     pub fn round(self, x: f32) -> f32 {
         match self {
             FloatDtype::F16 => {
-                let bits = x.to_bits();
-                let exp = (bits >> 23) & 0xFF;
+                let exp = (x.to_bits() >> 23) & 0xFF;
                 // f16 normal exponents are -14..=15, i.e. biased f32 exponents 113..=142; 142
                 // may round up past f16's largest finite value, so it takes the slow path.
                 if (113..142).contains(&exp) {
-                    let lsb = (bits >> 13) & 1;
-                    f32::from_bits((bits + 0x0FFF + lsb) & !0x1FFF)
+                    round_bits::<13>(x)
                 } else {
                     f16::from_f32(x).to_f32()
                 }
             }
             FloatDtype::Bf16 => {
-                let bits = x.to_bits();
-                if x.is_finite() && ((bits >> 23) & 0xFF) < 0xFE {
-                    let lsb = (bits >> 16) & 1;
-                    f32::from_bits((bits + 0x7FFF + lsb) & !0xFFFF)
+                if x.is_finite() && ((x.to_bits() >> 23) & 0xFF) < 0xFE {
+                    round_bits::<16>(x)
                 } else {
                     bf16::from_f32(x).to_f32()
                 }
             }
+            FloatDtype::F32 => x,
+        }
+    }
+
+    /// Whether, for a normal `s`, every product `c * s` with `c` zero or of magnitude in
+    /// `[lo, hi]` is a normal f32 (or zero) that [`round`](Self::round) rounds on its bits, so
+    /// that [`round_in_range`](Self::round_in_range) gives the same result without checks.
+    pub(crate) fn products_in_range(self, s: f32, lo: f32, hi: f32) -> bool {
+        let (min, max) = match self {
+            FloatDtype::F16 => (1.0 / 16384.0, 32768.0), // f16's normal range, [2^-14, 2^15)
+            FloatDtype::Bf16 => (f32::MIN_POSITIVE, 2f32.powi(127)),
+            FloatDtype::F32 => (f32::MIN_POSITIVE, f32::INFINITY),
+        };
+        s.is_normal() && s.abs() * lo >= min && s.abs() * hi < max
+    }
+
+    /// [`round`](Self::round) of a value for which
+    /// [`products_in_range`](Self::products_in_range) holds (or zero): no branch per value.
+    #[inline]
+    pub(crate) fn round_in_range(self, x: f32) -> f32 {
+        match self {
+            FloatDtype::F16 => round_bits::<13>(x),
+            FloatDtype::Bf16 => round_bits::<16>(x),
             FloatDtype::F32 => x,
         }
     }
@@ -532,5 +561,51 @@ pub(crate) fn f16_scales(scales: &[f32]) -> Result<Vec<f16>, String> {
     match stored.iter().find(|s| !s.is_finite()) {
         Some(s) => Err(format!("scale {s} is not a finite f16")),
         None => Ok(stored),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bnb4::{FP4_CODEBOOK, NF4_CODEBOOK};
+    use super::dynamic_map::scale_ftz;
+    use super::FloatDtype;
+
+    /// Wherever `products_in_range` holds, the branch-free rounding of `c * s` equals the
+    /// checked rounding of the flushed product, for scales over the whole f32 range (and its
+    /// edges: subnormal, the f16 and bf16 limits).
+    #[test]
+    fn in_range_rounding_equals_the_checked_rounding() {
+        let mut scales: Vec<f32> = (-1500..=1280)
+            .map(|e| 10f32.powf(e as f32 / 40.0))
+            .filter(|s| s.is_finite())
+            .collect();
+        scales.extend([
+            1e-42,
+            1.0 / 16384.0,
+            32768.0,
+            65504.0,
+            65520.0,
+            2f32.powi(126),
+        ]);
+        let mut fast = 0;
+        for codebook in [&NF4_CODEBOOK, &FP4_CODEBOOK] {
+            let nonzero = || codebook.iter().map(|c| c.abs()).filter(|&c| c > 0.0);
+            let lo = nonzero().fold(f32::INFINITY, f32::min);
+            let hi = nonzero().fold(0f32, f32::max);
+            for dtype in [FloatDtype::F16, FloatDtype::Bf16, FloatDtype::F32] {
+                for s in scales.iter().flat_map(|&s| [s, -s]) {
+                    if !dtype.products_in_range(s, lo, hi) {
+                        continue;
+                    }
+                    fast += 1;
+                    for &c in codebook {
+                        let want = dtype.round(scale_ftz(c, s));
+                        let got = dtype.round_in_range(c * s);
+                        assert_eq!(got.to_bits(), want.to_bits(), "{dtype:?} {c} * {s}");
+                    }
+                }
+            }
+        }
+        assert!(fast > 1000, "the fast path was taken only {fast} times");
     }
 }
