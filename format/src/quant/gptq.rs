@@ -630,10 +630,19 @@ fn decode_whole_words<const BITS: u32>(
         .zip(out.chunks_exact_mut(per_word))
         .zip(g_idx.chunks_exact(per_word))
     {
-        for (t, (o, &g)) in o.iter_mut().zip(gs).enumerate() {
-            let q = (word >> (t as u32 * BITS) & mask) as f32;
-            let g = g as usize;
-            *o = scale[g] * (q - zero[g]);
+        if gs.iter().all(|&g| g == gs[0]) {
+            // One group for the whole word (always, without act-order): no lookups.
+            let g = gs[0] as usize;
+            let (s, z) = (scale[g], zero[g]);
+            for (t, o) in o.iter_mut().enumerate() {
+                *o = s * ((word >> (t as u32 * BITS) & mask) as f32 - z);
+            }
+        } else {
+            for (t, (o, &g)) in o.iter_mut().zip(gs).enumerate() {
+                let q = (word >> (t as u32 * BITS) & mask) as f32;
+                let g = g as usize;
+                *o = scale[g] * (q - zero[g]);
+            }
         }
     }
 }
