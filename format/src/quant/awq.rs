@@ -342,6 +342,26 @@ impl QuantizedMatrix for AwqView<'_> {
                 scale[g * count + ri] = self.scales[g * n + start + ri].to_f32();
             }
         }
+        if start % 8 == 0 && count % 8 == 0 {
+            // Whole words: word column c0 + ci holds tile rows 8 ci .. 8 ci + 8.
+            let c0 = start / 8;
+            for j in 0..k {
+                let words = &self.qweight[j * n8 + c0..j * n8 + c0 + count / 8];
+                let g = j / gs;
+                let (zg, sg) = (
+                    &zero[g * count..(g + 1) * count],
+                    &scale[g * count..(g + 1) * count],
+                );
+                for (ci, &word) in words.iter().enumerate() {
+                    for (i, &nibble) in AWQ_NIBBLE_OF.iter().enumerate() {
+                        let ri = 8 * ci + i;
+                        let q = ((word as u32) >> (4 * nibble) & 0x0F) as f32;
+                        dst[ri * k + j] = (q - zg[ri]) * sg[ri];
+                    }
+                }
+            }
+            return;
+        }
         for j in 0..k {
             let words = &self.qweight[j * n8..(j + 1) * n8];
             let g = j / gs;
