@@ -342,7 +342,7 @@ impl QuantizedMatrix for AwqView<'_> {
                 scale[g * count + ri] = self.scales[g * n + start + ri].to_f32();
             }
         }
-        if start % 8 == 0 && count % 8 == 0 {
+        if start.is_multiple_of(8) && count.is_multiple_of(8) {
             // Whole words: word column c0 + ci holds tile rows 8 ci .. 8 ci + 8.
             let c0 = start / 8;
             for j in 0..k {
