@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use qrt_runtime::backend::Backend;
 use qrt_runtime::engine::Engine;
+use qrt_runtime::logprob::{log_normalizer, log_prob_with};
 use qrt_runtime::sampling::argmax;
 
 use crate::stats::percentile;
@@ -64,12 +65,10 @@ pub fn scored_positions(ctx: usize) -> std::ops::Range<usize> {
     ctx / 2..ctx - 1
 }
 
-/// `log softmax(row)`, accumulated in f64.
+/// `log softmax(row)`, accumulated in f64 (`qrt_runtime::logprob`).
 pub fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let log_z = max as f64 + sum.ln();
-    row.iter().map(|&v| (v as f64 - log_z) as f32).collect()
+    let log_z = log_normalizer(row);
+    row.iter().map(|&v| log_prob_with(v, log_z)).collect()
 }
 
 /// Exact `KL(P||Q)` from two log-probability rows.
@@ -458,6 +457,18 @@ pub fn evaluate<B: Backend>(
     let vocab = model.model().config().vocab_size;
     for (w, window) in windows.iter().enumerate() {
         let rows: Vec<u32> = scored_positions(window.len()).map(|r| r as u32).collect();
+        if save.is_none() && matches!(base, BaseSource::None) {
+            // Perplexity alone needs each target's log-probability, not whole rows: the
+            // backend computes them where the logits are.
+            let targets: Vec<u32> = rows.iter().map(|&r| window[r as usize + 1]).collect();
+            let logp = model.score_targets(window, &rows, &targets)?;
+            scores.extend(logp.iter().map(|&q| TokenScore {
+                nll: -(q as f64),
+                ..Default::default()
+            }));
+            progress(w + 1, windows.len());
+            continue;
+        }
         let own = log_softmax_rows(&model.score_rows(window, &rows)?, vocab);
         if let Some(writer) = save.as_deref_mut() {
             writer.write_window(window, &own)?;

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use qrt_format::container::{QrtFile, TensorInfo};
+use rayon::prelude::*;
 
 use crate::kv_cache::KvGeometry;
 use crate::sampling::{sample_with_uniform, SamplingParams};
@@ -360,6 +361,36 @@ pub trait Backend: Send + Sync {
             .chunks(host.len() / rows)
             .zip(params.iter().zip(uniforms))
             .map(|(row, (p, &u))| sample_with_uniform(row, p, u))
+            .collect())
+    }
+    /// `log softmax(logits[r])[targets[r]]` for every row (the reference arithmetic of
+    /// [`crate::logprob`]); by default on the host.
+    fn target_log_probs(
+        &self,
+        logits: &Self::Act,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let rows = self.rows(logits);
+        if targets.len() != rows {
+            return Err(RuntimeError::Shape(format!(
+                "{} targets for {rows} rows of logits",
+                targets.len()
+            )));
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let host = self.to_host(logits)?;
+        let vocab = host.len() / rows;
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "target token {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(host
+            .par_chunks(vocab)
+            .zip(targets)
+            .map(|(row, &t)| crate::logprob::log_prob(row, t))
             .collect())
     }
     /// Rows of an activation buffer.

@@ -312,6 +312,29 @@ impl<B: Backend> Engine<B> {
 
     /// Like [`Engine::score`], but returns only the logits of the positions in `rows`.
     pub fn score_rows(&mut self, tokens: &[u32], rows: &[u32]) -> Result<Vec<f32>, RuntimeError> {
+        self.score_rows_then(tokens, rows, |b, logits| b.to_host(logits))
+    }
+
+    /// `log softmax(logits of position rows[i])[targets[i]]` for each `i`, computed where the
+    /// logits are ([`Backend::target_log_probs`]): perplexity without copying whole rows.
+    pub fn score_targets(
+        &mut self,
+        tokens: &[u32],
+        rows: &[u32],
+        targets: &[u32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.score_rows_then(tokens, rows, |b, logits| {
+            b.target_log_probs(logits, targets)
+        })
+    }
+
+    /// One pass over `tokens` as a fresh sequence; `read` takes the logits of `rows`.
+    fn score_rows_then<T>(
+        &mut self,
+        tokens: &[u32],
+        rows: &[u32],
+        read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
         if tokens.is_empty() || tokens.len() > self.model.config().max_position_embeddings {
             return Err(RuntimeError::InvalidRequest(format!(
                 "cannot score {} tokens with a model of context {}",
@@ -332,9 +355,9 @@ impl<B: Backend> Engine<B> {
             slots: blocks.append_slots(tokens.len(), &self.geometry),
             block_size: self.geometry.block_size,
         };
-        let result = self
-            .model
-            .forward(&self.backend, &mut self.kv, tokens, &layout, rows);
+        let result =
+            self.model
+                .forward_then(&self.backend, &mut self.kv, tokens, &layout, rows, read);
         blocks.release(&mut self.allocator);
         result
     }

@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod engine;
 pub mod import;
 pub mod kv_cache;
+pub mod logprob;
 pub mod model;
 pub mod model_file;
 pub mod quant;

@@ -197,7 +197,9 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    fn forward_then<T>(
+    /// Like [`Model::forward`], but `read` takes the logits (`logit_rows.len() x vocab`, on
+    /// the device) and gives the result, e.g. [`Backend::target_log_probs`].
+    pub fn forward_then<T>(
         &self,
         backend: &B,
         kv: &mut B::Kv,
