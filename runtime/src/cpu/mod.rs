@@ -12,7 +12,7 @@ use std::sync::Arc;
 use qrt_format::container::{ElemType, QrtFile, TensorInfo};
 use rayon::prelude::*;
 
-use crate::backend::{check_host_len, Backend, BatchLayout, HeadGeometry, StepInput};
+use crate::backend::{check_host_len, Backend, BatchLayout, HeadGeometry, LinearOut, StepInput};
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
 use linear::{DecodeRows, DenseRows, Weights};
@@ -505,6 +505,13 @@ impl Backend for CpuBackend {
                 .for_each(|r| r.iter_mut().zip(&b).for_each(|(o, b)| *o += b));
         }
         Ok(())
+    }
+
+    fn linears(&self, x: &CpuAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
+        // One parallel region for all the products (each splits its rows further), not one
+        // after another: fewer joins per layer.
+        outs.par_iter_mut()
+            .try_for_each(|o| self.linear(x, o.weight, o.bias, o.out))
     }
 
     fn linear_add(
