@@ -7,7 +7,7 @@ mod quant_common;
 use half::f16;
 use qrt_format::quant::awq::{self, AwqTensor};
 use qrt_format::quant::bnb4::{
-    quantize_4bit, Bnb4Absmax, Bnb4Kind, Bnb4Params, Bnb4Tensor, DoubleQuantAbsmax,
+    quantize_4bit, Bnb4Absmax, Bnb4Kind, Bnb4Params, Bnb4Tensor, Bnb4View, DoubleQuantAbsmax,
 };
 use qrt_format::quant::dynamic_map::{
     create_dynamic_map, dequantize_blockwise, quantize_blockwise, quantize_value,
@@ -718,6 +718,36 @@ fn views_of_owned_tensors_agree_with_views_over_their_bytes() {
     };
     let v = quantized_view(&t.storage_type(), &t.shape(), &lookup).unwrap();
     assert_eq!(v.dequantize(), t.view().dequantize());
+}
+
+/// A double-quantized NF4 view built on block scales decoded by an earlier view decodes the
+/// same values; scales of the wrong count are refused.
+#[test]
+fn bnb4_views_on_decoded_scales_decode_the_same() {
+    let mut rng = Rng::new(14);
+    let w = rng.normals(24 * 80, 0.05);
+    let params = Bnb4Params {
+        double_quant: true,
+        ..Bnb4Params::new(Bnb4Kind::Nf4)
+    };
+    let t = Bnb4Tensor::quantize(&w, &[24, 80], &params).unwrap();
+    let bytes = t.part_bytes();
+    let roles = t.plan_parts();
+    let lookup = |role: &str| {
+        roles
+            .iter()
+            .position(|(r, _, _)| r == role)
+            .map(|i| bytes[i].as_slice())
+    };
+    let first = Bnb4View::from_parts(&params, &t.shape(), &lookup).unwrap();
+    let absmax = first.absmax().to_vec();
+    assert_eq!(absmax.len(), (24 * 80usize).div_ceil(64));
+    let second = Bnb4View::with_absmax(&params, &t.shape(), &lookup, &absmax).unwrap();
+    let (a, b) = (first.dequantize(), second.dequantize());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let short = &absmax[1..];
+    let err = Bnb4View::with_absmax(&params, &t.shape(), &lookup, short).unwrap_err();
+    assert!(err.contains("block scales"), "{err}");
 }
 
 /// The fast in-place rounding agrees with the `half` conversions on every f16/bf16 boundary

@@ -481,6 +481,32 @@ impl<'a> Bnb4View<'a> {
         shape: &[u64],
         parts: &dyn Fn(&str) -> Option<&'a [u8]>,
     ) -> Result<Self, String> {
+        Self::build(params, shape, parts, None)
+    }
+
+    /// [`from_parts`](Self::from_parts) with the per-block scales given, already decoded (an
+    /// earlier view's [`absmax`](Self::absmax)): under double quantization this skips decoding
+    /// them again.
+    pub fn with_absmax(
+        params: &Bnb4Params,
+        shape: &[u64],
+        parts: &dyn Fn(&str) -> Option<&'a [u8]>,
+        absmax: &'a [f32],
+    ) -> Result<Self, String> {
+        Self::build(params, shape, parts, Some(absmax))
+    }
+
+    /// The per-block scales as f32.
+    pub fn absmax(&self) -> &[f32] {
+        &self.absmax
+    }
+
+    fn build(
+        params: &Bnb4Params,
+        shape: &[u64],
+        parts: &dyn Fn(&str) -> Option<&'a [u8]>,
+        decoded: Option<&'a [f32]>,
+    ) -> Result<Self, String> {
         let specs = params.part_specs(shape)?;
         let bytes = fetch_parts(&specs, parts)?;
         // part_specs accepted the shape: non-empty, every dimension ≥ 1, numel fits u64,
@@ -488,7 +514,16 @@ impl<'a> Bnb4View<'a> {
         let numel = usize::try_from(shape.iter().product::<u64>())
             .map_err(|_| format!("shape {shape:?} is too large for this machine"))?;
         let cols = shape.last().map_or(1, |&c| c as usize);
-        let absmax = if params.double_quant {
+        let blocks = numel.div_ceil(params.block_size as usize);
+        let absmax = if let Some(a) = decoded {
+            if a.len() != blocks {
+                return Err(format!(
+                    "{} block scales given for {blocks} blocks",
+                    a.len()
+                ));
+            }
+            Cow::Borrowed(a)
+        } else if params.double_quant {
             let q = bytes[1];
             let offset = le_slice::<f32>(bytes[2])[0];
             let scale = le_slice::<f32>(bytes[3]);

@@ -16,7 +16,7 @@ use crate::backend::{check_host_len, Backend, BatchLayout, HeadGeometry, LinearO
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
 use linear::{DecodeRows, DenseRows, Weights};
-use qrt_format::quant::bnb4::Bnb4Params;
+use qrt_format::quant::bnb4::{Bnb4Params, Bnb4View};
 use qrt_format::quant::int8::{Int8Params, Int8View};
 use qrt_format::quant::{quantized_view, FloatDtype, QuantizedMatrix};
 
@@ -49,6 +49,9 @@ pub struct CpuWeight {
     tensor: TensorInfo,
     rows: usize,
     cols: usize,
+    /// NF4/FP4 with double quantization: the block scales, decoded once at load (numel / 64
+    /// f32) instead of at every product.
+    bnb4_absmax: Option<Vec<f32>>,
 }
 
 impl CpuWeight {
@@ -70,12 +73,34 @@ impl CpuWeight {
     /// The row decoder of a quantized weight.
     fn quantized(&self) -> Result<Box<dyn QuantizedMatrix + Send + Sync + '_>, RuntimeError> {
         let t = &self.tensor;
-        quantized_view(&t.storage, &t.shape, &|role| {
-            self.file.part_bytes(t, role).ok()
-        })
-        .map_err(|e| {
+        let parts = |role: &str| self.file.part_bytes(t, role).ok();
+        let view = match &self.bnb4_absmax {
+            Some(absmax) => Bnb4Params::from_storage(&t.storage)
+                .and_then(|p| Bnb4View::with_absmax(&p, &t.shape, &parts, absmax))
+                .map(|v| Box::new(v) as Box<dyn QuantizedMatrix + Send + Sync>),
+            None => quantized_view(&t.storage, &t.shape, &parts),
+        };
+        view.map_err(|e| {
             RuntimeError::Unsupported(format!("tensor {} ({}): {e}", t.name, t.storage.name))
         })
+    }
+
+    /// The decoded block scales of a double-quantized NF4/FP4 weight, to keep.
+    fn decoded_bnb4_absmax(&self) -> Result<Option<Vec<f32>>, RuntimeError> {
+        let t = &self.tensor;
+        if !matches!(t.storage.name.as_str(), "nf4" | "fp4") {
+            return Ok(None);
+        }
+        let unsupported = |e: String| {
+            RuntimeError::Unsupported(format!("tensor {} ({}): {e}", t.name, t.storage.name))
+        };
+        let params = Bnb4Params::from_storage(&t.storage).map_err(unsupported)?;
+        if !params.double_quant {
+            return Ok(None);
+        }
+        let parts = |role: &str| self.file.part_bytes(t, role).ok();
+        let view = Bnb4View::from_parts(&params, &t.shape, &parts).map_err(unsupported)?;
+        Ok(Some(view.absmax().to_vec()))
     }
 
     /// `out = x @ w^T` for this weight, whatever its storage.
@@ -362,11 +387,12 @@ impl Backend for CpuBackend {
                 )))
             }
         };
-        let weight = CpuWeight {
+        let mut weight = CpuWeight {
             file: file.clone(),
             tensor: tensor.clone(),
             rows,
             cols,
+            bnb4_absmax: None,
         };
         match tensor.storage.name.as_str() {
             "f32" | "f16" | "bf16" => {
@@ -380,6 +406,7 @@ impl Backend for CpuBackend {
             }
             _ => {
                 weight.quantized()?;
+                weight.bnb4_absmax = weight.decoded_bnb4_absmax()?;
             }
         }
         Ok(weight)
