@@ -694,19 +694,37 @@ fn decode_rows_equals_the_full_dequantization() {
     }
 }
 
+/// A quantized tensor's parts by role, as a reader would find them in a file.
+struct Parts {
+    roles: Vec<String>,
+    bytes: Vec<Vec<u8>>,
+}
+
+impl Parts {
+    fn of(t: &dyn QuantizedParts) -> Self {
+        Self {
+            roles: t
+                .plan_parts()
+                .into_iter()
+                .map(|(role, _, _)| role)
+                .collect(),
+            bytes: t.part_bytes(),
+        }
+    }
+
+    fn get(&self, role: &str) -> Option<&[u8]> {
+        let i = self.roles.iter().position(|r| r == role)?;
+        Some(self.bytes[i].as_slice())
+    }
+}
+
 #[test]
 fn views_of_owned_tensors_agree_with_views_over_their_bytes() {
     let mut rng = Rng::new(13);
     let w = rng.normals(16 * 64, 0.1);
     let t = gptq::rtn_quantize(&w, 16, 64, 4, 32, false).unwrap();
-    let bytes = t.part_bytes();
-    let roles = t.plan_parts();
-    let lookup = |role: &str| {
-        roles
-            .iter()
-            .position(|(r, _, _)| r == role)
-            .map(|i| bytes[i].as_slice())
-    };
+    let parts = Parts::of(&t);
+    let lookup = |role: &str| parts.get(role);
     let v = quantized_view(&t.storage_type(), &t.shape(), &lookup).unwrap();
     assert_eq!(v.dequantize(), t.view().dequantize());
     let t = Int8Tensor::quantize(&w, 16, 64, &Int8Params { threshold: 0.0 }).unwrap();
@@ -731,14 +749,8 @@ fn bnb4_views_on_decoded_scales_decode_the_same() {
         ..Bnb4Params::new(Bnb4Kind::Nf4)
     };
     let t = Bnb4Tensor::quantize(&w, &[24, 80], &params).unwrap();
-    let bytes = t.part_bytes();
-    let roles = t.plan_parts();
-    let lookup = |role: &str| {
-        roles
-            .iter()
-            .position(|(r, _, _)| r == role)
-            .map(|i| bytes[i].as_slice())
-    };
+    let parts = Parts::of(&t);
+    let lookup = |role: &str| parts.get(role);
     let first = Bnb4View::from_parts(&params, &t.shape(), &lookup).unwrap();
     let absmax = first.absmax().to_vec();
     assert_eq!(absmax.len(), (24 * 80usize).div_ceil(64));
