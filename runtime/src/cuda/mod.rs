@@ -140,6 +140,12 @@ impl CudaStep {
     }
 }
 
+/// A product added into its output (the residual stream).
+const RESIDUAL: Fusion = Fusion {
+    norm: None,
+    accumulate: true,
+};
+
 /// `x` as the input of a GEMV.
 fn gemv_input(x: &CudaAct) -> GemvInput {
     GemvInput {
@@ -321,27 +327,38 @@ impl CudaBackend {
         Ok(buf)
     }
 
-    /// The norm of `x` as a fusion of the products that read it, when the kernels can apply it
-    /// on the fly (a single row); `None` when it needs a pass of its own.
-    fn input_norm(
+    /// What products of `rms_norm(x)` read: `x` itself with the norm as their fusion, when the
+    /// kernels can apply it on the fly (a single row); otherwise `normed`, filled by a pass of
+    /// its own.
+    fn normed_input<'a>(
         &self,
-        x: &CudaAct,
+        x: &'a CudaAct,
         norm: &CudaWeight,
         eps: f32,
-    ) -> Result<Option<InputNorm>, RuntimeError> {
-        Self::check_vector(norm)?;
-        if norm.cols != x.cols {
-            return Err(RuntimeError::Shape(format!(
-                "norm {} has {} weights for {} features",
-                norm.name, norm.cols, x.cols
-            )));
-        }
-        Ok(
-            CudaDevice::gemv_fuses_norm(x.rows, x.cols).then(|| InputNorm {
+        normed: &'a mut CudaAct,
+    ) -> Result<(&'a CudaAct, Fusion), RuntimeError> {
+        if CudaDevice::gemv_fuses_norm(x.rows, x.cols) {
+            Self::check_vector(norm)?;
+            if norm.cols != x.cols {
+                return Err(RuntimeError::Shape(format!(
+                    "norm {} has {} weights for {} features",
+                    norm.name, norm.cols, x.cols
+                )));
+            }
+            let norm = InputNorm {
                 weight: norm.buf.ptr(),
                 eps,
-            }),
-        )
+            };
+            return Ok((
+                x,
+                Fusion {
+                    norm: Some(norm),
+                    accumulate: false,
+                },
+            ));
+        }
+        self.rms_norm(x, norm, eps, normed)?;
+        Ok((normed, Fusion::default()))
     }
 
     /// `out = x @ weight^T (+ bias)` for each of `outs`, with `fusion`'s extras (a norm of
@@ -501,6 +518,34 @@ impl CudaBackend {
             return Err(RuntimeError::Shape(format!(
                 "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
                 step.plan.max_block, g.num_layers, g.num_blocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that the step's new keys and values `k`, `v` fit layer `layer` of `kv`.
+    fn check_kv_write(
+        k: &CudaAct,
+        v: &CudaAct,
+        kv: &CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+    ) -> Result<(), RuntimeError> {
+        let rows = step.plan.rows;
+        let kv_dim = heads.num_kv_heads * heads.head_dim;
+        check("rope k", k, rows, kv_dim)?;
+        check("rope v", v, rows, kv_dim)?;
+        let g = &kv.geometry;
+        if layer >= g.num_layers
+            || g.slot_elems() != kv_dim
+            || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
+        {
+            return Err(RuntimeError::Shape(format!(
+                "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
+                step.plan.max_slot,
+                g.num_layers,
+                g.num_slots()
             )));
         }
         Ok(())
@@ -792,11 +837,7 @@ impl Backend for CudaBackend {
         bias: Option<&CudaWeight>,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        let fusion = Fusion {
-            accumulate: true,
-            ..Fusion::default()
-        };
-        self.products(x, &mut [LinearOut { weight, bias, out }], fusion)
+        self.products(x, &mut [LinearOut { weight, bias, out }], RESIDUAL)
     }
 
     fn linears(&self, x: &CudaAct, outs: &mut [LinearOut<'_, Self>]) -> Result<(), RuntimeError> {
@@ -811,20 +852,8 @@ impl Backend for CudaBackend {
         normed: &mut CudaAct,
         outs: &mut [LinearOut<'_, Self>],
     ) -> Result<(), RuntimeError> {
-        match self.input_norm(x, norm, eps)? {
-            Some(norm) => self.products(
-                x,
-                outs,
-                Fusion {
-                    norm: Some(norm),
-                    accumulate: false,
-                },
-            ),
-            None => {
-                self.rms_norm(x, norm, eps, normed)?;
-                self.linears(normed, outs)
-            }
-        }
+        let (input, fusion) = self.normed_input(x, norm, eps, normed)?;
+        self.products(input, outs, fusion)
     }
 
     fn mlp(
@@ -848,30 +877,16 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        let residual = Fusion {
-            accumulate: true,
-            ..Fusion::default()
-        };
+        let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
         if x.rows <= MAX_GEMV_ROWS {
-            // Decode: gate and up read together, silu(gate) * up written directly; at batch
-            // one the norm is applied on the fly.
-            let norm = self.input_norm(x, w.norm, eps)?;
-            let input = if norm.is_some() {
-                &*x
-            } else {
-                self.rms_norm(x, w.norm, eps, scratch.normed)?;
-                &*scratch.normed
-            };
+            // Decode: gate and up read together, silu(gate) * up written directly (at batch
+            // one with the norm applied on the fly).
             self.timed("linear gemv (gate, up, silu)", || {
                 let segment = Segment {
                     w: w.gate.buf.ptr(),
                     bias: 0,
                     y: act.ptr(),
                     n: w.gate.rows,
-                };
-                let fusion = Fusion {
-                    norm,
-                    accumulate: false,
                 };
                 // SAFETY: shapes checked above.
                 unsafe {
@@ -880,15 +895,15 @@ impl Backend for CudaBackend {
                 };
                 Ok(())
             })?;
-            return self.products(act, &mut [LinearOut::plain(w.down, x)], residual);
+            return self.products(act, &mut [LinearOut::plain(w.down, x)], RESIDUAL);
         }
         // Prefill: gate and up in one GEMM; SiLU, product and the rounding for the tensor
         // cores in one pass; then the down GEMM adding into the residual.
-        self.rms_norm(x, w.norm, eps, scratch.normed)?;
         let (gate, up) = (&mut *scratch.gate, &mut *scratch.up);
-        self.linears(
-            scratch.normed,
+        self.products(
+            input,
             &mut LinearOut::gate_up(w.gate, w.up, gate, up),
+            fusion,
         )?;
         self.timed("linear gemm (silu input)", || {
             let segment = [Segment {
@@ -923,20 +938,7 @@ impl Backend for CudaBackend {
             let rows = step.plan.rows;
             let d = heads.head_dim;
             check("rope q", q, rows, heads.num_heads * d)?;
-            check("rope k", k, rows, heads.num_kv_heads * d)?;
-            check("rope v", v, rows, heads.num_kv_heads * d)?;
-            let g = &kv.geometry;
-            if layer >= g.num_layers
-                || g.slot_elems() != heads.num_kv_heads * d
-                || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
-            {
-                return Err(RuntimeError::Shape(format!(
-                    "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
-                    step.plan.max_slot,
-                    g.num_layers,
-                    g.num_slots()
-                )));
-            }
+            Self::check_kv_write(k, v, kv, layer, step, heads)?;
             if rows == 0 {
                 return Ok(());
             }
@@ -978,18 +980,8 @@ impl Backend for CudaBackend {
         }
         // Decode: the attention kernel rotates q and the new key, and stores the new key and
         // value itself.
-        let kv_dim = heads.num_kv_heads * heads.head_dim;
-        check("rope k", k, step.plan.rows, kv_dim)?;
-        check("rope v", v, step.plan.rows, kv_dim)?;
+        Self::check_kv_write(k, v, kv, layer, step, heads)?;
         Self::check_attention(q, kv, layer, step, heads, out)?;
-        let g = &kv.geometry;
-        if step.plan.max_slot as usize >= g.num_slots() {
-            return Err(RuntimeError::Shape(format!(
-                "KV write to slot {} of a cache of {} slots",
-                step.plan.max_slot,
-                g.num_slots()
-            )));
-        }
         self.timed("attention decode (+ rope, KV store)", || {
             let args = qrt_attn_args {
                 inv_freq: step.at(step.plan.inv_freq),
