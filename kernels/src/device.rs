@@ -202,6 +202,13 @@ impl CudaDevice {
         self.arch
     }
 
+    /// Makes this device's context current on the calling thread (before any driver call).
+    pub(crate) fn bind(&self) -> Result<(), KernelError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))
+    }
+
     /// The stream all work of this device goes to.
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

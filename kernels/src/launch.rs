@@ -264,33 +264,16 @@ impl CudaDevice {
         params: &mut [*mut c_void],
     ) -> Result<(), KernelError> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_with(module, kernel, grid, block, params, true) }
-    }
-
-    /// [`launch`](Self::launch), with programmatic dependent launch only when `overlap`
-    /// (large kernels that fill the GPU run better without it).
-    ///
-    /// # Safety
-    /// As for [`launch`](Self::launch).
-    pub(crate) unsafe fn launch_with(
-        &self,
-        module: &'static str,
-        kernel: &str,
-        grid: (u32, u32, u32),
-        block: u32,
-        params: &mut [*mut c_void],
-        overlap: bool,
-    ) -> Result<(), KernelError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.launch_config(module, kernel, (grid, block, 0), params, overlap) }
+        unsafe { self.launch_config(module, kernel, (grid, block, 0), params, true) }
     }
 
     /// Launches `kernel` of `module` with (grid, threads per block, dynamic shared bytes),
-    /// with programmatic dependent launch when `overlap`.
+    /// with programmatic dependent launch only when `overlap` (large kernels that fill the GPU
+    /// run better without it).
     ///
     /// # Safety
     /// As for [`launch`](Self::launch).
-    unsafe fn launch_config(
+    pub(crate) unsafe fn launch_config(
         &self,
         module: &'static str,
         kernel: &str,
@@ -299,9 +282,7 @@ impl CudaDevice {
         overlap: bool,
     ) -> Result<(), KernelError> {
         let f = self.function(module, kernel)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        self.bind()?;
         let context = || format!("launching {kernel} (grid {grid:?}, block {block})");
         let shared = u32_of("shared memory bytes", shared)?;
         if shared > 48 * 1024 {
@@ -637,7 +618,7 @@ impl CudaDevice {
             1,
         );
         // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
-        unsafe { self.launch_with("gemm", &kernel, grid, 256, &mut params([&args]), false) }
+        unsafe { self.launch_config("gemm", &kernel, (grid, 256, 0), &mut params([&args]), false) }
     }
 
     fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {
@@ -675,11 +656,10 @@ impl CudaDevice {
         let grid = (u32_of("tiles", tiles)?, args.num_kv_heads, 1);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
-            self.launch_with(
+            self.launch_config(
                 "attention",
                 &kernel,
-                grid,
-                64 * group,
+                (grid, 64 * group, 0),
                 &mut params([args]),
                 false,
             )

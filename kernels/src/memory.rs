@@ -65,9 +65,7 @@ impl CudaDevice {
     /// Allocates `bytes` bytes of device memory (contents unspecified). Running out of memory
     /// is an error that says what was being allocated and how much memory is free.
     pub fn alloc(&self, bytes: usize, what: &str) -> Result<DeviceBuffer, KernelError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        self.bind()?;
         let size = bytes.max(1);
         // SAFETY: a plain allocation; the pointer is owned by the returned buffer.
         let ptr = unsafe { result::malloc_sync(size) }.map_err(|e| {
@@ -102,9 +100,7 @@ impl CudaDevice {
 
     /// Free and total device memory in bytes, as the driver reports them.
     pub fn memory_info(&self) -> Result<(usize, usize), KernelError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        self.bind()?;
         result::mem_get_info().map_err(cuda_err("querying free device memory"))
     }
 
@@ -144,9 +140,7 @@ impl CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        self.bind()?;
         // SAFETY: the caller guarantees room at `dst`; `src` is a live host slice.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .map_err(cuda_err(format_args!("copying {what} to the device")))
@@ -165,9 +159,7 @@ impl CudaDevice {
         if dst.is_empty() {
             return Ok(());
         }
-        self.ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
+        self.bind()?;
         // SAFETY: the caller guarantees `src` holds dst.len() values.
         unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
             .map_err(cuda_err(format_args!("copying {what} to the host")))?;

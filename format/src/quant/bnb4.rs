@@ -126,6 +126,15 @@ impl Bnb4Kind {
         }
     }
 
+    /// The smallest and largest magnitudes among the nonzero code values (all normal f32).
+    pub fn code_magnitudes(self) -> (f32, f32) {
+        let nonzero = || self.codebook().iter().map(|c| c.abs()).filter(|&c| c > 0.0);
+        (
+            nonzero().fold(f32::INFINITY, f32::min),
+            nonzero().fold(0f32, f32::max),
+        )
+    }
+
     /// The code bitsandbytes picks for `x` (a value already divided by its block's
     /// absmax). NaN gives code 0.
     pub fn quantize_value(self, x: f32) -> u8 {
@@ -669,11 +678,10 @@ impl QuantizedMatrix for Bnb4View<'_> {
         check_decode_args(self.rows, self.cols, start, count, dst);
         let bs = self.params.block_size as usize;
         let codebook = self.params.kind.codebook();
-        // The smallest and largest magnitudes among the nonzero code values (all normal).
-        let nonzero = || codebook.iter().map(|c| c.abs()).filter(|&c| c > 0.0);
-        let code_lo = nonzero().fold(f32::INFINITY, f32::min);
-        let code_hi = nonzero().fold(0f32, f32::max);
+        let (code_lo, code_hi) = self.params.kind.code_magnitudes();
         let dtype = self.params.orig_dtype;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::is_x86_feature_detected!("avx2");
         let first = start * self.cols;
         let end = first + count * self.cols;
         let mut i = first;
@@ -684,7 +692,7 @@ impl QuantizedMatrix for Bnb4View<'_> {
             let in_range = dtype.products_in_range(a, code_lo, code_hi);
             let seg = &mut dst[i - first..block_end - first];
             #[cfg(target_arch = "x86_64")]
-            if in_range && std::is_x86_feature_detected!("avx2") {
+            if in_range && avx2 {
                 // SAFETY: AVX2 is present and the block's products are in range.
                 unsafe { avx2::decode_block(self.data, i, codebook, a, dtype, seg) };
                 i = block_end;
@@ -730,9 +738,7 @@ mod tests {
         let mut checked = 0;
         for kind in [Bnb4Kind::Nf4, Bnb4Kind::Fp4] {
             let codebook = kind.codebook();
-            let nonzero = || codebook.iter().map(|c| c.abs()).filter(|&c| c > 0.0);
-            let lo = nonzero().fold(f32::INFINITY, f32::min);
-            let hi = nonzero().fold(0f32, f32::max);
+            let (lo, hi) = kind.code_magnitudes();
             for dtype in [FloatDtype::F16, FloatDtype::Bf16, FloatDtype::F32] {
                 // Random scales, and scales whose products with the simple FP4 values are
                 // exact ties of the f16 or bf16 rounding (ties go to even).

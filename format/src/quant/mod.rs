@@ -566,7 +566,7 @@ pub(crate) fn f16_scales(scales: &[f32]) -> Result<Vec<f16>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::bnb4::{FP4_CODEBOOK, NF4_CODEBOOK};
+    use super::bnb4::Bnb4Kind;
     use super::dynamic_map::scale_ftz;
     use super::FloatDtype;
 
@@ -588,10 +588,9 @@ mod tests {
             2f32.powi(126),
         ]);
         let mut fast = 0;
-        for codebook in [&NF4_CODEBOOK, &FP4_CODEBOOK] {
-            let nonzero = || codebook.iter().map(|c| c.abs()).filter(|&c| c > 0.0);
-            let lo = nonzero().fold(f32::INFINITY, f32::min);
-            let hi = nonzero().fold(0f32, f32::max);
+        for kind in [Bnb4Kind::Nf4, Bnb4Kind::Fp4] {
+            let codebook = kind.codebook();
+            let (lo, hi) = kind.code_magnitudes();
             for dtype in [FloatDtype::F16, FloatDtype::Bf16, FloatDtype::F32] {
                 for s in scales.iter().flat_map(|&s| [s, -s]) {
                     if !dtype.products_in_range(s, lo, hi) {
