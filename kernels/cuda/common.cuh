@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "qrt_kernels.h"
+
 namespace qrt {
 
 constexpr unsigned kWarp = 32;
@@ -101,6 +103,23 @@ __device__ __forceinline__ float dot8(const uint4& w, const float4& a, const flo
 // SwiGLU's product silu(gate) * up, as the CPU reference computes it.
 __device__ __forceinline__ float swiglu(float gate, float up) {
     return gate / (1.f + expf(-gate)) * up;
+}
+
+// A product's result `v` stored at y, added to what y holds when `accumulate` (a residual
+// add; y was written by an earlier kernel, hence the coherent load).
+__device__ __forceinline__ void store_result(float* y, float v, bool accumulate) {
+    if (accumulate) v += __ldcg(y);
+    *y = v;
+}
+
+// The end of GEMV output row `row` of batch row `b` of segment `seg`: `v` plus the row's bias
+// when BIAS (not in gated launches, which have none), stored by store_result.
+template <bool BIAS>
+__device__ __forceinline__ void store_gemv_row(const qrt_gemv_args& args,
+                                               const qrt_gemv_segment& seg, size_t b,
+                                               unsigned row, float v) {
+    if (BIAS && seg.bias != 0) v += reinterpret_cast<const float*>(seg.bias)[row];
+    store_result(reinterpret_cast<float*>(seg.y) + b * seg.n + row, v, args.accumulate);
 }
 
 // mma.sync m16n8k16 with f32 accumulation on 16-bit operands of type W (sm_80 and newer):

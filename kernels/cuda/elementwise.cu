@@ -92,8 +92,7 @@ extern "C" __global__ void qrt_silu_mul(const float* gate, const float* up, floa
                                         uint32_t n) {
     qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        out[i] = g / (1.f + expf(-g)) * up[i];
+        out[i] = qrt::swiglu(gate[i], up[i]);
     }
 }
 
@@ -125,8 +124,7 @@ __device__ __forceinline__ void silu_mul_to(const float* gate, const float* up, 
                                             uint32_t n) {
     qrt::pdl_enter();
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        out[i] = qrt::Half16<T>::from_float(g / (1.f + expf(-g)) * up[i]);
+        out[i] = qrt::Half16<T>::from_float(qrt::swiglu(gate[i], up[i]));
     }
 }
 extern "C" __global__ void qrt_silu_mul_to_f16(const float* gate, const float* up, __half* out,

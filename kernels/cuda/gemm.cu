@@ -160,9 +160,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
                     if (col + e < n) {
                         float v = acc[mi][ni][half * 2 + e];
                         if (bias != nullptr) v += bias[col + e];
-                        float* out = c + static_cast<size_t>(row) * n + col + e;
-                        if (args.accumulate) v += __ldcg(out);
-                        *out = v;
+                        qrt::store_result(c + static_cast<size_t>(row) * n + col + e, v,
+                                          args.accumulate);
                     }
                 }
             }

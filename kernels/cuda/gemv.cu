@@ -59,6 +59,18 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
 #pragma unroll
         for (int b = 0; b < B; ++b) acc[r][b] = 0.f;
 
+    // The products of chunk cc of the R weight rows in `wv` with every batch row of x.
+    auto accumulate = [&](const uint4 (&wv)[R], unsigned cc) {
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+            const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
+            const float4 x0 = __ldcg(xb + 2 * cc);
+            const float4 x1 = __ldcg(xb + 2 * cc + 1);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][b] = qrt::dot8<W>(wv[r], x0, x1, acc[r][b]);
+        }
+    };
+
     unsigned c = tid;
     // Two chunks per iteration: 2 * R independent 16-byte weight loads in flight. The first
     // ones are issued before waiting for the previous kernel (weights never change).
@@ -75,17 +87,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
             waited = true;
         }
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const unsigned cc = c + u * threads;
-#pragma unroll
-            for (int b = 0; b < B; ++b) {
-                const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
-                const float4 x0 = __ldcg(xb + 2 * cc);
-                const float4 x1 = __ldcg(xb + 2 * cc + 1);
-#pragma unroll
-                for (int r = 0; r < R; ++r) acc[r][b] = qrt::dot8<W>(wv[u][r], x0, x1, acc[r][b]);
-            }
-        }
+        for (int u = 0; u < 2; ++u) accumulate(wv[u], c + u * threads);
     }
     if (c < chunks) {
         uint4 wv[R];
@@ -95,14 +97,7 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
             qrt::pdl_enter();
             waited = true;
         }
-#pragma unroll
-        for (int b = 0; b < B; ++b) {
-            const float4* xb = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * k);
-            const float4 x0 = __ldcg(xb + 2 * c);
-            const float4 x1 = __ldcg(xb + 2 * c + 1);
-#pragma unroll
-            for (int r = 0; r < R; ++r) acc[r][b] = qrt::dot8<W>(wv[r], x0, x1, acc[r][b]);
-        }
+        accumulate(wv, c);
     }
 
     if (!waited) qrt::pdl_enter();  // a thread with no chunk
@@ -129,12 +124,8 @@ __device__ __forceinline__ void gemv(const qrt_gemv_args& args) {
             float up = 0.f;
             for (unsigned j = 0; j < warps; ++j) up += partial[j][i + kOutRows * B];
             sum = qrt::swiglu(sum, up);
-        } else if (seg.bias != 0) {
-            sum += reinterpret_cast<const float*>(seg.bias)[row];
         }
-        float* y = reinterpret_cast<float*>(seg.y) + static_cast<size_t>(b) * seg.n + row;
-        if (args.accumulate) sum += __ldcg(y);
-        *y = sum;
+        qrt::store_gemv_row<!GATED>(args, seg, b, row, sum);
     }
 }
 

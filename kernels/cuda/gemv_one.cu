@@ -49,14 +49,11 @@ __device__ __forceinline__ RowRef find_row(const qrt_gemv_args& args, unsigned g
     return ref;
 }
 
-// Writes the result `v` of row `global`: plus its bias, plus y when accumulating.
+// Writes the result `v` of row `global` (qrt::store_gemv_row).
 template <bool GATED>
 __device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global, float v) {
     const RowRef ref = find_row<GATED>(args, global);
-    if (!GATED && ref.seg.bias != 0) v += reinterpret_cast<const float*>(ref.seg.bias)[ref.row];
-    float* y = reinterpret_cast<float*>(ref.seg.y) + ref.row;
-    if (args.accumulate) v += __ldcg(y);
-    *y = v;
+    qrt::store_gemv_row<!GATED>(args, ref.seg, 0, ref.row, v);
 }
 
 template <typename W, bool GATED>

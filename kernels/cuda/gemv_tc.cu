@@ -125,12 +125,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 #pragma unroll
                 for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
                 sum = qrt::swiglu(sum, up);
-            } else if (seg.bias != 0) {
-                sum += reinterpret_cast<const float*>(seg.bias)[row];
             }
-            float* y = reinterpret_cast<float*>(seg.y) + static_cast<size_t>(b) * seg.n + row;
-            if (args.accumulate) sum += __ldcg(y);
-            *y = sum;
+            qrt::store_gemv_row<!GATED>(args, seg, b, row, sum);
         }
     }
 }
