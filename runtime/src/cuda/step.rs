@@ -232,6 +232,37 @@ mod tests {
         }
     }
 
+    /// `plan` of a pass over `batch` with the test heads.
+    fn plan_for(
+        tokens: &[u32],
+        batch: &BatchLayout,
+        logit_rows: &[u32],
+        inv_freq: &[f32],
+    ) -> Result<StepPlan, RuntimeError> {
+        plan(&StepInput {
+            tokens,
+            batch,
+            logit_rows,
+            inv_freq,
+            heads: heads(),
+        })
+    }
+
+    /// One sequence with `past` cached tokens and one new token at `position` in `slot`.
+    fn one_token(past: usize, block_table: Vec<u32>, position: u32, slot: u32) -> BatchLayout {
+        BatchLayout {
+            seqs: vec![SeqSpan {
+                start: 0,
+                len: 1,
+                past,
+                block_table,
+            }],
+            positions: vec![position],
+            slots: vec![slot],
+            block_size: 16,
+        }
+    }
+
     #[test]
     fn prefill_lays_out_tiles_and_tables() {
         let batch = BatchLayout {
@@ -256,14 +287,7 @@ mod tests {
         let tokens: Vec<u32> = (0..41).collect();
         let mut inv = [1.0f32; 32];
         inv[1] = 0.5;
-        let p = plan(&StepInput {
-            tokens: &tokens,
-            batch: &batch,
-            logit_rows: &[39, 40],
-            inv_freq: &inv,
-            heads: heads(),
-        })
-        .unwrap();
+        let p = plan_for(&tokens, &batch, &[39, 40], &inv).unwrap();
         assert_eq!(p.decode, None);
         // 40 rows in tiles of 16: three tiles for the first sequence, one for the second.
         assert_eq!(p.num_tiles, 4);
@@ -307,14 +331,7 @@ mod tests {
             slots: vec![9 * 16 + 6, 2 * 16 + 3],
             block_size: 16,
         };
-        let p = plan(&StepInput {
-            tokens: &[7, 9],
-            batch: &batch,
-            logit_rows: &[0, 1],
-            inv_freq: &[1.0; 32],
-            heads: heads(),
-        })
-        .unwrap();
+        let p = plan_for(&[7, 9], &batch, &[0, 1], &[1.0; 32]).unwrap();
         // Context 71 -> bucket 128 -> two partitions of 64 -> 8 blocks per table.
         assert_eq!(
             p.decode,
@@ -333,28 +350,12 @@ mod tests {
 
     #[test]
     fn a_decode_step_must_match_its_tables() {
-        let layout = |position: u32, slot: u32| BatchLayout {
-            seqs: vec![SeqSpan {
-                start: 0,
-                len: 1,
-                past: 20,
-                block_table: vec![7, 3, 9],
-            }],
-            positions: vec![position],
-            slots: vec![slot],
-            block_size: 16,
-        };
+        let layout = |position: u32, slot: u32| one_token(20, vec![7, 3, 9], position, slot);
         let decode = |batch: &BatchLayout| {
-            plan(&StepInput {
-                tokens: &[1],
-                batch,
-                logit_rows: &[0],
-                inv_freq: &[1.0; 32],
-                heads: heads(),
-            })
-            .unwrap()
-            .decode
-            .is_some()
+            plan_for(&[1], batch, &[0], &[1.0; 32])
+                .unwrap()
+                .decode
+                .is_some()
         };
         // Position 20 is in block 3 (the table's second entry): slot 3 * 16 + 4.
         assert!(decode(&layout(20, 52)));
@@ -377,14 +378,7 @@ mod tests {
             slots: vec![163, 179],
             block_size: 16,
         };
-        let p = plan(&StepInput {
-            tokens: &[1, 2],
-            batch: &batch,
-            logit_rows: &[0, 1],
-            inv_freq: &[1.0; 32],
-            heads: heads(),
-        })
-        .unwrap();
+        let p = plan_for(&[1, 2], &batch, &[0, 1], &[1.0; 32]).unwrap();
         assert!(p.decode.is_some());
         // Context 4: one partition of 64 tokens, a stride of 4 blocks per table.
         assert_eq!(p.words[p.seqs + 7], 4);
@@ -396,25 +390,8 @@ mod tests {
 
     #[test]
     fn rotary_frequencies_must_fit_the_heads() {
-        let batch = BatchLayout {
-            seqs: vec![SeqSpan {
-                start: 0,
-                len: 1,
-                past: 0,
-                block_table: vec![0],
-            }],
-            positions: vec![0],
-            slots: vec![0],
-            block_size: 16,
-        };
-        let err = plan(&StepInput {
-            tokens: &[1],
-            batch: &batch,
-            logit_rows: &[0],
-            inv_freq: &[1.0; 3],
-            heads: heads(),
-        })
-        .unwrap_err();
+        let batch = one_token(0, vec![0], 0, 0);
+        let err = plan_for(&[1], &batch, &[0], &[1.0; 3]).unwrap_err();
         assert!(err.to_string().contains("rotary"), "{err}");
     }
 
@@ -456,15 +433,7 @@ mod tests {
                 .map(|s| (s.start + s.len - 1) as u32)
                 .collect();
             let tokens = vec![1; batch.rows()];
-            plan(&StepInput {
-                tokens: &tokens,
-                batch: &batch,
-                logit_rows: &rows,
-                inv_freq: &[1.0; 32],
-                heads: heads(),
-            })
-            .unwrap()
-            .decode
+            plan_for(&tokens, &batch, &rows, &[1.0; 32]).unwrap().decode
         };
         assert_eq!(step(&mut seqs, &mut alloc, &[37, 5, 16]), None);
         for _ in 0..40 {
@@ -474,25 +443,8 @@ mod tests {
 
     #[test]
     fn short_tables_are_refused() {
-        let batch = BatchLayout {
-            seqs: vec![SeqSpan {
-                start: 0,
-                len: 1,
-                past: 16,
-                block_table: vec![0],
-            }],
-            positions: vec![16],
-            slots: vec![16],
-            block_size: 16,
-        };
-        let err = plan(&StepInput {
-            tokens: &[1],
-            batch: &batch,
-            logit_rows: &[0],
-            inv_freq: &[1.0; 32],
-            heads: heads(),
-        })
-        .unwrap_err();
+        let batch = one_token(16, vec![0], 16, 16);
+        let err = plan_for(&[1], &batch, &[0], &[1.0; 32]).unwrap_err();
         assert!(err.to_string().contains("block table of 1"), "{err}");
     }
 
