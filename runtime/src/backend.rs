@@ -333,15 +333,7 @@ pub trait Backend: Send + Sync {
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>, RuntimeError>;
     /// The index of the largest value of every row (the first on ties): greedy decoding.
     fn argmax(&self, logits: &Self::Act) -> Result<Vec<u32>, RuntimeError> {
-        let host = self.to_host(logits)?;
-        let rows = self.rows(logits);
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(host
-            .chunks(host.len() / rows)
-            .map(crate::sampling::argmax)
-            .collect())
+        map_host_rows(self, logits, |_, row| crate::sampling::argmax(row))
     }
     /// One token per row of `logits`: row `i` chosen under `params[i]` with the uniform
     /// `uniforms[i]` (ignored by greedy rows), as [`sample_with_uniform`] chooses it. The
@@ -352,16 +344,10 @@ pub trait Backend: Send + Sync {
         params: &[SamplingParams],
         uniforms: &[f64],
     ) -> Result<Vec<u32>, RuntimeError> {
-        let rows = check_sampling(self.rows(logits), params, uniforms)?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let host = self.to_host(logits)?;
-        Ok(host
-            .chunks(host.len() / rows)
-            .zip(params.iter().zip(uniforms))
-            .map(|(row, (p, &u))| sample_with_uniform(row, p, u))
-            .collect())
+        check_sampling(self.rows(logits), params, uniforms)?;
+        map_host_rows(self, logits, |i, row| {
+            sample_with_uniform(row, &params[i], uniforms[i])
+        })
     }
     /// `log softmax(logits[r])[targets[r]]` for every row (the reference arithmetic of
     /// [`crate::logprob`]); by default on the host.
@@ -370,31 +356,51 @@ pub trait Backend: Send + Sync {
         logits: &Self::Act,
         targets: &[u32],
     ) -> Result<Vec<f32>, RuntimeError> {
-        let rows = self.rows(logits);
-        if targets.len() != rows {
-            return Err(RuntimeError::Shape(format!(
-                "{} targets for {rows} rows of logits",
-                targets.len()
-            )));
-        }
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        let host = self.to_host(logits)?;
-        let vocab = host.len() / rows;
-        if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
-            return Err(RuntimeError::InvalidRequest(format!(
-                "target token {t} is outside the vocabulary of {vocab}"
-            )));
-        }
-        Ok(host
-            .par_chunks(vocab)
-            .zip(targets)
-            .map(|(row, &t)| crate::logprob::log_prob(row, t))
-            .collect())
+        check_targets(self.rows(logits), self.cols(logits), targets)?;
+        map_host_rows(self, logits, |i, row| {
+            crate::logprob::log_prob(row, targets[i])
+        })
     }
     /// Rows of an activation buffer.
     fn rows(&self, x: &Self::Act) -> usize;
+    /// Columns of an activation buffer.
+    fn cols(&self, x: &Self::Act) -> usize;
+}
+
+/// `f(i, row)` for every row `i` of `logits`, copied to the host: the default bodies of the
+/// ops on logits.
+fn map_host_rows<B: Backend + ?Sized, T: Send>(
+    backend: &B,
+    logits: &B::Act,
+    f: impl Fn(usize, &[f32]) -> T + Sync,
+) -> Result<Vec<T>, RuntimeError> {
+    let rows = backend.rows(logits);
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let host = backend.to_host(logits)?;
+    Ok(host
+        .par_chunks(host.len() / rows)
+        .enumerate()
+        .map(|(i, row)| f(i, row))
+        .collect())
+}
+
+/// Checks that a [`Backend::target_log_probs`] call has one target per row, each inside the
+/// vocabulary of `vocab`.
+pub fn check_targets(rows: usize, vocab: usize, targets: &[u32]) -> Result<(), RuntimeError> {
+    if targets.len() != rows {
+        return Err(RuntimeError::Shape(format!(
+            "{} targets for {rows} rows of logits",
+            targets.len()
+        )));
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "target token {t} is outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that a [`Backend::sample`] call has parameters and a uniform for each of its `rows`

@@ -273,14 +273,13 @@ impl<B: Backend> Engine<B> {
             .iter_mut()
             .map(|s| draw_uniform(&s.request.sampling, &mut s.rng))
             .collect();
-        let chosen = self.model.forward_sample(
+        let chosen = self.model.forward_then(
             &self.backend,
             &mut self.kv,
             &tokens,
             &layout,
             &logit_rows,
-            &params,
-            &uniforms,
+            |b, logits| b.sample(logits, &params, &uniforms),
         )?;
         let mut out = Vec::with_capacity(self.running.len());
         for ((s, token), prefill) in self.running.iter_mut().zip(chosen).zip(prefill) {

@@ -9,7 +9,6 @@ use qrt_format::container::QrtFile;
 use crate::backend::{
     Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
 };
-use crate::sampling::SamplingParams;
 use crate::RuntimeError;
 
 /// Passes of at most this many rows (decode steps) keep their activation buffers between
@@ -179,26 +178,9 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Like [`Model::forward`], but returns one token per logit row, chosen on the device:
-    /// row `i` under `params[i]` with the uniform `uniforms[i]` (see [`Backend::sample`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_sample(
-        &self,
-        backend: &B,
-        kv: &mut B::Kv,
-        tokens: &[u32],
-        batch: &BatchLayout,
-        logit_rows: &[u32],
-        params: &[SamplingParams],
-        uniforms: &[f64],
-    ) -> Result<Vec<u32>, RuntimeError> {
-        self.forward_then(backend, kv, tokens, batch, logit_rows, |b, logits| {
-            b.sample(logits, params, uniforms)
-        })
-    }
-
     /// Like [`Model::forward`], but `read` takes the logits (`logit_rows.len() x vocab`, on
-    /// the device) and gives the result, e.g. [`Backend::target_log_probs`].
+    /// the device) and gives the result: [`Backend::sample`] for generation,
+    /// [`Backend::target_log_probs`] for perplexity.
     pub fn forward_then<T>(
         &self,
         backend: &B,

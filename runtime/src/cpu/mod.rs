@@ -638,4 +638,8 @@ impl Backend for CpuBackend {
     fn rows(&self, x: &CpuAct) -> usize {
         x.rows
     }
+
+    fn cols(&self, x: &CpuAct) -> usize {
+        x.cols
+    }
 }

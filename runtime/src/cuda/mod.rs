@@ -1155,4 +1155,8 @@ impl Backend for CudaBackend {
     fn rows(&self, x: &CudaAct) -> usize {
         x.rows
     }
+
+    fn cols(&self, x: &CudaAct) -> usize {
+        x.cols
+    }
 }
