@@ -405,8 +405,9 @@ impl Backend for CpuBackend {
                 }
             }
             _ => {
-                weight.quantized()?;
+                // The scales first: with them, checking the view decodes nothing again.
                 weight.bnb4_absmax = weight.decoded_bnb4_absmax()?;
+                weight.quantized()?;
             }
         }
         Ok(weight)
