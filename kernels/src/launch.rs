@@ -372,16 +372,8 @@ impl CudaDevice {
             };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
-            let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
             // SAFETY: forwarded from the caller.
-            return unsafe {
-                self.launch_gemv_tc(
-                    &format!("qrt_gemv_tc_{}", ty.name()),
-                    &args,
-                    blocks,
-                    input.rows,
-                )
-            };
+            return unsafe { self.gemv_tc(ty, input, segments, fusion) };
         }
         let total: usize = segments.iter().map(|s| s.n).sum();
         let rows_per_block = if total >= 8192 {
@@ -537,6 +529,7 @@ impl CudaDevice {
 
     /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are
     /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
+    /// `fusion` may accumulate; it cannot normalise.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`] and [`GemvInput`] say.
@@ -545,8 +538,14 @@ impl CudaDevice {
         ty: Half16,
         input: GemvInput,
         segments: &[Segment],
+        fusion: Fusion,
     ) -> Result<(), KernelError> {
-        let (args, blocks) = gemv_args(input, segments, 16, 32, Fusion::default())?;
+        if fusion.norm.is_some() {
+            return Err(KernelError::Shape(
+                "the tensor-core GEMV cannot normalise its input".into(),
+            ));
+        }
+        let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
         // SAFETY: forwarded from the caller.
         unsafe {
             self.launch_gemv_tc(

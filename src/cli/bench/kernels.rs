@@ -143,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     };
                     unsafe {
                         if tensor_cores {
-                            dev.gemv_tc(Half16::F16, input, segs)?
+                            dev.gemv_tc(Half16::F16, input, segs, Fusion::default())?
                         } else {
                             dev.gemv(Half16::F16, input, segs, Fusion::default())?
                         }
