@@ -10,7 +10,7 @@ use cudarc::driver::{result, sys, DeviceRepr};
 use crate::error::cuda_err;
 use crate::layouts::{
     qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
-    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -227,6 +227,12 @@ fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
         )));
     }
     Ok(())
+}
+
+/// Threads of a block that gives each of `units` work items a thread: whole warps, at least
+/// one, at most `QRT_MAX_BLOCK_THREADS`.
+pub(crate) fn block_threads(units: usize) -> u32 {
+    (units.div_ceil(32) * 32).clamp(32, QRT_MAX_BLOCK_THREADS as usize) as u32
 }
 
 fn u32_of(what: &str, v: usize) -> Result<u32, KernelError> {

@@ -4,8 +4,8 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use crate::error::cuda_err;
-use crate::launch::{params, Param};
-use crate::layouts::{qrt_rms_norm_args, QRT_MAX_BLOCK_THREADS};
+use crate::launch::{block_threads, params, Param};
+use crate::layouts::qrt_rms_norm_args;
 use crate::{CudaDevice, KernelError};
 
 // SAFETY: a C struct of 4-byte integers and a float with no padding, whose
@@ -81,11 +81,9 @@ fn row_args(
 /// One block per row; threads: enough for one vector load each per row
 /// (rounded up to whole warps), between one warp and the kernels' maximum.
 fn launch_config(args: &qrt_rms_norm_args, vec: usize) -> LaunchConfig {
-    let units = (args.cols as usize).div_ceil(vec);
-    let threads = (units.div_ceil(32) * 32).clamp(32, QRT_MAX_BLOCK_THREADS as usize);
     LaunchConfig {
         grid_dim: (args.rows, 1, 1),
-        block_dim: (threads as u32, 1, 1),
+        block_dim: (block_threads((args.cols as usize).div_ceil(vec)), 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -196,6 +194,7 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layouts::QRT_MAX_BLOCK_THREADS;
 
     #[test]
     fn row_args_accepts_matching_shapes() {

@@ -2,8 +2,8 @@
 //! top-p sampling with one uniform per row, as the CPU reference
 //! (`qrt_runtime::sampling::sample_with_uniform`) chooses.
 
-use crate::launch::params;
-use crate::layouts::{QRT_MAX_BLOCK_THREADS, QRT_SAMPLE_NO_TOKEN};
+use crate::launch::{block_threads, params};
+use crate::layouts::QRT_SAMPLE_NO_TOKEN;
 use crate::{CudaDevice, KernelError};
 
 /// Largest vocabulary [`CudaDevice::sample`] takes: the integer weights of a row (2^40 for its
@@ -23,10 +23,7 @@ fn sample_grid(rows: usize, vocab: usize) -> Result<(u32, u32), KernelError> {
         .ok()
         .filter(|&r| r <= i32::MAX as u32)
         .ok_or_else(|| KernelError::Shape(format!("sampling {rows} rows exceeds 2^31 - 1")))?;
-    let threads = vocab
-        .next_multiple_of(32)
-        .min(QRT_MAX_BLOCK_THREADS as usize);
-    Ok((rows, threads as u32))
+    Ok((rows, block_threads(vocab)))
 }
 
 impl CudaDevice {
