@@ -168,3 +168,39 @@ extern "C" __global__ void __launch_bounds__(256)
         if (best != 0) atomicMax(keys + blockIdx.y, best);
     }
 }
+
+// Perplexity's per-row figure: out[r] = log softmax(logits[r])[targets[r]], as the CPU
+// reference (qrt_runtime::logprob) computes it: the maximum in f32, the differences to it in
+// f32, their exponentials and sum in f64, the result rounded to f32. One block per row.
+extern "C" __global__ void __launch_bounds__(256)
+    qrt_target_log_probs(const float* logits, const uint32_t* targets, float* out,
+                         uint32_t vocab) {
+    qrt::pdl_enter();
+    const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+    __shared__ float warp_max[8];
+    __shared__ double warp_sum[8];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+
+    float m = -INFINITY;
+    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, __ldcg(row + i));
+    m = qrt::warp_max(m);
+    if (lane == 0) warp_max[warp] = m;
+    __syncthreads();
+    m = warp_max[0];
+    for (unsigned w = 1; w < warps; ++w) m = fmaxf(m, warp_max[w]);
+
+    double sum = 0.0;
+    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x)
+        sum += exp(static_cast<double>(__ldcg(row + i) - m));
+#pragma unroll
+    for (unsigned o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(qrt::kFull, sum, o);
+    if (lane == 0) warp_sum[warp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (unsigned w = 0; w < warps; ++w) total += warp_sum[w];
+        const double log_z = static_cast<double>(m) + log(total);
+        const float v = __ldcg(row + __ldcg(targets + blockIdx.x));
+        out[blockIdx.x] = static_cast<float>(static_cast<double>(v) - log_z);
+    }
+}

@@ -147,6 +147,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         "qrt_silu_mul",
         "qrt_gather_rows",
         "qrt_argmax",
+        "qrt_target_log_probs",
     ] {
         all.push(("elementwise", name.to_string()));
     }
@@ -875,6 +876,40 @@ impl CudaDevice {
                 grid,
                 256,
                 &mut params([&logits, &keys, &vocab, &per_block]),
+            )
+        }
+    }
+
+    /// Queues `out[r] = log softmax(logits[r])[targets[r]]` for `rows` rows of `vocab` f32
+    /// (perplexity without copying the rows back): one block per row, f64 sums.
+    ///
+    /// # Safety
+    /// `logits` must hold `rows * vocab` f32, `targets` `rows` u32 below `vocab`, `out` room
+    /// for `rows` f32.
+    pub unsafe fn target_log_probs(
+        &self,
+        logits: u64,
+        targets: u64,
+        out: u64,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<(), KernelError> {
+        if rows == 0 || vocab == 0 {
+            return Err(KernelError::Shape(format!(
+                "target log-probabilities of {rows} rows of {vocab} values"
+            )));
+        }
+        let grid = (u32_of("rows", rows)?, 1, 1);
+        let vocab = u32_of("vocab", vocab)?;
+        // SAFETY: (const float*, const uint32_t*, float*, uint32_t), as the kernel takes
+        // them; the caller guarantees the buffers.
+        unsafe {
+            self.launch(
+                "elementwise",
+                "qrt_target_log_probs",
+                grid,
+                256,
+                &mut params([&logits, &targets, &out, &vocab]),
             )
         }
     }

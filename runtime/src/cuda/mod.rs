@@ -23,8 +23,8 @@ use qrt_kernels::{
 };
 
 use crate::backend::{
-    check_host_len, check_sampling, Backend, HeadGeometry, LinearOut, MlpScratch, MlpWeights,
-    StepInput,
+    check_host_len, check_sampling, check_targets, Backend, HeadGeometry, LinearOut, MlpScratch,
+    MlpWeights, StepInput,
 };
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
@@ -1076,6 +1076,39 @@ impl Backend for CudaBackend {
         // SAFETY: x holds len f32.
         unsafe { self.dev.copy_to_host(x.ptr(), &mut host, "activations")? };
         Ok(host)
+    }
+
+    fn target_log_probs(
+        &self,
+        logits: &CudaAct,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.timed("target log-probs", || {
+            let rows = logits.rows;
+            check_targets(rows, logits.cols, targets)?;
+            if rows == 0 {
+                return Ok(Vec::new());
+            }
+            let targets_dev = self.pool.get(rows * 4, "target tokens")?;
+            let out = self.pool.get(rows * 4, "target log-probabilities")?;
+            let mut host = vec![0f32; rows];
+            // SAFETY: logits holds rows * cols f32; the targets (checked below cols) and the
+            // output hold rows 4-byte values.
+            unsafe {
+                self.dev
+                    .copy_to_device(targets, targets_dev.ptr(), "target tokens")?;
+                self.dev.target_log_probs(
+                    logits.ptr(),
+                    targets_dev.ptr(),
+                    out.ptr(),
+                    rows,
+                    logits.cols,
+                )?;
+                self.dev
+                    .copy_to_host(out.ptr(), &mut host, "target log-probabilities")?;
+            }
+            Ok(host)
+        })
     }
 
     fn argmax(&self, logits: &CudaAct) -> Result<Vec<u32>, RuntimeError> {

@@ -484,6 +484,32 @@ fn check_elementwise(
 /// (a greedy row among them). The two may differ only where a uniform or top-p falls within
 /// rounding of a boundary between two tokens: at most one such row is allowed. Then the
 /// device's token frequencies against a softmax computed here in f64.
+/// Perplexity's per-row log-probability of a target token against the CPU's f64 reference:
+/// random rows at the Llama-3 vocabulary, a row with one huge logit, a flat row.
+fn check_target_log_probs(
+    cpu: &CpuBackend,
+    cuda: &CudaBackend,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let (rows, vocab) = (6, 128256);
+    let mut logits = rng.normals(rows * vocab, 4.0);
+    logits[vocab + 17] = 1.0e4;
+    logits[2 * vocab..3 * vocab].fill(0.5);
+    let targets: Vec<u32> = (0..rows)
+        .map(|r| if r == 1 { 17 } else { rng.below(vocab) as u32 })
+        .collect();
+    let want = cpu.target_log_probs(&cpu.act_from_host(rows, vocab, &logits)?, &targets)?;
+    let got = cuda.target_log_probs(&cuda.act_from_host(rows, vocab, &logits)?, &targets)?;
+    checks.check(
+        "target log-probs (ppl)",
+        &format!("{rows}x{vocab}"),
+        rel_err(&got, &want),
+        1e-6,
+    );
+    Ok(())
+}
+
 fn check_sample(cuda: &CudaBackend, rng: &mut Rng, checks: &mut Checks) -> anyhow::Result<()> {
     let mut mismatches = 0usize;
     let mut greedy_mismatches = 0usize;
@@ -813,6 +839,7 @@ pub fn run(
     check_norms(&cpu, cuda, &file, rng, checks)?;
     check_elementwise(&cpu, cuda, &file, rng, checks)?;
     check_sample(cuda, rng, checks)?;
+    check_target_log_probs(&cpu, cuda, rng, checks)?;
     check_attention(&cpu, cuda, rng, checks)?;
     Ok(())
 }
