@@ -2,57 +2,72 @@
 // aware: one thread block serves all the query heads of one key/value head, so each K and V
 // element is read once for the whole group.
 //
-// Prefill (`qrt_attn_prefill_d<D>`): flash-style tiling. A block takes a tile of up to 16 query
-// rows (8 when D = 128) of one sequence (from the tile list in `args.work`) for one KV head;
-// keys and values stream through shared memory 32 tokens at a time, and each (query row, head)
-// is kept by D / 16 adjacent threads, 16 dimensions each, with a running maximum, sum and
+// Prefill (`qrt_attn_prefill_d<D>`): flash-attention tiling on tensor cores. A block takes
+// 64 / group query rows of one sequence for one KV head (64 (row, head) pairs, 16 per warp);
+// keys and values stream through shared memory, and each pair keeps a running maximum, sum and
 // output (online softmax), so no score matrix is ever stored.
 //
-// Decode (`qrt_attn_decode_d<D>`): one query row per sequence, the sequence's context split
-// into partitions of `args.partition` tokens (flash-decoding): each block scores one partition
-// for one KV head and writes its unnormalised output with its maximum and sum; the last block
-// of a (sequence, KV head) to finish rescales and combines the partitions.
+// Decode (`qrt_attn_decode_d<D>_g<G>`, G the largest group it serves): one query row per
+// sequence, the sequence's context split into partitions of `args.partition` tokens
+// (flash-decoding): each block scores one partition for one KV head, keys and values in
+// registers, and writes its unnormalised output with its maximum and sum; the last block of a
+// (sequence, KV head) to finish rescales and combines the partitions.
 
 #include "common.cuh"
 #include "qrt_kernels.h"
 
 namespace {
 
-constexpr int kTileK = 32;
 constexpr int kMaxGroup = 8;
-constexpr int kDecodeThreads = 128;
+constexpr int kPrefillWarps = 4;
+constexpr int kPrefillPairs = 16 * kPrefillWarps;  // (query row, head) pairs per block
 constexpr int kMaxPartition = 64;
 
 __device__ __forceinline__ uint32_t slot_of(const uint32_t* table, uint32_t t, uint32_t bs) {
     return table[t / bs] * bs + t % bs;
 }
 
-// Loads 8 f16 values (16 bytes) as floats.
-__device__ __forceinline__ void load8(const __half* p, float* out) {
-    const uint4 v = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+// The 8 f16 values of `w` as floats.
+__device__ __forceinline__ void unpack8(const uint4& w, float* out) {
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const float2 f = qrt::Half16<__half>::to_float2(w[i]);
+        const float2 f = qrt::Half16<__half>::to_float2(words[i]);
         out[2 * i] = f.x;
         out[2 * i + 1] = f.y;
     }
 }
 
-// Query rows per prefill tile: 16 for D = 64, 8 for D = 128, so that a block has
-// 64 * group threads (at most 512).
-__host__ __device__ constexpr int tile_q(int d) {
-    return 1024 / d;
+// Prefill geometry for head dimension D: each warp computes 16 (query row, head) pairs with
+// mma.sync, kPrefillWarps warps per block; keys and values pass through shared memory kKeys at
+// a time (double-buffered with cp.async), in rows padded to kStride halves so that the 8 rows a
+// fragment load touches fall in different banks.
+template <int D>
+struct PrefillShape {
+    static constexpr int kKeys = D == 64 ? 64 : 32;
+    static constexpr int kStride = D + 8;
+    static constexpr int kDimSteps = D / 16;   // k-steps of Q K^T
+    static constexpr int kKeyBlocks = kKeys / 8;  // 8-key column blocks of the scores
+    static constexpr int kDimBlocks = D / 8;      // 8-dimension column blocks of the output
+};
+
+// The mma fragment halves (low = the first column) of two floats.
+__device__ __forceinline__ uint32_t half2_bits(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// Prefill on tensor cores (flash-attention 2 style). A block takes a tile of
+// kPrefillPairs / group query rows of one sequence (from the tile list in `args.work`) for one
+// KV head, as kPrefillPairs (row, head) pairs, pair v being row v / group and head v % group,
+// so that each key and value is loaded once for the whole group. Queries are scaled by
+// scale * log2(e) and rounded to f16; scores accumulate in f32 and the softmax runs in base 2
+// with a running maximum and sum per pair; probabilities are rounded to f16 for P V.
 template <int D>
 __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
-    constexpr int kDims = 16;           // dimensions per thread
-    constexpr int kParts = D / kDims;   // threads per (query row, head), adjacent lanes
-    constexpr int kPad = kTileK + 4;    // row stride of the transposed keys: 16-byte aligned,
-                                        // and the kParts rows a warp reads hit different banks
-    __shared__ __align__(16) float kt[D][kPad];  // keys transposed: dimension-major
-    __shared__ float vs[kTileK][D];
+    using P = PrefillShape<D>;
+    __shared__ __align__(16) __half ks[2][P::kKeys * P::kStride];
+    __shared__ __align__(16) __half vs[2][P::kKeys * P::kStride];
 
     qrt::pdl_enter();
     const uint2 tile = reinterpret_cast<const uint2*>(args.work)[blockIdx.x];
@@ -61,102 +76,168 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
     const unsigned q0 = tile.y;
     const unsigned kvh = blockIdx.y;
     const unsigned group = args.num_heads / args.num_kv_heads;
+    const unsigned rows = kPrefillPairs / group;
     const unsigned tid = threadIdx.x;
-    const unsigned part = tid % kParts;
-    const unsigned g = (tid / kParts) % group;
-    const unsigned qi = tid / (kParts * group);
-    const bool active = q0 + qi < seq.len;
-    const unsigned row = seq.start + min(q0 + qi, seq.len - 1);
-    const unsigned h = kvh * group + g;
+    const unsigned warp = tid / qrt::kWarp;
+    const unsigned lane = tid % qrt::kWarp;
+    const unsigned gr = lane / 4;  // fragment row (and row + 8)
+    const unsigned tc = lane % 4;  // fragment column pair
     const unsigned q_stride = args.num_heads * D;
+    const unsigned kv_end = seq.past + min(q0 + rows, seq.len);  // keys [0, kv_end)
 
-    const float* q = reinterpret_cast<const float*>(args.q) + static_cast<size_t>(row) * q_stride +
-                     h * D;
-    float qr[kDims];
-    float acc[kDims];
+    // This lane's two pairs: fragment rows gr and gr + 8 of the warp's 16.
+    size_t at[2];      // offset of the pair's query (and output) row and head
+    unsigned pos[2];   // the query's position: it sees keys 0 ..= pos
+    bool valid[2];
 #pragma unroll
-    for (int i = 0; i < kDims; ++i) {
-        qr[i] = q[part + kParts * i] * args.scale;
-        acc[i] = 0.f;
+    for (int i = 0; i < 2; ++i) {
+        const unsigned v = 16 * warp + gr + 8 * i;
+        const unsigned r = v / group;
+        valid[i] = r < rows && q0 + r < seq.len;
+        const unsigned qr = valid[i] ? q0 + r : q0;
+        at[i] = static_cast<size_t>(seq.start + qr) * q_stride + (kvh * group + v % group) * D;
+        pos[i] = seq.past + qr;
     }
-    float m = -INFINITY;
-    float l = 0.f;
-    const unsigned kv_end = seq.past + min(q0 + tile_q(D), seq.len);
-    const unsigned limit = seq.past + q0 + qi;  // last key this row may see
+    const float* q = reinterpret_cast<const float*>(args.q);
+    const float qscale = args.scale * 1.4426950408889634f;
+    uint32_t qa[P::kDimSteps][4];
+#pragma unroll
+    for (int kk = 0; kk < P::kDimSteps; ++kk) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const float2 f = __ldcg(reinterpret_cast<const float2*>(
+                    q + at[i] + kk * 16 + c * 8 + 2 * tc));
+                qa[kk][i + 2 * c] = half2_bits(f.x * qscale, f.y * qscale);
+            }
+        }
+    }
+
     const __half* kc = reinterpret_cast<const __half*>(args.k_cache);
     const __half* vc = reinterpret_cast<const __half*>(args.v_cache);
-    const unsigned kv_heads = args.num_kv_heads;
-
-    for (unsigned t0 = 0; t0 < kv_end; t0 += kTileK) {
-        __syncthreads();
-        for (unsigned e = tid; e < kTileK * D / 8; e += blockDim.x) {
+    // Keys and values t0 .. t0 + kKeys - 1 into buffer `buf` (zeros past kv_end).
+    auto stage = [&](int buf, unsigned t0) {
+        const uint32_t kb = static_cast<uint32_t>(__cvta_generic_to_shared(ks[buf]));
+        const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs[buf]));
+        for (unsigned e = tid; e < P::kKeys * D / 8; e += blockDim.x) {
             const unsigned j = e / (D / 8);
-            const unsigned d = (e % (D / 8)) * 8;
+            const unsigned c = (e % (D / 8)) * 8;
             const unsigned t = t0 + j;
-            float kf[8], vf[8];
-            if (t < kv_end) {
-                const size_t off =
-                    (static_cast<size_t>(slot_of(table, t, args.block_size)) * kv_heads + kvh) * D +
-                    d;
-                load8(kc + off, kf);
-                load8(vc + off, vf);
-            } else {
+            const bool in = t < kv_end;
+            const size_t off =
+                (static_cast<size_t>(slot_of(table, in ? t : 0, args.block_size)) *
+                     args.num_kv_heads + kvh) * D + c;
+            const uint32_t dst = (j * P::kStride + c) * 2;
+            qrt::cp_async16(kb + dst, kc + off, in);
+            qrt::cp_async16(vb + dst, vc + off, in);
+        }
+        qrt::cp_async_commit();
+    };
+
+    float o[P::kDimBlocks][4];
 #pragma unroll
-                for (int i = 0; i < 8; ++i) kf[i] = vf[i] = 0.f;
-            }
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                kt[d + i][j] = kf[i];
-                vs[j][d + i] = vf[i];
-            }
+    for (int b = 0; b < P::kDimBlocks; ++b) o[b][0] = o[b][1] = o[b][2] = o[b][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.f, 0.f};
+    const unsigned tiles = (kv_end + P::kKeys - 1) / P::kKeys;
+    stage(0, 0);
+    for (unsigned it = 0; it < tiles; ++it) {
+        const int buf = it & 1;
+        if (it + 1 < tiles) {
+            stage(buf ^ 1, (it + 1) * P::kKeys);
+            qrt::cp_async_wait<1>();
+        } else {
+            qrt::cp_async_wait<0>();
         }
         __syncthreads();
-        // Partial scores over this thread's dimensions: 32 independent sums, four keys per
-        // shared-memory load; then summed over the row's kParts threads.
-        float s[kTileK];
+        const unsigned t0 = it * P::kKeys;
+        const __half* kt = ks[buf];
+        float sc[P::kKeyBlocks][4];
 #pragma unroll
-        for (int j = 0; j < kTileK; ++j) s[j] = 0.f;
+        for (int nb = 0; nb < P::kKeyBlocks; ++nb) {
+            sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.f;
+            const __half* krow = kt + (nb * 8 + gr) * P::kStride + 2 * tc;
 #pragma unroll
-        for (int i = 0; i < kDims; ++i) {
-            const float qv = qr[i];
-            const float4* krow = reinterpret_cast<const float4*>(kt[part + kParts * i]);
-#pragma unroll
-            for (int j4 = 0; j4 < kTileK / 4; ++j4) {
-                const float4 k4 = krow[j4];
-                s[4 * j4] = fmaf(qv, k4.x, s[4 * j4]);
-                s[4 * j4 + 1] = fmaf(qv, k4.y, s[4 * j4 + 1]);
-                s[4 * j4 + 2] = fmaf(qv, k4.z, s[4 * j4 + 2]);
-                s[4 * j4 + 3] = fmaf(qv, k4.w, s[4 * j4 + 3]);
+            for (int kk = 0; kk < P::kDimSteps; ++kk) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kk * 16);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8);
+                qrt::mma16816<__half>(sc[nb], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], b0, b1);
             }
         }
-        float tile_max = -INFINITY;
+        // Causal mask, then the running maximum and sum of each pair (a row's 4 lanes agree).
 #pragma unroll
-        for (int j = 0; j < kTileK; ++j) {
+        for (int i = 0; i < 2; ++i) {
+            float mx = -INFINITY;
 #pragma unroll
-            for (int o = 1; o < kParts; o *= 2) s[j] += __shfl_xor_sync(qrt::kFull, s[j], o);
-            s[j] = (t0 + j <= limit) ? s[j] : -INFINITY;
-            tile_max = fmaxf(tile_max, s[j]);
+            for (int nb = 0; nb < P::kKeyBlocks; ++nb) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const unsigned key = t0 + nb * 8 + 2 * tc + j;
+                    float& x = sc[nb][2 * i + j];
+                    x = key <= pos[i] ? x : -INFINITY;
+                    mx = fmaxf(mx, x);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 2));
+            const float m_new = fmaxf(m[i], mx);
+            const float base = m_new == -INFINITY ? 0.f : m_new;  // nothing seen yet
+            const float corr = exp2f(m[i] - base);
+            m[i] = m_new;
+            float sum = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < P::kKeyBlocks; ++nb) {
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    float& x = sc[nb][2 * i + j];
+                    x = exp2f(x - base);
+                    sum += x;
+                }
+            }
+            l[i] = l[i] * corr + sum;
+#pragma unroll
+            for (int b = 0; b < P::kDimBlocks; ++b) {
+                o[b][2 * i] *= corr;
+                o[b][2 * i + 1] *= corr;
+            }
         }
-        const float m_new = fmaxf(m, tile_max);
-        if (m_new == -INFINITY) continue;  // every key of this tile is masked for this row
-        const float corr = expf(m - m_new);
-        l *= corr;
+        // O += P V: the scores' registers are P's A fragments; V's B fragments come from
+        // transposed ldmatrix reads (matrices: keys 0-7 / 8-15 of the step x 2 dimension blocks).
+        const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs[buf]));
 #pragma unroll
-        for (int i = 0; i < kDims; ++i) acc[i] *= corr;
+        for (int kk = 0; kk < P::kKeys / 16; ++kk) {
+            const uint32_t a0 = half2_bits(sc[2 * kk][0], sc[2 * kk][1]);
+            const uint32_t a1 = half2_bits(sc[2 * kk][2], sc[2 * kk][3]);
+            const uint32_t a2 = half2_bits(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+            const uint32_t a3 = half2_bits(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+            const unsigned key = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
 #pragma unroll
-        for (int j = 0; j < kTileK; ++j) {
-            const float p = expf(s[j] - m_new);
-            l += p;
-#pragma unroll
-            for (int i = 0; i < kDims; ++i) acc[i] = fmaf(p, vs[j][part + kParts * i], acc[i]);
+            for (int db = 0; db < P::kDimBlocks / 2; ++db) {
+                const unsigned dim = (2 * db + (lane >> 4)) * 8;
+                uint32_t r[4];
+                qrt::ldmatrix_x4_trans(r, vb + (key * P::kStride + dim) * 2);
+                qrt::mma16816<__half>(o[2 * db], a0, a1, a2, a3, r[0], r[1]);
+                qrt::mma16816<__half>(o[2 * db + 1], a0, a1, a2, a3, r[2], r[3]);
+            }
         }
-        m = m_new;
+        __syncthreads();  // the buffer is refilled two tiles on
     }
-    if (!active) return;
-    float* out = reinterpret_cast<float*>(args.out) + static_cast<size_t>(row) * q_stride + h * D;
-    const float inv = 1.f / l;
+
+    float* out = reinterpret_cast<float*>(args.out);
 #pragma unroll
-    for (int i = 0; i < kDims; ++i) out[part + kParts * i] = acc[i] * inv;
+    for (int i = 0; i < 2; ++i) {
+        float sum = l[i];
+        sum += __shfl_xor_sync(qrt::kFull, sum, 1);
+        sum += __shfl_xor_sync(qrt::kFull, sum, 2);
+        if (!valid[i]) continue;
+        const float inv = 1.f / sum;
+#pragma unroll
+        for (int b = 0; b < P::kDimBlocks; ++b) {
+            *reinterpret_cast<float2*>(out + at[i] + b * 8 + 2 * tc) =
+                make_float2(o[b][2 * i] * inv, o[b][2 * i + 1] * inv);
+        }
+    }
 }
 
 // Partial results of the decode splits, in `args.work`: the unnormalised outputs
@@ -176,183 +257,40 @@ struct Partials {
     }
 };
 
-// One block per (sequence, KV head, partition of at most kMaxPartition tokens): K and V of the
-// partition are staged in shared memory with 16-byte loads, every thread scores whole keys
-// against the group's queries, and the partition's unnormalised output, maximum and sum go to
-// `args.work`. The last block of a (sequence, KV head) to finish merges all partitions.
+// Decode geometry for head dimension D: a lane holds 8 dimensions (one 16-byte load) of a key
+// and of a value, D / 8 adjacent lanes one token, so a warp covers kPerStep tokens per step; the
+// block's kWarps warps cover a partition of kMaxPartition tokens in kSteps steps.
 template <int D>
-__device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
-    constexpr unsigned kWords = D / 2;        // half2 words of a K row
-    constexpr unsigned kStride = kWords + 1;  // odd row stride: column reads hit 32 banks
-    __shared__ uint32_t ks[kMaxPartition * kStride];
-    __shared__ __align__(16) __half vs[kMaxPartition][D];
-    __shared__ float qs[kMaxGroup][D];
-    __shared__ float scores[kMaxGroup][kMaxPartition];
+struct DecodeShape {
+    static constexpr int kLanes = D / 8;
+    static constexpr int kPerStep = qrt::kWarp / kLanes;
+    static constexpr int kWarps = D / 16;
+    static constexpr int kSteps = kMaxPartition / (kWarps * kPerStep);
+    static constexpr int kThreads = kWarps * qrt::kWarp;
+};
+
+// The last of the `active` partitions of a (sequence, KV head) to arrive merges them all into
+// the output rows of the group's query heads (the other blocks return).
+template <int D>
+__device__ __forceinline__ void merge_partitions(const qrt_attn_args& args, const Partials& parts,
+                                                 size_t base, unsigned active, unsigned group,
+                                                 unsigned row) {
     __shared__ bool last;
-
-    qrt::pdl_enter();
-    const unsigned s_idx = blockIdx.x;
-    const unsigned kvh = blockIdx.y;
-    const unsigned split = blockIdx.z;
-    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[s_idx];
-    const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
-    const unsigned group = args.num_heads / args.num_kv_heads;
-    const unsigned ctx = seq.past + seq.len;
-    const unsigned t_begin = split * args.partition;
-    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
-    const unsigned n = min(args.partition, ctx - t_begin);
+    __shared__ float merged_max[kMaxGroup];
+    __shared__ float merged_inv[kMaxGroup];
     const unsigned tid = threadIdx.x;
-    const Partials parts(args, D);
-    const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
-
-    const unsigned row = seq.start + seq.len - 1;
-    const float* q = reinterpret_cast<const float*>(args.q) +
-                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
-    const float* inv_freq = reinterpret_cast<const float*>(args.inv_freq);
-    const float pos = static_cast<float>(ctx - 1);  // the query's position
-    if (inv_freq == nullptr) {
-        for (unsigned i = tid; i < group * D; i += blockDim.x) qs[i / D][i % D] = q[i] * args.scale;
-    } else {
-        for (unsigned i = tid; i < group * D / 2; i += blockDim.x) {
-            const unsigned g = i / (D / 2);
-            const unsigned j = i % (D / 2);
-            float sn, cs;
-            sincosf(pos * inv_freq[j], &sn, &cs);
-            const float x1 = q[g * D + j];
-            const float x2 = q[g * D + j + D / 2];
-            qs[g][j] = (x1 * cs - x2 * sn) * args.scale;
-            qs[g][j + D / 2] = (x2 * cs + x1 * sn) * args.scale;
-        }
-    }
-    const __half* kc = reinterpret_cast<const __half*>(args.k_cache);
-    const __half* vc = reinterpret_cast<const __half*>(args.v_cache);
-    for (unsigned e = tid; e < n * (D / 8); e += blockDim.x) {
-        const unsigned t = e / (D / 8);
-        const unsigned c = e % (D / 8);
-        const size_t off =
-            (static_cast<size_t>(slot_of(table, t_begin + t, args.block_size)) * args.num_kv_heads +
-             kvh) * D + c * 8;
-        if (inv_freq != nullptr && t_begin + t == ctx - 1) {
-            // The newest token: rotate its key, store key and value in the cache, stage both.
-            const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
-            const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
-            const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
-            __align__(16) __half kh[8];
-            __align__(16) __half vh[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const unsigned d = c * 8 + i;
-                const unsigned j = d % (D / 2);
-                float sn, cs;
-                sincosf(pos * inv_freq[j], &sn, &cs);
-                const float x1 = kn[j];
-                const float x2 = kn[j + D / 2];
-                kh[i] = __float2half_rn(d < D / 2 ? x1 * cs - x2 * sn : x2 * cs + x1 * sn);
-                vh[i] = __float2half_rn(vn[d]);
-            }
-            const uint4 kv = *reinterpret_cast<const uint4*>(kh);
-            const uint4 vv = *reinterpret_cast<const uint4*>(vh);
-            *reinterpret_cast<uint4*>(const_cast<__half*>(kc) + off) = kv;
-            *reinterpret_cast<uint4*>(const_cast<__half*>(vc) + off) = vv;
-            uint32_t* kd = ks + t * kStride + c * 4;
-            kd[0] = kv.x;
-            kd[1] = kv.y;
-            kd[2] = kv.z;
-            kd[3] = kv.w;
-            *reinterpret_cast<uint4*>(&vs[t][c * 8]) = vv;
-            continue;
-        }
-        const uint4 kv = *reinterpret_cast<const uint4*>(kc + off);
-        uint32_t* kd = ks + t * kStride + c * 4;
-        kd[0] = kv.x;
-        kd[1] = kv.y;
-        kd[2] = kv.z;
-        kd[3] = kv.w;
-        *reinterpret_cast<uint4*>(&vs[t][c * 8]) = *reinterpret_cast<const uint4*>(vc + off);
-    }
-    __syncthreads();
-
-    // Scores: thread (t, g0) scores key t against heads g0, g0 + 2, ...
-    constexpr unsigned kHeadsPerThread = kMaxGroup / 2;
-    {
-        const unsigned t = tid % kMaxPartition;
-        const unsigned g0 = tid / kMaxPartition;
-        if (t < n) {
-            float dot[kHeadsPerThread] = {};
-            for (unsigned w = 0; w < kWords; ++w) {
-                const float2 k2 = qrt::Half16<__half>::to_float2(ks[t * kStride + w]);
-#pragma unroll
-                for (unsigned i = 0; i < kHeadsPerThread; ++i) {
-                    const unsigned g = g0 + 2 * i;
-                    if (g < group) {
-                        dot[i] = fmaf(qs[g][2 * w], k2.x, dot[i]);
-                        dot[i] = fmaf(qs[g][2 * w + 1], k2.y, dot[i]);
-                    }
-                }
-            }
-#pragma unroll
-            for (unsigned i = 0; i < kHeadsPerThread; ++i) {
-                const unsigned g = g0 + 2 * i;
-                if (g < group) scores[g][t] = dot[i];
-            }
-        }
-    }
-    __syncthreads();
-
-    // Softmax statistics: warp w handles heads w, w + 4, ...
     const unsigned warp = tid / qrt::kWarp;
     const unsigned lane = tid % qrt::kWarp;
-    for (unsigned g = warp; g < group; g += blockDim.x / qrt::kWarp) {
-        float mx = -INFINITY;
-        for (unsigned t = lane; t < n; t += qrt::kWarp) mx = fmaxf(mx, scores[g][t]);
-        mx = qrt::warp_max(mx);
-        float sum = 0.f;
-        for (unsigned t = lane; t < n; t += qrt::kWarp) {
-            const float p = expf(scores[g][t] - mx);
-            scores[g][t] = p;
-            sum += p;
-        }
-        sum = qrt::warp_sum(sum);
-        if (lane == 0) {
-            parts.max[base + g * args.splits + split] = mx;
-            parts.sum[base + g * args.splits + split] = sum;
-        }
-    }
-    __syncthreads();
-
-    // Weighted values: thread (g0, d) accumulates dimension d of heads g0, g0 + step, ...
-    constexpr unsigned kStep = kDecodeThreads / D;
-    const unsigned d = tid % D;
-    const unsigned g0 = tid / D;
-    float acc[kMaxGroup] = {};
-    for (unsigned t = 0; t < n; ++t) {
-        const float v = __half2float(vs[t][d]);
-#pragma unroll
-        for (unsigned i = 0; i < kMaxGroup; ++i) {
-            const unsigned g = g0 + i * kStep;
-            if (i * kStep < kMaxGroup && g < group) acc[i] = fmaf(scores[g][t], v, acc[i]);
-        }
-    }
-#pragma unroll
-    for (unsigned i = 0; i < kMaxGroup; ++i) {
-        const unsigned g = g0 + i * kStep;
-        if (i * kStep < kMaxGroup && g < group)
-            parts.acc[(base + g * args.splits + split) * D + d] = acc[i];
-    }
-
-    // The last partition of this (sequence, KV head) to arrive merges them all.
-    const unsigned active = (ctx + args.partition - 1) / args.partition;
-    uint32_t* arrivals = parts.arrivals + s_idx * args.num_kv_heads + kvh;
+    const unsigned kvh = blockIdx.y;
+    uint32_t* arrivals = parts.arrivals + blockIdx.x * args.num_kv_heads + kvh;
     __threadfence();
     __syncthreads();
     if (tid == 0) last = atomicAdd(arrivals, 1u) == active - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // Per head, the partitions' common maximum and total (warp w: heads w, w + 4, ...), read
-    // with loads that bypass L1 (other blocks wrote them).
-    __shared__ float merged_max[kMaxGroup];
-    __shared__ float merged_inv[kMaxGroup];
+    // Per head, the partitions' common maximum and total (warp w: heads w, w + warps, ...),
+    // read with loads that bypass L1 (other blocks wrote them).
     for (unsigned g = warp; g < group; g += blockDim.x / qrt::kWarp) {
         const size_t hb = base + g * args.splits;
         float mx = -INFINITY;
@@ -384,16 +322,269 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     if (tid == 0) *arrivals = 0;  // ready for the next launch
 }
 
+// 8 floats as f16 values.
+__device__ __forceinline__ uint4 pack8(const float* v) {
+    __align__(16) __half h[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) h[i] = __float2half_rn(v[i]);
+    return *reinterpret_cast<const uint4*>(h);
+}
+
+// 8 consecutive floats written by an earlier kernel (read through L2).
+__device__ __forceinline__ void load8_cg(const float* p, float* out) {
+    const float4 a = __ldcg(reinterpret_cast<const float4*>(p));
+    const float4 b = __ldcg(reinterpret_cast<const float4*>(p) + 1);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+// Dimensions d0 .. d0 + 7 of a vector rotated at the angles whose sines and cosines are given:
+// `own` holds those dimensions and `partner` the ones they pair with (d + D/2, or d - D/2 when
+// `high`).
+__device__ __forceinline__ void rotate8(const float* own, const float* partner, const float* sn,
+                                        const float* cs, bool high, float* out) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+        out[i] = high ? own[i] * cs[i] + partner[i] * sn[i] : own[i] * cs[i] - partner[i] * sn[i];
+}
+
+// One block per (sequence, KV head, partition of at most kMaxPartition tokens), for groups of at
+// most G query heads per KV head. Every lane loads its keys and values for the whole partition
+// with 16-byte loads at once (before waiting for the previous kernel when the rotation is fused:
+// the cache holds the older tokens already), scores its 8 dimensions against each query head,
+// sums them over the token's lanes, and keeps the token's probabilities and weighted values in
+// registers; warps are combined in shared memory. A single-partition context is written out
+// directly; otherwise the partition's unnormalised output, maximum and sum go to `args.work`
+// for merge_partitions.
+template <int D, int G>
+__device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
+    using S = DecodeShape<D>;
+    __shared__ __align__(16) float wacc[S::kWarps][G][D];
+    __shared__ float wmax[S::kWarps][G];
+    __shared__ float wsum[S::kWarps][G];
+
+    const bool fused = args.inv_freq != 0;
+    // Unfused, an earlier kernel of this pass stored the newest key and value: wait first.
+    if (!fused) qrt::pdl_wait();
+    const unsigned s_idx = blockIdx.x;
+    const unsigned kvh = blockIdx.y;
+    const unsigned split = blockIdx.z;
+    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[s_idx];
+    const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
+    const unsigned group = args.num_heads / args.num_kv_heads;
+    const unsigned ctx = seq.past + seq.len;
+    const unsigned t_begin = split * args.partition;
+    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
+    const unsigned n = min(args.partition, ctx - t_begin);
+    const unsigned tid = threadIdx.x;
+    const unsigned warp = tid / qrt::kWarp;
+    const unsigned lane = tid % qrt::kWarp;
+    const unsigned d0 = (lane % S::kLanes) * 8;  // this lane's 8 dimensions
+    const unsigned sub = lane / S::kLanes;       // this lane's token within a step
+    const bool high = d0 >= D / 2;
+    __half* kc = reinterpret_cast<__half*>(args.k_cache);
+    __half* vc = reinterpret_cast<__half*>(args.v_cache);
+
+    uint4 kr[S::kSteps];
+    uint4 vr[S::kSteps];
+    size_t off[S::kSteps];
+#pragma unroll
+    for (int s = 0; s < S::kSteps; ++s) {
+        const unsigned tok = (warp * S::kSteps + s) * S::kPerStep + sub;
+        const unsigned t = t_begin + min(tok, n - 1);
+        off[s] = (static_cast<size_t>(slot_of(table, t, args.block_size)) * args.num_kv_heads + kvh) *
+                     D + d0;
+        kr[s] = vr[s] = make_uint4(0, 0, 0, 0);
+        qrt::load_cg_if(kr[s], kc + off[s], tok < n);
+        qrt::load_cg_if(vr[s], vc + off[s], tok < n);
+    }
+    if (fused) qrt::pdl_wait();
+    qrt::pdl_launch_dependents();
+
+    // The group's queries, this lane's dimensions, rotated (when fused) and scaled.
+    const unsigned row = seq.start + seq.len - 1;
+    const float* q = reinterpret_cast<const float*>(args.q) +
+                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
+    const unsigned partner = (d0 + D / 2) % D;
+    float sn[8], cs[8];
+    if (fused) {
+        // Each lane computes the angles of frequencies `lane` and `lane + 32` (D = 128 only);
+        // the ones of its dimensions come by shuffles.
+        const float* inv_freq = reinterpret_cast<const float*>(args.inv_freq);
+        const float pos = static_cast<float>(ctx - 1);  // the query's position
+        float sn_lo, cs_lo, sn_hi = 0.f, cs_hi = 0.f;
+        sincosf(pos * inv_freq[lane % (D / 2)], &sn_lo, &cs_lo);
+        if (D / 2 > qrt::kWarp) sincosf(pos * inv_freq[lane + qrt::kWarp], &sn_hi, &cs_hi);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const unsigned j = (d0 + i) % (D / 2);
+            sn[i] = __shfl_sync(qrt::kFull, sn_lo, j % qrt::kWarp);
+            cs[i] = __shfl_sync(qrt::kFull, cs_lo, j % qrt::kWarp);
+            if (D / 2 > qrt::kWarp) {
+                const float sh = __shfl_sync(qrt::kFull, sn_hi, j % qrt::kWarp);
+                const float ch = __shfl_sync(qrt::kFull, cs_hi, j % qrt::kWarp);
+                if (j >= qrt::kWarp) sn[i] = sh, cs[i] = ch;
+            }
+        }
+    }
+    float qr[G][8];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qr[g][i] = 0.f;
+        if (g < group) {
+            float own[8];
+            load8_cg(q + g * D + d0, own);
+            if (fused) {
+                float other[8];
+                load8_cg(q + g * D + partner, other);
+                rotate8(own, other, sn, cs, high, own);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) qr[g][i] = own[i] * args.scale;
+        }
+    }
+
+    // The newest token (fused): rotate its key, store key and value in the cache, keep both.
+    if (fused) {
+#pragma unroll
+        for (int s = 0; s < S::kSteps; ++s) {
+            const unsigned tok = (warp * S::kSteps + s) * S::kPerStep + sub;
+            if (t_begin + tok != ctx - 1) continue;
+            const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
+            const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
+            const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
+            float own[8], other[8], val[8];
+            load8_cg(kn + d0, own);
+            load8_cg(kn + partner, other);
+            load8_cg(vn + d0, val);
+            rotate8(own, other, sn, cs, high, own);
+            kr[s] = pack8(own);
+            vr[s] = pack8(val);
+            *reinterpret_cast<uint4*>(kc + off[s]) = kr[s];
+            *reinterpret_cast<uint4*>(vc + off[s]) = vr[s];
+        }
+    }
+
+    // Scores of this lane's tokens, summed over each token's lanes (masked beyond the context).
+    float p[S::kSteps][G];
+#pragma unroll
+    for (int s = 0; s < S::kSteps; ++s) {
+        const unsigned tok = (warp * S::kSteps + s) * S::kPerStep + sub;
+        float kf[8];
+        unpack8(kr[s], kf);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) dot = fmaf(qr[g][i], kf[i], dot);
+#pragma unroll
+            for (int o = 1; o < S::kLanes; o *= 2) dot += __shfl_xor_sync(qrt::kFull, dot, o);
+            p[s][g] = tok < n ? dot : -INFINITY;
+        }
+    }
+    // The warp's maximum and sum per head (over its tokens: lanes kLanes apart), then its
+    // weighted values.
+    float mx[G], sum[G];
+    float acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        float m = p[0][g];
+#pragma unroll
+        for (int s = 1; s < S::kSteps; ++s) m = fmaxf(m, p[s][g]);
+#pragma unroll
+        for (int o = S::kLanes; o < qrt::kWarp; o *= 2) m = fmaxf(m, __shfl_xor_sync(qrt::kFull, m, o));
+        float l = 0.f;
+#pragma unroll
+        for (int s = 0; s < S::kSteps; ++s) {
+            p[s][g] = m == -INFINITY ? 0.f : expf(p[s][g] - m);
+            l += p[s][g];
+        }
+#pragma unroll
+        for (int o = S::kLanes; o < qrt::kWarp; o *= 2) l += __shfl_xor_sync(qrt::kFull, l, o);
+        mx[g] = m;
+        sum[g] = l;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
+    }
+#pragma unroll
+    for (int s = 0; s < S::kSteps; ++s) {
+        float vf[8];
+        unpack8(vr[s], vf);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p[s][g], vf[i], acc[g][i]);
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (g >= group) break;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+#pragma unroll
+            for (int o = S::kLanes; o < qrt::kWarp; o *= 2)
+                acc[g][i] += __shfl_xor_sync(qrt::kFull, acc[g][i], o);
+        }
+        if (sub == 0) {
+            float4* dst = reinterpret_cast<float4*>(&wacc[warp][g][d0]);
+            dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+            dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+        }
+        if (lane == 0) {
+            wmax[warp][g] = mx[g];
+            wsum[warp][g] = sum[g];
+        }
+    }
+    __syncthreads();
+
+    // The warps combined: the partition's output (final when it is the only one).
+    const Partials parts(args, D);
+    const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
+    const unsigned active = (ctx + args.partition - 1) / args.partition;
+    for (unsigned i = tid; i < group * D; i += blockDim.x) {
+        const unsigned g = i / D;
+        const unsigned d = i % D;
+        float m = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < S::kWarps; ++w) m = fmaxf(m, wmax[w][g]);
+        float out = 0.f;
+        float l = 0.f;
+#pragma unroll
+        for (int w = 0; w < S::kWarps; ++w) {
+            const float f = wmax[w][g] == -INFINITY ? 0.f : expf(wmax[w][g] - m);
+            out = fmaf(wacc[w][g][d], f, out);
+            l = fmaf(wsum[w][g], f, l);
+        }
+        if (active == 1) {
+            reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
+                                               (kvh * group + g) * D + d] = out / l;
+            continue;
+        }
+        const size_t at = base + g * args.splits + split;
+        parts.acc[at * D + d] = out;
+        if (d == 0) {
+            parts.max[at] = m;
+            parts.sum[at] = l;
+        }
+    }
+    if (active > 1) merge_partitions<D>(args, parts, base, active, group, row);
+}
+
 }  // namespace
 
 #define QRT_ATTN(D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(64 * kMaxGroup)                         \
+    extern "C" __global__ void __launch_bounds__(kPrefillWarps * qrt::kWarp)                    \
         qrt_attn_prefill_d##D(const qrt_attn_args args) {                                      \
         attn_prefill<D>(args);                                                                 \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(kDecodeThreads)                               \
-        qrt_attn_decode_d##D(const qrt_attn_args args) {                                       \
-        attn_decode<D>(args);                                                                  \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+        qrt_attn_decode_d##D##_g4(const qrt_attn_args args) {                                  \
+        attn_decode<D, 4>(args);                                                               \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+        qrt_attn_decode_d##D##_g8(const qrt_attn_args args) {                                  \
+        attn_decode<D, kMaxGroup>(args);                                                       \
     }
 
 QRT_ATTN(64)

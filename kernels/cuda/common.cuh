@@ -173,4 +173,48 @@ __device__ __forceinline__ void load_stream_if(uint4& v, const void* p, bool pre
         : "l"(p), "r"(static_cast<int>(pred)));
 }
 
+// 16 bytes read through L2 into `v` where `pred` holds; `v` is left as it is elsewhere. For data
+// other kernels wrote (the KV cache), as a predicated load for the reason given above.
+__device__ __forceinline__ void load_cg_if(uint4& v, const void* p, bool pred) {
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %5, 0;\n"
+        "  @p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        "}"
+        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+        : "l"(p), "r"(static_cast<int>(pred)));
+}
+
+// 16 bytes copied asynchronously from global to shared memory (at shared address `dst`),
+// zeros instead where `valid` is false (sm_80 and newer). Completed by cp_async_wait.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Waits until at most N committed groups of cp_async16 copies are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// Four 8x8 16-bit matrices from shared memory: lanes 8i .. 8i + 7 give the row addresses of
+// matrix i; r[i] is this lane's fragment of matrix i (row lane / 4, columns 2 (lane % 4) + 0, 1).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// ldmatrix_x4 transposed: r[i] holds rows 2 (lane % 4) + 0, 1 of column lane / 4 of matrix i.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 }  // namespace qrt

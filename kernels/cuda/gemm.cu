@@ -19,18 +19,6 @@ constexpr int kBK = 32;
 constexpr int kStages = 3;
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-                 "r"(bytes));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 // Offset (in elements) of chunk `ch` (8 elements) of tile row `row`.
 __device__ __forceinline__ int swizzled(int row, int ch) {
     return row * kBK + ((ch ^ ((row >> 1) & 3)) << 3);
@@ -48,7 +36,7 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const W* src, int r0, i
         const int col = kt * kBK + ch * 8;
         const bool valid = r0 + row < limit && col < k;
         const W* p = valid ? src + static_cast<size_t>(r0 + row) * k + col : src;
-        cp_async16(tile + swizzled(row, ch) * 2, p, valid);
+        qrt::cp_async16(tile + swizzled(row, ch) * 2, p, valid);
     }
 }
 
@@ -96,11 +84,11 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             load_tile<W, BM>(base_a + s * stage_a, a, m0, m, k, s);
             load_tile<W, kBN>(base_b + s * stage_b, w, n0, n, k, s);
         }
-        asm volatile("cp.async.commit_group;");
+        qrt::cp_async_commit();
     }
 
     for (int kt = 0; kt < ktiles; ++kt) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(kStages - 2));
+        qrt::cp_async_wait<kStages - 2>();
         __syncthreads();
         const int next = kt + kStages - 1;
         if (next < ktiles) {
@@ -108,7 +96,7 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             load_tile<W, BM>(base_a + st * stage_a, a, m0, m, k, next);
             load_tile<W, kBN>(base_b + st * stage_b, w, n0, n, k, next);
         }
-        asm volatile("cp.async.commit_group;");
+        qrt::cp_async_commit();
 
         const int st = kt % kStages;
         const uint32_t ta = base_a + st * stage_a;
@@ -121,14 +109,14 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             for (int mi = 0; mi < MI; ++mi) {
                 const int row = warp_m * (BM / 2) + mi * 16 + (lane & 15);
                 const int ch = kk * 2 + (lane >> 4);
-                ldmatrix_x4(af[mi], ta + swizzled(row, ch) * 2);
+                qrt::ldmatrix_x4(af[mi], ta + swizzled(row, ch) * 2);
             }
 #pragma unroll
             for (int nj = 0; nj < NI / 2; ++nj) {
                 const int row = warp_n * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3);
                 const int ch = kk * 2 + ((lane >> 3) & 1);
                 uint32_t r[4];
-                ldmatrix_x4(r, tb + swizzled(row, ch) * 2);
+                qrt::ldmatrix_x4(r, tb + swizzled(row, ch) * 2);
                 bf[2 * nj][0] = r[0];
                 bf[2 * nj][1] = r[1];
                 bf[2 * nj + 1][0] = r[2];
@@ -142,7 +130,7 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
                                      bf[ni][0], bf[ni][1]);
         }
     }
-    asm volatile("cp.async.wait_group 0;");
+    qrt::cp_async_wait<0>();
 
     float* c = reinterpret_cast<float*>(seg.c);
     const float* bias = reinterpret_cast<const float*>(seg.bias);

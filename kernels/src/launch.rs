@@ -84,7 +84,9 @@ pub struct Fusion {
 }
 
 /// Threads of a decode attention block (`kDecodeThreads` in attention.cu).
-const DECODE_THREADS: u32 = 128;
+/// The groups (query heads per KV head) the decode attention kernels are built for: a launch
+/// takes the smallest that holds its group.
+const DECODE_GROUPS: [u32; 2] = [4, MAX_ATTN_GROUP as u32];
 /// Largest decode partition (`kMaxPartition` in attention.cu).
 pub const MAX_ATTN_PARTITION: usize = 64;
 /// Largest number of query heads per KV head (`kMaxGroup` in attention.cu).
@@ -104,9 +106,16 @@ pub fn attention_decode_work_bytes(
     (partials, partials + seqs * kv_heads * 4)
 }
 
-/// Query rows per prefill attention tile for a head dimension (`tile_q` in attention.cu).
-pub fn attention_tile_rows(head_dim: usize) -> usize {
-    1024 / head_dim
+/// (query row, head) pairs one prefill attention block computes (`kPrefillPairs` in
+/// attention.cu).
+const PREFILL_PAIRS: usize = 64;
+/// Threads of a prefill attention block: a warp per 16 pairs.
+const PREFILL_THREADS: u32 = PREFILL_PAIRS as u32 * 2;
+
+/// Query rows per prefill attention tile for `group` query heads per KV head: the tile's rows
+/// times the group's heads fill one block's (row, head) pairs.
+pub fn attention_tile_rows(group: usize) -> usize {
+    PREFILL_PAIRS / group.clamp(1, MAX_ATTN_GROUP)
 }
 
 /// Every (module, kernel) the launchers of this crate may launch, so that a build can be
@@ -136,8 +145,9 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("elementwise", format!("qrt_silu_mul_to_{t}")));
     }
     for d in [64, 128] {
-        for stage in ["prefill", "decode"] {
-            all.push(("attention", format!("qrt_attn_{stage}_d{d}")));
+        all.push(("attention", format!("qrt_attn_prefill_d{d}")));
+        for g in DECODE_GROUPS {
+            all.push(("attention", format!("qrt_attn_decode_d{d}_g{g}")));
         }
     }
     for name in [
@@ -647,7 +657,8 @@ impl CudaDevice {
     }
 
     /// Causal attention for rows of several sequences over the paged cache, one block per
-    /// (tile of query rows, KV head); `args.work` holds `tiles` (sequence, first row) pairs.
+    /// (tile of query rows, KV head); `args.work` holds `tiles` (sequence, first row) pairs, a tile
+    /// being [`attention_tile_rows`] rows of one sequence (fewer at its end).
     ///
     /// # Safety
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
@@ -657,7 +668,6 @@ impl CudaDevice {
         tiles: usize,
     ) -> Result<(), KernelError> {
         Self::check_attention(args)?;
-        let group = args.num_heads / args.num_kv_heads;
         let kernel = format!("qrt_attn_prefill_d{}", args.head_dim);
         let grid = (u32_of("tiles", tiles)?, args.num_kv_heads, 1);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
@@ -665,7 +675,7 @@ impl CudaDevice {
             self.launch_config(
                 "attention",
                 &kernel,
-                (grid, 64 * group, 0),
+                (grid, PREFILL_THREADS, 0),
                 &mut params([args]),
                 false,
             )
@@ -688,13 +698,21 @@ impl CudaDevice {
             )));
         }
         let grid = (args.num_seqs, args.num_kv_heads, args.splits);
+        let group = args.num_heads / args.num_kv_heads;
+        // check_attention bounds the group by MAX_ATTN_GROUP, the last of DECODE_GROUPS.
+        let built = DECODE_GROUPS
+            .into_iter()
+            .find(|&g| g >= group)
+            .unwrap_or(MAX_ATTN_GROUP as u32);
+        // Two warps per 16 dimensions (`DecodeShape` in attention.cu).
+        let threads = 2 * args.head_dim;
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             self.launch(
                 "attention",
-                &format!("qrt_attn_decode_d{}", args.head_dim),
+                &format!("qrt_attn_decode_d{}_g{built}", args.head_dim),
                 grid,
-                DECODE_THREADS,
+                threads,
                 &mut params([args]),
             )
         }

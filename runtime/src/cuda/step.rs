@@ -174,7 +174,7 @@ pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
                 .chain(std::iter::repeat_n(0, pad))
         }),
     );
-    let tile_rows = attention_tile_rows(input.heads.head_dim.max(64));
+    let tile_rows = attention_tile_rows(input.heads.num_heads / input.heads.num_kv_heads.max(1));
     let tile_list: Vec<u32> = if decode.is_some() {
         Vec::new()
     } else {
@@ -289,9 +289,10 @@ mod tests {
         inv[1] = 0.5;
         let p = plan_for(&tokens, &batch, &[39, 40], &inv).unwrap();
         assert_eq!(p.decode, None);
-        // 40 rows in tiles of 16: three tiles for the first sequence, one for the second.
-        assert_eq!(p.num_tiles, 4);
-        assert_eq!(&p.words[p.tiles..p.tiles + 8], &[0, 0, 0, 16, 0, 32, 1, 0]);
+        // Groups of 2 heads: 40 rows in tiles of 32, two tiles for the first sequence, one for the
+        // second.
+        assert_eq!(p.num_tiles, 3);
+        assert_eq!(&p.words[p.tiles..p.tiles + 6], &[0, 0, 0, 32, 1, 0]);
         assert_eq!(&p.words[p.seqs..p.seqs + 8], &[0, 40, 0, 0, 40, 1, 20, 3]);
         assert_eq!(&p.words[p.tables..p.tables + 5], &[3, 1, 4, 0, 2]);
         assert_eq!(p.words[p.inv_freq + 1], 0.5f32.to_bits());

@@ -760,6 +760,7 @@ fn check_attention(
         (32, 8, 128),
         (4, 4, 64),
         (16, 2, 128),
+        (12, 2, 64),
     ];
     let scenario: Vec<Vec<(usize, usize)>> = vec![
         vec![(0, 37), (1, 70)],
