@@ -19,6 +19,20 @@ use std::process::{Command, Output, Stdio};
 /// architectures; the driver JIT-compiles the PTX for the actual device).
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
+/// Modules that use Hopper's architecture-specific instructions (wgmma): their sm_90 PTX
+/// targets `sm_90a`, which the driver loads on compute capability 9.0 exactly; the launchers
+/// take their kernels only there.
+const ARCH_SPECIFIC: [&str; 1] = ["gemm_wgmma"];
+
+/// The PTX target of `module` for `arch`: `arch`, or `sm_90a` for [`ARCH_SPECIFIC`] modules.
+fn ptx_target(module: &str, arch: &str) -> String {
+    if arch == "sm_90" && ARCH_SPECIFIC.contains(&module) {
+        "sm_90a".to_string()
+    } else {
+        arch.to_string()
+    }
+}
+
 /// Newest PTX ISA the target driver (R580, CUDA 13.0) accepts.
 const MAX_PTX_VERSION: (u32, u32) = (9, 0);
 
@@ -271,7 +285,7 @@ fn compile_all(
             .iter()
             .map(|job| {
                 let source = include_dir.join(format!("{}.cu", job.module));
-                let virtual_arch = job.arch.replace("sm_", "compute_");
+                let virtual_arch = ptx_target(&job.module, job.arch).replace("sm_", "compute_");
                 let child = Command::new(&nvcc.path)
                     .arg(format!("-arch={virtual_arch}"))
                     .args(NVCC_FLAGS)
@@ -352,11 +366,11 @@ fn check_ptx(nvcc: &Nvcc, ptx: &PtxFile) {
         )),
     }
     let target = directive(".target ");
-    if target.split([',', ' ']).next() != Some(ptx.arch) {
+    let expected = ptx_target(&ptx.module, ptx.arch);
+    if target.split([',', ' ']).next() != Some(expected.as_str()) {
         fail(&format!(
-            "{}: `.target {target}`, expected {}",
+            "{}: `.target {target}`, expected {expected}",
             ptx.path.display(),
-            ptx.arch
         ));
     }
 }
@@ -380,8 +394,10 @@ fn write_kernel_table(out_dir: &Path, cuda_kernels: bool, modules: &[PtxFile]) {
             .unwrap_or_else(|| fail(&format!("non-UTF-8 path {}", m.path.display())));
         writeln!(
             code,
-            "    crate::PtxModule {{ name: {:?}, arch: {:?}, ptx: include_str!({path:?}) }},",
-            m.module, m.arch
+            "    crate::PtxModule {{ name: {:?}, arch: {:?}, target: {:?}, ptx: include_str!({path:?}) }},",
+            m.module,
+            m.arch,
+            ptx_target(&m.module, m.arch)
         )
         .unwrap();
     }

@@ -42,6 +42,9 @@ pub struct CudaDevice {
     /// Launch with programmatic dependent launch (compute capability 9.0 and newer, unless
     /// `QRT_PDL=0`).
     pub(crate) programmatic_launch: bool,
+    /// GEMMs with a long k on wgmma (compute capability 9.0 exactly, whose arch-specific PTX
+    /// the wgmma module is, unless `QRT_GEMM=mma` asks for the mma.sync kernels everywhere).
+    pub(crate) wgmma: bool,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -52,6 +55,7 @@ impl fmt::Debug for CudaDevice {
             .field("compute_capability", &self.compute_capability)
             .field("total_memory", &self.total_memory)
             .field("arch", &self.arch)
+            .field("wgmma", &self.wgmma)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +173,8 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             programmatic_launch: compute_capability >= (9, 0)
                 && std::env::var("QRT_PDL").map_or(true, |v| v != "0"),
+            wgmma: compute_capability == (9, 0)
+                && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma"),
         })
     }
 

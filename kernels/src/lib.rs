@@ -64,6 +64,9 @@ pub struct PtxModule {
     pub name: &'static str,
     /// Architecture, e.g. `sm_80`.
     pub arch: &'static str,
+    /// The PTX's `.target`: `arch`, or `sm_90a` for a module that uses Hopper's
+    /// architecture-specific instructions (loadable on compute capability 9.0 only).
+    pub target: &'static str,
     /// The PTX text.
     pub ptx: &'static str,
 }

@@ -55,7 +55,10 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (8192, 2048, ElemType::F16, LARGE),
         (8192, 2048, ElemType::BF16, LARGE),
         (2048, 8192, ElemType::F16, LARGE),
+        (2048, 8192, ElemType::BF16, LARGE),
         (128256, 2048, ElemType::F16, &[1, 8, 17]),
+        // The wgmma GEMM's edges: k not a multiple of its 64-wide steps, partial tiles.
+        (1000, 4104, ElemType::F16, &[9, 130]),
     ];
     if big {
         // Llama-3.1-8B
