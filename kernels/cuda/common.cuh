@@ -122,6 +122,17 @@ __device__ __forceinline__ void store_gemv_row(const qrt_gemv_args& args,
     store_result(reinterpret_cast<float*>(seg.y) + b * seg.n + row, v, args.accumulate);
 }
 
+// The segment of a GEMM launch (several matrices of one input) that this block's column of
+// tiles belongs to; compile-time indices, so the arguments stay in registers.
+__device__ __forceinline__ qrt_gemm_segment gemm_segment(const qrt_gemm_args& args) {
+    qrt_gemm_segment seg = args.seg[0];
+#pragma unroll
+    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_tile) seg = args.seg[i];
+    }
+    return seg;
+}
+
 // mma.sync m16n8k16 with f32 accumulation on 16-bit operands of type W (sm_80 and newer):
 // d += a * b, a the row-major 16x16 fragment a0..a3, b the column-major 16x8 fragment b0, b1.
 template <typename W>

@@ -48,12 +48,7 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     __shared__ __align__(128) W smem_b[kStages][kBN * kBK];
 
     qrt::pdl_enter();
-    // This block's segment (compile-time indices, so the arguments stay in registers).
-    qrt_gemm_segment seg = args.seg[0];
-#pragma unroll
-    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
-        if (i < args.num_segments && blockIdx.x >= args.seg[i].first_tile) seg = args.seg[i];
-    }
+    const qrt_gemm_segment seg = qrt::gemm_segment(args);
     const W* a = reinterpret_cast<const W*>(args.a);
     const W* w = reinterpret_cast<const W*>(seg.w);
     const int m = args.m, n = seg.n, k = args.k;
