@@ -13,6 +13,8 @@
 // registers, and writes its unnormalised output with its maximum and sum; the last block of a
 // (sequence, KV head) to finish rescales and combines the partitions.
 
+#include <cooperative_groups.h>
+
 #include "common.cuh"
 #include "qrt_kernels.h"
 
@@ -348,6 +350,55 @@ __device__ __forceinline__ void rotate8(const float* own, const float* partner, 
         out[i] = high ? own[i] * cs[i] + partner[i] * sn[i] : own[i] * cs[i] - partner[i] * sn[i];
 }
 
+// The partitions of a (sequence, KV head) as one thread-block cluster (sm_90): each block left
+// its partition's unnormalised output, maxima and sums in its shared memory (`part`, `pmax`,
+// `psum`; maxima of -inf for a partition beyond the context), and block r of the cluster merges
+// the r-th slice of the group's outputs, reading the others' through distributed shared memory.
+template <int D, int G>
+__device__ __forceinline__ void merge_cluster(const qrt_attn_args& args, const float* part,
+                                              const float* pmax, const float* psum,
+                                              unsigned group, unsigned row) {
+#if __CUDA_ARCH__ >= 900
+    constexpr int kMaxCluster = 16;  // partitions merged within one cluster, at most
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    __shared__ float rmax[kMaxCluster][G];
+    __shared__ float rsum[kMaxCluster][G];
+    cluster.sync();  // every block's partition is in its shared memory
+    const unsigned blocks = cluster.num_blocks();
+    const unsigned rank = cluster.block_rank();
+    for (unsigned i = threadIdx.x; i < blocks * group; i += blockDim.x) {
+        const unsigned r = i / group;
+        const unsigned g = i % group;
+        rmax[r][g] = cluster.map_shared_rank(pmax, r)[g];
+        rsum[r][g] = cluster.map_shared_rank(psum, r)[g];
+    }
+    __syncthreads();
+    const unsigned total = group * D;
+    const unsigned per = (total + blocks - 1) / blocks;
+    const unsigned end = min(total, (rank + 1) * per);
+    float* out = reinterpret_cast<float*>(args.out) +
+                 static_cast<size_t>(row) * args.num_heads * D + blockIdx.y * group * D;
+    for (unsigned i = rank * per + threadIdx.x; i < end; i += blockDim.x) {
+        const unsigned g = i / D;
+        float m = -INFINITY;
+        for (unsigned r = 0; r < blocks; ++r) m = fmaxf(m, rmax[r][g]);
+        float acc = 0.f;
+        float l = 0.f;
+        for (unsigned r = 0; r < blocks; ++r) {
+            if (rmax[r][g] == -INFINITY) continue;  // nothing in that partition
+            const float f = expf(rmax[r][g] - m);
+            acc = fmaf(cluster.map_shared_rank(part, r)[i], f, acc);
+            l = fmaf(rsum[r][g], f, l);
+        }
+        out[i] = acc / l;
+    }
+    cluster.sync();  // no block leaves while the others read its shared memory
+#else
+    __trap();  // clusters need sm_90; the launcher never takes this kernel below it
+#endif
+}
+
 // One block per (sequence, KV head, partition of at most kMaxPartition tokens), for groups of at
 // most G query heads per KV head. Every lane loads its keys and values for the whole partition
 // with 16-byte loads at once (before waiting for the previous kernel when the rotation is fused:
@@ -356,12 +407,16 @@ __device__ __forceinline__ void rotate8(const float* own, const float* partner, 
 // registers; warps are combined in shared memory. A single-partition context is written out
 // directly; otherwise the partition's unnormalised output, maximum and sum go to `args.work`
 // for merge_partitions.
-template <int D, int G>
+template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     using S = DecodeShape<D>;
     __shared__ __align__(16) float wacc[S::kWarps][G][D];
     __shared__ float wmax[S::kWarps][G];
     __shared__ float wsum[S::kWarps][G];
+    // CLUSTER: the partition's result, for merge_cluster.
+    __shared__ float part[CLUSTER ? G * D : 1];
+    __shared__ float pmax[G];
+    __shared__ float psum[G];
 
     const bool fused = args.inv_freq != 0;
     // Unfused, an earlier kernel of this pass stored the newest key and value: wait first.
@@ -374,7 +429,16 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     const unsigned group = args.num_heads / args.num_kv_heads;
     const unsigned ctx = seq.past + seq.len;
     const unsigned t_begin = split * args.partition;
-    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
+    if (t_begin >= ctx) {  // beyond this sequence's context: not counted
+        if (CLUSTER) {
+            // An empty partition, still part of its cluster's merge.
+            if (threadIdx.x < G) pmax[threadIdx.x] = -INFINITY;
+            qrt::pdl_wait();
+            qrt::pdl_launch_dependents();
+            merge_cluster<D, G>(args, part, pmax, psum, group, seq.start + seq.len - 1);
+        }
+        return;
+    }
     const unsigned n = min(args.partition, ctx - t_begin);
     const unsigned tid = threadIdx.x;
     const unsigned warp = tid / qrt::kWarp;
@@ -556,6 +620,14 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
             out = fmaf(wacc[w][g][d], f, out);
             l = fmaf(wsum[w][g], f, l);
         }
+        if (CLUSTER) {
+            part[i] = out;
+            if (d == 0) {
+                pmax[g] = m;
+                psum[g] = l;
+            }
+            continue;
+        }
         if (active == 1) {
             reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
                                                (kvh * group + g) * D + d] = out / l;
@@ -568,24 +640,32 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
             parts.sum[at] = l;
         }
     }
-    if (active > 1) merge_partitions<D>(args, parts, base, active, group, row);
+    if (CLUSTER)
+        merge_cluster<D, G>(args, part, pmax, psum, group, row);
+    else if (active > 1)
+        merge_partitions<D>(args, parts, base, active, group, row);
 }
 
 }  // namespace
+
+// Decode for groups of up to G heads: partitions merged in global memory, or in a cluster.
+#define QRT_ATTN_DECODE(D, NAME, G)                                                            \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+        qrt_attn_decode_d##D##_g##NAME(const qrt_attn_args args) {                             \
+        attn_decode<D, G, false>(args);                                                        \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+        qrt_attn_decode_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                   \
+        attn_decode<D, G, true>(args);                                                         \
+    }
 
 #define QRT_ATTN(D)                                                                            \
     extern "C" __global__ void __launch_bounds__(kPrefillWarps * qrt::kWarp)                    \
         qrt_attn_prefill_d##D(const qrt_attn_args args) {                                      \
         attn_prefill<D>(args);                                                                 \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
-        qrt_attn_decode_d##D##_g4(const qrt_attn_args args) {                                  \
-        attn_decode<D, 4>(args);                                                               \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
-        qrt_attn_decode_d##D##_g8(const qrt_attn_args args) {                                  \
-        attn_decode<D, kMaxGroup>(args);                                                       \
-    }
+    QRT_ATTN_DECODE(D, 4, 4)                                                                   \
+    QRT_ATTN_DECODE(D, 8, kMaxGroup)
 
 QRT_ATTN(64)
 QRT_ATTN(128)

@@ -45,6 +45,9 @@ pub struct CudaDevice {
     /// GEMMs with a long k on wgmma (compute capability 9.0 exactly, whose arch-specific PTX
     /// the wgmma module is, unless `QRT_GEMM=mma` asks for the mma.sync kernels everywhere).
     pub(crate) wgmma: bool,
+    /// Decode attention merges its partitions within a thread-block cluster (compute
+    /// capability 9.0 and newer, unless `QRT_DECODE_CLUSTER=0`).
+    pub(crate) decode_clusters: bool,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -56,6 +59,7 @@ impl fmt::Debug for CudaDevice {
             .field("total_memory", &self.total_memory)
             .field("arch", &self.arch)
             .field("wgmma", &self.wgmma)
+            .field("decode_clusters", &self.decode_clusters)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +179,8 @@ impl CudaDevice {
                 && std::env::var("QRT_PDL").map_or(true, |v| v != "0"),
             wgmma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma"),
+            decode_clusters: compute_capability >= (9, 0)
+                && std::env::var("QRT_DECODE_CLUSTER").map_or(true, |v| v != "0"),
         })
     }
 
