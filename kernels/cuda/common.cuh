@@ -59,6 +59,9 @@ struct Half16<__nv_bfloat16> {
 // without the attribute). Every kernel calls `wait` before it touches data an earlier kernel
 // of the stream wrote (or writes anything), then `launch_dependents`, which lets the next
 // kernel be scheduled and run its own prologue (a GEMV streams in its weights) meanwhile.
+// Every kernel triggers its dependents only after its own `wait`, so that when a kernel starts,
+// all kernels before its immediate predecessor have finished: the decode attention relies on
+// this to load the KV cache of earlier steps before its `wait`. Keep it so.
 // Data an earlier kernel wrote must never be read through the non-coherent path (`__ldg`,
 // `ld.global.nc`): the assembler may move such loads above the wait, since they promise
 // memory that does not change while the kernel runs. Activations are read with `__ldcg`.

@@ -83,7 +83,6 @@ pub struct Fusion {
     pub accumulate: bool,
 }
 
-/// Threads of a decode attention block (`kDecodeThreads` in attention.cu).
 /// Most decode partitions merged within one thread-block cluster (`kMaxCluster` in
 /// attention.cu; Hopper's non-portable cluster size).
 const MAX_DECODE_CLUSTER: u32 = 16;
