@@ -59,12 +59,15 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (128256, 2048, ElemType::F16, &[1, 8, 17]),
         // The wgmma GEMM's edges: k not a multiple of its 64-wide steps, partial tiles.
         (1000, 4104, ElemType::F16, &[9, 130]),
+        // An MLP with k = 4096 for the gate/up GEMM (wgmma on Hopper): Llama-3.1-8B's k/v
+        // shape and its transpose.
+        (1024, 4096, ElemType::F16, LARGE),
+        (4096, 1024, ElemType::F16, &[1, 8, 130]),
     ];
     if big {
         // Llama-3.1-8B
         m.extend([
             (4096, 4096, ElemType::F16, LARGE),
-            (1024, 4096, ElemType::F16, LARGE),
             (14336, 4096, ElemType::F16, LARGE),
             (4096, 14336, ElemType::F16, LARGE),
         ]);
@@ -74,6 +77,14 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
 
 fn matrix_name(n: usize, k: usize, dtype: ElemType) -> String {
     format!("w.{dtype:?}.{n}x{k}")
+}
+
+/// (hidden, ffn) of the MLP checks: Llama-3.2-1B, SmolLM2, and one with a gate/up k of 4096.
+const MLP_SHAPES: [(usize, usize); 3] = [(2048, 8192), (576, 1536), (4096, 1024)];
+
+/// The up projection of an MLP check (its gate is `matrix_name(ffn, hidden, F16)`).
+fn up_name(ffn: usize, hidden: usize) -> String {
+    format!("up.{ffn}x{hidden}")
 }
 
 /// Writes the random test weights: the matrices, biases and norm scales.
@@ -95,6 +106,11 @@ fn write_weights(dir: &Path, rng: &mut Rng, big: bool) -> anyhow::Result<Arc<Qrt
     }
     for n in [129, 576, 1000, 2048, 4096] {
         tensors.push((format!("norm.{n}"), vec![n as u64], ElemType::F32, 0.3));
+    }
+    // Up projections of the MLP checks, distinct from their gates (matrix_name(ffn, hidden)).
+    for (hidden, ffn) in MLP_SHAPES {
+        let scale = 1.0 / (hidden as f32).sqrt();
+        tensors.push((up_name(ffn, hidden), vec![ffn as u64, hidden as u64], ElemType::F16, scale));
     }
     let path = dir.join("weights.qrt");
     let plans = tensors
@@ -274,8 +290,8 @@ fn check_products(
             );
         }
     }
-    // SwiGLU MLP blocks of Llama-3.2-1B and SmolLM2 with their norm and residual (norm,
-    // gate, up and SiLU fused on the GPU at batch one).
+    // SwiGLU MLP blocks with their norm and residual (norm, gate, up and SiLU fused on the GPU
+    // at batch one; gate, up and SiLU in one GEMM for prefill).
     fn mlp<B: Backend>(
         b: &B,
         file: &Arc<QrtFile>,
@@ -284,7 +300,8 @@ fn check_products(
         (hidden, ffn): (usize, usize),
     ) -> anyhow::Result<Vec<f32>> {
         let w = |n, k| weight(b, file, &matrix_name(n, k, ElemType::F16));
-        let (gate, up, down) = (w(ffn, hidden)?, w(ffn, hidden)?, w(hidden, ffn)?);
+        let (gate, down) = (w(ffn, hidden)?, w(hidden, ffn)?);
+        let up = weight(b, file, &up_name(ffn, hidden))?;
         let norm = weight(b, file, &format!("norm.{hidden}"))?;
         let mut xa = b.act_from_host(rows, hidden, x)?;
         let mut normed = poisoned(b, rows, hidden)?;
@@ -309,8 +326,8 @@ fn check_products(
         b.mlp(&mut xa, &weights, 1e-5, &mut scratch)?;
         Ok(b.to_host(&xa)?)
     }
-    for shape @ (hidden, ffn) in [(2048, 8192), (576, 1536)] {
-        for rows in [1, 2, 3, 8, 40] {
+    for shape @ (hidden, ffn) in MLP_SHAPES {
+        for rows in [1, 2, 3, 8, 40, 130] {
             let x = rng.normals(rows * hidden, 1.0);
             let want = mlp(cpu, file, &x, rows, shape)?;
             let got = mlp(cuda, file, &x, rows, shape)?;
