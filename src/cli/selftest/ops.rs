@@ -110,7 +110,12 @@ fn write_weights(dir: &Path, rng: &mut Rng, big: bool) -> anyhow::Result<Arc<Qrt
     // Up projections of the MLP checks, distinct from their gates (matrix_name(ffn, hidden)).
     for (hidden, ffn) in MLP_SHAPES {
         let scale = 1.0 / (hidden as f32).sqrt();
-        tensors.push((up_name(ffn, hidden), vec![ffn as u64, hidden as u64], ElemType::F16, scale));
+        tensors.push((
+            up_name(ffn, hidden),
+            vec![ffn as u64, hidden as u64],
+            ElemType::F16,
+            scale,
+        ));
     }
     let path = dir.join("weights.qrt");
     let plans = tensors
