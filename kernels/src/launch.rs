@@ -87,6 +87,16 @@ pub struct Fusion {
 /// attention.cu; Hopper's non-portable cluster size).
 const MAX_DECODE_CLUSTER: u32 = 16;
 
+/// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
+/// `blocks` blocks merge through each other's shared memory as one thread-block cluster: when
+/// there are several, they fit one cluster, and the whole grid is one wave on `multiprocessors`
+/// SMs; else through global memory. On an H200, clusters made batch one faster (1B 0.986 ->
+/// 0.962 ms/step, SmolLM2 0.696 -> 0.651, 8B 4.464 -> 4.442) and batches of 4-8 slower (1B
+/// batch 8 1.554 -> 1.703).
+fn merge_in_cluster(splits: u32, blocks: usize, multiprocessors: usize) -> bool {
+    (2..=MAX_DECODE_CLUSTER).contains(&splits) && blocks <= multiprocessors
+}
+
 /// The groups (query heads per KV head) the decode attention kernels are built for: a launch
 /// takes the smallest that holds its group.
 const DECODE_GROUPS: [u32; 2] = [4, MAX_ATTN_GROUP as u32];
@@ -786,14 +796,9 @@ impl CudaDevice {
         // Two warps per 16 dimensions (`DecodeShape` in attention.cu).
         let threads = 2 * args.head_dim;
         let name = format!("qrt_attn_decode_d{}_g{built}", args.head_dim);
-        // The partitions of a (sequence, KV head) merge through each other's shared memory when
-        // they fit one cluster and the whole grid one wave, else through `args.work`. On an
-        // H200, clusters made batch one faster (1B 0.986 -> 0.962 ms/step, SmolLM2 0.696 ->
-        // 0.651, 8B 4.464 -> 4.442) and batches of 4-8 slower (1B batch 8 1.554 -> 1.703).
         let blocks = grid.0 as usize * grid.1 as usize * grid.2 as usize;
-        let cluster = self.decode_clusters
-            && (2..=MAX_DECODE_CLUSTER).contains(&args.splits)
-            && blocks <= self.multiprocessors();
+        let cluster =
+            self.decode_clusters && merge_in_cluster(args.splits, blocks, self.multiprocessors());
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             if cluster {
@@ -1029,4 +1034,39 @@ impl CudaDevice {
 /// The token of an argmax key written by [`CudaDevice::argmax`] (`None` for a row of NaNs).
 pub fn argmax_token(key: u64) -> Option<u32> {
     (key != 0).then(|| u32::MAX - key as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_partitions_merge_in_a_cluster_only_for_one_wave() {
+        // Llama-3.2-1B at batch one, 513-1,024 tokens: 8 KV heads x 16 partitions on an H200.
+        assert!(merge_in_cluster(16, 128, 132));
+        // SmolLM2 (3 KV heads) at batch two.
+        assert!(merge_in_cluster(16, 96, 132));
+        // Batch four of the 1B: 512 blocks, more than a wave.
+        assert!(!merge_in_cluster(16, 512, 132));
+        // One partition needs no merge; 32 do not fit a cluster of 16.
+        assert!(!merge_in_cluster(1, 8, 132));
+        assert!(!merge_in_cluster(32, 64, 132));
+        assert!(merge_in_cluster(2, 16, 132));
+        // Exactly one wave.
+        assert!(merge_in_cluster(4, 132, 132));
+        assert!(!merge_in_cluster(4, 133, 132));
+    }
+
+    #[test]
+    fn prefill_tiles_fill_a_block_with_the_group() {
+        // 64 (row, head) pairs per block: 16 rows of a group of 4, 21 of 3, 64 of 1.
+        assert_eq!(attention_tile_rows(4), 16);
+        assert_eq!(attention_tile_rows(3), 21);
+        assert_eq!(attention_tile_rows(1), 64);
+        assert_eq!(attention_tile_rows(8), 8);
+        for group in 1..=MAX_ATTN_GROUP {
+            assert!(attention_tile_rows(group) * group <= PREFILL_PAIRS);
+            assert!((attention_tile_rows(group) + 1) * group > PREFILL_PAIRS);
+        }
+    }
 }
