@@ -301,6 +301,57 @@ fn rtn_scale_and_zero_follow_autogptq_find_params() {
 
 // ---------------------------------------------------------------- AWQ
 
+/// The AWQ product of one row read from the packed words (`gemv_rows`) against an f64 product
+/// with the decoded matrix: whole and partial groups, pieces that start inside the matrix,
+/// and refusals of rows not in whole words.
+#[test]
+fn awq_direct_product_matches_the_decoded_matrix() {
+    let mut rng = Rng::new(61);
+    for (n, k, gs) in [(72usize, 200usize, 64u32), (8, 128, 128), (576, 576, 128)] {
+        let groups = k.div_ceil(gs as usize);
+        let codes = rng.codes(n * k, 15);
+        let zeros = rng.codes(groups * n, 15);
+        let scales: Vec<f32> = (0..groups * n)
+            .map(|_| 0.01 + rng.uniform() as f32)
+            .collect();
+        let t = AwqTensor::from_codes(&codes, &scales, &zeros, n, k, gs).unwrap();
+        let view = t.view();
+        assert_eq!(view.gemv_row_multiple(), 8);
+        let w = view.dequantize();
+        let x = rng.normals(k, 1.0);
+        let want: Vec<f64> = (0..n)
+            .map(|r| {
+                (0..k)
+                    .map(|j| f64::from(w[r * k + j]) * f64::from(x[j]))
+                    .sum()
+            })
+            .collect();
+        for (start, count) in [(0, n), (8, n - 8), (n - 8, 8)] {
+            if count == 0 {
+                continue;
+            }
+            let mut out = vec![f32::NAN; count];
+            assert!(
+                view.gemv_rows(&x, start, &mut out),
+                "{n}x{k} rows {start}+{count}"
+            );
+            let want = &want[start..start + count];
+            let num: f64 = out
+                .iter()
+                .zip(want)
+                .map(|(&g, w)| (f64::from(g) - w).powi(2))
+                .sum();
+            let den: f64 = want.iter().map(|w| w * w).sum();
+            let err = (num / den).sqrt();
+            assert!(err < 1e-5, "{n}x{k} g{gs} rows {start}+{count}: {err}");
+        }
+        let mut out = vec![7.0f32; 8];
+        assert!(!view.gemv_rows(&x, 4, &mut out));
+        assert!(!view.gemv_rows(&x, 0, &mut out[..5]));
+        assert_eq!(out, vec![7.0; 8], "a refused product leaves out untouched");
+    }
+}
+
 #[test]
 fn awq_codes_round_trip_and_rtn_error_bound() {
     let mut rng = Rng::new(6);

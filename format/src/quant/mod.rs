@@ -46,6 +46,18 @@ pub trait QuantizedMatrix {
     /// If `start + count > rows()` or `dst.len() != count * cols()` (caller bugs; a view
     /// that was built successfully never fails on valid arguments).
     fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]);
+    /// `out[i] = sum_j x[j] * w[start + i, j]` for `out.len()` rows from `start`, reading the
+    /// codec's own layout (faster for one input row than decoding rows first), where the codec
+    /// has such a product and `start`, `out.len()` suit it ([`gemv_rows`](Self::gemv_rows)
+    /// says which); returns false, `out` untouched, otherwise.
+    fn gemv_rows(&self, _x: &[f32], _start: usize, _out: &mut [f32]) -> bool {
+        false
+    }
+    /// Row alignment the codec's [`gemv_rows`](Self::gemv_rows) needs for `start` and the row
+    /// count (0: it has none).
+    fn gemv_row_multiple(&self) -> usize {
+        0
+    }
     /// The whole matrix as `f32`, row-major.
     fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows() * self.cols()];

@@ -194,11 +194,14 @@ fn rounded_matmul(
     w_dtype: Option<FloatDtype>,
     out: &mut [f32],
 ) {
+    let (k, n) = (w.cols(), w.rows());
+    if m == 1 && x_dtype.is_none() && w_dtype.is_none() && direct_gemv(x, w, &mut out[..n]) {
+        return;
+    }
     let rows = QuantizedRows {
         inner: w,
         dtype: w_dtype,
     };
-    let (k, n) = (w.cols(), w.rows());
     match x_dtype {
         Some(d) => {
             let xr: Vec<f32> = x.iter().map(|&v| d.round(v)).collect();
@@ -206,6 +209,22 @@ fn rounded_matmul(
         }
         None => linear::matmul_nt(x, m, k, Weights::Decoded(&rows), n, out),
     }
+}
+
+/// `out = w @ x` for one row `x` through the codec's own product ([`QuantizedMatrix::gemv_rows`]),
+/// 64-row pieces spread over threads; false (nothing computed) where the codec has none.
+fn direct_gemv(x: &[f32], w: &(dyn QuantizedMatrix + Send + Sync), out: &mut [f32]) -> bool {
+    let multiple = w.gemv_row_multiple();
+    if multiple == 0 || !out.len().is_multiple_of(multiple) {
+        return false;
+    }
+    let chunk = 64usize.div_ceil(multiple) * multiple;
+    // Every piece starts and ends on a multiple, so the codec takes all of them; should one
+    // refuse, the caller's decode path recomputes every row.
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .map(|(i, piece)| w.gemv_rows(x, i * chunk, piece))
+        .all(|done| done)
 }
 
 /// Reads a dense (f32, f16 or bf16) tensor of `file` into f32.
