@@ -299,6 +299,66 @@ fn rtn_scale_and_zero_follow_autogptq_find_params() {
     assert!(t.view().dequantize().iter().all(|&v| v == 0.0));
 }
 
+/// The GPTQ product of one row read from the packed words (`gemv_rows`) against an f64 product
+/// with the decoded matrix, for 4 and 8 bits, grouped and per-channel, asymmetric zero points,
+/// pieces inside the matrix; act-order tensors are refused (their groups are not runs).
+#[test]
+fn gptq_direct_product_matches_the_decoded_matrix() {
+    let mut rng = Rng::new(62);
+    for (bits, n, k, gs) in [
+        (4u32, 72usize, 256usize, 64i32),
+        (8, 16, 192, -1),
+        (4, 576, 576, 128),
+    ] {
+        let w = rng.normals(n * k, 0.1);
+        let t = gptq::rtn_quantize(&w, n, k, bits, gs, false).unwrap();
+        let view = t.view();
+        assert_eq!(view.gemv_row_multiple(), 8);
+        let d = view.dequantize();
+        let x = rng.normals(k, 1.0);
+        let want: Vec<f64> = (0..n)
+            .map(|r| {
+                (0..k)
+                    .map(|j| f64::from(d[r * k + j]) * f64::from(x[j]))
+                    .sum()
+            })
+            .collect();
+        for (start, count) in [(0, n), (8, n - 8), (n - 8, 8)] {
+            if count == 0 {
+                continue;
+            }
+            let mut out = vec![f32::NAN; count];
+            assert!(
+                view.gemv_rows(&x, start, &mut out),
+                "{bits} bits rows {start}+{count}"
+            );
+            let want = &want[start..start + count];
+            let num: f64 = out
+                .iter()
+                .zip(want)
+                .map(|(&g, w)| (f64::from(g) - w).powi(2))
+                .sum();
+            let den: f64 = want.iter().map(|w| w * w).sum();
+            let err = (num / den).sqrt();
+            assert!(
+                err < 1e-5,
+                "{bits} bits {n}x{k} g{gs} rows {start}+{count}: {err}"
+            );
+        }
+        let mut out = vec![7.0f32; 8];
+        assert!(!view.gemv_rows(&x, 4, &mut out));
+        assert_eq!(out, vec![7.0; 8], "a refused product leaves out untouched");
+    }
+    // Act-order: groups assigned to permuted columns.
+    let (n, k) = (8usize, 64usize);
+    let codes = rng.codes(n * k, 15);
+    let g_idx: Vec<i32> = (0..k as i32).map(|j| (j * 7 % 64) / 32).collect();
+    let t =
+        GptqTensor::from_codes(&codes, &[0.5; 16], &[8; 16], &g_idx, 4, 32, false, true).unwrap();
+    let mut out = vec![7.0f32; 8];
+    assert!(!t.view().gemv_rows(&rng.normals(k, 1.0), 0, &mut out));
+}
+
 // ---------------------------------------------------------------- AWQ
 
 /// The AWQ product of one row read from the packed words (`gemv_rows`) against an f64 product
