@@ -299,6 +299,45 @@ fn rtn_scale_and_zero_follow_autogptq_find_params() {
     assert!(t.view().dequantize().iter().all(|&v| v == 0.0));
 }
 
+/// `gemv_rows` of a codec with whole-word rows (multiples of 8) against an f64 product with
+/// its decoded matrix, over the whole matrix and pieces inside it; and its refusals of rows
+/// not in whole words, which leave `out` untouched.
+fn check_direct_product(view: &dyn QuantizedMatrix, x: &[f32], what: &str) {
+    let (n, k) = (view.rows(), view.cols());
+    assert_eq!(view.gemv_row_multiple(), 8);
+    let d = view.dequantize();
+    let want: Vec<f64> = (0..n)
+        .map(|r| {
+            (0..k)
+                .map(|j| f64::from(d[r * k + j]) * f64::from(x[j]))
+                .sum()
+        })
+        .collect();
+    for (start, count) in [(0, n), (8, n - 8), (n - 8, 8)] {
+        if count == 0 {
+            continue;
+        }
+        let mut out = vec![f32::NAN; count];
+        assert!(
+            view.gemv_rows(x, start, &mut out),
+            "{what} {n}x{k} rows {start}+{count}"
+        );
+        let want = &want[start..start + count];
+        let num: f64 = out
+            .iter()
+            .zip(want)
+            .map(|(&g, w)| (f64::from(g) - w).powi(2))
+            .sum();
+        let den: f64 = want.iter().map(|w| w * w).sum();
+        let err = (num / den).sqrt();
+        assert!(err < 1e-5, "{what} {n}x{k} rows {start}+{count}: {err}");
+    }
+    let mut out = vec![7.0f32; 8];
+    assert!(!view.gemv_rows(x, 4, &mut out));
+    assert!(!view.gemv_rows(x, 0, &mut out[..5]));
+    assert_eq!(out, vec![7.0; 8], "a refused product leaves out untouched");
+}
+
 /// The GPTQ product of one row read from the packed words (`gemv_rows`) against an f64 product
 /// with the decoded matrix, for 4 and 8 bits, grouped and per-channel, asymmetric zero points,
 /// pieces inside the matrix; act-order tensors are refused (their groups are not runs).
@@ -312,42 +351,11 @@ fn gptq_direct_product_matches_the_decoded_matrix() {
     ] {
         let w = rng.normals(n * k, 0.1);
         let t = gptq::rtn_quantize(&w, n, k, bits, gs, false).unwrap();
-        let view = t.view();
-        assert_eq!(view.gemv_row_multiple(), 8);
-        let d = view.dequantize();
-        let x = rng.normals(k, 1.0);
-        let want: Vec<f64> = (0..n)
-            .map(|r| {
-                (0..k)
-                    .map(|j| f64::from(d[r * k + j]) * f64::from(x[j]))
-                    .sum()
-            })
-            .collect();
-        for (start, count) in [(0, n), (8, n - 8), (n - 8, 8)] {
-            if count == 0 {
-                continue;
-            }
-            let mut out = vec![f32::NAN; count];
-            assert!(
-                view.gemv_rows(&x, start, &mut out),
-                "{bits} bits rows {start}+{count}"
-            );
-            let want = &want[start..start + count];
-            let num: f64 = out
-                .iter()
-                .zip(want)
-                .map(|(&g, w)| (f64::from(g) - w).powi(2))
-                .sum();
-            let den: f64 = want.iter().map(|w| w * w).sum();
-            let err = (num / den).sqrt();
-            assert!(
-                err < 1e-5,
-                "{bits} bits {n}x{k} g{gs} rows {start}+{count}: {err}"
-            );
-        }
-        let mut out = vec![7.0f32; 8];
-        assert!(!view.gemv_rows(&x, 4, &mut out));
-        assert_eq!(out, vec![7.0; 8], "a refused product leaves out untouched");
+        check_direct_product(
+            &t.view(),
+            &rng.normals(k, 1.0),
+            &format!("{bits} bits g{gs}"),
+        );
     }
     // Act-order: groups assigned to permuted columns.
     let (n, k) = (8usize, 64usize);
@@ -368,61 +376,33 @@ fn gptq_direct_product_matches_the_decoded_matrix() {
 fn awq_direct_product_matches_the_decoded_matrix() {
     let mut rng = Rng::new(61);
     for (n, k, gs) in [(72usize, 200usize, 64u32), (8, 128, 128), (576, 576, 128)] {
-        let groups = k.div_ceil(gs as usize);
-        let codes = rng.codes(n * k, 15);
-        let zeros = rng.codes(groups * n, 15);
-        let scales: Vec<f32> = (0..groups * n)
-            .map(|_| 0.01 + rng.uniform() as f32)
-            .collect();
-        let t = AwqTensor::from_codes(&codes, &scales, &zeros, n, k, gs).unwrap();
-        let view = t.view();
-        assert_eq!(view.gemv_row_multiple(), 8);
-        let w = view.dequantize();
-        let x = rng.normals(k, 1.0);
-        let want: Vec<f64> = (0..n)
-            .map(|r| {
-                (0..k)
-                    .map(|j| f64::from(w[r * k + j]) * f64::from(x[j]))
-                    .sum()
-            })
-            .collect();
-        for (start, count) in [(0, n), (8, n - 8), (n - 8, 8)] {
-            if count == 0 {
-                continue;
-            }
-            let mut out = vec![f32::NAN; count];
-            assert!(
-                view.gemv_rows(&x, start, &mut out),
-                "{n}x{k} rows {start}+{count}"
-            );
-            let want = &want[start..start + count];
-            let num: f64 = out
-                .iter()
-                .zip(want)
-                .map(|(&g, w)| (f64::from(g) - w).powi(2))
-                .sum();
-            let den: f64 = want.iter().map(|w| w * w).sum();
-            let err = (num / den).sqrt();
-            assert!(err < 1e-5, "{n}x{k} g{gs} rows {start}+{count}: {err}");
-        }
-        let mut out = vec![7.0f32; 8];
-        assert!(!view.gemv_rows(&x, 4, &mut out));
-        assert!(!view.gemv_rows(&x, 0, &mut out[..5]));
-        assert_eq!(out, vec![7.0; 8], "a refused product leaves out untouched");
+        let t = random_awq(&mut rng, n, k, gs).0;
+        check_direct_product(&t.view(), &rng.normals(k, 1.0), &format!("g{gs}"));
     }
 }
 
-#[test]
-fn awq_codes_round_trip_and_rtn_error_bound() {
-    let mut rng = Rng::new(6);
-    let (n, k, gs) = (48usize, 256usize, 64u32);
-    let groups = k / gs as usize;
+/// An AWQ tensor of random codes, zero points and scales (`[groups, n]`), with them.
+fn random_awq(
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    gs: u32,
+) -> (AwqTensor, Vec<u8>, Vec<u8>, Vec<f32>) {
+    let groups = k.div_ceil(gs as usize);
     let codes = rng.codes(n * k, 15);
     let zeros = rng.codes(groups * n, 15);
     let scales: Vec<f32> = (0..groups * n)
         .map(|_| 0.01 + rng.uniform() as f32)
         .collect();
     let t = AwqTensor::from_codes(&codes, &scales, &zeros, n, k, gs).unwrap();
+    (t, codes, zeros, scales)
+}
+
+#[test]
+fn awq_codes_round_trip_and_rtn_error_bound() {
+    let mut rng = Rng::new(6);
+    let (n, k, gs) = (48usize, 256usize, 64u32);
+    let (t, codes, zeros, scales) = random_awq(&mut rng, n, k, gs);
     assert_eq!(t.codes(), codes);
     assert_eq!(t.zeros(), zeros);
     let w = t.view().dequantize();

@@ -508,13 +508,7 @@ mod tests {
             eprintln!("skipped: no AVX2/FMA on this processor");
             return;
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::quant::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let (stride, rows) = (11usize, 37usize);
         let qweight: Vec<i32> = (0..stride * rows).map(|_| next() as i32).collect();
         let xs: Vec<f32> = (0..rows)

@@ -727,13 +727,7 @@ mod tests {
             eprintln!("skipped: no AVX2 on this CPU");
             return;
         }
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::quant::xorshift(0x9E37_79B9_7F4A_7C15u64);
         let data: Vec<u8> = (0..256).map(|_| next() as u8).collect();
         let mut checked = 0;
         for kind in [Bnb4Kind::Nf4, Bnb4Kind::Fp4] {

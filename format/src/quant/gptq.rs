@@ -804,13 +804,7 @@ mod tests {
             eprintln!("skipped: no AVX2/FMA on this processor");
             return;
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::quant::xorshift(0x2545_f491_4f6c_dd1du64);
         let (stride, word_rows) = (40usize, 12usize);
         let words: Vec<i32> = (0..stride * word_rows).map(|_| next() as i32).collect();
         for bits in [4u32, 8] {

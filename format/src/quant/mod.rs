@@ -620,3 +620,14 @@ mod tests {
         assert!(fast > 1000, "the fast path was taken only {fast} times");
     }
 }
+
+/// A xorshift64 stream of pseudo-random words for the codecs' unit tests.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
