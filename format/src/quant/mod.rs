@@ -576,6 +576,17 @@ pub(crate) fn f16_scales(scales: &[f32]) -> Result<Vec<f16>, String> {
     }
 }
 
+/// A xorshift64 stream of pseudo-random words for the codecs' unit tests.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::bnb4::Bnb4Kind;
@@ -618,16 +629,5 @@ mod tests {
             }
         }
         assert!(fast > 1000, "the fast path was taken only {fast} times");
-    }
-}
-
-/// A xorshift64 stream of pseudo-random words for the codecs' unit tests.
-#[cfg(test)]
-pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
     }
 }
