@@ -66,11 +66,7 @@ pub fn int8_matmul(
         let wrow = &w.data[c * k..(c + 1) * k];
         let scale = w.scales[c];
         for r in 0..m {
-            let acc: i32 = xq[r * k..(r + 1) * k]
-                .iter()
-                .zip(wrow)
-                .map(|(&a, &b)| a as i32 * b as i32)
-                .sum();
+            let acc = dot_i8(&xq[r * k..(r + 1) * k], wrow);
             let mut v = acc as f32 * row_absmax[r] * scale / (127.0 * 127.0);
             for &j in &outlier_cols {
                 v += x16[r * k + j] * to_f16(wrow[j] as f32 * scale / 127.0);
@@ -79,6 +75,42 @@ pub fn int8_matmul(
             unsafe { *shared.at(r * n + c) = v };
         }
     });
+}
+
+/// `sum_i a[i] b[i]` in i32, exactly (the products of values within ±127 cannot overflow i32
+/// below 2^17 terms).
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present.
+        return unsafe { dot_i8_avx2(a, b) };
+    }
+    dot_i8_scalar(a, b)
+}
+
+fn dot_i8_scalar(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// [`dot_i8`] 16 values at a time: widened to i16, multiplied and pair-summed to i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let whole = n - n % 16;
+    let mut lanes = [0i32; 8];
+    // SAFETY: 16-byte reads at i + 16 <= whole <= both lengths; 32 bytes written to `lanes`.
+    unsafe {
+        let mut acc = _mm256_setzero_si256();
+        for i in (0..whole).step_by(16) {
+            let va = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i).cast()));
+            let vb = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i).cast()));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(va, vb));
+        }
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc);
+    }
+    lanes.iter().sum::<i32>() + dot_i8_scalar(&a[whole..n], &b[whole..n])
 }
 
 #[cfg(test)]
@@ -98,6 +130,28 @@ mod tests {
             }
         }
         (data, scales)
+    }
+
+    #[test]
+    fn int8_dots_are_exact() {
+        let mut rng = Rng::new(17);
+        for len in [0usize, 1, 15, 16, 17, 576, 1000] {
+            let v = |rng: &mut Rng| -> Vec<i8> {
+                (0..len)
+                    .map(|_| (rng.below(255) as i32 - 127) as i8)
+                    .collect()
+            };
+            let (a, b) = (v(&mut rng), v(&mut rng));
+            let want: i64 = a.iter().zip(&b).map(|(&x, &y)| x as i64 * y as i64).sum();
+            assert_eq!(dot_i8(&a, &b) as i64, want, "length {len}");
+        }
+        // The extremes: every product 127 * 127 or -127 * 127.
+        let a = vec![127i8; 1000];
+        let b: Vec<i8> = (0..1000)
+            .map(|i| if i % 3 == 0 { -127 } else { 127 })
+            .collect();
+        let want: i64 = a.iter().zip(&b).map(|(&x, &y)| x as i64 * y as i64).sum();
+        assert_eq!(dot_i8(&a, &b) as i64, want);
     }
 
     #[test]
