@@ -18,8 +18,8 @@ use std::borrow::Cow;
 use half::f16;
 
 use super::{
-    check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice, matrix_shape,
-    storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
+    add_group_products, check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice,
+    matrix_shape, storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
 
@@ -289,7 +289,7 @@ const GEMV_WORDS: usize = 8;
 /// columns, `q(jj, c, i)` nibble `AWQ_NIBBLE_OF[i]` of word `qweight[row0 + jj * stride + c]`.
 fn group_products(xs: &[f32], qweight: &[i32], row0: usize, stride: usize, t: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if crate::quant::avx2_fma() {
         // SAFETY: AVX2 and FMA are present.
         unsafe { avx2::group_products(xs, qweight, row0, stride, t) };
         return;
@@ -422,17 +422,12 @@ impl QuantizedMatrix for AwqView<'_> {
                 group_products(&x[j0..j1], &self.qweight, j0 * n8 + c0 + cb, n8, tb);
             }
             let sx: f32 = x[j0..j1].iter().sum();
-            for (ci, &zw) in self.qzeros[g * n8 + c0..g * n8 + c0 + words]
-                .iter()
-                .enumerate()
-            {
-                for (i, &nibble) in AWQ_NIBBLE_OF.iter().enumerate() {
-                    let ri = 8 * ci + i;
-                    let z = ((zw as u32) >> (4 * nibble) & 0x0F) as f32;
-                    let s = self.scales[g * n + start + ri].to_f32();
-                    out[ri] += s * t[ri] - s * z * sx;
-                }
-            }
+            let zeros = &self.qzeros[g * n8 + c0..g * n8 + c0 + words];
+            add_group_products(out, &t, sx, |ri| {
+                let zw = zeros[ri / 8] as u32;
+                let z = (zw >> (4 * AWQ_NIBBLE_OF[ri % 8]) & 0x0F) as f32;
+                (self.scales[g * n + start + ri].to_f32(), z)
+            });
         }
         true
     }
@@ -504,7 +499,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_group_products_equal_the_scalar_ones() {
-        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        if !crate::quant::avx2_fma() {
             eprintln!("skipped: no AVX2/FMA on this processor");
             return;
         }

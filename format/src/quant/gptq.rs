@@ -27,8 +27,8 @@ use std::borrow::Cow;
 use half::f16;
 
 use super::{
-    check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice, matrix_shape,
-    storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
+    add_group_products, check_decode_args, check_len, f16_scales, fetch_parts, le_bytes, le_slice,
+    matrix_shape, storage, transpose, ParamReader, PartSpec, QuantizedMatrix, QuantizedParts,
 };
 use crate::container::{ElemType, MetaValue, StorageType};
 
@@ -585,12 +585,8 @@ impl QuantizedMatrix for GptqView<'_> {
         }
         let per_word = (32 / bits) as usize;
         let len = self.params.group_len(k);
-        let sequential = self
-            .g_idx
-            .iter()
-            .enumerate()
-            .all(|(j, &g)| g as usize == j / len);
-        if len == 0 || !len.is_multiple_of(per_word) || !sequential {
+        // Without act-order, g_idx[j] = j / len (checked when the view was built).
+        if len == 0 || !len.is_multiple_of(per_word) || self.params.act_order {
             return false;
         }
         assert_eq!(
@@ -611,18 +607,14 @@ impl QuantizedMatrix for GptqView<'_> {
                 stride: n,
                 bits,
             };
-            for cb in (0..count).step_by(GEMV_ROWS) {
-                let rows = GEMV_ROWS.min(count - cb);
-                words.products(&x[j0..j1], start + cb, &mut t[cb..cb + rows]);
-            }
+            words.products(&x[j0..j1], start, &mut t);
             let sx: f32 = x[j0..j1].iter().sum();
             let qz = &self.qzeros[g * nw..(g + 1) * nw];
-            for (ri, o) in out.iter_mut().enumerate() {
+            add_group_products(out, &t, sx, |ri| {
                 let r = start + ri;
                 let z = ((stream_get(|w| qz[w] as u32, r, bits) + 1) & mask) as f32;
-                let s = self.scales[g * n + r].to_f32();
-                *o += s * t[ri] - s * z * sx;
-            }
+                (self.scales[g * n + r].to_f32(), z)
+            });
         }
         true
     }
@@ -675,9 +667,6 @@ impl QuantizedMatrix for GptqView<'_> {
     }
 }
 
-/// Output rows one [`WordRows::products`] call takes (8 vectors of 8).
-const GEMV_ROWS: usize = 64;
-
 /// Rows of packed `bits`-bit words (4 or 8) of a `[k bits / 32, n]` qweight from word row
 /// `first` on: word `(w, r)` holds codes of inputs `w (32 / bits) ..` for output `r`.
 struct WordRows<'a> {
@@ -691,10 +680,7 @@ impl WordRows<'_> {
     /// `t[i] = sum_j xs[j] q(j, r0 + i)` over the word rows that hold `xs`'s inputs.
     fn products(&self, xs: &[f32], r0: usize, t: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if t.len().is_multiple_of(8)
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-        {
+        if t.len().is_multiple_of(8) && crate::quant::avx2_fma() {
             // SAFETY: AVX2 and FMA are present; `t` is whole vectors.
             match self.bits {
                 4 => return unsafe { self.products_avx2::<4>(xs, r0, t) },
@@ -800,7 +786,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_word_row_products_equal_the_scalar_ones() {
-        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+        if !crate::quant::avx2_fma() {
             eprintln!("skipped: no AVX2/FMA on this processor");
             return;
         }

@@ -576,6 +576,28 @@ pub(crate) fn f16_scales(scales: &[f32]) -> Result<Vec<f16>, String> {
     }
 }
 
+/// Whether the processor has AVX2 and FMA, which the codecs' vector paths use.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// The end of one group of k in a direct product ([`QuantizedMatrix::gemv_rows`]) of a codec
+/// with per-group scales `s` and zero points `z`: with `t[i] = sum_j x[j] q[i, j]` and
+/// `sx = sum_j x[j]` over the group's inputs, `out[i] += s t[i] - s z sx`, `(s, z)` of output
+/// `i` from `scale_zero(i)`.
+pub(crate) fn add_group_products(
+    out: &mut [f32],
+    t: &[f32],
+    sx: f32,
+    scale_zero: impl Fn(usize) -> (f32, f32),
+) {
+    for (i, (o, &ti)) in out.iter_mut().zip(t).enumerate() {
+        let (s, z) = scale_zero(i);
+        *o += s * ti - s * z * sx;
+    }
+}
+
 /// A xorshift64 stream of pseudo-random words for the codecs' unit tests.
 #[cfg(test)]
 pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
