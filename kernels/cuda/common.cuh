@@ -136,6 +136,26 @@ __device__ __forceinline__ qrt_gemm_segment gemm_segment(const qrt_gemm_args& ar
     return seg;
 }
 
+// Row `row` of a GEMM weight tile whose rows start at matrix row `r0`: row r0 + row of `w`,
+// or for GATED tiles row r0 + row / 2 of `gate` (even rows) or `up` (odd rows), so that an
+// accumulator pair of columns 2j, 2j + 1 holds the gate and the up product of one output.
+// Sets `matrix_row` for the bounds check.
+template <typename W, bool GATED>
+__device__ __forceinline__ const W* gemm_weight_row(const W* w, const W* up, int r0, int row,
+                                                    int k, int& matrix_row) {
+    matrix_row = GATED ? r0 + row / 2 : r0 + row;
+    const W* base = GATED && (row & 1) ? up : w;
+    return base + static_cast<size_t>(matrix_row) * k;
+}
+
+// Stores silu(gate) * up of output (row, col) of a gated GEMM (`qrt_gemm_args.gated`).
+template <typename W>
+__device__ __forceinline__ void store_gated(const qrt_gemm_segment& seg, int row, int col,
+                                            float gate, float up) {
+    reinterpret_cast<W*>(seg.c)[static_cast<size_t>(row) * seg.n + col] =
+        Half16<W>::from_float(swiglu(gate, up));
+}
+
 // mma.sync m16n8k16 with f32 accumulation on 16-bit operands of type W (sm_80 and newer):
 // d += a * b, a the row-major 16x16 fragment a0..a3, b the column-major 16x8 fragment b0, b1.
 template <typename W>

@@ -117,25 +117,6 @@ extern "C" __global__ void qrt_to_bf16(const float* x, __nv_bfloat16* out, uint3
         out[i] = __float2bfloat16_rn(x[i]);
 }
 
-// out = silu(gate) * up, rounded to f16 / bf16 for the tensor-core GEMM (the SwiGLU input of
-// the down projection, in one pass).
-template <typename T>
-__device__ __forceinline__ void silu_mul_to(const float* gate, const float* up, T* out,
-                                            uint32_t n) {
-    qrt::pdl_enter();
-    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        out[i] = qrt::Half16<T>::from_float(qrt::swiglu(gate[i], up[i]));
-    }
-}
-extern "C" __global__ void qrt_silu_mul_to_f16(const float* gate, const float* up, __half* out,
-                                               uint32_t n) {
-    silu_mul_to(gate, up, out, n);
-}
-extern "C" __global__ void qrt_silu_mul_to_bf16(const float* gate, const float* up,
-                                                __nv_bfloat16* out, uint32_t n) {
-    silu_mul_to(gate, up, out, n);
-}
-
 // Argmax of every row as a 64-bit key: the value's bits made orderable as an unsigned integer
 // in the high half, the complement of the index in the low half, so that the largest key is
 // the largest value at the first index (as torch.argmax). Blocks (x) split each row (y) and

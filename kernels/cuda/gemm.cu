@@ -1,6 +1,8 @@
 // GEMM for prefill on the tensor cores: c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j]), with
 // a [m, k] and w [n, k] 16-bit (both f16 or both bf16), c [m, n] f32, f32 accumulation. Up to
-// three matrices that multiply the same `a` (q, k and v; gate and up) share one launch.
+// three matrices that multiply the same `a` (q, k and v) share one launch. The gated kernels
+// (`qrt_gemm_gated_*`) take SwiGLU's gate and up rows interleaved in one weight tile and write
+// silu(gate) * up as 16-bit values, the down projection's input.
 //
 // mma.sync m16n8k16 (sm_80 and newer). A block of 8 warps computes a BM x 128 tile of c
 // (BM = 128 or 64), the warps as 2 x 4, each a (BM / 2) x 32 sub-tile. The k dimension is
@@ -24,23 +26,25 @@ __device__ __forceinline__ int swizzled(int row, int ch) {
     return row * kBK + ((ch ^ ((row >> 1) & 3)) << 3);
 }
 
-// Copies rows [r0, r0 + ROWS) x k-chunks of step `kt` of a [limit, k] matrix into `tile`.
-template <typename W, int ROWS>
-__device__ __forceinline__ void load_tile(uint32_t tile, const W* src, int r0, int limit, int k,
-                                          int kt) {
+// Copies ROWS tile rows from matrix row r0 on (see gemm_weight_row; `up` for GATED tiles) x
+// k-chunks of step `kt` of [limit, k] matrices into `tile`.
+template <typename W, int ROWS, bool GATED = false>
+__device__ __forceinline__ void load_tile(uint32_t tile, const W* src, const W* up, int r0,
+                                          int limit, int k, int kt) {
 #pragma unroll
     for (int j = 0; j < ROWS * 4 / kThreads; ++j) {
         const int i = threadIdx.x + j * kThreads;
         const int row = i / 4;
         const int ch = i % 4;
         const int col = kt * kBK + ch * 8;
-        const bool valid = r0 + row < limit && col < k;
-        const W* p = valid ? src + static_cast<size_t>(r0 + row) * k + col : src;
-        qrt::cp_async16(tile + swizzled(row, ch) * 2, p, valid);
+        int matrix_row;
+        const W* p = qrt::gemm_weight_row<W, GATED>(src, up, r0, row, k, matrix_row) + col;
+        const bool valid = matrix_row < limit && col < k;
+        qrt::cp_async16(tile + swizzled(row, ch) * 2, valid ? p : src, valid);
     }
 }
 
-template <typename W, int BM>
+template <typename W, int BM, bool GATED>
 __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     constexpr int MI = BM / 32;  // m16 tiles per warp
     constexpr int NI = 4;        // n8 tiles per warp
@@ -48,12 +52,14 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     __shared__ __align__(128) W smem_b[kStages][kBN * kBK];
 
     qrt::pdl_enter();
-    const qrt_gemm_segment seg = qrt::gemm_segment(args);
+    const qrt_gemm_segment seg = GATED ? args.seg[0] : qrt::gemm_segment(args);
     const W* a = reinterpret_cast<const W*>(args.a);
     const W* w = reinterpret_cast<const W*>(seg.w);
+    const W* up = GATED ? reinterpret_cast<const W*>(args.seg[1].w) : nullptr;
     const int m = args.m, n = seg.n, k = args.k;
     const int m0 = blockIdx.y * BM;
-    const int n0 = (blockIdx.x - seg.first_tile) * kBN;
+    // First matrix row of the weight tile: gated tiles hold 64 rows each of gate and up.
+    const int n0 = GATED ? blockIdx.x * (kBN / 2) : (blockIdx.x - seg.first_tile) * kBN;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int warp_m = warp / 4;
@@ -76,8 +82,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
         if (s < ktiles) {
-            load_tile<W, BM>(base_a + s * stage_a, a, m0, m, k, s);
-            load_tile<W, kBN>(base_b + s * stage_b, w, n0, n, k, s);
+            load_tile<W, BM>(base_a + s * stage_a, a, nullptr, m0, m, k, s);
+            load_tile<W, kBN, GATED>(base_b + s * stage_b, w, up, n0, n, k, s);
         }
         qrt::cp_async_commit();
     }
@@ -88,8 +94,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
         const int next = kt + kStages - 1;
         if (next < ktiles) {
             const int st = next % kStages;
-            load_tile<W, BM>(base_a + st * stage_a, a, m0, m, k, next);
-            load_tile<W, kBN>(base_b + st * stage_b, w, n0, n, k, next);
+            load_tile<W, BM>(base_a + st * stage_a, a, nullptr, m0, m, k, next);
+            load_tile<W, kBN, GATED>(base_b + st * stage_b, w, up, n0, n, k, next);
         }
         qrt::cp_async_commit();
 
@@ -138,13 +144,20 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             for (int half = 0; half < 2; ++half) {
                 const int row = m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + half * 8;
                 if (row >= m) continue;
+                if constexpr (GATED) {
+                    const int out = n0 + (col - n0) / 2;
+                    if (out < n)
+                        qrt::store_gated<W>(seg, row, out, acc[mi][ni][half * 2],
+                                            acc[mi][ni][half * 2 + 1]);
+                } else {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    if (col + e < n) {
-                        float v = acc[mi][ni][half * 2 + e];
-                        if (bias != nullptr) v += bias[col + e];
-                        qrt::store_result(c + static_cast<size_t>(row) * n + col + e, v,
-                                          args.accumulate);
+                    for (int e = 0; e < 2; ++e) {
+                        if (col + e < n) {
+                            float v = acc[mi][ni][half * 2 + e];
+                            if (bias != nullptr) v += bias[col + e];
+                            qrt::store_result(c + static_cast<size_t>(row) * n + col + e, v,
+                                              args.accumulate);
+                        }
                     }
                 }
             }
@@ -157,7 +170,11 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
 #define QRT_GEMM(NAME, W, BM)                                                          \
     extern "C" __global__ void __launch_bounds__(kThreads)                             \
         qrt_gemm_##NAME##_m##BM(const qrt_gemm_args args) {                            \
-        gemm<W, BM>(args);                                                             \
+        gemm<W, BM, false>(args);                                                      \
+    }                                                                                  \
+    extern "C" __global__ void __launch_bounds__(kThreads)                             \
+        qrt_gemm_gated_##NAME##_m##BM(const qrt_gemm_args args) {                      \
+        gemm<W, BM, true>(args);                                                       \
     }
 
 QRT_GEMM(f16, __half, 128)

@@ -34,17 +34,19 @@ __device__ __forceinline__ uint32_t swizzled(int row, int ch) {
     return row * kRowBytes + ((ch ^ (row & 7)) << 4);
 }
 
-// Copies rows [r0, r0 + ROWS) x k-step `kt` of a [limit, k] matrix into the tile at `tile`.
-template <typename W, int ROWS, int THREADS>
-__device__ __forceinline__ void load_tile(uint32_t tile, const W* src, int r0, int limit, int k,
-                                          int kt) {
+// Copies ROWS tile rows from matrix row r0 on (see gemm_weight_row; `up` for GATED tiles) x
+// k-step `kt` of [limit, k] matrices into the tile at `tile`.
+template <typename W, int ROWS, int THREADS, bool GATED = false>
+__device__ __forceinline__ void load_tile(uint32_t tile, const W* src, const W* up, int r0,
+                                          int limit, int k, int kt) {
     for (int e = threadIdx.x; e < ROWS * 8; e += THREADS) {
         const int row = e / 8;
         const int ch = e % 8;
         const int col = kt * kBK + ch * 8;
-        const bool valid = r0 + row < limit && col < k;
-        const W* p = valid ? src + static_cast<size_t>(r0 + row) * k + col : src;
-        qrt::cp_async16(tile + swizzled(row, ch), p, valid);
+        int matrix_row;
+        const W* p = qrt::gemm_weight_row<W, GATED>(src, up, r0, row, k, matrix_row) + col;
+        const bool valid = matrix_row < limit && col < k;
+        qrt::cp_async16(tile + swizzled(row, ch), valid ? p : src, valid);
     }
 }
 
@@ -99,18 +101,20 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t a, uin
 QRT_WGMMA(__half, "f16")
 QRT_WGMMA(__nv_bfloat16, "bf16")
 
-template <typename W, int WG>
+template <typename W, int WG, bool GATED>
 __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
     using S = WgShape<WG>;
     extern __shared__ uint8_t smem[];
 
     qrt::pdl_enter();
-    const qrt_gemm_segment seg = qrt::gemm_segment(args);
+    const qrt_gemm_segment seg = GATED ? args.seg[0] : qrt::gemm_segment(args);
     const W* a = reinterpret_cast<const W*>(args.a);
     const W* w = reinterpret_cast<const W*>(seg.w);
+    const W* up = GATED ? reinterpret_cast<const W*>(args.seg[1].w) : nullptr;
     const int m = args.m, n = seg.n, k = args.k;
     const int m0 = blockIdx.y * S::kBM;
-    const int n0 = (blockIdx.x - seg.first_tile) * kBN;
+    // First matrix row of the weight tile: gated tiles hold 64 rows each of gate and up.
+    const int n0 = GATED ? blockIdx.x * (kBN / 2) : (blockIdx.x - seg.first_tile) * kBN;
     const int wg = threadIdx.x / 128;
     const int ktiles = (k + kBK - 1) / kBK;
     const uint32_t ring =
@@ -121,8 +125,8 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
     auto load = [&](int kt) {
         if (kt < ktiles) {
             const int s = kt % kStages;
-            load_tile<W, S::kBM, S::kThreads>(a_tile(s), a, m0, m, k, kt);
-            load_tile<W, kBN, S::kThreads>(w_tile(s), w, n0, n, k, kt);
+            load_tile<W, S::kBM, S::kThreads>(a_tile(s), a, nullptr, m0, m, k, kt);
+            load_tile<W, kBN, S::kThreads, GATED>(w_tile(s), w, up, n0, n, k, kt);
         }
         qrt::cp_async_commit();
     };
@@ -164,21 +168,30 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
     const float* bias = reinterpret_cast<const float*>(seg.bias);
     const int lane = threadIdx.x % 32;
     const int row0 = m0 + wg * 64 + ((threadIdx.x / 32) % 4) * 16 + lane / 4;
+    if constexpr (GATED) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        const int row = row0 + ((i % 4) / 2) * 8;
-        const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
-        if (row < m && col < n) {
-            float v = d[i];
-            if (bias != nullptr) v += bias[col];
-            qrt::store_result(c + static_cast<size_t>(row) * n + col, v, args.accumulate);
+        for (int i = 0; i < 64; i += 2) {
+            const int row = row0 + ((i % 4) / 2) * 8;
+            const int out = n0 + (i / 4) * 4 + (lane % 4);
+            if (row < m && out < n) qrt::store_gated<W>(seg, row, out, d[i], d[i + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) {
+            const int row = row0 + ((i % 4) / 2) * 8;
+            const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+            if (row < m && col < n) {
+                float v = d[i];
+                if (bias != nullptr) v += bias[col];
+                qrt::store_result(c + static_cast<size_t>(row) * n + col, v, args.accumulate);
+            }
         }
     }
 }
 
 #else
 
-template <typename W, int WG>
+template <typename W, int WG, bool GATED>
 __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args&) {
     __trap();  // sm_90 only; the launcher never takes this kernel below it
 }
@@ -190,7 +203,11 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args&) {
 #define QRT_GEMM_WG(NAME, W, WG)                                                       \
     extern "C" __global__ void __launch_bounds__(128 * WG)                              \
         qrt_gemm_wg_##NAME##_w##WG(const qrt_gemm_args args) {                         \
-        gemm_wgmma<W, WG>(args);                                                       \
+        gemm_wgmma<W, WG, false>(args);                                                \
+    }                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128 * WG)                              \
+        qrt_gemm_wg_gated_##NAME##_w##WG(const qrt_gemm_args args) {                   \
+        gemm_wgmma<W, WG, true>(args);                                                 \
     }
 
 QRT_GEMM_WG(f16, __half, 1)

@@ -120,9 +120,13 @@ typedef struct qrt_gemm_args {
     uint32_t num_segments;
     /// Nonzero: `c += product` (a residual add) instead of `c = product`.
     uint32_t accumulate;
+    /// Nonzero (`qrt_gemm_gated_*` kernels): `seg[0]` is SwiGLU's gate and `seg[1]` its up
+    /// matrix, both `[n, k]`; `silu(a @ gate^T) * (a @ up^T)` goes to `seg[0].c` as `[m, n]`
+    /// 16-bit floats of the weights' type (no bias, no accumulate). Column tiles are 64 wide.
+    uint32_t gated;
 } qrt_gemm_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 120, "qrt_gemm_args must be 120 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 128, "qrt_gemm_args must be 128 bytes");
 
 /// One sequence of a flat attention batch.
 typedef struct qrt_attn_seq {

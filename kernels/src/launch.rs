@@ -131,6 +131,32 @@ pub fn attention_tile_rows(group: usize) -> usize {
     PREFILL_PAIRS / group.clamp(1, MAX_ATTN_GROUP)
 }
 
+/// The shape part of GEMM arguments, checked: `m > 0`, `k` a positive multiple of 8, `a` and
+/// the weights 16-byte aligned (cp.async copies 16-byte pieces).
+fn gemm_args(
+    a: u64,
+    m: usize,
+    k: usize,
+    mut weights: impl Iterator<Item = u64>,
+) -> Result<qrt_gemm_args, KernelError> {
+    if k == 0 || !k.is_multiple_of(8) || m == 0 {
+        return Err(KernelError::Shape(format!(
+            "GEMM needs m > 0 and k a positive multiple of 8, got m = {m}, k = {k}"
+        )));
+    }
+    if !a.is_multiple_of(16) || weights.any(|w| !w.is_multiple_of(16)) {
+        return Err(KernelError::Shape(
+            "GEMM operands must be 16-byte aligned".into(),
+        ));
+    }
+    Ok(qrt_gemm_args {
+        a,
+        m: u32_of("m", m)?,
+        k: u32_of("k", k)?,
+        ..Default::default()
+    })
+}
+
 /// Smallest k the wgmma GEMM takes (below it, the mma.sync GEMM is faster).
 const WGMMA_MIN_K: usize = 4096;
 
@@ -157,18 +183,19 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
                 all.push(("gemv", format!("qrt_gemv_gated_{t}_b{batch}_r{rows}")));
             }
         }
-        for bm in [64, 128] {
-            all.push(("gemm", format!("qrt_gemm_{t}_m{bm}")));
-        }
-        for warpgroups in [1, 2] {
-            all.push(("gemm_wgmma", format!("qrt_gemm_wg_{t}_w{warpgroups}")));
+        for variant in ["", "gated_"] {
+            for bm in [64, 128] {
+                all.push(("gemm", format!("qrt_gemm_{variant}{t}_m{bm}")));
+            }
+            for warpgroups in [1, 2] {
+                all.push(("gemm_wgmma", format!("qrt_gemm_wg_{variant}{t}_w{warpgroups}")));
+            }
         }
         for warps in [8, 16] {
             all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
             all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}")));
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
-        all.push(("elementwise", format!("qrt_silu_mul_to_{t}")));
     }
     for d in [64, 128] {
         all.push(("attention", format!("qrt_attn_prefill_d{d}")));
@@ -661,26 +688,10 @@ impl CudaDevice {
         segments: &[Segment],
         accumulate: bool,
     ) -> Result<(), KernelError> {
-        if k == 0 || !k.is_multiple_of(8) || m == 0 {
-            return Err(KernelError::Shape(format!(
-                "GEMM needs m > 0 and k a positive multiple of 8, got m = {m}, k = {k}"
-            )));
-        }
         check_segments("GEMM", segments.len())?;
-        // cp.async copies 16-byte pieces.
-        if !a.is_multiple_of(16) || segments.iter().any(|s| !s.w.is_multiple_of(16)) {
-            return Err(KernelError::Shape(
-                "GEMM operands must be 16-byte aligned".into(),
-            ));
-        }
-        let mut args = qrt_gemm_args {
-            a,
-            m: u32_of("m", m)?,
-            k: u32_of("k", k)?,
-            num_segments: segments.len() as u32,
-            accumulate: accumulate.into(),
-            ..Default::default()
-        };
+        let mut args = gemm_args(a, m, k, segments.iter().map(|s| s.w))?;
+        args.num_segments = segments.len() as u32;
+        args.accumulate = accumulate.into();
         let mut tiles = 0usize;
         for (slot, s) in args.seg.iter_mut().zip(segments) {
             if s.n == 0 {
@@ -695,14 +706,72 @@ impl CudaDevice {
             };
             tiles += s.n.div_ceil(128);
         }
-        // Tiles of 128 rows when they make a full wave, else of 64.
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_gemm(ty, &args, tiles, "") }
+    }
+
+    /// SwiGLU's `out = silu(a @ gate^T) * (a @ up^T)` on the tensor cores, `out` `[m, n]` of
+    /// type `ty` (the input of the down projection's GEMM): `a` `[m, k]` and `gate`, `up`
+    /// `[n, k]`, all of type `ty`. Gate and up rows are read together, so the products never
+    /// leave the registers as f32.
+    ///
+    /// # Safety
+    /// The addresses must hold the stated shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_gated(
+        &self,
+        ty: Half16,
+        a: u64,
+        m: usize,
+        k: usize,
+        (gate, up): (u64, u64),
+        n: usize,
+        out: u64,
+    ) -> Result<(), KernelError> {
+        if n == 0 {
+            return Err(KernelError::Shape("GEMM matrix of 0 rows".into()));
+        }
+        let mut args = gemm_args(a, m, k, [gate, up].into_iter())?;
+        let n32 = u32_of("n", n)?;
+        args.num_segments = 2;
+        args.gated = 1;
+        args.seg[0] = qrt_gemm_segment {
+            w: gate,
+            c: out,
+            n: n32,
+            ..Default::default()
+        };
+        args.seg[1] = qrt_gemm_segment {
+            w: up,
+            n: n32,
+            ..Default::default()
+        };
+        // 64 rows each of gate and up per 128-row weight tile.
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_gemm(ty, &args, n.div_ceil(64), "gated_") }
+    }
+
+    /// Launches the GEMM kernel family `variant` ("" or "gated_") for `args` over `tiles`
+    /// column tiles: wgmma for long k on Hopper, else mma.sync; blocks of 128 rows of `a` when
+    /// they make a full wave, else of 64.
+    ///
+    /// # Safety
+    /// As for [`gemm`](Self::gemm).
+    unsafe fn launch_gemm(
+        &self,
+        ty: Half16,
+        args: &qrt_gemm_args,
+        tiles: usize,
+        variant: &str,
+    ) -> Result<(), KernelError> {
+        let m = args.m as usize;
         let tall = m.div_ceil(128) * tiles >= self.multiprocessors();
         // wgmma pays off on long k loops (the 8B shapes: 29.8 instead of 32.2 ms per 512-token
         // prefill on an H200); on short ones the mma.sync kernel's wider blocks do better (1B:
         // 6.28 against 6.40 ms, SmolLM2: 3.23 against 3.56 ms).
-        if self.wgmma && k >= WGMMA_MIN_K {
+        if self.wgmma && args.k as usize >= WGMMA_MIN_K {
             let warpgroups = if tall { 2 } else { 1 };
-            let kernel = format!("qrt_gemm_wg_{}_w{warpgroups}", ty.name());
+            let kernel = format!("qrt_gemm_wg_{variant}{}_w{warpgroups}", ty.name());
             let grid = (
                 u32_of("n tiles", tiles)?,
                 u32_of("m tiles", m.div_ceil(64 * warpgroups))?,
@@ -711,18 +780,18 @@ impl CudaDevice {
             let config = (grid, 128 * warpgroups as u32, gemm_wgmma_smem(warpgroups));
             // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
             return unsafe {
-                self.launch_config("gemm_wgmma", &kernel, config, &mut params([&args]), false)
+                self.launch_config("gemm_wgmma", &kernel, config, &mut params([args]), false)
             };
         }
         let bm = if tall { 128 } else { 64 };
-        let kernel = format!("qrt_gemm_{}_m{bm}", ty.name());
+        let kernel = format!("qrt_gemm_{variant}{}_m{bm}", ty.name());
         let grid = (
             u32_of("n tiles", tiles)?,
             u32_of("m tiles", m.div_ceil(bm))?,
             1,
         );
         // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
-        unsafe { self.launch_config("gemm", &kernel, (grid, 256, 0), &mut params([&args]), false) }
+        unsafe { self.launch_config("gemm", &kernel, (grid, 256, 0), &mut params([args]), false) }
     }
 
     fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {
@@ -939,28 +1008,6 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_elementwise(&format!("qrt_to_{}", ty.name()), &[x, out], n) }
-    }
-
-    /// `out = silu(gate) * up` over `n` f32, rounded to `ty` (the input of a GEMM).
-    ///
-    /// # Safety
-    /// `gate` and `up` must hold `n` f32 and `out` room for `n` 16-bit values.
-    pub unsafe fn silu_mul_to_half16(
-        &self,
-        ty: Half16,
-        gate: u64,
-        up: u64,
-        out: u64,
-        n: usize,
-    ) -> Result<(), KernelError> {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            self.launch_elementwise(
-                &format!("qrt_silu_mul_to_{}", ty.name()),
-                &[gate, up, out],
-                n,
-            )
-        }
     }
 
     /// Queues the argmax of `rows` rows of `vocab` f32 at `logits` into `keys` (`rows` u64, see

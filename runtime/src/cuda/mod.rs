@@ -897,28 +897,31 @@ impl Backend for CudaBackend {
             })?;
             return self.products(act, &mut [LinearOut::plain(w.down, x)], RESIDUAL);
         }
-        // Prefill: gate and up in one GEMM; SiLU, product and the rounding for the tensor
-        // cores in one pass; then the down GEMM adding into the residual.
-        let (gate, up) = (&mut *scratch.gate, &mut *scratch.up);
-        self.products(
-            input,
-            &mut LinearOut::gate_up(w.gate, w.up, gate, up),
-            fusion,
-        )?;
-        self.timed("linear gemm (silu input)", || {
-            let segment = [Segment {
+        // Prefill: gate and up in one GEMM whose epilogue writes silu(gate) * up rounded for the
+        // tensor cores; then the down GEMM adding into the residual.
+        self.timed("linear gemm (gate, up, silu; down)", || {
+            let rows = input.rows;
+            let ffn = w.gate.rows;
+            let a = self.to_half16(input, ty)?;
+            let act16 = self.pool.get(rows * ffn * 2, "16-bit activations")?;
+            let down = [Segment {
                 w: w.down.buf.ptr(),
                 bias: 0,
                 y: x.ptr(),
                 n: w.down.rows,
             }];
-            let a = self.pool.get(gate.len() * 2, "16-bit activations")?;
-            // SAFETY: shapes checked above; `a` holds gate.len() 16-bit values.
+            // SAFETY: shapes checked above; `act16` holds rows x ffn 16-bit values.
             unsafe {
-                self.dev
-                    .silu_mul_to_half16(ty, gate.ptr(), up.ptr(), a.ptr(), gate.len())?;
-                self.dev
-                    .gemm(ty, a.ptr(), gate.rows, gate.cols, &segment, true)?;
+                self.dev.gemm_gated(
+                    ty,
+                    a.ptr(),
+                    rows,
+                    input.cols,
+                    (w.gate.buf.ptr(), w.up.buf.ptr()),
+                    ffn,
+                    act16.ptr(),
+                )?;
+                self.dev.gemm(ty, act16.ptr(), rows, ffn, &down, true)?;
             }
             Ok(())
         })
