@@ -2,8 +2,9 @@
 //
 //   y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * w[:]
 //
-// Activations are f32 or f16 (`__half`), the weight is always f32, and all
-// arithmetic (the sum of squares included) is done in f32. One thread block
+// Activations are f32 or f16 (`__half`), in and out alike, or f32 in and f16 / bf16 out (the
+// input of a tensor-core GEMM); the weight is always f32, and all arithmetic (the sum of
+// squares included) is done in f32. One thread block
 // per row; `blockDim.x` must be a multiple of 32 and at most
 // QRT_MAX_BLOCK_THREADS. Rows are read with 16-byte vector loads when the
 // column count, the strides and every base pointer allow it, else one element
@@ -13,6 +14,7 @@
 // read and then written by the same thread. Partially overlapping buffers are
 // not supported.
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 
@@ -103,34 +105,48 @@ __device__ __forceinline__ float inv_rms(float sum_sq, const qrt_rms_norm_args& 
     return 1.0f / sqrtf(sum_sq / static_cast<float>(a.cols) + a.eps);
 }
 
-// Writes y[c] = x[c] * scale * w[c] for this thread's columns (second pass).
-template <typename T>
-__device__ __forceinline__ void scale_row(const T* x, const float* __restrict__ w, T* y,
+// bf16 only as an output (of the normalisation into a GEMM's input).
+template <>
+struct Act<__nv_bfloat16> {
+    static __device__ __forceinline__ __nv_bfloat16 from_f32(float v) {
+        return __float2bfloat16_rn(v);
+    }
+};
+
+// N values of type Out stored with one vector access (N * sizeof(Out) bytes, aligned to it).
+template <typename Out, unsigned N>
+struct alignas(N * sizeof(Out)) OutPack {
+    Out v[N];
+};
+
+// Writes y[c] = x[c] * scale * w[c] for this thread's columns (second pass), rounded to Out.
+template <typename In, typename Out>
+__device__ __forceinline__ void scale_row(const In* x, const float* __restrict__ w, Out* y,
                                           uint32_t cols, float scale, bool vec) {
-    using A = Act<T>;
+    using A = Act<In>;
     if (vec) {
         for (uint32_t c = threadIdx.x * A::kVec; c < cols; c += blockDim.x * A::kVec) {
-            const Pack<T> in = *reinterpret_cast<const Pack<T>*>(x + c);
+            const Pack<In> in = *reinterpret_cast<const Pack<In>*>(x + c);
             float wv[A::kVec];
-            load_weights<T>(w, c, wv);
-            Pack<T> out;
+            load_weights<In>(w, c, wv);
+            OutPack<Out, A::kVec> out;
 #pragma unroll
             for (unsigned i = 0; i < A::kVec; ++i) {
-                out.v[i] = A::from_f32(A::to_f32(in.v[i]) * scale * wv[i]);
+                out.v[i] = Act<Out>::from_f32(A::to_f32(in.v[i]) * scale * wv[i]);
             }
-            *reinterpret_cast<Pack<T>*>(y + c) = out;
+            *reinterpret_cast<OutPack<Out, A::kVec>*>(y + c) = out;
         }
     } else {
         for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
-            y[c] = A::from_f32(A::to_f32(x[c]) * scale * w[c]);
+            y[c] = Act<Out>::from_f32(A::to_f32(x[c]) * scale * w[c]);
         }
     }
 }
 
-template <typename T>
-__device__ void rms_norm_row(const qrt_rms_norm_args& a, const T* x, const float* __restrict__ w,
-                             T* y) {
-    using A = Act<T>;
+template <typename In, typename Out>
+__device__ void rms_norm_row(const qrt_rms_norm_args& a, const In* x, const float* __restrict__ w,
+                             Out* y) {
+    using A = Act<In>;
     const size_t row = blockIdx.x;
     x += row * a.x_stride;
     y += row * a.y_stride;
@@ -140,7 +156,7 @@ __device__ void rms_norm_row(const qrt_rms_norm_args& a, const T* x, const float
     float sum_sq = 0.0f;
     if (vec) {
         for (uint32_t c = threadIdx.x * A::kVec; c < a.cols; c += blockDim.x * A::kVec) {
-            const Pack<T> in = *reinterpret_cast<const Pack<T>*>(x + c);
+            const Pack<In> in = *reinterpret_cast<const Pack<In>*>(x + c);
 #pragma unroll
             for (unsigned i = 0; i < A::kVec; ++i) {
                 const float v = A::to_f32(in.v[i]);
@@ -154,7 +170,7 @@ __device__ void rms_norm_row(const qrt_rms_norm_args& a, const T* x, const float
         }
     }
     const float scale = inv_rms(block_sum(sum_sq), a);
-    scale_row<T>(x, w, y, a.cols, scale, vec);
+    scale_row<In, Out>(x, w, y, a.cols, scale, vec);
 }
 
 }  // namespace
@@ -164,7 +180,7 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
                      float* y) {
     qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
-    rms_norm_row<float>(args, x, w, y);
+    rms_norm_row<float, float>(args, x, w, y);
 }
 
 extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
@@ -172,5 +188,23 @@ extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
                      __half* y) {
     qrt::pdl_enter();
     if (blockIdx.x >= args.rows) return;
-    rms_norm_row<__half>(args, x, w, y);
+    rms_norm_row<__half, __half>(args, x, w, y);
+}
+
+// f32 rows normalised into the 16-bit type of the weights they are multiplied with next (the
+// input of a tensor-core GEMM), in one pass.
+extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
+    qrt_rms_norm_f32_to_f16(const qrt_rms_norm_args args, const float* x,
+                            const float* __restrict__ w, __half* y) {
+    qrt::pdl_enter();
+    if (blockIdx.x >= args.rows) return;
+    rms_norm_row<float, __half>(args, x, w, y);
+}
+
+extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
+    qrt_rms_norm_f32_to_bf16(const qrt_rms_norm_args args, const float* x,
+                             const float* __restrict__ w, __nv_bfloat16* y) {
+    qrt::pdl_enter();
+    if (blockIdx.x >= args.rows) return;
+    rms_norm_row<float, __nv_bfloat16>(args, x, w, y);
 }

@@ -188,7 +188,10 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
                 all.push(("gemm", format!("qrt_gemm_{variant}{t}_m{bm}")));
             }
             for warpgroups in [1, 2] {
-                all.push(("gemm_wgmma", format!("qrt_gemm_wg_{variant}{t}_w{warpgroups}")));
+                all.push((
+                    "gemm_wgmma",
+                    format!("qrt_gemm_wg_{variant}{t}_w{warpgroups}"),
+                ));
             }
         }
         for warps in [8, 16] {
@@ -216,6 +219,9 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("elementwise", name.to_string()));
     }
     all.push(("norm", "qrt_rms_norm_f32".to_string()));
+    for ty in [Half16::F16, Half16::Bf16] {
+        all.push(("norm", format!("qrt_rms_norm_f32_to_{}", ty.name())));
+    }
     all.push(("sample", "qrt_sample".to_string()));
     all
 }

@@ -6,7 +6,7 @@ use half::f16;
 use crate::error::cuda_err;
 use crate::launch::{block_threads, params, Param};
 use crate::layouts::qrt_rms_norm_args;
-use crate::{CudaDevice, KernelError};
+use crate::{CudaDevice, Half16, KernelError};
 
 // SAFETY: a C struct of 4-byte integers and a float with no padding, whose
 // layout nvcc and bindgen agree on (static_assert in the header, size tests).
@@ -107,12 +107,34 @@ impl CudaDevice {
         unsafe { self.norm_rows(f32::RMS_NORM, &[x, w, y], rows, cols, eps) }
     }
 
-    /// Launches norm kernel `kernel` (f32 activations) with the arguments and then the device
+    /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y` as 16-bit values of type `ty` (the
+    /// input of a tensor-core GEMM), with the `cols` f32 weights at `w`; stream-ordered.
+    ///
+    /// # Safety
+    /// `x` must hold `rows * cols` f32, `y` room for `rows * cols` 16-bit values, `w` `cols`
+    /// f32.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rms_norm_rows_to_half16(
+        &self,
+        ty: Half16,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), KernelError> {
+        let kernel = format!("qrt_rms_norm_f32_to_{}", ty.name());
+        // SAFETY: forwarded from the caller.
+        unsafe { self.norm_rows(&kernel, &[x, w, y], rows, cols, eps) }
+    }
+
+    /// Launches norm kernel `kernel` (f32 input activations) with the arguments and then the device
     /// addresses `pointers`, in the kernel's order.
     ///
     /// # Safety
-    /// The addresses must be what the kernel reads and writes, each of `rows * cols` f32 (the
-    /// weight `cols`).
+    /// The addresses must be what the kernel reads and writes, each of `rows * cols` values
+    /// (the weight `cols`).
     unsafe fn norm_rows(
         &self,
         kernel: &str,
@@ -161,6 +183,22 @@ impl CudaDevice {
         self.rms_norm(x, w, rows, cols, eps)
     }
 
+    /// [`rms_norm_f32`](Self::rms_norm_f32) rounded to `ty` (the bits of each 16-bit value),
+    /// as the prefill GEMMs' input is made (`qrt_rms_norm_f32_to_<ty>`).
+    pub fn rms_norm_f32_to_half16(
+        &self,
+        ty: Half16,
+        x: &[f32],
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<Vec<u16>, KernelError> {
+        let kernel = format!("qrt_rms_norm_f32_to_{}", ty.name());
+        // All ones: a NaN in f16 and in bf16.
+        self.rms_norm_with(&kernel, x, w, (rows, cols, eps), u16::MAX)
+    }
+
     fn rms_norm<T: Activation>(
         &self,
         x: &[T],
@@ -169,22 +207,35 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<Vec<T>, KernelError> {
+        self.rms_norm_with(T::RMS_NORM, x, w, (rows, cols, eps), T::POISON)
+    }
+
+    /// Uploads `x` and `w`, runs norm kernel `kernel` into an output filled with `poison`,
+    /// and downloads it (synchronous).
+    fn rms_norm_with<In: Activation, Out: DeviceRepr + Copy>(
+        &self,
+        kernel: &str,
+        x: &[In],
+        w: &[f32],
+        (rows, cols, eps): (usize, usize, f32),
+        poison: Out,
+    ) -> Result<Vec<Out>, KernelError> {
         let args = row_args(rows, cols, eps, x.len(), w.len())?;
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let func = self.function(MODULE, T::RMS_NORM)?;
+        let func = self.function(MODULE, kernel)?;
         let x_dev = self.upload("x", x)?;
         let w_dev = self.upload("w", w)?;
-        let mut y_dev = self.upload("y (poisoned)", &vec![T::POISON; x.len()])?;
-        let what = format!("{} over {rows} x {cols}", T::RMS_NORM);
+        let mut y_dev = self.upload("y (poisoned)", &vec![poison; x.len()])?;
+        let what = format!("{kernel} over {rows} x {cols}");
         let mut launch = self.stream().launch_builder(&func);
         launch.arg(&args).arg(&x_dev).arg(&w_dev).arg(&mut y_dev);
         // SAFETY: the arguments match the kernel's parameters
-        // (qrt_rms_norm_args, const T* x, const float* w, T* y), every buffer
+        // (qrt_rms_norm_args, const In* x, const float* w, Out* y), every buffer
         // holds rows * cols (w: cols) elements as `args` says, and the block
         // size is a multiple of 32 no larger than QRT_MAX_BLOCK_THREADS.
-        unsafe { launch.launch(launch_config(&args, T::VEC)) }
+        unsafe { launch.launch(launch_config(&args, In::VEC)) }
             .map_err(cuda_err(format_args!("launching {what}")))?;
         self.synchronize(&what)?;
         self.download("y", &y_dev)

@@ -146,6 +146,18 @@ const RESIDUAL: Fusion = Fusion {
     accumulate: true,
 };
 
+/// The kernels' view of products: weight, bias and output of each.
+fn segments(outs: &[LinearOut<'_, CudaBackend>]) -> Vec<Segment> {
+    outs.iter()
+        .map(|o| Segment {
+            w: o.weight.buf.ptr(),
+            bias: o.bias.map_or(0, |b| b.buf.ptr()),
+            y: o.out.ptr(),
+            n: o.weight.rows,
+        })
+        .collect()
+}
+
 /// `x` as the input of a GEMV.
 fn gemv_input(x: &CudaAct) -> GemvInput {
     GemvInput {
@@ -375,33 +387,8 @@ impl CudaBackend {
             _ => "linear gemm",
         };
         self.timed(label, || {
-            let Some(first) = outs.first() else {
+            let Some(ty) = Self::product_type(x, outs)? else {
                 return Ok(());
-            };
-            let ty = Self::half_type(first.weight)?;
-            for o in outs.iter() {
-                Self::check_linear(x, o.weight, o.bias, o.out)?;
-                if Self::half_type(o.weight)? != ty {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "{} and {} have different storage types",
-                        first.weight.name, o.weight.name
-                    )));
-                }
-            }
-            if x.rows == 0 {
-                return Ok(());
-            }
-            let bias_ptr = |b: Option<&CudaWeight>| b.map_or(0, |b| b.buf.ptr());
-            let segments = |chunk: &[LinearOut<'_, Self>]| -> Vec<Segment> {
-                chunk
-                    .iter()
-                    .map(|o| Segment {
-                        w: o.weight.buf.ptr(),
-                        bias: bias_ptr(o.bias),
-                        y: o.out.ptr(),
-                        n: o.weight.rows,
-                    })
-                    .collect()
             };
             if x.rows <= MAX_GEMV_ROWS {
                 for chunk in outs.chunks(3) {
@@ -416,21 +403,81 @@ impl CudaBackend {
                 ));
             }
             let a = self.to_half16(x, ty)?;
-            for chunk in outs.chunks(3) {
-                // SAFETY: shapes checked above.
-                unsafe {
-                    self.dev.gemm(
-                        ty,
-                        a.ptr(),
-                        x.rows,
-                        x.cols,
-                        &segments(chunk),
-                        fusion.accumulate,
-                    )?
-                };
-            }
-            Ok(())
+            self.gemm_products(ty, &a, x, outs, fusion.accumulate)
         })
+    }
+
+    /// The storage type shared by the weights of `outs`, after checking every product's shapes
+    /// against `x`; None when there is nothing to compute.
+    fn product_type(
+        x: &CudaAct,
+        outs: &[LinearOut<'_, Self>],
+    ) -> Result<Option<Half16>, RuntimeError> {
+        let Some(first) = outs.first() else {
+            return Ok(None);
+        };
+        let ty = Self::half_type(first.weight)?;
+        for o in outs {
+            Self::check_linear(x, o.weight, o.bias, o.out)?;
+            if Self::half_type(o.weight)? != ty {
+                return Err(RuntimeError::Unsupported(format!(
+                    "{} and {} have different storage types",
+                    first.weight.name, o.weight.name
+                )));
+            }
+        }
+        Ok((x.rows > 0).then_some(ty))
+    }
+
+    /// The GEMMs of `outs` (shapes checked by product_type) on `a`, the 16-bit rows of the
+    /// `x` they stand for.
+    fn gemm_products(
+        &self,
+        ty: Half16,
+        a: &PooledBuffer,
+        x: &CudaAct,
+        outs: &[LinearOut<'_, Self>],
+        accumulate: bool,
+    ) -> Result<(), RuntimeError> {
+        for chunk in outs.chunks(3) {
+            // SAFETY: shapes checked by product_type; `a` holds x.rows x x.cols values.
+            unsafe {
+                self.dev
+                    .gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk), accumulate)?
+            };
+        }
+        Ok(())
+    }
+
+    /// `rms_norm(x)` rounded to `ty` for the tensor cores, in one pass (prefill).
+    fn rms_norm_half16(
+        &self,
+        x: &CudaAct,
+        norm: &CudaWeight,
+        eps: f32,
+        ty: Half16,
+    ) -> Result<PooledBuffer, RuntimeError> {
+        Self::check_vector(norm)?;
+        if norm.cols != x.cols {
+            return Err(RuntimeError::Shape(format!(
+                "norm {} has {} weights for {} features",
+                norm.name, norm.cols, x.cols
+            )));
+        }
+        let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
+        // SAFETY: x holds rows x cols f32, buf room for as many 16-bit values, the norm cols f32.
+        unsafe {
+            self.dev.rms_norm_rows_to_half16(
+                ty,
+                x.ptr(),
+                norm.buf.ptr(),
+                buf.ptr(),
+                x.rows,
+                x.cols,
+                eps,
+            )?
+        };
+        Ok(buf)
     }
 
     /// Packs and uploads a pass's inputs; decode passes reuse the buffers of their key.
@@ -852,6 +899,16 @@ impl Backend for CudaBackend {
         normed: &mut CudaAct,
         outs: &mut [LinearOut<'_, Self>],
     ) -> Result<(), RuntimeError> {
+        if x.rows > MAX_GEMV_ROWS {
+            // Prefill: the norm writes the GEMMs' 16-bit input directly.
+            return self.timed("linear gemm (normed input)", || {
+                let Some(ty) = Self::product_type(x, outs)? else {
+                    return Ok(());
+                };
+                let a = self.rms_norm_half16(x, norm, eps, ty)?;
+                self.gemm_products(ty, &a, x, outs, false)
+            });
+        }
         let (input, fusion) = self.normed_input(x, norm, eps, normed)?;
         self.products(input, outs, fusion)
     }
@@ -877,8 +934,8 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
         if x.rows <= MAX_GEMV_ROWS {
+            let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
             // Decode: gate and up read together, silu(gate) * up written directly (at batch
             // one with the norm applied on the fly).
             self.timed("linear gemv (gate, up, silu)", || {
@@ -899,10 +956,10 @@ impl Backend for CudaBackend {
         }
         // Prefill: gate and up in one GEMM whose epilogue writes silu(gate) * up rounded for the
         // tensor cores; then the down GEMM adding into the residual.
-        self.timed("linear gemm (gate, up, silu; down)", || {
-            let rows = input.rows;
+        self.timed("linear gemm (norm; gate, up, silu; down)", || {
+            let rows = x.rows;
             let ffn = w.gate.rows;
-            let a = self.to_half16(input, ty)?;
+            let a = self.rms_norm_half16(x, w.norm, eps, ty)?;
             let act16 = self.pool.get(rows * ffn * 2, "16-bit activations")?;
             let down = [Segment {
                 w: w.down.buf.ptr(),
@@ -916,7 +973,7 @@ impl Backend for CudaBackend {
                     ty,
                     a.ptr(),
                     rows,
-                    input.cols,
+                    x.cols,
                     (w.gate.buf.ptr(), w.up.buf.ptr()),
                     ffn,
                     act16.ptr(),

@@ -1,8 +1,8 @@
-//! The RMSNorm kernels with f16 activations (and the f32 ones through the host helpers),
-//! against the CPU reference.
+//! The RMSNorm kernels with f16 activations, f32 ones, and f32 ones with 16-bit outputs
+//! (through the host helpers), against the CPU reference.
 
-use half::f16;
-use qrt_kernels::CudaDevice;
+use half::{bf16, f16};
+use qrt_kernels::{CudaDevice, Half16};
 use qrt_runtime::cpu::rms_norm_row;
 use qrt_runtime::sampling::Rng;
 
@@ -43,6 +43,29 @@ pub fn run(dev: &CudaDevice, rng: &mut Rng, checks: &mut Checks) -> anyhow::Resu
             .map(|v| v.to_f32())
             .collect();
         list.push(("rms_norm_f16", rel_err(&got16, &want16), 1e-3));
+
+        // f32 in, 16-bit out: the prefill GEMMs' input.
+        for (name, ty, to_f32, bound) in [
+            (
+                "rms_norm_f32_to_f16",
+                Half16::F16,
+                (|b| f16::from_bits(b).to_f32()) as fn(u16) -> f32,
+                1e-3,
+            ),
+            (
+                "rms_norm_f32_to_bf16",
+                Half16::Bf16,
+                |b| bf16::from_bits(b).to_f32(),
+                1e-2,
+            ),
+        ] {
+            let got: Vec<f32> = dev
+                .rms_norm_f32_to_half16(ty, &x, &w, rows, cols, eps)?
+                .into_iter()
+                .map(to_f32)
+                .collect();
+            list.push((name, rel_err(&got, &want), bound));
+        }
 
         for (name, err, bound) in list {
             checks.check(name, &format!("{rows}x{cols}"), err, bound);
