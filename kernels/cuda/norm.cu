@@ -175,36 +175,18 @@ __device__ void rms_norm_row(const qrt_rms_norm_args& a, const In* x, const floa
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_rms_norm_f32(const qrt_rms_norm_args args, const float* x, const float* __restrict__ w,
-                     float* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    rms_norm_row<float, float>(args, x, w, y);
-}
+// qrt_rms_norm_<NAME>: rows of IN normalised into OUT. f32 -> f16 / bf16 makes the input of a
+// tensor-core GEMM in one pass.
+#define QRT_RMS_NORM(NAME, IN, OUT)                                                        \
+    extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)                    \
+        qrt_rms_norm_##NAME(const qrt_rms_norm_args args, const IN* x,                     \
+                            const float* __restrict__ w, OUT* y) {                         \
+        qrt::pdl_enter();                                                                  \
+        if (blockIdx.x >= args.rows) return;                                               \
+        rms_norm_row<IN, OUT>(args, x, w, y);                                              \
+    }
 
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_rms_norm_f16(const qrt_rms_norm_args args, const __half* x, const float* __restrict__ w,
-                     __half* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    rms_norm_row<__half, __half>(args, x, w, y);
-}
-
-// f32 rows normalised into the 16-bit type of the weights they are multiplied with next (the
-// input of a tensor-core GEMM), in one pass.
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_rms_norm_f32_to_f16(const qrt_rms_norm_args args, const float* x,
-                            const float* __restrict__ w, __half* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    rms_norm_row<float, __half>(args, x, w, y);
-}
-
-extern "C" __global__ void __launch_bounds__(QRT_MAX_BLOCK_THREADS)
-    qrt_rms_norm_f32_to_bf16(const qrt_rms_norm_args args, const float* x,
-                             const float* __restrict__ w, __nv_bfloat16* y) {
-    qrt::pdl_enter();
-    if (blockIdx.x >= args.rows) return;
-    rms_norm_row<float, __nv_bfloat16>(args, x, w, y);
-}
+QRT_RMS_NORM(f32, float, float)
+QRT_RMS_NORM(f16, __half, __half)
+QRT_RMS_NORM(f32_to_f16, float, __half)
+QRT_RMS_NORM(f32_to_bf16, float, __nv_bfloat16)

@@ -89,34 +89,17 @@ fn launch_config(args: &qrt_rms_norm_args, vec: usize) -> LaunchConfig {
 }
 
 impl CudaDevice {
-    /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y` (which may be `x`), with the
-    /// `cols` f32 weights at `w`; stream-ordered.
+    /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y`, with the `cols` f32 weights at
+    /// `w`; stream-ordered. `y` is f32 (and may be `x`) when `out` is None, else 16-bit values of
+    /// type `out` (the input of a tensor-core GEMM).
     ///
     /// # Safety
-    /// `x` and `y` must hold `rows * cols` f32, `w` `cols` f32.
-    pub unsafe fn rms_norm_rows(
-        &self,
-        x: u64,
-        w: u64,
-        y: u64,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<(), KernelError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.norm_rows(f32::RMS_NORM, &[x, w, y], rows, cols, eps) }
-    }
-
-    /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y` as 16-bit values of type `ty` (the
-    /// input of a tensor-core GEMM), with the `cols` f32 weights at `w`; stream-ordered.
-    ///
-    /// # Safety
-    /// `x` must hold `rows * cols` f32, `y` room for `rows * cols` 16-bit values, `w` `cols`
+    /// `x` must hold `rows * cols` f32, `y` room for as many values of its type, `w` `cols`
     /// f32.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn rms_norm_rows_to_half16(
+    pub unsafe fn rms_norm_rows(
         &self,
-        ty: Half16,
+        out: Option<Half16>,
         x: u64,
         w: u64,
         y: u64,
@@ -124,7 +107,10 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<(), KernelError> {
-        let kernel = format!("qrt_rms_norm_f32_to_{}", ty.name());
+        let kernel = match out {
+            None => f32::RMS_NORM.to_string(),
+            Some(ty) => format!("qrt_rms_norm_f32_to_{}", ty.name()),
+        };
         // SAFETY: forwarded from the caller.
         unsafe { self.norm_rows(&kernel, &[x, w, y], rows, cols, eps) }
     }

@@ -467,8 +467,8 @@ impl CudaBackend {
         let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
         // SAFETY: x holds rows x cols f32, buf room for as many 16-bit values, the norm cols f32.
         unsafe {
-            self.dev.rms_norm_rows_to_half16(
-                ty,
+            self.dev.rms_norm_rows(
+                Some(ty),
                 x.ptr(),
                 norm.buf.ptr(),
                 buf.ptr(),
@@ -860,8 +860,15 @@ impl Backend for CudaBackend {
             Self::check_vector(weight)?;
             // SAFETY: shapes checked; the weight holds cols f32.
             unsafe {
-                self.dev
-                    .rms_norm_rows(x.ptr(), weight.buf.ptr(), out.ptr(), x.rows, x.cols, eps)?
+                self.dev.rms_norm_rows(
+                    None,
+                    x.ptr(),
+                    weight.buf.ptr(),
+                    out.ptr(),
+                    x.rows,
+                    x.cols,
+                    eps,
+                )?
             };
             Ok(())
         })
