@@ -106,7 +106,10 @@ typedef struct qrt_gemm_segment {
 QRT_STATIC_ASSERT(sizeof(qrt_gemm_segment) == 32, "qrt_gemm_segment must be 32 bytes");
 
 /// Arguments of the tensor-core GEMM kernels (`qrt_gemm_<w>_m<tile>`): every segment
-/// multiplies the same `a`; f32 accumulation; `k` a multiple of 8.
+/// multiplies the same `a`; f32 accumulation; `k` a multiple of 8. The gated kernels
+/// (`qrt_gemm_gated_*`, `qrt_gemm_wg_gated_*`) take SwiGLU's gate as `seg[0]` and its up as
+/// `seg[1]`, both `[n, k]`, and write `silu(a @ gate^T) * (a @ up^T)` to `seg[0].c` as `[m, n]`
+/// 16-bit floats of the weights' type (no bias, no accumulate), in column tiles 64 wide.
 typedef struct qrt_gemm_args {
     /// The weight matrices, `num_segments` of them; column tiles are assigned in order.
     qrt_gemm_segment seg[QRT_GEMV_MAX_SEGMENTS];
@@ -120,13 +123,9 @@ typedef struct qrt_gemm_args {
     uint32_t num_segments;
     /// Nonzero: `c += product` (a residual add) instead of `c = product`.
     uint32_t accumulate;
-    /// Nonzero (`qrt_gemm_gated_*` kernels): `seg[0]` is SwiGLU's gate and `seg[1]` its up
-    /// matrix, both `[n, k]`; `silu(a @ gate^T) * (a @ up^T)` goes to `seg[0].c` as `[m, n]`
-    /// 16-bit floats of the weights' type (no bias, no accumulate). Column tiles are 64 wide.
-    uint32_t gated;
 } qrt_gemm_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 128, "qrt_gemm_args must be 128 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_args) == 120, "qrt_gemm_args must be 120 bytes");
 
 /// One sequence of a flat attention batch.
 typedef struct qrt_attn_seq {

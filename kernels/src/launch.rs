@@ -740,7 +740,6 @@ impl CudaDevice {
         let mut args = gemm_args(a, m, k, [gate, up].into_iter())?;
         let n32 = u32_of("n", n)?;
         args.num_segments = 2;
-        args.gated = 1;
         args.seg[0] = qrt_gemm_segment {
             w: gate,
             c: out,

@@ -133,10 +133,9 @@ fn decoder_kernel_layouts_match_the_header() {
     assert_eq!(offset_of!(qrt_gemv_args, x), 96);
     assert_eq!(offset_of!(qrt_gemv_args, num_segments), 108);
     assert_eq!(size_of::<qrt_gemm_segment>(), 32);
-    assert_eq!(size_of::<qrt_gemm_args>(), 128);
+    assert_eq!(size_of::<qrt_gemm_args>(), 120);
     assert_eq!(offset_of!(qrt_gemm_args, a), 96);
     assert_eq!(offset_of!(qrt_gemm_args, num_segments), 112);
-    assert_eq!(offset_of!(qrt_gemm_args, gated), 120);
     assert_eq!(size_of::<qrt_attn_seq>(), 16);
     assert_eq!(size_of::<qrt_attn_args>(), 112);
     assert_eq!(offset_of!(qrt_attn_args, num_seqs), 56);
