@@ -175,6 +175,8 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         let t = ty.name();
         all.push(("gemv_one", format!("qrt_gemv_one_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_gated_{t}")));
+        all.push(("gemv_one", format!("qrt_gemv_one_lean_{t}")));
+        all.push(("gemv_one", format!("qrt_gemv_one_lean_gated_{t}")));
         for batch in 1..=QRT_GEMV_MAX_BATCH {
             for rows in [1, 2, 4] {
                 all.push(("gemv", format!("qrt_gemv_{t}_b{batch}_r{rows}")));
@@ -288,6 +290,13 @@ fn check_segments(what: &str, count: usize) -> Result<(), KernelError> {
 
 /// Bytes of input the batch-one GEMV may stage in shared memory (`k` f32).
 const GEMV_ONE_MAX_STAGED: usize = 200 * 1024;
+
+/// Longest row the lean batch-one GEMV takes (`gemv_one.cu`: 8 chunks of 8 values per lane,
+/// one group of loads per row).
+const LEAN_MAX_K: usize = 2048;
+
+/// Longest row the lean gated batch-one GEMV takes (4 chunks per lane of gate and of up).
+const LEAN_GATED_MAX_K: usize = 1024;
 
 /// A normalised input needs the batch-one kernel.
 fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
@@ -489,10 +498,9 @@ impl CudaDevice {
         if Self::gemv_fuses_norm(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
+            let lean = input.k <= LEAN_MAX_K;
             // SAFETY: forwarded from the caller.
-            return unsafe {
-                self.launch_gemv_one(&format!("qrt_gemv_one_{}", ty.name()), &args, rows)
-            };
+            return unsafe { self.launch_gemv_one(ty, false, lean, &args, rows) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
             // SAFETY: forwarded from the caller.
@@ -512,25 +520,38 @@ impl CudaDevice {
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
     }
 
-    /// Launches batch-one GEMV kernel `kernel` over `rows` output rows: 8 warps per block, a
-    /// warp per pair of rows at a time, two blocks per multiprocessor at most (all resident at
-    /// once), `k` f32 of dynamic shared memory.
+    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not, `lean` or not) over `rows`
+    /// output rows (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A
+    /// plain kernel takes up to two blocks per multiprocessor (all resident at once), a warp
+    /// per pair of rows at a time; a lean one a warp per row, up to four blocks per
+    /// multiprocessor.
     ///
     /// # Safety
-    /// `args` must describe valid buffers for `kernel`.
+    /// `args` must describe valid buffers for the kernel.
     unsafe fn launch_gemv_one(
         &self,
-        kernel: &str,
+        ty: Half16,
+        gated: bool,
+        lean: bool,
         args: &qrt_gemv_args,
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
-        let blocks = rows.div_ceil(WARPS).min(self.multiprocessors() * 2);
+        let kernel = format!(
+            "qrt_gemv_one_{}{}{}",
+            if lean { "lean_" } else { "" },
+            if gated { "gated_" } else { "" },
+            ty.name()
+        );
+        let per_multiprocessor = if lean { 4 } else { 2 };
+        let blocks = rows
+            .div_ceil(WARPS)
+            .min(self.multiprocessors() * per_multiprocessor);
         // SAFETY: qrt_gemv_args by value, as the kernel takes it; the caller guarantees it.
         unsafe {
             self.launch_config(
                 "gemv_one",
-                kernel,
+                &kernel,
                 (
                     (u32_of("blocks", blocks)?, 1, 1),
                     (WARPS * 32) as u32,
@@ -637,7 +658,8 @@ impl CudaDevice {
         // SAFETY: forwarded from the caller.
         unsafe {
             if one {
-                self.launch_gemv_one(&format!("qrt_gemv_one_gated_{t}"), &args, gate.n)
+                let lean = input.k <= LEAN_GATED_MAX_K;
+                self.launch_gemv_one(ty, true, lean, &args, gate.n)
             } else if tensor_cores {
                 self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
             } else {
