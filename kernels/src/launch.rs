@@ -228,6 +228,14 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     all
 }
 
+/// Whether `blocks` tensor-core GEMV tiles run as 16-warp blocks on `multiprocessors`: when
+/// they make one wave of one block per multiprocessor, or two whose second is at least three
+/// quarters full.
+fn tc_wide_blocks(blocks: usize, multiprocessors: usize) -> bool {
+    blocks <= multiprocessors
+        || (blocks <= 2 * multiprocessors && 4 * (blocks - multiprocessors) >= 3 * multiprocessors)
+}
+
 /// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
 /// returns the arguments and the number of blocks.
 fn gemv_args(
@@ -291,12 +299,14 @@ fn check_segments(what: &str, count: usize) -> Result<(), KernelError> {
 /// Bytes of input the batch-one GEMV may stage in shared memory (`k` f32).
 const GEMV_ONE_MAX_STAGED: usize = 200 * 1024;
 
-/// Longest row the lean batch-one GEMV takes (`gemv_one.cu`: 8 chunks of 8 values per lane,
-/// one group of loads per row).
-const LEAN_MAX_K: usize = 2048;
+/// Longest row the lean batch-one GEMV takes. Longer rows stream in sequential groups of 8
+/// chunks per lane, which lost to the plain kernel at k = 8192 and 14336 on the H200 (the
+/// Llama down projections) and won at 2048 and 4096.
+const LEAN_MAX_K: usize = 4096;
 
-/// Longest row the lean gated batch-one GEMV takes (4 chunks per lane of gate and of up).
-const LEAN_GATED_MAX_K: usize = 1024;
+/// Longest row the lean gated batch-one GEMV takes (4 chunks per lane of gate and of up per
+/// group): it won at k = 576 and 2048 on the H200.
+const LEAN_GATED_MAX_K: usize = 2048;
 
 /// A normalised input needs the batch-one kernel.
 fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
@@ -588,7 +598,10 @@ impl CudaDevice {
     }
 
     /// Launches tensor-core GEMV kernel `<stem>_w<warps>` on `blocks` 16-row tiles: 16 warps
-    /// per tile when there are few tiles (under two per multiprocessor), else 8.
+    /// per tile when the tiles fill one or two waves of one block per multiprocessor (a
+    /// 16-warp block takes ~56K of a multiprocessor's 64K registers), else 8 (two fit). On
+    /// the H200, 192 tiles (a second wave under half full) ran faster as 8-warp blocks
+    /// (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o, down).
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -599,7 +612,11 @@ impl CudaDevice {
         blocks: u32,
         batch: usize,
     ) -> Result<(), KernelError> {
-        let warps = if blocks < 264 { 16 } else { 8 };
+        let warps = if tc_wide_blocks(blocks as usize, self.multiprocessors()) {
+            16
+        } else {
+            8
+        };
         let batch = batch as u32;
         // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the buffers.
         unsafe {
@@ -1113,6 +1130,22 @@ pub fn argmax_token(key: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_tensor_core_blocks_only_for_full_waves() {
+        // H200 (132 multiprocessors): Llama-3.2-1B o and down (128 tiles), one wave.
+        assert!(tc_wide_blocks(128, 132));
+        assert!(tc_wide_blocks(132, 132));
+        // Llama-3.2-1B q/k/v (192 tiles): a second wave under half full.
+        assert!(!tc_wide_blocks(192, 132));
+        // Llama-3.1-8B o and down (256 tiles): a second wave nearly full.
+        assert!(tc_wide_blocks(256, 132));
+        assert!(tc_wide_blocks(264, 132));
+        assert!(!tc_wide_blocks(265, 132));
+        // The three-quarter edge of the second wave: 99 of 132.
+        assert!(tc_wide_blocks(231, 132));
+        assert!(!tc_wide_blocks(230, 132));
+    }
 
     #[test]
     fn decode_partitions_merge_in_a_cluster_only_for_one_wave() {
