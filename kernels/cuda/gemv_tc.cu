@@ -8,8 +8,9 @@
 // the batch. Each lane loads its weights straight from global memory in 16-byte pieces: lane l
 // reads 8 consecutive k of rows l/4 and l/4 + 8. That is not the k order of an mma fragment,
 // but a dot product may sum its k in any order as long as weights and activations use the same
-// one, so the activations are loaded in that same permuted order. A block is one 16-row tile;
-// its 8 warps split k in steps of 32 and add their tiles in shared memory at the end.
+// one, so the activations are loaded in that same permuted order. A block computes 16-row
+// tiles one after the other; its warps split k in steps of 32 and add their tiles in shared
+// memory at the end of each.
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -25,21 +26,25 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// The weights of one 16-row tile a lane reads: rows `lo` and `hi` of its fragment.
+struct TileRows {
+    qrt_gemv_segment seg;
+    unsigned row0;
+    const uint4* lo;
+    const uint4* hi;
+};
+
 // GATED: two segments, gate and up, of the same shape; the tile's rows 0-7 are 8 rows of gate and
 // rows 8-15 the same rows of up, so that each lane ends up holding gate and up sums of the same
 // (row, batch) and writes silu(gate) * up into the gate segment's `y`.
+//
+// A block walks tiles blockIdx.x, + gridDim.x, ... (the grid is at most what is resident at
+// once): the next tile's first weights are requested before the current tile's warps are
+// summed, so no block ends and restarts between tiles and the loads stay in flight.
 template <typename W, int kWarps, bool GATED>
-__device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch) {
-    // This block's segment (compile-time indices, so the arguments stay in registers).
-    qrt_gemv_segment seg = args.seg[0];
-    if (!GATED) {
-#pragma unroll
-        for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
-            if (i < args.num_segments && blockIdx.x >= args.seg[i].first_block) seg = args.seg[i];
-        }
-    }
+__device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
+                                        unsigned tiles) {
     constexpr unsigned kOutRows = GATED ? 8 : 16;
-    const unsigned row0 = (blockIdx.x - seg.first_block) * kOutRows;
     const unsigned k = args.k;
     const unsigned steps = k / 32;
     const unsigned warp = threadIdx.x / 32;
@@ -47,100 +52,132 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned r = lane / 4;  // fragment row, and batch column
     const unsigned q = lane % 4;  // which 8 of the 32 k of a step
 
-    const W* w = reinterpret_cast<const W*>(seg.w);
-    const W* w2 = GATED ? reinterpret_cast<const W*>(args.seg[1].w) : w;
-    const unsigned hi_row = GATED ? row0 + r : row0 + r + 8;
-    const uint4* w_lo =
-        reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r, seg.n - 1)) * k);
-    const uint4* w_hi =
-        reinterpret_cast<const uint4*>(w2 + static_cast<size_t>(min(hi_row, seg.n - 1)) * k);
+    // Tile t's segment (compile-time indices, so the arguments stay in registers) and rows.
+    auto tile_rows = [&](unsigned t) {
+        TileRows tr;
+        tr.seg = args.seg[0];
+        if (!GATED) {
+#pragma unroll
+            for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i) {
+                if (i < args.num_segments && t >= args.seg[i].first_block) tr.seg = args.seg[i];
+            }
+        }
+        tr.row0 = (t - tr.seg.first_block) * kOutRows;
+        const W* w = reinterpret_cast<const W*>(tr.seg.w);
+        const W* w2 = GATED ? reinterpret_cast<const W*>(args.seg[1].w) : w;
+        const unsigned hi_row = GATED ? tr.row0 + r : tr.row0 + r + 8;
+        tr.lo = reinterpret_cast<const uint4*>(
+            w + static_cast<size_t>(min(tr.row0 + r, tr.seg.n - 1)) * k);
+        tr.hi = reinterpret_cast<const uint4*>(
+            w2 + static_cast<size_t>(min(hi_row, tr.seg.n - 1)) * k);
+        return tr;
+    };
     const bool has_x = r < batch;
     const float4* xr =
         reinterpret_cast<const float4*>(reinterpret_cast<const float*>(args.x) +
                                         static_cast<size_t>(has_x ? r : 0) * k);
 
-    // One accumulator per unrolled step (independent mma chains); the weights of the next
-    // group of steps are loaded while the current group is multiplied.
-    float acc[kUnroll][4] = {};
+    // The weights of the next group of steps are loaded while the current group is multiplied.
     uint4 lo[kUnroll], hi[kUnroll];
-    auto load = [&](unsigned first) {
+    auto load = [&](const TileRows& tr, unsigned first) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const unsigned step = first + u * kWarps;
             if (step < steps) {
                 const unsigned c = step * 4 + q;  // 16-byte chunk of the row
-                lo[u] = qrt::load_stream(w_lo + c);
-                hi[u] = qrt::load_stream(w_hi + c);
+                lo[u] = qrt::load_stream(tr.lo + c);
+                hi[u] = qrt::load_stream(tr.hi + c);
             }
         }
     };
-    load(warp);
+    unsigned t = blockIdx.x;
+    if (t >= tiles) return;
+    TileRows cur = tile_rows(t);
+    load(cur, warp);
     qrt::pdl_enter();  // the first weights are on their way; now wait for x
-    for (unsigned s = warp; s < steps; s += kUnroll * kWarps) {
-        uint4 cur_lo[kUnroll], cur_hi[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            cur_lo[u] = lo[u];
-            cur_hi[u] = hi[u];
-        }
-        load(s + kUnroll * kWarps);
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const unsigned step = s + u * kWarps;
-            if (step >= steps) break;
-            const unsigned c = step * 4 + q;
-            float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-            if (has_x) {
-                x0 = __ldcg(xr + 2 * c);
-                x1 = __ldcg(xr + 2 * c + 1);
-            }
-            qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
-                             pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w));
-            qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
-                             pack2<W>(x1.x, x1.y), pack2<W>(x1.z, x1.w));
-        }
-    }
-#pragma unroll
-    for (int u = 1; u < kUnroll; ++u)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[0][e] += acc[u][e];
-
-    // acc: rows r and r + 8, batch columns 2q and 2q + 1. Sum the warps' tiles.
     __shared__ float tile[kWarps][16][8];
-    tile[warp][r][2 * q] = acc[0][0];
-    tile[warp][r][2 * q + 1] = acc[0][1];
-    tile[warp][r + 8][2 * q] = acc[0][2];
-    tile[warp][r + 8][2 * q + 1] = acc[0][3];
-    __syncthreads();
-    if (threadIdx.x < kOutRows * 8) {
-        const unsigned m = threadIdx.x / 8;
-        const unsigned b = threadIdx.x % 8;
-        const unsigned row = row0 + m;
-        if (b < batch && row < seg.n) {
-            float sum = 0.f;
+    while (true) {
+        // One accumulator per unrolled step (independent mma chains).
+        float acc[kUnroll][4] = {};
+        for (unsigned s = warp; s < steps; s += kUnroll * kWarps) {
+            uint4 cur_lo[kUnroll], cur_hi[kUnroll];
 #pragma unroll
-            for (int i = 0; i < kWarps; ++i) sum += tile[i][m][b];
-            if (GATED) {
-                float up = 0.f;
-#pragma unroll
-                for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
-                sum = qrt::swiglu(sum, up);
+            for (int u = 0; u < kUnroll; ++u) {
+                cur_lo[u] = lo[u];
+                cur_hi[u] = hi[u];
             }
-            qrt::store_gemv_row<!GATED>(args, seg, b, row, sum);
+            load(cur, s + kUnroll * kWarps);
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+                const unsigned step = s + u * kWarps;
+                if (step >= steps) break;
+                const unsigned c = step * 4 + q;
+                float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
+                if (has_x) {
+                    x0 = __ldcg(xr + 2 * c);
+                    x1 = __ldcg(xr + 2 * c + 1);
+                }
+                qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
+                                 pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w));
+                qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
+                                 pack2<W>(x1.x, x1.y), pack2<W>(x1.z, x1.w));
+            }
         }
+#pragma unroll
+        for (int u = 1; u < kUnroll; ++u)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[0][e] += acc[u][e];
+
+        // The next tile's first weights go out before this tile's sums.
+        const unsigned next = t + gridDim.x;
+        TileRows nxt = cur;
+        if (next < tiles) {
+            nxt = tile_rows(next);
+            load(nxt, warp);
+        }
+
+        // acc: rows r and r + 8, batch columns 2q and 2q + 1. Sum the warps' tiles.
+        tile[warp][r][2 * q] = acc[0][0];
+        tile[warp][r][2 * q + 1] = acc[0][1];
+        tile[warp][r + 8][2 * q] = acc[0][2];
+        tile[warp][r + 8][2 * q + 1] = acc[0][3];
+        __syncthreads();
+        if (threadIdx.x < kOutRows * 8) {
+            const unsigned m = threadIdx.x / 8;
+            const unsigned b = threadIdx.x % 8;
+            const unsigned row = cur.row0 + m;
+            if (b < batch && row < cur.seg.n) {
+                float sum = 0.f;
+#pragma unroll
+                for (int i = 0; i < kWarps; ++i) sum += tile[i][m][b];
+                if (GATED) {
+                    float up = 0.f;
+#pragma unroll
+                    for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
+                    sum = qrt::swiglu(sum, up);
+                }
+                qrt::store_gemv_row<!GATED>(args, cur.seg, b, row, sum);
+            }
+        }
+        if (next >= tiles) break;
+        __syncthreads();  // the sums are read before the next tile writes them
+        t = next;
+        cur = nxt;
     }
 }
 
 }  // namespace
 
-#define QRT_GEMV_TC(NAME, W, WARPS)                                                    \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                           \
-        qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch) {      \
-        gemv_tc<W, WARPS, false>(args, batch);                                         \
-    }                                                                                  \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                           \
-        qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch) { \
-        gemv_tc<W, WARPS, true>(args, batch);                                          \
+#define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+        qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,           \
+                                      uint32_t tiles) {                                   \
+        gemv_tc<W, WARPS, false>(args, batch, tiles);                                     \
+    }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+        qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,     \
+                                            uint32_t tiles) {                             \
+        gemv_tc<W, WARPS, true>(args, batch, tiles);                                      \
     }
 
 QRT_GEMV_TC(f16, __half, 8)

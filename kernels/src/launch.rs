@@ -597,9 +597,10 @@ impl CudaDevice {
         }
     }
 
-    /// Launches tensor-core GEMV kernel `<stem>_w<warps>` on `blocks` 16-row tiles: 16 warps
-    /// per tile when the tiles fill one or two waves of one block per multiprocessor (a
-    /// 16-warp block takes ~56K of a multiprocessor's 64K registers), else 8 (two fit). On
+    /// Launches tensor-core GEMV kernel `<stem>_w<warps>` over `tiles` 16-row tiles, on at
+    /// most as many blocks as are resident at once (each walks its share of the tiles): 16
+    /// warps per block when the tiles fill one or two waves of one block per multiprocessor
+    /// (a 16-warp block takes ~56K of a multiprocessor's 64K registers), else 8 (two fit). On
     /// the H200, 192 tiles (a second wave under half full) ran faster as 8-warp blocks
     /// (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o, down).
     ///
@@ -609,23 +610,26 @@ impl CudaDevice {
         &self,
         stem: &str,
         args: &qrt_gemv_args,
-        blocks: u32,
+        tiles: u32,
         batch: usize,
     ) -> Result<(), KernelError> {
-        let warps = if tc_wide_blocks(blocks as usize, self.multiprocessors()) {
-            16
+        let sms = self.multiprocessors();
+        let (warps, per_multiprocessor) = if tc_wide_blocks(tiles as usize, sms) {
+            (16, 1)
         } else {
-            8
+            (8, 2)
         };
+        let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
-        // SAFETY: (qrt_gemv_args, uint32_t batch) by value; the caller guarantees the buffers.
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value; the caller
+        // guarantees the buffers.
         unsafe {
             self.launch(
                 "gemv_tc",
                 &format!("{stem}_w{warps}"),
                 (blocks, 1, 1),
                 warps * 32,
-                &mut params([args, &batch]),
+                &mut params([args, &batch, &tiles]),
             )
         }
     }
