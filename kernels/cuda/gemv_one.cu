@@ -64,11 +64,20 @@ __device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global
 // one gate/up pair) at a time and never shares it, so that few registers are live and four
 // blocks fit on a multiprocessor; the next kernel is then let in as soon as x is staged, its
 // blocks find room beside this kernel's and issue their weight loads while it finishes.
-template <typename W, bool GATED, int GROUP, bool LEAN>
+//
+// HALVES > 0 (plain kernels for k = HALVES * 2048): a warp takes one row, streamed as HALVES
+// groups of 8 chunks per lane through two register sets in turn: while one group is
+// multiplied the next two are in flight, so the loads of a long row never drain between
+// groups. The loop over the groups is unrolled at compile time: no branch for ptxas to wait
+// at.
+template <typename W, bool GATED, int GROUP, bool LEAN, int HALVES = 0>
 __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
+    static_assert(HALVES == 0 || (!GATED && GROUP == 8), "streamed rows: plain kernels only");
+    constexpr bool kStream = HALVES > 0;
     constexpr int kGroup = GROUP;
     extern __shared__ float4 staged[];
-    const unsigned k = args.k;
+    // (A streamed row's length is known at compile time: the launcher checks k.)
+    const unsigned k = kStream ? HALVES * 2048 : args.k;
     const unsigned chunks = k / 8;
     float4* x_lo = staged;           // x[8c .. 8c + 4) of chunk c
     float4* x_hi = staged + chunks;  // x[8c + 4 .. 8c + 8)
@@ -86,7 +95,7 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     // Pair p: rows 2p and 2p + 1, or (gated) row p of gate and of up. With fewer rows than
     // twice the warps of the grid, a "pair" is one row whose chunks the two halves of a group
     // share (`single`), so that every warp has work; a lean warp takes a row of its own.
-    const bool single = !GATED && (LEAN || rows < 2 * stride);
+    const bool single = !GATED && (LEAN || kStream || rows < 2 * stride);
     const unsigned pairs = GATED || single ? rows : (rows + 1) / 2;
     const unsigned per_lane = (chunks + qrt::kWarp - 1) / qrt::kWarp;
     // Chunk slots a group covers, and where its second half starts.
@@ -134,12 +143,42 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
         }
     };
 
+    // Streamed rows: one group of 8 chunk slots per lane, starting at slot j0, into `r`, and
+    // its products with x into acc.
+    auto load_half = [&](const uint4* w, unsigned j0, uint4 (&r)[kGroup]) {
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+            unsigned chunk, at;
+            const bool in = slot(j0 + u, chunk, at);
+            qrt::load_stream_if(r[u], w + chunk, in);
+        }
+    };
+    auto dot_half = [&](const uint4 (&r)[kGroup], unsigned j0, float& acc) {
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+            unsigned chunk, at;
+            const bool in = slot(j0 + u, chunk, at);
+            const float s = qrt::dot8<W>(r[u], x_lo[at], x_hi[at], acc);
+            acc = in ? s : acc;
+        }
+    };
+    // The first loads of a pair (streamed: the first two groups of its row).
+    auto load_first = [&](const uint4* w0, const uint4* w1, uint4 (&a)[kGroup],
+                          uint4 (&b)[kGroup]) {
+        if (kStream) {
+            load_half(w0, 0, a);
+            if (HALVES > 1) load_half(w0, kGroup, b);
+        } else {
+            load_group(w0, w1, 0, a, b);
+        }
+    };
+
     unsigned p = blockIdx.x * warps + warp;
     const uint4 *w0 = nullptr, *w1 = nullptr;
     uint4 a[kGroup], b[kGroup];
     if (p < pairs) {
         pair_weights(p, w0, w1);
-        load_group(w0, w1, 0, a, b);
+        load_first(w0, w1, a, b);
     }
 
     // Stage x (times the norm weights) in shared memory; sum its squares for the norm.
@@ -172,7 +211,19 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
 
     for (; p < pairs; p += stride) {
         float acc0 = 0.f, acc1 = 0.f;
-        for (unsigned j0 = 0; j0 < per_lane; j0 += group_slots) {
+        if (kStream) {
+            // Group h is in a (h even) or b (h odd); its set is refilled with group h + 2.
+#pragma unroll
+            for (int h = 0; h < HALVES; h += 2) {
+                dot_half(a, h * kGroup, acc0);
+                if (h + 2 < HALVES) load_half(w0, (h + 2) * kGroup, a);
+                if (h + 1 < HALVES) {
+                    dot_half(b, (h + 1) * kGroup, acc1);
+                    if (h + 3 < HALVES) load_half(w0, (h + 3) * kGroup, b);
+                }
+            }
+        }
+        for (unsigned j0 = 0; !kStream && j0 < per_lane; j0 += group_slots) {
             if (j0 > 0) load_group(w0, w1, j0, a, b);
             // Lanes past the end of the row read a valid x and drop the product.
 #pragma unroll
@@ -199,7 +250,7 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
         const bool second = !single && (GATED || w1 != nullptr);
         if (p + stride < pairs) {
             pair_weights(p + stride, w0, w1);
-            load_group(w0, w1, 0, a, b);
+            load_first(w0, w1, a, b);
         }
         if (lane == 0) {
             if (GATED) {
@@ -217,6 +268,13 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
 }
 
 }  // namespace
+
+// Rows of k = HALVES * 2048 streamed through two register sets.
+#define QRT_GEMV_ONE_STREAM(NAME, W, HALVES)                                                \
+    extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 2)                    \
+        qrt_gemv_one_stream##HALVES##_##NAME(const qrt_gemv_args args) {                    \
+        gemv_one<W, false, 8, false, HALVES>(args);                                         \
+    }
 
 // The plain kernels are for long rows (the launcher sends k <= 4096, gated k <= 2048, to the
 // lean ones); every kernel takes any k that is a multiple of 8.
@@ -236,7 +294,12 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 4)                    \
         qrt_gemv_one_lean_gated_##NAME(const qrt_gemv_args args) {                          \
         gemv_one<W, true, 4, true>(args);                                                   \
-    }
+    }                                                                                       \
+    QRT_GEMV_ONE_STREAM(NAME, W, 3)                                                         \
+    QRT_GEMV_ONE_STREAM(NAME, W, 4)                                                         \
+    QRT_GEMV_ONE_STREAM(NAME, W, 5)                                                         \
+    QRT_GEMV_ONE_STREAM(NAME, W, 6)                                                         \
+    QRT_GEMV_ONE_STREAM(NAME, W, 7)
 
 QRT_GEMV_ONE(f16, __half)
 QRT_GEMV_ONE(bf16, __nv_bfloat16)

@@ -177,6 +177,9 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("gemv_one", format!("qrt_gemv_one_gated_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_gated_{t}")));
+        for groups in 3..=7 {
+            all.push(("gemv_one", format!("qrt_gemv_one_stream{groups}_{t}")));
+        }
         for batch in 1..=QRT_GEMV_MAX_BATCH {
             for rows in [1, 2, 4] {
                 all.push(("gemv", format!("qrt_gemv_{t}_b{batch}_r{rows}")));
@@ -303,6 +306,34 @@ const GEMV_ONE_MAX_STAGED: usize = 200 * 1024;
 /// chunks per lane, which lost to the plain kernel at k = 8192 and 14336 on the H200 (the
 /// Llama down projections) and won at 2048 and 4096.
 const LEAN_MAX_K: usize = 4096;
+
+/// Which batch-one GEMV kernel a product takes (`gemv_one.cu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OneVariant {
+    /// Pairs of rows per warp, 16 loads in flight per lane.
+    Plain,
+    /// A row per warp in few registers, the next kernel let in early (short rows).
+    Lean,
+    /// A row per warp streamed as this many groups of 2048 values through two register sets.
+    Stream(usize),
+}
+
+impl OneVariant {
+    /// The variant's part of the kernel name.
+    fn infix(self) -> String {
+        match self {
+            OneVariant::Plain => String::new(),
+            OneVariant::Lean => "lean_".into(),
+            OneVariant::Stream(groups) => format!("stream{groups}_"),
+        }
+    }
+}
+
+/// Groups of 2048 values a row of `k` streams as, where a streaming kernel is built for it
+/// (`QRT_GEMV_ONE_STREAM` in `gemv_one.cu`: 3 to 7 groups, k = 6144 to 14336).
+fn stream_groups(k: usize) -> Option<usize> {
+    (k.is_multiple_of(2048) && (3..=7).contains(&(k / 2048))).then_some(k / 2048)
+}
 
 /// Longest row the lean gated batch-one GEMV takes (4 chunks per lane of gate and of up per
 /// group): it won at k = 576 and 2048 on the H200.
@@ -508,9 +539,13 @@ impl CudaDevice {
         if Self::gemv_fuses_norm(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
-            let lean = input.k <= LEAN_MAX_K;
+            let variant = if input.k <= LEAN_MAX_K {
+                OneVariant::Lean
+            } else {
+                stream_groups(input.k).map_or(OneVariant::Plain, OneVariant::Stream)
+            };
             // SAFETY: forwarded from the caller.
-            return unsafe { self.launch_gemv_one(ty, false, lean, &args, rows) };
+            return unsafe { self.launch_gemv_one(ty, false, variant, &args, rows) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
             // SAFETY: forwarded from the caller.
@@ -530,11 +565,10 @@ impl CudaDevice {
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
     }
 
-    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not, `lean` or not) over `rows`
+    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not, of `variant`) over `rows`
     /// output rows (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A
-    /// plain kernel takes up to two blocks per multiprocessor (all resident at once), a warp
-    /// per pair of rows at a time; a lean one a warp per row, up to four blocks per
-    /// multiprocessor.
+    /// plain or streaming kernel takes up to two blocks per multiprocessor (all resident at
+    /// once), a lean one up to four.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -542,18 +576,18 @@ impl CudaDevice {
         &self,
         ty: Half16,
         gated: bool,
-        lean: bool,
+        variant: OneVariant,
         args: &qrt_gemv_args,
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
-            if lean { "lean_" } else { "" },
+            variant.infix(),
             if gated { "gated_" } else { "" },
             ty.name()
         );
-        let per_multiprocessor = if lean { 4 } else { 2 };
+        let per_multiprocessor = if variant == OneVariant::Lean { 4 } else { 2 };
         let blocks = rows
             .div_ceil(WARPS)
             .min(self.multiprocessors() * per_multiprocessor);
@@ -679,8 +713,12 @@ impl CudaDevice {
         // SAFETY: forwarded from the caller.
         unsafe {
             if one {
-                let lean = input.k <= LEAN_GATED_MAX_K;
-                self.launch_gemv_one(ty, true, lean, &args, gate.n)
+                let variant = if input.k <= LEAN_GATED_MAX_K {
+                    OneVariant::Lean
+                } else {
+                    OneVariant::Plain
+                };
+                self.launch_gemv_one(ty, true, variant, &args, gate.n)
             } else if tensor_cores {
                 self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
             } else {

@@ -48,6 +48,8 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (576, 576, ElemType::F16, SMALL),
         (1536, 576, ElemType::F16, SMALL),
         (576, 1536, ElemType::F16, SMALL),
+        // A batch-one row streamed in an odd number of groups (k = 3 x 2048).
+        (130, 6144, ElemType::F16, &[1, 3]),
         // Llama-3.2-1B
         (2048, 2048, ElemType::F16, LARGE),
         (2048, 2048, ElemType::BF16, LARGE),
