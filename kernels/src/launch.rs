@@ -225,7 +225,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     }
     all.push(("norm", "qrt_rms_norm_f32".to_string()));
     for ty in [Half16::F16, Half16::Bf16] {
-        all.push(("norm", format!("qrt_rms_norm_f32_to_{}", ty.name())));
+        all.push(("norm", crate::norm::rms_norm_to_half16_kernel(ty)));
     }
     all.push(("sample", "qrt_sample".to_string()));
     all
@@ -539,13 +539,8 @@ impl CudaDevice {
         if Self::gemv_fuses_norm(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
-            let variant = if input.k <= LEAN_MAX_K {
-                OneVariant::Lean
-            } else {
-                stream_groups(input.k).map_or(OneVariant::Plain, OneVariant::Stream)
-            };
             // SAFETY: forwarded from the caller.
-            return unsafe { self.launch_gemv_one(ty, false, variant, &args, rows) };
+            return unsafe { self.launch_gemv_one(ty, false, &args, rows) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
             // SAFETY: forwarded from the caller.
@@ -565,10 +560,12 @@ impl CudaDevice {
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
     }
 
-    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not, of `variant`) over `rows`
-    /// output rows (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A
-    /// plain or streaming kernel takes up to two blocks per multiprocessor (all resident at
-    /// once), a lean one up to four.
+    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not) over `rows` output rows
+    /// (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A plain kernel takes
+    /// up to two blocks per multiprocessor (all resident at once), a warp per pair of rows at
+    /// a time; a lean one (rows up to [`LEAN_MAX_K`], gated [`LEAN_GATED_MAX_K`]) a warp per
+    /// row, up to four blocks per multiprocessor; a streaming one (plain rows of
+    /// [`stream_groups`] x 2048) a warp per row, two blocks per multiprocessor.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -576,11 +573,18 @@ impl CudaDevice {
         &self,
         ty: Half16,
         gated: bool,
-        variant: OneVariant,
         args: &qrt_gemv_args,
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
+        let k = args.k as usize;
+        let variant = if k <= if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K } {
+            OneVariant::Lean
+        } else if gated {
+            OneVariant::Plain
+        } else {
+            stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
+        };
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
             variant.infix(),
@@ -713,12 +717,7 @@ impl CudaDevice {
         // SAFETY: forwarded from the caller.
         unsafe {
             if one {
-                let variant = if input.k <= LEAN_GATED_MAX_K {
-                    OneVariant::Lean
-                } else {
-                    OneVariant::Plain
-                };
-                self.launch_gemv_one(ty, true, variant, &args, gate.n)
+                self.launch_gemv_one(ty, true, &args, gate.n)
             } else if tensor_cores {
                 self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
             } else {
