@@ -95,6 +95,30 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     TileRows cur = tile_rows(t);
     load(cur, warp);
     qrt::pdl_enter();  // the first weights are on their way; now wait for x
+
+    // A normalised input: each block computes the rows' 1/rms once (warp w sums the squares
+    // of rows w, w + kWarps, ...); every product then reads x times the norm weights and
+    // scales it before rounding, as the separate RMSNorm pass would have written it.
+    const bool normed = args.norm != 0;
+    __shared__ float row_scale[QRT_GEMV_MAX_BATCH];
+    if (normed) {
+        for (unsigned b = warp; b < batch; b += kWarps) {
+            const float4* xb = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(
+                                   args.x)) +
+                               static_cast<size_t>(b) * (k / 4);
+            float squares = 0.f;
+            for (unsigned i = lane; i < k / 4; i += 32) {
+                const float4 v = __ldcg(xb + i);
+                squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            squares = qrt::warp_sum(squares);
+            if (lane == 0)
+                row_scale[b] = 1.f / sqrtf(squares / static_cast<float>(k) + args.eps);
+        }
+        __syncthreads();
+    }
+    const float x_scale = normed && has_x ? row_scale[r] : 1.f;
+    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     __shared__ float tile[kWarps][16][8];
     while (true) {
         // One accumulator per unrolled step (independent mma chains).
@@ -116,6 +140,10 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 if (has_x) {
                     x0 = __ldcg(xr + 2 * c);
                     x1 = __ldcg(xr + 2 * c + 1);
+                    if (normed) {
+                        x0 = qrt::scaled(x0, __ldg(g4 + 2 * c), x_scale);
+                        x1 = qrt::scaled(x1, __ldg(g4 + 2 * c + 1), x_scale);
+                    }
                 }
                 qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
                                  pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w));

@@ -484,8 +484,16 @@ impl CudaDevice {
     }
 
     /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
-    /// batches of one whose input fits the batch-one kernel's shared memory.
+    /// a batch of one whose input fits the batch-one kernel's shared memory, or a batch of 2
+    /// to 8 on the tensor cores (`k` a multiple of 32).
     pub fn gemv_fuses_norm(rows: usize, k: usize) -> bool {
+        Self::one_row_kernel(rows, k)
+            || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) && k.is_multiple_of(32))
+    }
+
+    /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
+    /// (`gemv_one.cu`): one row whose `k` f32 fit its shared memory.
+    fn one_row_kernel(rows: usize, k: usize) -> bool {
         rows == 1 && k.is_multiple_of(8) && k * 4 <= GEMV_ONE_MAX_STAGED
     }
 
@@ -505,7 +513,7 @@ impl CudaDevice {
         fusion: Fusion,
     ) -> Result<(), KernelError> {
         check_norm(input, fusion)?;
-        if Self::gemv_fuses_norm(input.rows, input.k) {
+        if Self::one_row_kernel(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
             let lean = input.k <= LEAN_MAX_K;
@@ -656,7 +664,7 @@ impl CudaDevice {
         }
         check_norm(input, fusion)?;
         let t = ty.name();
-        let one = Self::gemv_fuses_norm(input.rows, input.k);
+        let one = Self::one_row_kernel(input.rows, input.k);
         let tensor_cores = !one && input.rows > 1 && input.k.is_multiple_of(32);
         let (rows_loaded, out_rows) = match (tensor_cores, gate.n >= 4096) {
             (true, _) => (16, 8),
@@ -693,9 +701,9 @@ impl CudaDevice {
         }
     }
 
-    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are
-    /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
-    /// `fusion` may accumulate; it cannot normalise.
+    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations (times
+    /// their RMSNorm when `fusion` normalises) are rounded to the weight type, 16 weight rows
+    /// per tile; `k` must be a multiple of 32.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`] and [`GemvInput`] say.
@@ -706,11 +714,6 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        if fusion.norm.is_some() {
-            return Err(KernelError::Shape(
-                "the tensor-core GEMV cannot normalise its input".into(),
-            ));
-        }
         let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
         // SAFETY: forwarded from the caller.
         unsafe {
