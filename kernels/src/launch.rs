@@ -236,6 +236,22 @@ fn tc_wide_blocks(blocks: usize, multiprocessors: usize) -> bool {
         || (blocks <= 2 * multiprocessors && 4 * (blocks - multiprocessors) >= 3 * multiprocessors)
 }
 
+/// Most shared memory a tensor-core GEMV block stages its input in (two blocks per
+/// multiprocessor must still fit).
+const TC_STAGE_MAX: usize = 80 * 1024;
+
+/// Bytes of shared memory a tensor-core GEMV of `batch` rows of `k` stages its input in
+/// (16-bit, rows padded 64 bytes apart), or 0 when that exceeds [`TC_STAGE_MAX`] and every
+/// tile reads the input from L2 instead.
+fn tc_staged_bytes(batch: usize, k: usize) -> usize {
+    let bytes = batch * (k * 2 + 64);
+    if bytes <= TC_STAGE_MAX {
+        bytes
+    } else {
+        0
+    }
+}
+
 /// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
 /// returns the arguments and the number of blocks.
 fn gemv_args(
@@ -631,15 +647,18 @@ impl CudaDevice {
         };
         let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value; the caller
-        // guarantees the buffers.
+        let shared = tc_staged_bytes(batch as usize, args.k as usize);
+        let staged = u32::from(shared > 0);
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t staged) by value,
+        // `shared` bytes of dynamic shared memory for the staged input; the caller guarantees
+        // the buffers.
         unsafe {
-            self.launch(
+            self.launch_config(
                 "gemv_tc",
                 &format!("{stem}_w{warps}"),
-                (blocks, 1, 1),
-                warps * 32,
-                &mut params([args, &batch, &tiles]),
+                ((blocks, 1, 1), warps * 32, shared),
+                &mut params([args, &batch, &tiles, &staged]),
+                true,
             )
         }
     }
@@ -1139,6 +1158,18 @@ pub fn argmax_token(key: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_core_gemv_stages_inputs_that_fit() {
+        // Llama-3.2-1B (k = 2048) at batch 8 and Llama-3.1-8B (k = 4096) at batch 8 stage.
+        assert_eq!(tc_staged_bytes(8, 2048), 8 * 4160);
+        assert_eq!(tc_staged_bytes(8, 4096), 8 * 8256);
+        // The 1B down projection (k = 8192) stages up to batch 4; the 8B's (14336) at 2.
+        assert_eq!(tc_staged_bytes(4, 8192), 4 * 16448);
+        assert_eq!(tc_staged_bytes(5, 8192), 0);
+        assert_eq!(tc_staged_bytes(2, 14336), 2 * 28736);
+        assert_eq!(tc_staged_bytes(3, 14336), 0);
+    }
 
     #[test]
     fn wide_tensor_core_blocks_only_for_full_waves() {
