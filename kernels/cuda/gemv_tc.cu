@@ -197,12 +197,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 }  // namespace
 
 #define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,           \
                                       uint32_t tiles) {                                   \
         gemv_tc<W, WARPS, false>(args, batch, tiles);                                     \
     }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,     \
                                             uint32_t tiles) {                             \
         gemv_tc<W, WARPS, true>(args, batch, tiles);                                      \
