@@ -216,12 +216,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 }  // namespace
 
 #define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,           \
                                       uint32_t tiles, uint32_t staged) {                  \
         gemv_tc<W, WARPS, false>(args, batch, tiles, staged != 0);                        \
     }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,     \
                                             uint32_t tiles, uint32_t staged) {            \
         gemv_tc<W, WARPS, true>(args, batch, tiles, staged != 0);                         \

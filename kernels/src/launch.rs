@@ -624,9 +624,8 @@ impl CudaDevice {
     /// Launches tensor-core GEMV kernel `<stem>_w<warps>` over `tiles` 16-row tiles, on at
     /// most as many blocks as are resident at once (each walks its share of the tiles): 16
     /// warps per block when the tiles fill one or two waves of one block per multiprocessor
-    /// (a 16-warp block of 125 registers per thread takes 64,000 of a multiprocessor's 65,536:
-    /// one register more per thread and the grid would no longer be resident), else 8 (two
-    /// fit). On the H200, 192 tiles (a second wave under half full) ran faster as 8-warp
+    /// (the kernels' launch bounds hold them to 128 registers per thread, so a 16-warp block
+    /// takes at most all 65,536 of a multiprocessor's registers), else 8 (two fit). On the H200, 192 tiles (a second wave under half full) ran faster as 8-warp
     /// blocks (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o,
     /// down).
     ///
