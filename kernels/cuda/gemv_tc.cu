@@ -44,7 +44,7 @@ struct TileRows {
 //
 // `staged`: the block first rounds x (normalised when the launch says so) to 16-bit pairs in
 // shared memory and every tile reads it from there; otherwise each tile reads x from L2
-// again (the launcher stages when batch * (2k + 64) bytes fit).
+// again (the launcher stages when batch * (2k + 64) bytes fit and blocks walk several tiles).
 template <typename W, int kWarps, bool GATED>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
                                         unsigned tiles, bool staged) {

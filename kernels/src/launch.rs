@@ -646,7 +646,13 @@ impl CudaDevice {
         };
         let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
-        let shared = tc_staged_bytes(batch as usize, args.k as usize);
+        // Staging pays for its prologue only when blocks walk several tiles (with about one
+        // tile each, every block would read x from L2 as often as before).
+        let shared = if tiles >= 2 * blocks {
+            tc_staged_bytes(batch as usize, args.k as usize)
+        } else {
+            0
+        };
         let staged = u32::from(shared > 0);
         // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t staged) by value,
         // `shared` bytes of dynamic shared memory for the staged input; the caller guarantees
