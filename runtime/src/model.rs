@@ -235,16 +235,22 @@ impl<B: Backend> Model<B> {
         };
         // Recordings are valid for this model's buffers and this KV cache only.
         let scope = (self.id << 32) | (backend.kv_id(kv) & 0xffff_ffff);
-        backend.run_step(&step, scope, &mut || self.body(backend, kv, &step, ws))?;
+        // Every row in order (decode, or scoring every position): the head reads the residual
+        // stream itself, with no gather.
+        let all_rows = logit_rows.iter().copied().eq(0..rows as u32);
+        backend.run_step(&step, scope, &mut || {
+            self.body(backend, kv, &step, all_rows, ws)
+        })?;
         read(backend, &ws.logits)
     }
 
-    /// The ops of one forward pass.
+    /// The ops of one forward pass; `all_rows`: the logit rows are every row, in order.
     fn body(
         &self,
         backend: &B,
         kv: &mut B::Kv,
         step: &B::Step,
+        all_rows: bool,
         ws: &mut Workspace<B>,
     ) -> Result<(), RuntimeError> {
         let c = &self.config;
@@ -302,10 +308,15 @@ impl<B: Backend> Model<B> {
                 },
             )?;
         }
-        backend.select_rows(&ws.x, step, &mut ws.selected)?;
+        let selected = if all_rows {
+            &ws.x
+        } else {
+            backend.select_rows(&ws.x, step, &mut ws.selected)?;
+            &ws.selected
+        };
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         backend.norm_linears(
-            &ws.selected,
+            selected,
             &self.final_norm,
             c.rms_norm_eps,
             &mut ws.selected_h,
