@@ -18,6 +18,11 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// v * scale * g, elementwise: an RMSNorm applied to four values (the order of norm.cu).
+__device__ __forceinline__ float4 scaled(float4 v, float4 g, float scale) {
+    return make_float4(v.x * scale * g.x, v.y * scale * g.y, v.z * scale * g.z, v.w * scale * g.w);
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (unsigned o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));

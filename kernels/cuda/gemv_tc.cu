@@ -41,9 +41,13 @@ struct TileRows {
 // A block walks tiles blockIdx.x, + gridDim.x, ... (the grid is at most what is resident at
 // once): the next tile's first weights are requested before the current tile's warps are
 // summed, so no block ends and restarts between tiles and the loads stay in flight.
+//
+// `staged`: the block first rounds x (normalised when the launch says so) to 16-bit pairs in
+// shared memory and every tile reads it from there; otherwise each tile reads x from L2
+// again (the launcher stages when batch * (2k + 64) bytes fit and blocks walk several tiles).
 template <typename W, int kWarps, bool GATED>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
-                                        unsigned tiles) {
+                                        unsigned tiles, bool staged) {
     constexpr unsigned kOutRows = GATED ? 8 : 16;
     const unsigned k = args.k;
     const unsigned steps = k / 32;
@@ -95,6 +99,52 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     TileRows cur = tile_rows(t);
     load(cur, warp);
     qrt::pdl_enter();  // the first weights are on their way; now wait for x
+
+    // A normalised input: each block computes the rows' 1/rms once (warp w sums the squares
+    // of rows w, w + kWarps, ...); every product then reads x times the norm weights and
+    // scales it before rounding, as the separate RMSNorm pass would have written it.
+    const bool normed = args.norm != 0;
+    __shared__ float row_scale[QRT_GEMV_MAX_BATCH];
+    if (normed) {
+        for (unsigned b = warp; b < batch; b += kWarps) {
+            const float4* xb = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(
+                                   args.x)) +
+                               static_cast<size_t>(b) * (k / 4);
+            float squares = 0.f;
+            for (unsigned i = lane; i < k / 4; i += 32) {
+                const float4 v = __ldcg(xb + i);
+                squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
+            squares = qrt::warp_sum(squares);
+            if (lane == 0)
+                row_scale[b] = 1.f / sqrtf(squares / static_cast<float>(k) + args.eps);
+        }
+        __syncthreads();
+    }
+    const float x_scale = normed && has_x ? row_scale[r] : 1.f;
+    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
+    // x of batch row b, chunk c (8 values) as 16-bit pairs: the mma B fragments of a step.
+    extern __shared__ uint4 x16[];
+    // Rows 64 bytes apart beyond their length: the two rows a quarter warp reads (lanes r, q
+    // and r + 1, q) fall in different banks.
+    const unsigned row_chunks = k / 8 + 4;
+    auto fragments = [&](const float4* xb, unsigned c, float scale) {
+        float4 x0 = __ldcg(xb + 2 * c), x1 = __ldcg(xb + 2 * c + 1);
+        if (normed) {
+            x0 = qrt::scaled(x0, __ldg(g4 + 2 * c), scale);
+            x1 = qrt::scaled(x1, __ldg(g4 + 2 * c + 1), scale);
+        }
+        return make_uint4(pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w), pack2<W>(x1.x, x1.y),
+                          pack2<W>(x1.z, x1.w));
+    };
+    if (staged) {
+        for (unsigned i = threadIdx.x; i < batch * (k / 8); i += blockDim.x) {
+            const unsigned b = i / (k / 8), c = i % (k / 8);
+            const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
+            x16[b * row_chunks + c] = fragments(xb, c, normed ? row_scale[b] : 1.f);
+        }
+        __syncthreads();
+    }
     __shared__ float tile[kWarps][16][8];
     while (true) {
         // One accumulator per unrolled step (independent mma chains).
@@ -112,15 +162,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 const unsigned step = s + u * kWarps;
                 if (step >= steps) break;
                 const unsigned c = step * 4 + q;
-                float4 x0 = make_float4(0.f, 0.f, 0.f, 0.f), x1 = x0;
-                if (has_x) {
-                    x0 = __ldcg(xr + 2 * c);
-                    x1 = __ldcg(xr + 2 * c + 1);
-                }
+                uint4 xf = make_uint4(0, 0, 0, 0);  // batch columns past the batch: zeros
+                if (has_x) xf = staged ? x16[r * row_chunks + c] : fragments(xr, c, x_scale);
                 qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
-                                 pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w));
+                                 xf.x, xf.y);
                 qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
-                                 pack2<W>(x1.x, x1.y), pack2<W>(x1.z, x1.w));
+                                 xf.z, xf.w);
             }
         }
 #pragma unroll
@@ -169,15 +216,15 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 }  // namespace
 
 #define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,           \
-                                      uint32_t tiles) {                                   \
-        gemv_tc<W, WARPS, false>(args, batch, tiles);                                     \
+                                      uint32_t tiles, uint32_t staged) {                  \
+        gemv_tc<W, WARPS, false>(args, batch, tiles, staged != 0);                        \
     }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
         qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,     \
-                                            uint32_t tiles) {                             \
-        gemv_tc<W, WARPS, true>(args, batch, tiles);                                      \
+                                            uint32_t tiles, uint32_t staged) {            \
+        gemv_tc<W, WARPS, true>(args, batch, tiles, staged != 0);                         \
     }
 
 QRT_GEMV_TC(f16, __half, 8)

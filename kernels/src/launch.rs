@@ -239,6 +239,22 @@ fn tc_wide_blocks(blocks: usize, multiprocessors: usize) -> bool {
         || (blocks <= 2 * multiprocessors && 4 * (blocks - multiprocessors) >= 3 * multiprocessors)
 }
 
+/// Most shared memory a tensor-core GEMV block stages its input in (two blocks per
+/// multiprocessor must still fit).
+const TC_STAGE_MAX: usize = 80 * 1024;
+
+/// Bytes of shared memory a tensor-core GEMV of `batch` rows of `k` stages its input in
+/// (16-bit, rows padded 64 bytes apart), or 0 when that exceeds [`TC_STAGE_MAX`] and every
+/// tile reads the input from L2 instead.
+fn tc_staged_bytes(batch: usize, k: usize) -> usize {
+    let bytes = batch * (k * 2 + 64);
+    if bytes <= TC_STAGE_MAX {
+        bytes
+    } else {
+        0
+    }
+}
+
 /// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
 /// returns the arguments and the number of blocks.
 fn gemv_args(
@@ -515,8 +531,16 @@ impl CudaDevice {
     }
 
     /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
-    /// batches of one whose input fits the batch-one kernel's shared memory.
+    /// a batch of one whose input fits the batch-one kernel's shared memory, or a batch of 2
+    /// to 8 on the tensor cores (`k` a multiple of 32).
     pub fn gemv_fuses_norm(rows: usize, k: usize) -> bool {
+        Self::one_row_kernel(rows, k)
+            || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) && k.is_multiple_of(32))
+    }
+
+    /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
+    /// (`gemv_one.cu`): one row whose `k` f32 fit its shared memory.
+    fn one_row_kernel(rows: usize, k: usize) -> bool {
         rows == 1 && k.is_multiple_of(8) && k * 4 <= GEMV_ONE_MAX_STAGED
     }
 
@@ -536,7 +560,7 @@ impl CudaDevice {
         fusion: Fusion,
     ) -> Result<(), KernelError> {
         check_norm(input, fusion)?;
-        if Self::gemv_fuses_norm(input.rows, input.k) {
+        if Self::one_row_kernel(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
             // SAFETY: forwarded from the caller.
@@ -638,9 +662,10 @@ impl CudaDevice {
     /// Launches tensor-core GEMV kernel `<stem>_w<warps>` over `tiles` 16-row tiles, on at
     /// most as many blocks as are resident at once (each walks its share of the tiles): 16
     /// warps per block when the tiles fill one or two waves of one block per multiprocessor
-    /// (a 16-warp block takes ~56K of a multiprocessor's 64K registers), else 8 (two fit). On
-    /// the H200, 192 tiles (a second wave under half full) ran faster as 8-warp blocks
-    /// (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o, down).
+    /// (the kernels' launch bounds hold them to 128 registers per thread, so a 16-warp block
+    /// takes at most all 65,536 of a multiprocessor's registers), else 8 (two fit). On the H200, 192 tiles (a second wave under half full) ran faster as 8-warp
+    /// blocks (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o,
+    /// down).
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -659,15 +684,24 @@ impl CudaDevice {
         };
         let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value; the caller
-        // guarantees the buffers.
+        // Staging pays for its prologue only when blocks walk several tiles (with about one
+        // tile each, every block would read x from L2 as often as before).
+        let shared = if tiles >= 2 * blocks {
+            tc_staged_bytes(batch as usize, args.k as usize)
+        } else {
+            0
+        };
+        let staged = u32::from(shared > 0);
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t staged) by value,
+        // `shared` bytes of dynamic shared memory for the staged input; the caller guarantees
+        // the buffers.
         unsafe {
-            self.launch(
+            self.launch_config(
                 "gemv_tc",
                 &format!("{stem}_w{warps}"),
-                (blocks, 1, 1),
-                warps * 32,
-                &mut params([args, &batch, &tiles]),
+                ((blocks, 1, 1), warps * 32, shared),
+                &mut params([args, &batch, &tiles, &staged]),
+                true,
             )
         }
     }
@@ -694,7 +728,7 @@ impl CudaDevice {
         }
         check_norm(input, fusion)?;
         let t = ty.name();
-        let one = Self::gemv_fuses_norm(input.rows, input.k);
+        let one = Self::one_row_kernel(input.rows, input.k);
         let tensor_cores = !one && input.rows > 1 && input.k.is_multiple_of(32);
         let (rows_loaded, out_rows) = match (tensor_cores, gate.n >= 4096) {
             (true, _) => (16, 8),
@@ -730,9 +764,9 @@ impl CudaDevice {
         }
     }
 
-    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations are
-    /// rounded to the weight type, 16 weight rows per block; `k` must be a multiple of 32.
-    /// `fusion` may accumulate; it cannot normalise.
+    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations (times
+    /// their RMSNorm when `fusion` normalises) are rounded to the weight type, 16 weight rows
+    /// per tile; `k` must be a multiple of 32.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`] and [`GemvInput`] say.
@@ -743,11 +777,6 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        if fusion.norm.is_some() {
-            return Err(KernelError::Shape(
-                "the tensor-core GEMV cannot normalise its input".into(),
-            ));
-        }
         let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
         // SAFETY: forwarded from the caller.
         unsafe {
@@ -1171,6 +1200,18 @@ pub fn argmax_token(key: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tensor_core_gemv_stages_inputs_that_fit() {
+        // Llama-3.2-1B (k = 2048) at batch 8 and Llama-3.1-8B (k = 4096) at batch 8 stage.
+        assert_eq!(tc_staged_bytes(8, 2048), 8 * 4160);
+        assert_eq!(tc_staged_bytes(8, 4096), 8 * 8256);
+        // The 1B down projection (k = 8192) stages up to batch 4; the 8B's (14336) at 2.
+        assert_eq!(tc_staged_bytes(4, 8192), 4 * 16448);
+        assert_eq!(tc_staged_bytes(5, 8192), 0);
+        assert_eq!(tc_staged_bytes(2, 14336), 2 * 28736);
+        assert_eq!(tc_staged_bytes(3, 14336), 0);
+    }
 
     #[test]
     fn wide_tensor_core_blocks_only_for_full_waves() {

@@ -352,8 +352,8 @@ impl CudaBackend {
     }
 
     /// What products of `rms_norm(x)` read: `x` itself with the norm as their fusion, when the
-    /// kernels can apply it on the fly (a single row); otherwise `normed`, filled by a pass of
-    /// its own.
+    /// kernels can apply it on the fly (GEMVs: one row, or 2-8 on the tensor cores); otherwise
+    /// `normed`, filled by a pass of its own.
     fn normed_input<'a>(
         &self,
         x: &'a CudaAct,
@@ -380,7 +380,7 @@ impl CudaBackend {
     }
 
     /// `out = x @ weight^T (+ bias)` for each of `outs`, with `fusion`'s extras (a norm of
-    /// the input: GEMV of one row only; `out +=`: any).
+    /// the input: GEMV only, see [`CudaDevice::gemv_fuses_norm`]; `out +=`: any).
     fn products(
         &self,
         x: &CudaAct,
