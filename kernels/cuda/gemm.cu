@@ -61,8 +61,9 @@ __device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], un
                                                  int n) {
 #if __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
-    constexpr int kPartialStride = kBN + 4;  // floats per partial row: 128 and 4 of padding
+    constexpr int kPartialStride = kBN + 8;  // floats per partial row: 128 and 8 of padding
     const cg::cluster_group cluster = cg::this_cluster();
+    if (cluster.num_blocks() != gridDim.z) __trap();  // the splits of a tile: one cluster
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int warp_m = warp / 4;
