@@ -148,7 +148,7 @@ __device__ __forceinline__ const W* gemm_weight_row(const W* w, const W* up, int
     return base + static_cast<size_t>(matrix_row) * k;
 }
 
-// Stores silu(gate) * up of output (row, col) of a gated GEMM (`qrt_gemm_args.gated`).
+// Stores silu(gate) * up of output (row, col) of a gated GEMM (`qrt_gemm_gated_*`).
 template <typename W>
 __device__ __forceinline__ void store_gated(const qrt_gemm_segment& seg, int row, int col,
                                             float gate, float up) {
@@ -193,32 +193,29 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
     return r;
 }
 
-// load_stream into `v` where `pred` holds; `v` is left as it is elsewhere. A predicated load, not
-// a branch around one: a load on one side of a branch only makes ptxas wait for every load in
-// flight where the paths meet, which drains a software pipeline of loads.
-__device__ __forceinline__ void load_stream_if(uint4& v, const void* p, bool pred) {
-    asm volatile(
-        "{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %5, 0;\n"
-        "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-        "}"
-        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
-        : "l"(p), "r"(static_cast<int>(pred)));
-}
+// 16 bytes loaded with `LOAD` (a ld.global.v4.u32 with its qualifiers) into `v` where `pred`
+// holds; `v` is left as it is elsewhere. A predicated load, not a branch around one: a load on
+// one side of a branch only makes ptxas wait for every load in flight where the paths meet,
+// which drains a software pipeline of loads.
+#define QRT_LOAD16_IF(NAME, LOAD)                                                  \
+    __device__ __forceinline__ void NAME(uint4& v, const void* p, bool pred) {     \
+        asm volatile(                                                              \
+            "{\n"                                                                  \
+            "  .reg .pred p;\n"                                                    \
+            "  setp.ne.b32 p, %5, 0;\n"                                            \
+            "  @p " LOAD " {%0, %1, %2, %3}, [%4];\n"                              \
+            "}"                                                                    \
+            : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)                           \
+            : "l"(p), "r"(static_cast<int>(pred)));                                \
+    }
 
-// 16 bytes read through L2 into `v` where `pred` holds; `v` is left as it is elsewhere. For data
-// other kernels wrote (the KV cache), as a predicated load for the reason given above.
-__device__ __forceinline__ void load_cg_if(uint4& v, const void* p, bool pred) {
-    asm volatile(
-        "{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %5, 0;\n"
-        "  @p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-        "}"
-        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
-        : "l"(p), "r"(static_cast<int>(pred)));
-}
+// load_stream where `pred` holds (weights).
+QRT_LOAD16_IF(load_stream_if, "ld.global.nc.L1::no_allocate.v4.u32")
+
+// Through L2 where `pred` holds: for data other kernels wrote (the KV cache).
+QRT_LOAD16_IF(load_cg_if, "ld.global.cg.v4.u32")
+
+#undef QRT_LOAD16_IF
 
 // 16 bytes copied asynchronously from global to shared memory (at shared address `dst`),
 // zeros instead where `valid` is false (sm_80 and newer). Completed by cp_async_wait.

@@ -222,7 +222,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     }
     all.push(("norm", "qrt_rms_norm_f32".to_string()));
     for ty in [Half16::F16, Half16::Bf16] {
-        all.push(("norm", format!("qrt_rms_norm_f32_to_{}", ty.name())));
+        all.push(("norm", crate::norm::rms_norm_to_half16_kernel(ty)));
     }
     all.push(("sample", "qrt_sample".to_string()));
     all
@@ -519,9 +519,8 @@ impl CudaDevice {
         if Self::gemv_fuses_norm(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
-            let lean = input.k <= LEAN_MAX_K;
             // SAFETY: forwarded from the caller.
-            return unsafe { self.launch_gemv_one(ty, false, lean, &args, rows) };
+            return unsafe { self.launch_gemv_one(ty, false, &args, rows) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
             // SAFETY: forwarded from the caller.
@@ -541,11 +540,11 @@ impl CudaDevice {
         unsafe { self.launch_gemv_fma(&kernel, &args, blocks) }
     }
 
-    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not, `lean` or not) over `rows`
-    /// output rows (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A
-    /// plain kernel takes up to two blocks per multiprocessor (all resident at once), a warp
-    /// per pair of rows at a time; a lean one a warp per row, up to four blocks per
-    /// multiprocessor.
+    /// Launches the batch-one GEMV kernel for `ty` (`gated` or not) over `rows` output rows
+    /// (gated: pairs): 8 warps per block, `k` f32 of dynamic shared memory. A plain kernel takes
+    /// up to two blocks per multiprocessor (all resident at once), a warp per pair of rows at
+    /// a time; a lean one (rows up to [`LEAN_MAX_K`], gated [`LEAN_GATED_MAX_K`]) a warp per
+    /// row, up to four blocks per multiprocessor.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -553,11 +552,11 @@ impl CudaDevice {
         &self,
         ty: Half16,
         gated: bool,
-        lean: bool,
         args: &qrt_gemv_args,
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
+        let lean = args.k as usize <= if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K };
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
             if lean { "lean_" } else { "" },
@@ -690,8 +689,7 @@ impl CudaDevice {
         // SAFETY: forwarded from the caller.
         unsafe {
             if one {
-                let lean = input.k <= LEAN_GATED_MAX_K;
-                self.launch_gemv_one(ty, true, lean, &args, gate.n)
+                self.launch_gemv_one(ty, true, &args, gate.n)
             } else if tensor_cores {
                 self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
             } else {

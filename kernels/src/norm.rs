@@ -88,6 +88,11 @@ fn launch_config(args: &qrt_rms_norm_args, vec: usize) -> LaunchConfig {
     }
 }
 
+/// The norm kernel from f32 rows to 16-bit values of type `ty` (`qrt_rms_norm_f32_to_<ty>`).
+pub(crate) fn rms_norm_to_half16_kernel(ty: Half16) -> String {
+    format!("qrt_rms_norm_f32_to_{}", ty.name())
+}
+
 impl CudaDevice {
     /// RMSNorm of `rows` rows of `cols` f32 at `x` into `y`, with the `cols` f32 weights at
     /// `w`; stream-ordered. `y` is f32 (and may be `x`) when `out` is None, else 16-bit values of
@@ -109,7 +114,7 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         let kernel = match out {
             None => f32::RMS_NORM.to_string(),
-            Some(ty) => format!("qrt_rms_norm_f32_to_{}", ty.name()),
+            Some(ty) => rms_norm_to_half16_kernel(ty),
         };
         // SAFETY: forwarded from the caller.
         unsafe { self.norm_rows(&kernel, &[x, w, y], rows, cols, eps) }
@@ -180,7 +185,7 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<Vec<u16>, KernelError> {
-        let kernel = format!("qrt_rms_norm_f32_to_{}", ty.name());
+        let kernel = rms_norm_to_half16_kernel(ty);
         // All ones: a NaN in f16 and in bf16.
         self.rms_norm_with(&kernel, x, w, (rows, cols, eps), u16::MAX)
     }

@@ -499,8 +499,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_group_products_equal_the_scalar_ones() {
-        if !crate::quant::avx2_fma() {
-            eprintln!("skipped: no AVX2/FMA on this processor");
+        if !crate::quant::avx2_fma_or_skip() {
             return;
         }
         let mut next = crate::quant::xorshift(0x9e37_79b9_7f4a_7c15u64);

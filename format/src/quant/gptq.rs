@@ -786,8 +786,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_word_row_products_equal_the_scalar_ones() {
-        if !crate::quant::avx2_fma() {
-            eprintln!("skipped: no AVX2/FMA on this processor");
+        if !crate::quant::avx2_fma_or_skip() {
             return;
         }
         let mut next = crate::quant::xorshift(0x2545_f491_4f6c_dd1du64);

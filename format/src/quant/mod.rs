@@ -48,8 +48,9 @@ pub trait QuantizedMatrix {
     fn decode_rows(&self, start: usize, count: usize, dst: &mut [f32]);
     /// `out[i] = sum_j x[j] * w[start + i, j]` for `out.len()` rows from `start`, reading the
     /// codec's own layout (faster for one input row than decoding rows first), where the codec
-    /// has such a product and `start`, `out.len()` suit it ([`gemv_rows`](Self::gemv_rows)
-    /// says which); returns false, `out` untouched, otherwise.
+    /// has such a product and `start`, `out.len()` suit it
+    /// ([`gemv_row_multiple`](Self::gemv_row_multiple) says which); returns false, `out`
+    /// untouched, otherwise.
     fn gemv_rows(&self, _x: &[f32], _start: usize, _out: &mut [f32]) -> bool {
         false
     }
@@ -596,6 +597,17 @@ pub(crate) fn add_group_products(
         let (s, z) = scale_zero(i);
         *o += s * ti - s * z * sx;
     }
+}
+
+/// For the codecs' unit tests of their vector paths: whether AVX2 and FMA are there; says the
+/// test is skipped when not.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn avx2_fma_or_skip() -> bool {
+    let present = avx2_fma();
+    if !present {
+        eprintln!("skipped: no AVX2/FMA on this processor");
+    }
+    present
 }
 
 /// A xorshift64 stream of pseudo-random words for the codecs' unit tests.

@@ -296,6 +296,18 @@ impl CudaBackend {
         }
     }
 
+    /// Checks that `norm` is an f32 vector with a scale for each of `x`'s features.
+    fn check_norm(norm: &CudaWeight, x: &CudaAct) -> Result<(), RuntimeError> {
+        Self::check_vector(norm)?;
+        if norm.cols != x.cols {
+            return Err(RuntimeError::Shape(format!(
+                "norm {} has {} weights for {} features",
+                norm.name, norm.cols, x.cols
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks that `w` is a vector held as f32 (a norm scale).
     fn check_vector(w: &CudaWeight) -> Result<(), RuntimeError> {
         if w.ty != WeightType::F32 || w.rows != 1 {
@@ -350,13 +362,7 @@ impl CudaBackend {
         normed: &'a mut CudaAct,
     ) -> Result<(&'a CudaAct, Fusion), RuntimeError> {
         if CudaDevice::gemv_fuses_norm(x.rows, x.cols) {
-            Self::check_vector(norm)?;
-            if norm.cols != x.cols {
-                return Err(RuntimeError::Shape(format!(
-                    "norm {} has {} weights for {} features",
-                    norm.name, norm.cols, x.cols
-                )));
-            }
+            Self::check_norm(norm, x)?;
             let norm = InputNorm {
                 weight: norm.buf.ptr(),
                 eps,
@@ -457,13 +463,7 @@ impl CudaBackend {
         eps: f32,
         ty: Half16,
     ) -> Result<PooledBuffer, RuntimeError> {
-        Self::check_vector(norm)?;
-        if norm.cols != x.cols {
-            return Err(RuntimeError::Shape(format!(
-                "norm {} has {} weights for {} features",
-                norm.name, norm.cols, x.cols
-            )));
-        }
+        Self::check_norm(norm, x)?;
         let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
         // SAFETY: x holds rows x cols f32, buf room for as many 16-bit values, the norm cols f32.
         unsafe {
