@@ -10,6 +10,15 @@
 // have their four 16-byte chunks XOR-swizzled by (row / 2) % 4, so that ldmatrix reads of 8
 // rows hit 8 different bank groups. Out-of-range rows and k-chunks are zero-filled by cp.async
 // (k must be a multiple of 8).
+//
+// Split k (sm_90, BM = 64, plain kernels): with gridDim.z = S > 1 the S blocks of a tile form a
+// thread-block cluster, each multiplies its S-th of the k steps, leaves its partial tile in
+// shared memory, and block r sums rows [64r/S, 64(r+1)/S) of all S partial tiles through
+// distributed shared memory, in rank order (deterministic), before the epilogue. For shapes
+// with fewer tiles than multiprocessors (the 1B's o and down projections at 512 rows: 128
+// tiles on 132 SMs, one 8-warp block each).
+
+#include <cooperative_groups.h>
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -44,12 +53,64 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const W* src, const W* 
     }
 }
 
+// Split k, after the main loop of a BM = 64 block (see the header): the partial tile into
+// shared memory, the cluster's partial tiles summed for this block's rows, the epilogue.
+__device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], unsigned char* smem,
+                                                 const qrt_gemm_args& args, float* c,
+                                                 const float* bias, int m0, int n0, int m,
+                                                 int n) {
+#if __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    constexpr int kPartialStride = kBN + 8;  // floats per partial row: 128 and 8 of padding
+    const cg::cluster_group cluster = cg::this_cluster();
+    if (cluster.num_blocks() != gridDim.z) __trap();  // the splits of a tile: one cluster
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int warp_m = warp / 4;
+    const int warp_n = warp % 4;
+    float* partial = reinterpret_cast<float*>(smem);
+    __syncthreads();  // every warp is done with the pipeline's shared memory
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int row = warp_m * 32 + mi * 16 + lane / 4 + half * 8;
+                    const int col = warp_n * 32 + ni * 8 + (lane % 4) * 2 + e;
+                    partial[row * kPartialStride + col] = acc[mi][ni][half * 2 + e];
+                }
+    cluster.sync();  // every block's partial tile is in its shared memory
+    const unsigned splits = cluster.num_blocks();
+    const unsigned rank = cluster.block_rank();
+    const int rows = 64 / static_cast<int>(splits);
+    for (int i = threadIdx.x; i < rows * kBN; i += blockDim.x) {
+        const int row = static_cast<int>(rank) * rows + i / kBN;
+        const int col = i % kBN;
+        float v = 0.f;
+        for (unsigned r = 0; r < splits; ++r)
+            v += cluster.map_shared_rank(partial, r)[row * kPartialStride + col];
+        if (m0 + row < m && n0 + col < n) {
+            if (bias != nullptr) v += bias[n0 + col];
+            qrt::store_result(c + static_cast<size_t>(m0 + row) * n + n0 + col, v,
+                              args.accumulate);
+        }
+    }
+    cluster.sync();  // no block leaves while the others read its shared memory
+#else
+    __trap();  // clusters need sm_90; the launcher never splits k below it
+#endif
+}
+
 template <typename W, int BM, bool GATED>
 __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     constexpr int MI = BM / 32;  // m16 tiles per warp
     constexpr int NI = 4;        // n8 tiles per warp
-    __shared__ __align__(128) W smem_a[kStages][BM * kBK];
-    __shared__ __align__(128) W smem_b[kStages][kBN * kBK];
+    // The pipeline's stages of a and w tiles; with split k, the partial tile afterwards.
+    constexpr int kPipelineBytes = kStages * (BM + kBN) * kBK * 2;
+    __shared__ __align__(128) unsigned char smem[kPipelineBytes];
 
     qrt::pdl_enter();
     const qrt_gemm_segment seg = GATED ? args.seg[0] : qrt::gemm_segment(args);
@@ -64,10 +125,14 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
     const int lane = threadIdx.x % 32;
     const int warp_m = warp / 4;
     const int warp_n = warp % 4;
-    const int ktiles = (k + kBK - 1) / kBK;
+    // This block's k steps: all, or its share of a split.
+    const int ktiles_all = (k + kBK - 1) / kBK;
+    const int splits = gridDim.z;
+    const int kt0 = blockIdx.z * ktiles_all / splits;
+    const int ktiles = (blockIdx.z + 1) * ktiles_all / splits - kt0;
 
-    const uint32_t base_a = static_cast<uint32_t>(__cvta_generic_to_shared(&smem_a[0][0]));
-    const uint32_t base_b = static_cast<uint32_t>(__cvta_generic_to_shared(&smem_b[0][0]));
+    const uint32_t base_a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint32_t base_b = base_a + kStages * BM * kBK * 2;
     constexpr uint32_t stage_a = BM * kBK * 2;
     constexpr uint32_t stage_b = kBN * kBK * 2;
 
@@ -82,8 +147,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
         if (s < ktiles) {
-            load_tile<W, BM>(base_a + s * stage_a, a, nullptr, m0, m, k, s);
-            load_tile<W, kBN, GATED>(base_b + s * stage_b, w, up, n0, n, k, s);
+            load_tile<W, BM>(base_a + s * stage_a, a, nullptr, m0, m, k, kt0 + s);
+            load_tile<W, kBN, GATED>(base_b + s * stage_b, w, up, n0, n, k, kt0 + s);
         }
         qrt::cp_async_commit();
     }
@@ -94,8 +159,8 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
         const int next = kt + kStages - 1;
         if (next < ktiles) {
             const int st = next % kStages;
-            load_tile<W, BM>(base_a + st * stage_a, a, nullptr, m0, m, k, next);
-            load_tile<W, kBN, GATED>(base_b + st * stage_b, w, up, n0, n, k, next);
+            load_tile<W, BM>(base_a + st * stage_a, a, nullptr, m0, m, k, kt0 + next);
+            load_tile<W, kBN, GATED>(base_b + st * stage_b, w, up, n0, n, k, kt0 + next);
         }
         qrt::cp_async_commit();
 
@@ -135,6 +200,12 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
 
     float* c = reinterpret_cast<float*>(seg.c);
     const float* bias = reinterpret_cast<const float*>(seg.bias);
+    if constexpr (BM == 64 && !GATED) {
+        if (splits > 1) {
+            split_k_epilogue(acc, smem, args, c, bias, m0, n0, m, n);
+            return;
+        }
+    }
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll

@@ -49,6 +49,9 @@ pub struct CudaDevice {
     /// capability 9.0, where clusters of 16 blocks were measured, unless
     /// `QRT_DECODE_CLUSTER=0`).
     pub(crate) decode_clusters: bool,
+    /// GEMMs with fewer tiles than multiprocessors split their k loop across a cluster
+    /// (compute capability 9.0, unless `QRT_GEMM_SPLITK=0`).
+    pub(crate) gemm_split_k: bool,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -182,6 +185,8 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma"),
             decode_clusters: compute_capability == (9, 0)
                 && std::env::var("QRT_DECODE_CLUSTER").map_or(true, |v| v != "0"),
+            gemm_split_k: compute_capability == (9, 0)
+                && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
         })
     }
 

@@ -255,6 +255,17 @@ fn tc_staged_bytes(batch: usize, k: usize) -> usize {
     }
 }
 
+/// Into how many clusters' blocks the k loop of a plain GEMM of `tiles` 64-row tiles and
+/// `ktiles` 32-wide k steps splits (`gemm.cu`): 4 or 2 when the tiles alone would leave
+/// multiprocessors idle, as long as the blocks stay within two per multiprocessor and each
+/// keeps at least 8 k steps; else 1.
+fn split_k_factor(tiles: usize, ktiles: usize, multiprocessors: usize) -> usize {
+    [4, 2]
+        .into_iter()
+        .find(|&s| tiles * s <= 2 * multiprocessors && ktiles / s >= 8)
+        .unwrap_or(1)
+}
+
 /// Checks a GEMV call and lays out its segments, `rows_per_block` weight rows per block;
 /// returns the arguments and the number of blocks.
 fn gemv_args(
@@ -880,6 +891,35 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         let m = args.m as usize;
         let tall = m.div_ceil(128) * tiles >= self.multiprocessors();
+        let splits = if self.gemm_split_k && variant.is_empty() && !tall {
+            split_k_factor(
+                m.div_ceil(64) * tiles,
+                (args.k as usize).div_ceil(32),
+                self.multiprocessors(),
+            )
+        } else {
+            1
+        };
+        if splits > 1 {
+            let kernel = format!("qrt_gemm_{}_m64", ty.name());
+            let grid = (
+                u32_of("n tiles", tiles)?,
+                u32_of("m tiles", m.div_ceil(64))?,
+                splits as u32,
+            );
+            // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses; the blocks
+            // of a tile form one cluster along z, as the kernel's split epilogue needs.
+            return unsafe {
+                self.launch_clustered(
+                    "gemm",
+                    &kernel,
+                    (grid, 256, 0),
+                    splits as u32,
+                    &mut params([args]),
+                    false,
+                )
+            };
+        }
         // wgmma pays off on long k loops (the 8B shapes: 29.8 instead of 32.2 ms per 512-token
         // prefill on an H200); on short ones the mma.sync kernel's wider blocks do better (1B:
         // 6.28 against 6.40 ms, SmolLM2: 3.23 against 3.56 ms).
@@ -1211,6 +1251,20 @@ mod tests {
         assert_eq!(tc_staged_bytes(5, 8192), 0);
         assert_eq!(tc_staged_bytes(2, 14336), 2 * 28736);
         assert_eq!(tc_staged_bytes(3, 14336), 0);
+    }
+
+    #[test]
+    fn gemms_split_k_only_when_tiles_leave_the_gpu_idle() {
+        // H200, 512 rows. Llama-3.2-1B o and down: 8 x 16 tiles, k = 2048 / 8192.
+        assert_eq!(split_k_factor(128, 64, 132), 2);
+        assert_eq!(split_k_factor(128, 256, 132), 2);
+        // q,k,v: 8 x 24 tiles.
+        assert_eq!(split_k_factor(192, 64, 132), 1);
+        // SmolLM2 down (576 x 1536): 8 x 5 tiles, 48 k steps; its o (k = 576): 18 k steps.
+        assert_eq!(split_k_factor(40, 48, 132), 4);
+        assert_eq!(split_k_factor(40, 18, 132), 2);
+        // Too short a k loop to share.
+        assert_eq!(split_k_factor(40, 15, 132), 1);
     }
 
     #[test]
