@@ -10,8 +10,9 @@
 // Decode (`qrt_attn_decode_d<D>_g<G>`, G the largest group it serves): one query row per
 // sequence, the sequence's context split into partitions of `args.partition` tokens
 // (flash-decoding): each block scores one partition for one KV head, keys and values in
-// registers, and writes its unnormalised output with its maximum and sum; the last block of a
-// (sequence, KV head) to finish rescales and combines the partitions.
+// registers, and writes its unnormalised output with its maximum and sum; the partitions are
+// rescaled and combined by the first block of their thread-block cluster (`_cluster`, sm_90) or
+// else by the last block of a (sequence, KV head) to finish.
 
 #include <cooperative_groups.h>
 
@@ -269,6 +270,9 @@ struct DecodeShape {
     static constexpr int kWarps = D / 16;
     static constexpr int kSteps = kMaxPartition / (kWarps * kPerStep);
     static constexpr int kThreads = kWarps * qrt::kWarp;
+    // Blocks per multiprocessor the registers must allow for groups of up to G heads: 512
+    // threads' worth (128 registers a thread) for up to 4 heads; larger groups need more.
+    static constexpr int min_blocks(int g) { return g <= 4 ? 512 / kThreads : 1; }
 };
 
 // The last of the `active` partitions of a (sequence, KV head) to arrive merges them all into
@@ -350,73 +354,108 @@ __device__ __forceinline__ void rotate8(const float* own, const float* partner, 
         out[i] = high ? own[i] * cs[i] + partner[i] * sn[i] : own[i] * cs[i] - partner[i] * sn[i];
 }
 
-// The partitions of a (sequence, KV head) as one thread-block cluster (sm_90): each block left
-// its partition's unnormalised output, maxima and sums in its shared memory (`part`, `pmax`,
-// `psum`; maxima of -inf for a partition beyond the context), and block r of the cluster merges
-// the r-th slice of the group's outputs, reading the others' through distributed shared memory.
-template <int D, int G>
-__device__ __forceinline__ void merge_cluster(const qrt_attn_args& args, const float* part,
-                                              const float* pmax, const float* psum,
-                                              unsigned group, unsigned row) {
+// rotate8 in place for decode's layout (DecodeShape<D>): a token's D / 8 lanes hold 8
+// dimensions each, so a lane's partner dimensions are in the lane D / 16 away. Every lane of the
+// warp must call it.
+template <int D>
+__device__ __forceinline__ void rotate_in_warp(float* v, const float* sn, const float* cs,
+                                               bool high) {
+    float partner[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) partner[i] = __shfl_xor_sync(qrt::kFull, v[i], D / 16);
+    rotate8(v, partner, sn, cs, high, v);
+}
+
+// Merging the partitions of a (sequence, KV head) that form one thread-block cluster (sm_90):
+// every block pushes its partition's unnormalised output, maximum and sum into the shared
+// memory of the cluster's first block (the leader: `slots`, `group * (D + 2)` floats per
+// partition, dynamic shared memory) and arrives on the leader's mbarrier; the leader waits
+// for the active partitions, then combines them from its own shared memory. Only the leader
+// waits: the other blocks leave once their stores are released.
+namespace cluster_merge {
+
 #if __CUDA_ARCH__ >= 900
-    constexpr int kMaxCluster = 16;  // partitions merged within one cluster, at most
-    namespace cg = cooperative_groups;
-    const cg::cluster_group cluster = cg::this_cluster();
-    __shared__ float rmax[kMaxCluster][G];
-    __shared__ float rsum[kMaxCluster][G];
-    cluster.sync();  // every block's partition is in its shared memory
-    const unsigned blocks = cluster.num_blocks();
-    const unsigned rank = cluster.block_rank();
-    for (unsigned i = threadIdx.x; i < blocks * group; i += blockDim.x) {
-        const unsigned r = i / group;
-        const unsigned g = i % group;
-        rmax[r][g] = cluster.map_shared_rank(pmax, r)[g];
-        rsum[r][g] = cluster.map_shared_rank(psum, r)[g];
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// The leader: the barrier counts one arrival per thread of the other active partitions, and
+// the cluster barrier that follows publishes it before anyone arrives.
+__device__ __forceinline__ void init(uint64_t* bar, unsigned rank, unsigned active) {
+#if __CUDA_ARCH__ >= 900
+    if (rank == 0 && threadIdx.x == 0 && active > 1) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)),
+                     "r"((active - 1) * blockDim.x));
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
-    const unsigned total = group * D;
-    const unsigned per = (total + blocks - 1) / blocks;
-    const unsigned end = min(total, (rank + 1) * per);
-    float* out = reinterpret_cast<float*>(args.out) +
-                 static_cast<size_t>(row) * args.num_heads * D + blockIdx.y * group * D;
-    for (unsigned i = rank * per + threadIdx.x; i < end; i += blockDim.x) {
-        const unsigned g = i / D;
-        float m = -INFINITY;
-        for (unsigned r = 0; r < blocks; ++r) m = fmaxf(m, rmax[r][g]);
-        float acc = 0.f;
-        float l = 0.f;
-        for (unsigned r = 0; r < blocks; ++r) {
-            if (rmax[r][g] == -INFINITY) continue;  // nothing in that partition
-            const float f = expf(rmax[r][g] - m);
-            acc = fmaf(cluster.map_shared_rank(part, r)[i], f, acc);
-            l = fmaf(rsum[r][g], f, l);
-        }
-        out[i] = acc / l;
-    }
-    cluster.sync();  // no block leaves while the others read its shared memory
-#else
-    __trap();  // clusters need sm_90; the launcher never takes this kernel below it
+    asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
 #endif
 }
+
+// Every block before its first access to the leader's shared memory.
+__device__ __forceinline__ void wait_started() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait;" ::: "memory");
+#endif
+}
+
+// A non-leader thread, after its stores into the leader: arrive on the leader's barrier.
+__device__ __forceinline__ void arrive_at_leader(uint64_t* bar) {
+#if __CUDA_ARCH__ >= 900
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(remote) : "r"(smem_addr(bar)));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote)
+                 : "memory");
+#endif
+}
+
+// The leader's threads: wait until every other active partition has arrived.
+__device__ __forceinline__ void wait_for_partitions(uint64_t* bar) {
+#if __CUDA_ARCH__ >= 900
+    uint32_t done = 0;
+    while (!done) {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;"
+            " selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(smem_addr(bar))
+            : "memory");
+    }
+#endif
+}
+
+// The leader's slots as seen from this block (the leader's own shared memory for rank 0).
+__device__ __forceinline__ float* leader_slots(float* slots) {
+#if __CUDA_ARCH__ >= 900
+    return cooperative_groups::this_cluster().map_shared_rank(slots, 0);
+#else
+    __trap();  // clusters need sm_90; the launcher never takes this kernel below it
+    return slots;
+#endif
+}
+
+}  // namespace cluster_merge
 
 // One block per (sequence, KV head, partition of at most kMaxPartition tokens), for groups of at
 // most G query heads per KV head. Every lane loads its keys and values for the whole partition
 // with 16-byte loads at once (before waiting for the previous kernel when the rotation is fused:
-// the cache holds the older tokens already), scores its 8 dimensions against each query head,
-// sums them over the token's lanes, and keeps the token's probabilities and weighted values in
-// registers; warps are combined in shared memory. A single-partition context is written out
-// directly; otherwise the partition's unnormalised output, maximum and sum go to `args.work`
-// for merge_partitions.
+// the cache holds the older tokens already, and the rotation's angles come from the pass
+// inputs), then the queries and the newest key and value together, scores its 8 dimensions
+// against each query head, sums them over the token's lanes, and keeps the token's
+// probabilities and weighted values in registers; warps are combined in shared memory. A
+// single-partition context is written out directly; otherwise the partition's unnormalised
+// output, maximum and sum go to the cluster's leader (CLUSTER, cluster_merge) or to
+// `args.work` for merge_partitions.
 template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     using S = DecodeShape<D>;
     __shared__ __align__(16) float wacc[S::kWarps][G][D];
     __shared__ float wmax[S::kWarps][G];
     __shared__ float wsum[S::kWarps][G];
-    // CLUSTER: the partition's result, for merge_cluster.
-    __shared__ float part[CLUSTER ? G * D : 1];
-    __shared__ float pmax[G];
-    __shared__ float psum[G];
+    // CLUSTER: the leader's barrier and slots (`splits * group * (D + 2)` floats).
+    __shared__ __align__(8) uint64_t leader_bar;
+    extern __shared__ __align__(16) float slots[];
 
     const bool fused = args.inv_freq != 0;
     // Unfused, an earlier kernel of this pass stored the newest key and value: wait first.
@@ -428,17 +467,10 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
     const unsigned group = args.num_heads / args.num_kv_heads;
     const unsigned ctx = seq.past + seq.len;
+    const unsigned active = (ctx + args.partition - 1) / args.partition;
+    if (CLUSTER) cluster_merge::init(&leader_bar, split, active);
     const unsigned t_begin = split * args.partition;
-    if (t_begin >= ctx) {  // beyond this sequence's context: not counted
-        if (CLUSTER) {
-            // An empty partition, still part of its cluster's merge.
-            if (threadIdx.x < G) pmax[threadIdx.x] = -INFINITY;
-            qrt::pdl_wait();
-            qrt::pdl_launch_dependents();
-            merge_cluster<D, G>(args, part, pmax, psum, group, seq.start + seq.len - 1);
-        }
-        return;
-    }
+    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
     const unsigned n = min(args.partition, ctx - t_begin);
     const unsigned tid = threadIdx.x;
     const unsigned warp = tid / qrt::kWarp;
@@ -452,28 +484,24 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     uint4 kr[S::kSteps];
     uint4 vr[S::kSteps];
     size_t off[S::kSteps];
+    int newest = -1;  // (fused) the step holding this lane's part of the newest token
 #pragma unroll
     for (int s = 0; s < S::kSteps; ++s) {
         const unsigned tok = (warp * S::kSteps + s) * S::kPerStep + sub;
         const unsigned t = t_begin + min(tok, n - 1);
         off[s] = (static_cast<size_t>(slot_of(table, t, args.block_size)) * args.num_kv_heads + kvh) *
                      D + d0;
+        if (t_begin + tok == ctx - 1) newest = s;
         kr[s] = vr[s] = make_uint4(0, 0, 0, 0);
         qrt::load_cg_if(kr[s], kc + off[s], tok < n);
         qrt::load_cg_if(vr[s], vc + off[s], tok < n);
     }
-    if (fused) qrt::pdl_wait();
-    qrt::pdl_launch_dependents();
 
-    // The group's queries, this lane's dimensions, rotated (when fused) and scaled.
-    const unsigned row = seq.start + seq.len - 1;
-    const float* q = reinterpret_cast<const float*>(args.q) +
-                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
-    const unsigned partner = (d0 + D / 2) % D;
+    // The rotation's angles for this lane's dimensions (fused): from the pass inputs, so before
+    // the wait. Each lane computes the angles of frequencies `lane` and `lane + 32` (D = 128
+    // only); the ones of its dimensions come by shuffles.
     float sn[8], cs[8];
     if (fused) {
-        // Each lane computes the angles of frequencies `lane` and `lane + 32` (D = 128 only);
-        // the ones of its dimensions come by shuffles.
         const float* inv_freq = reinterpret_cast<const float*>(args.inv_freq);
         const float pos = static_cast<float>(ctx - 1);  // the query's position
         float sn_lo, cs_lo, sn_hi = 0.f, cs_hi = 0.f;
@@ -491,42 +519,47 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
             }
         }
     }
+    if (fused) qrt::pdl_wait();
+    qrt::pdl_launch_dependents();
+
+    // What the previous kernel wrote, all requested before any is used: the newest key and
+    // value (fused, the lanes holding that token) and the group's queries.
+    const unsigned row = seq.start + seq.len - 1;
+    float nk[8] = {}, nv[8] = {};
+    if (fused && newest >= 0) {
+        const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D + d0;
+        load8_cg(reinterpret_cast<const float*>(args.k_new) + nrow, nk);
+        load8_cg(reinterpret_cast<const float*>(args.v_new) + nrow, nv);
+    }
+    const float* q = reinterpret_cast<const float*>(args.q) +
+                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
     float qr[G][8];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) qr[g][i] = 0.f;
-        if (g < group) {
-            float own[8];
-            load8_cg(q + g * D + d0, own);
-            if (fused) {
-                float other[8];
-                load8_cg(q + g * D + partner, other);
-                rotate8(own, other, sn, cs, high, own);
-            }
-#pragma unroll
-            for (int i = 0; i < 8; ++i) qr[g][i] = own[i] * args.scale;
-        }
+        if (g < group) load8_cg(q + g * D + d0, qr[g]);
     }
-
+    // The queries rotated (fused; the partner dimensions are held by the lane kLanes / 2 away
+    // within the same token) and scaled.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        if (fused) rotate_in_warp<D>(qr[g], sn, cs, high);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qr[g][i] *= args.scale;
+    }
     // The newest token (fused): rotate its key, store key and value in the cache, keep both.
-    if (fused) {
+    if (fused) rotate_in_warp<D>(nk, sn, cs, high);
+    if (fused && newest >= 0) {
+        const uint4 k16 = pack8(nk);
+        const uint4 v16 = pack8(nv);
 #pragma unroll
         for (int s = 0; s < S::kSteps; ++s) {
-            const unsigned tok = (warp * S::kSteps + s) * S::kPerStep + sub;
-            if (t_begin + tok != ctx - 1) continue;
-            const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
-            const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
-            const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
-            float own[8], other[8], val[8];
-            load8_cg(kn + d0, own);
-            load8_cg(kn + partner, other);
-            load8_cg(vn + d0, val);
-            rotate8(own, other, sn, cs, high, own);
-            kr[s] = pack8(own);
-            vr[s] = pack8(val);
-            *reinterpret_cast<uint4*>(kc + off[s]) = kr[s];
-            *reinterpret_cast<uint4*>(vc + off[s]) = vr[s];
+            if (s != newest) continue;
+            kr[s] = k16;
+            vr[s] = v16;
+            *reinterpret_cast<uint4*>(kc + off[s]) = k16;
+            *reinterpret_cast<uint4*>(vc + off[s]) = v16;
         }
     }
 
@@ -605,8 +638,13 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     // The warps combined: the partition's output (final when it is the only one).
     const Partials parts(args, D);
     const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
-    const unsigned active = (ctx + args.partition - 1) / args.partition;
-    for (unsigned i = tid; i < group * D; i += blockDim.x) {
+    const unsigned width = group * D;  // one partition's outputs
+    float* slot = nullptr;             // CLUSTER: this partition's slot in the leader
+    if (CLUSTER && active > 1) {
+        cluster_merge::wait_started();
+        slot = cluster_merge::leader_slots(slots) + split * width;
+    }
+    for (unsigned i = tid; i < width; i += blockDim.x) {
         const unsigned g = i / D;
         const unsigned d = i % D;
         float m = -INFINITY;
@@ -620,17 +658,19 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
             out = fmaf(wacc[w][g][d], f, out);
             l = fmaf(wsum[w][g], f, l);
         }
-        if (CLUSTER) {
-            part[i] = out;
-            if (d == 0) {
-                pmax[g] = m;
-                psum[g] = l;
-            }
-            continue;
-        }
         if (active == 1) {
             reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
                                                (kvh * group + g) * D + d] = out / l;
+            continue;
+        }
+        if (CLUSTER) {
+            slot[i] = out;
+            if (d == 0) {
+                // After all partitions' outputs: the maxima, then the sums.
+                float* stats = slot - split * width + args.splits * width;
+                stats[split * group + g] = m;
+                stats[(args.splits + split) * group + g] = l;
+            }
             continue;
         }
         const size_t at = base + g * args.splits + split;
@@ -640,21 +680,47 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
             parts.sum[at] = l;
         }
     }
-    if (CLUSTER)
-        merge_cluster<D, G>(args, part, pmax, psum, group, row);
-    else if (active > 1)
+    if (active == 1) return;
+    if (!CLUSTER) {
         merge_partitions<D>(args, parts, base, active, group, row);
+        return;
+    }
+    if (split != 0) {
+        cluster_merge::arrive_at_leader(&leader_bar);
+        return;
+    }
+    // The leader: every partition's result in its own shared memory, combined in order.
+    __syncthreads();  // its own partition's stores
+    cluster_merge::wait_for_partitions(&leader_bar);
+    const float* pmax = slots + args.splits * width;
+    const float* psum = pmax + args.splits * group;
+    float* out = reinterpret_cast<float*>(args.out) +
+                 static_cast<size_t>(row) * args.num_heads * D + kvh * width;
+    for (unsigned i = tid; i < width; i += blockDim.x) {
+        const unsigned g = i / D;
+        float m = -INFINITY;
+        for (unsigned r = 0; r < active; ++r) m = fmaxf(m, pmax[r * group + g]);
+        float acc_i = 0.f;
+        float l = 0.f;
+#pragma unroll 4
+        for (unsigned r = 0; r < active; ++r) {
+            const float f = expf(pmax[r * group + g] - m);
+            acc_i = fmaf(slots[r * width + i], f, acc_i);
+            l = fmaf(psum[r * group + g], f, l);
+        }
+        out[i] = acc_i / l;
+    }
 }
 
 }  // namespace
 
 // Decode for groups of up to G heads: partitions merged in global memory, or in a cluster.
 #define QRT_ATTN_DECODE(D, NAME, G)                                                            \
-    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::min_blocks(G)) \
         qrt_attn_decode_d##D##_g##NAME(const qrt_attn_args args) {                             \
         attn_decode<D, G, false>(args);                                                        \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads)                     \
+    extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::min_blocks(G)) \
         qrt_attn_decode_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                   \
         attn_decode<D, G, true>(args);                                                         \
     }

@@ -119,9 +119,9 @@ extern "C" __global__ void qrt_to_bf16(const float* x, __nv_bfloat16* out, uint3
 
 // Argmax of every row as a 64-bit key: the value's bits made orderable as an unsigned integer
 // in the high half, the complement of the index in the low half, so that the largest key is
-// the largest value at the first index (as torch.argmax). Blocks (x) split each row (y) and
-// combine with atomicMax; `keys` must be zero before the launch. NaN is never chosen; a row of
-// NaNs leaves its key zero.
+// the largest value at the first index (as torch.argmax). Blocks (x) split each row (y) into
+// QRT_ARGMAX_PER_BLOCK logits and write one key each, `keys[row][block]`: the row's key is the
+// largest of them. NaN is never chosen; NaNs only give a key of zero.
 __device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
     const uint32_t bits = __float_as_uint(v);
     const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
@@ -129,16 +129,22 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    qrt_argmax(const float* logits, unsigned long long* keys, uint32_t vocab, uint32_t per_block) {
+    qrt_argmax(const float* logits, unsigned long long* keys, uint32_t vocab) {
+    constexpr uint32_t kPerThread = QRT_ARGMAX_PER_BLOCK / 256;
     qrt::pdl_enter();
     const float* row = logits + static_cast<size_t>(blockIdx.y) * vocab;
-    const uint32_t begin = blockIdx.x * per_block;
-    const uint32_t end = min(begin + per_block, vocab);
-    unsigned long long best = 0;
-    for (uint32_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const float v = row[i];
-        if (v == v) best = max(best, argmax_key(v, i));
+    const uint32_t begin = blockIdx.x * QRT_ARGMAX_PER_BLOCK + threadIdx.x;
+    // All of this thread's logits requested at once, then compared.
+    float v[kPerThread];
+#pragma unroll
+    for (uint32_t k = 0; k < kPerThread; ++k) {
+        const uint32_t i = begin + k * 256;
+        v[k] = i < vocab ? __ldcg(row + i) : __int_as_float(0x7fffffff);  // NaN: never chosen
     }
+    unsigned long long best = 0;
+#pragma unroll
+    for (uint32_t k = 0; k < kPerThread; ++k)
+        if (v[k] == v[k]) best = max(best, argmax_key(v[k], begin + k * 256));
 #pragma unroll
     for (unsigned o = 16; o > 0; o /= 2) best = max(best, __shfl_xor_sync(qrt::kFull, best, o));
     __shared__ unsigned long long warps[8];
@@ -146,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(256)
     __syncthreads();
     if (threadIdx.x == 0) {
         for (unsigned w = 1; w < blockDim.x / 32; ++w) best = max(best, warps[w]);
-        if (best != 0) atomicMax(keys + blockIdx.y, best);
+        keys[static_cast<size_t>(blockIdx.y) * gridDim.x + blockIdx.x] = best;
     }
 }
 

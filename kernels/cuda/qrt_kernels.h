@@ -242,4 +242,8 @@ QRT_STATIC_ASSERT(sizeof(qrt_sample_row) == 24, "qrt_sample_row must be 24 bytes
 /// The token `qrt_sample` writes for a greedy row whose logits are all NaN.
 #define QRT_SAMPLE_NO_TOKEN 0xffffffffu
 
+/// Logits one block of the argmax kernel (`qrt_argmax`) reduces to one key: 256 threads, 16
+/// each.
+#define QRT_ARGMAX_PER_BLOCK 4096
+
 #endif /* QRT_KERNELS_H */

@@ -10,7 +10,8 @@ use cudarc::driver::{result, sys, DeviceRepr};
 use crate::error::cuda_err;
 use crate::layouts::{
     qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
-    qrt_rope_kv_args, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
+    qrt_rope_kv_args, QRT_ARGMAX_PER_BLOCK, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
+    QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -83,8 +84,8 @@ pub struct Fusion {
     pub accumulate: bool,
 }
 
-/// Most decode partitions merged within one thread-block cluster (`kMaxCluster` in
-/// attention.cu; Hopper's non-portable cluster size).
+/// Most decode partitions merged within one thread-block cluster (Hopper's non-portable
+/// cluster size).
 const MAX_DECODE_CLUSTER: u32 = 16;
 
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
@@ -467,13 +468,16 @@ impl CudaDevice {
         self.bind()?;
         let context = || format!("launching {kernel} (grid {grid:?}, block {block})");
         let shared = u32_of("shared memory bytes", shared)?;
-        if shared > 48 * 1024 {
-            // Above 48 KiB a kernel must opt in to dynamic shared memory.
-            f.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                shared as i32,
-            )
-            .map_err(cuda_err(context()))?;
+        if shared > 0 {
+            // With its static shared memory, above 48 KiB a kernel must opt in to more dynamic
+            // shared memory.
+            let attribute =
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            let allowed = f.get_attribute(attribute).map_err(cuda_err(context()))?;
+            if i64::from(shared) > i64::from(allowed) {
+                f.set_attribute(attribute, shared as i32)
+                    .map_err(cuda_err(context()))?;
+            }
         }
         let pdl = self.programmatic_launch && overlap;
         let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(2);
@@ -995,8 +999,8 @@ impl CudaDevice {
 
     /// Attention of the last row of each sequence over its cached context, split into
     /// `args.splits` partitions of `args.partition` tokens (flash-decoding), merged within a
-    /// thread-block cluster or else by the last partition of each (sequence, KV head) to
-    /// finish. `args.work` needs
+    /// thread-block cluster (by its first block, from its shared memory) or else by the last
+    /// partition of each (sequence, KV head) to finish. `args.work` needs
     /// [`attention_decode_work_bytes`] bytes, its arrival counters zero (they are left zero).
     ///
     /// # Safety
@@ -1025,10 +1029,13 @@ impl CudaDevice {
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             if cluster {
+                // The leader's slots: per partition, the group's outputs, maxima and sums.
+                let slots =
+                    args.splits as usize * group as usize * (args.head_dim as usize + 2) * 4;
                 self.launch_clustered(
                     "attention",
                     &format!("{name}_cluster"),
-                    (grid, threads, 0),
+                    (grid, threads, slots),
                     args.splits,
                     &mut params([args]),
                     true,
@@ -1164,11 +1171,13 @@ impl CudaDevice {
         unsafe { self.launch_elementwise(&format!("qrt_to_{}", ty.name()), &[x, out], n) }
     }
 
-    /// Queues the argmax of `rows` rows of `vocab` f32 at `logits` into `keys` (`rows` u64, see
-    /// [`argmax_token`]): the keys are zeroed, then blocks split each row.
+    /// Queues the argmax of `rows` rows of `vocab` f32 at `logits` into `keys`:
+    /// [`argmax_keys_per_row`] u64 per row, each the argmax of one slice of the row (see
+    /// [`argmax_token`]); the row's answer is the largest of its keys.
     ///
     /// # Safety
-    /// `logits` must hold `rows * vocab` f32 and `keys` room for `rows` u64.
+    /// `logits` must hold `rows * vocab` f32 and `keys` room for
+    /// `rows * argmax_keys_per_row(vocab)` u64.
     pub unsafe fn argmax(
         &self,
         logits: u64,
@@ -1176,23 +1185,20 @@ impl CudaDevice {
         rows: usize,
         vocab: usize,
     ) -> Result<(), KernelError> {
-        const PER_BLOCK: usize = 4096;
-        let per_block = PER_BLOCK as u32;
         let grid = (
-            u32_of("blocks", vocab.div_ceil(PER_BLOCK))?,
+            u32_of("blocks", argmax_keys_per_row(vocab))?,
             u32_of("rows", rows)?,
             1,
         );
         let vocab = u32_of("vocab", vocab)?;
-        // SAFETY: keys holds rows u64; then (const float*, u64*, uint32_t, uint32_t).
+        // SAFETY: keys holds rows * blocks u64; then (const float*, u64*, uint32_t).
         unsafe {
-            self.fill_bytes(keys, 0, rows * 8)?;
             self.launch(
                 "elementwise",
                 "qrt_argmax",
                 grid,
                 256,
-                &mut params([&logits, &keys, &vocab, &per_block]),
+                &mut params([&logits, &keys, &vocab]),
             )
         }
     }
@@ -1230,6 +1236,12 @@ impl CudaDevice {
             )
         }
     }
+}
+
+/// Keys the argmax kernel writes per row of `vocab` logits (one per block of
+/// `QRT_ARGMAX_PER_BLOCK`).
+pub fn argmax_keys_per_row(vocab: usize) -> usize {
+    vocab.div_ceil(QRT_ARGMAX_PER_BLOCK as usize).max(1)
 }
 
 /// The token of an argmax key written by [`CudaDevice::argmax`] (`None` for a row of NaNs).
@@ -1281,6 +1293,16 @@ mod tests {
         // The three-quarter edge of the second wave: 99 of 132.
         assert!(tc_wide_blocks(231, 132));
         assert!(!tc_wide_blocks(230, 132));
+    }
+
+    #[test]
+    fn argmax_blocks_cover_every_logit_once() {
+        // A block per 4096 logits (256 threads x 16), the last one partial.
+        assert_eq!(argmax_keys_per_row(1), 1);
+        assert_eq!(argmax_keys_per_row(4096), 1);
+        assert_eq!(argmax_keys_per_row(4097), 2);
+        assert_eq!(argmax_keys_per_row(49152), 12); // SmolLM2
+        assert_eq!(argmax_keys_per_row(128256), 32); // Llama 3
     }
 
     #[test]

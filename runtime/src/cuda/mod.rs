@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args, qrt_sample_row};
 use qrt_kernels::{
-    argmax_token, attention_decode_work_bytes, sampled_token, CudaDevice, DeviceBuffer, Event,
-    Fusion, GemvInput, Graph, Half16, InputNorm, Segment,
+    argmax_keys_per_row, argmax_token, attention_decode_work_bytes, sampled_token, CudaDevice,
+    DeviceBuffer, Event, Fusion, GemvInput, Graph, Half16, InputNorm, Segment,
 };
 
 use crate::backend::{
@@ -1180,22 +1180,27 @@ impl Backend for CudaBackend {
 
     fn argmax(&self, logits: &CudaAct) -> Result<Vec<u32>, RuntimeError> {
         self.timed("argmax", || {
-            let mut keys = vec![0u64; logits.rows];
             if logits.rows == 0 {
                 return Ok(Vec::new());
             }
-            let buf = self.pool.get(logits.rows * 8, "argmax keys")?;
-            // SAFETY: logits holds rows * cols f32, buf room for rows u64.
+            let per_row = argmax_keys_per_row(logits.cols);
+            let mut keys = vec![0u64; logits.rows * per_row];
+            let buf = self.pool.get(keys.len() * 8, "argmax keys")?;
+            // SAFETY: logits holds rows * cols f32, buf room for rows * per_row u64.
             unsafe {
                 self.dev
                     .argmax(logits.ptr(), buf.ptr(), logits.rows, logits.cols)?;
                 self.dev.copy_to_host(buf.ptr(), &mut keys, "argmax keys")?;
             }
-            keys.iter()
-                .map(|&k| {
-                    argmax_token(k).ok_or_else(|| {
-                        RuntimeError::InvalidRequest("every logit of a row is NaN".into())
-                    })
+            keys.chunks(per_row)
+                .map(|row| {
+                    row.iter()
+                        .copied()
+                        .max()
+                        .and_then(argmax_token)
+                        .ok_or_else(|| {
+                            RuntimeError::InvalidRequest("every logit of a row is NaN".into())
+                        })
                 })
                 .collect()
         })
