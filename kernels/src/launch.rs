@@ -86,7 +86,7 @@ pub struct Fusion {
 
 /// Most decode partitions merged within one thread-block cluster (Hopper's non-portable
 /// cluster size).
-const MAX_DECODE_CLUSTER: u32 = 16;
+pub const MAX_DECODE_CLUSTER: usize = 16;
 
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
 /// `blocks` blocks merge through each other's shared memory as one thread-block cluster: when
@@ -95,7 +95,7 @@ const MAX_DECODE_CLUSTER: u32 = 16;
 /// 0.962 ms/step, SmolLM2 0.696 -> 0.651, 8B 4.464 -> 4.442) and batches of 4-8 slower (1B
 /// batch 8 1.554 -> 1.703).
 fn merge_in_cluster(splits: u32, blocks: usize, multiprocessors: usize) -> bool {
-    (2..=MAX_DECODE_CLUSTER).contains(&splits) && blocks <= multiprocessors
+    (2..=MAX_DECODE_CLUSTER as u32).contains(&splits) && blocks <= multiprocessors
 }
 
 /// The groups (query heads per KV head) the decode attention kernels are built for: a launch

@@ -5,7 +5,7 @@
 //! Decode passes (one new token per sequence) get a fixed layout per (rows, partitions), so
 //! that a recorded CUDA graph can be replayed with new contents at the same addresses.
 
-use qrt_kernels::attention_tile_rows;
+use qrt_kernels::{attention_tile_rows, MAX_DECODE_CLUSTER};
 
 use crate::backend::StepInput;
 use crate::RuntimeError;
@@ -20,15 +20,19 @@ pub struct DecodeSplit {
 }
 
 impl DecodeSplit {
-    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions over the context
-    /// rounded up to a power of two (so that few distinct shapes, and few graphs, occur).
+    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions, as many as the
+    /// context needs while they fit one thread-block cluster (16: contexts up to 1,024), so
+    /// that no empty partition takes part in the merge; beyond, over the context rounded up to
+    /// a power of two (so that few distinct shapes, and few graphs, occur).
     pub fn for_context(max_ctx: usize) -> Self {
         let partition = qrt_kernels::MAX_ATTN_PARTITION;
-        let bucket = max_ctx.next_power_of_two().max(partition);
-        Self {
-            splits: bucket / partition,
-            partition,
-        }
+        let needed = max_ctx.div_ceil(partition).max(1);
+        let splits = if needed <= MAX_DECODE_CLUSTER {
+            needed
+        } else {
+            needed.next_power_of_two()
+        };
+        Self { splits, partition }
     }
 }
 
@@ -451,9 +455,12 @@ mod tests {
 
     #[test]
     fn splits_grow_with_the_context() {
-        assert_eq!(DecodeSplit::for_context(1).splits, 1);
-        assert_eq!(DecodeSplit::for_context(640).splits, 16);
-        let long = DecodeSplit::for_context(5000);
-        assert_eq!((long.splits, long.partition), (128, 64));
+        let splits = |ctx| DecodeSplit::for_context(ctx).splits;
+        assert_eq!(DecodeSplit::for_context(1).partition, 64);
+        // Exactly the partitions the context needs, up to a cluster's 16.
+        assert_eq!((splits(1), splits(64), splits(65)), (1, 1, 2));
+        assert_eq!((splits(640), splits(641), splits(1024)), (10, 11, 16));
+        // Beyond, a power of two.
+        assert_eq!((splits(1025), splits(5000)), (32, 128));
     }
 }
