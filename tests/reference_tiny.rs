@@ -94,3 +94,88 @@ fn out_of_vocabulary_tokens_are_refused() {
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     assert!(engine.add(request(vec![1, vocab - 1])).is_ok());
 }
+
+/// Runs `requests` to the end, finishing sequence `stop.0` (in request order) once it has
+/// produced `stop.1` tokens, as a caller stopping at an end-of-sequence token would; returns
+/// every step's tokens as (sequence, token) pairs.
+fn generate_all(
+    engine: &mut Engine<CpuBackend>,
+    requests: &[qrt_runtime::engine::SeqRequest],
+    stop: (usize, usize),
+) -> Vec<Vec<(usize, u32)>> {
+    let ids: Vec<usize> = requests
+        .iter()
+        .map(|r| engine.add(r.clone()).unwrap())
+        .collect();
+    let mut produced = vec![0usize; ids.len()];
+    let mut steps = Vec::new();
+    while engine.has_work() {
+        let step: Vec<(usize, u32)> = engine
+            .step()
+            .unwrap()
+            .iter()
+            .map(|t| (t.seq, t.token))
+            .collect();
+        for &(seq, _) in &step {
+            let i = ids.iter().position(|&id| id == seq).unwrap();
+            produced[i] += 1;
+            if i == stop.0 && produced[i] == stop.1 {
+                engine.finish(seq);
+            }
+        }
+        steps.push(step);
+    }
+    steps
+}
+
+/// Decode steps queued one pass ahead (the next pass's tokens chosen by this pass's argmax
+/// without the host) give the same tokens, step by step, as steps read one at a time: greedy
+/// sequences of different lengths, one stopped by its caller, and one sampling (which keeps
+/// the engine from running ahead while it runs).
+#[test]
+fn running_ahead_changes_no_token() {
+    let path = convert("tiny_llama_hf+ahead", &serde_json::json!({}));
+    let mf = ModelFile::open(&path).unwrap();
+    let request = |prompt: Vec<u32>, max_new_tokens, sampling| qrt_runtime::engine::SeqRequest {
+        prompt,
+        max_new_tokens,
+        sampling,
+        seed: 3,
+    };
+    let greedy = qrt_runtime::sampling::SamplingParams::GREEDY;
+    let sampled = qrt_runtime::sampling::SamplingParams {
+        temperature: 0.9,
+        ..greedy
+    };
+    let cases = [
+        (
+            vec![
+                request(vec![1, 5, 9], 12, greedy),
+                request(vec![7], 4, greedy),
+                request(vec![2, 3, 4, 5, 6, 7, 8], 9, greedy),
+            ],
+            (0, 6),
+        ),
+        (
+            vec![
+                request(vec![4, 4], 7, greedy),
+                request(vec![9, 1, 3], 5, sampled),
+            ],
+            (0, 99),
+        ),
+    ];
+    for (requests, stop) in cases {
+        let mut runs = Vec::new();
+        for ahead in [false, true] {
+            let backend = CpuBackend::new();
+            let model = Model::load(&backend, &mf.file, mf.config.clone()).unwrap();
+            let mut engine = Engine::new(backend, model, 256, 16).unwrap();
+            engine.set_run_ahead(ahead);
+            runs.push(generate_all(&mut engine, &requests, stop));
+            assert_eq!(engine.kv_blocks_in_use(), 0, "every block freed");
+        }
+        assert_eq!(runs[0], runs[1]);
+        let tokens: usize = runs[0].iter().map(Vec::len).sum();
+        assert!(tokens > 10, "{tokens} tokens");
+    }
+}

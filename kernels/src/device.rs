@@ -385,6 +385,13 @@ impl fmt::Debug for Graph {
 pub struct Event(cudarc::driver::CudaEvent);
 
 impl Event {
+    /// Waits until the device has passed this event.
+    pub fn wait(&self) -> Result<(), KernelError> {
+        self.0
+            .synchronize()
+            .map_err(cuda_err("waiting for a CUDA event"))
+    }
+
     /// Milliseconds of device time from `self` to `end` (waits for `end`).
     pub fn elapsed_ms(&self, end: &Event) -> Result<f32, KernelError> {
         end.0

@@ -1203,6 +1203,40 @@ impl CudaDevice {
         }
     }
 
+    /// Queues [`argmax`](Self::argmax) into `keys`, then the rows' tokens into `chosen`
+    /// (`rows` u32, see [`sampled_token`](crate::sampled_token)) and, for each row `r` with
+    /// `feed[r]` not `u32::MAX`, into `next_tokens[feed[r]]`: the input tokens of a pass queued
+    /// after this one, which then runs without waiting for the host.
+    ///
+    /// # Safety
+    /// As for [`argmax`](Self::argmax); `feed` and `chosen` must hold `rows` u32, and
+    /// `next_tokens` every row `feed` names.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn argmax_feed(
+        &self,
+        logits: u64,
+        keys: u64,
+        rows: usize,
+        vocab: usize,
+        feed: u64,
+        next_tokens: u64,
+        chosen: u64,
+    ) -> Result<(), KernelError> {
+        let per_row = u32_of("argmax keys per row", argmax_keys_per_row(vocab))?;
+        let rows32 = u32_of("rows", rows)?;
+        // SAFETY: forwarded from the caller; then (const u64*, u32, u32, const u32*, u32*, u32*).
+        unsafe {
+            self.argmax(logits, keys, rows, vocab)?;
+            self.launch(
+                "elementwise",
+                "qrt_argmax_finalize",
+                (1, 1, 1),
+                256,
+                &mut params([&keys, &per_row, &rows32, &feed, &next_tokens, &chosen]),
+            )
+        }
+    }
+
     /// Queues `out[r] = log softmax(logits[r])[targets[r]]` for `rows` rows of `vocab` f32
     /// (perplexity without copying the rows back): one block per row, f64 sums.
     ///

@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{result, CudaContext};
+use cudarc::driver::{result, CudaContext, PinnedHostSlice};
 
 use crate::error::cuda_err;
-use crate::{CudaDevice, KernelError};
+use crate::{CudaDevice, Event, KernelError};
 
 /// Bytes currently allocated through a device, and the most ever allocated at once.
 #[derive(Debug, Default)]
@@ -24,6 +24,43 @@ impl MemoryCounter {
 
     fn sub(&self, bytes: usize) {
         self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Page-locked host memory for u32 values the device copies back without blocking the host
+/// ([`CudaDevice::read_back`]).
+pub struct PinnedU32(PinnedHostSlice<u32>);
+
+impl PinnedU32 {
+    /// Values it holds room for.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds room for none.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+/// u32 values on their way from the device into pinned host memory.
+pub struct ReadBack {
+    host: PinnedU32,
+    len: usize,
+    done: Event,
+}
+
+impl ReadBack {
+    /// Waits for the copy; returns the values and the pinned memory, for reuse.
+    pub fn wait(self) -> Result<(Vec<u32>, PinnedU32), KernelError> {
+        self.done.wait()?;
+        let values = self
+            .host
+            .0
+            .as_slice()
+            .map_err(cuda_err("reading pinned host memory"))?[..self.len]
+            .to_vec();
+        Ok((values, self.host))
     }
 }
 
@@ -164,6 +201,46 @@ impl CudaDevice {
         unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
             .map_err(cuda_err(format_args!("copying {what} to the host")))?;
         self.synchronize(what)
+    }
+
+    /// Page-locked host memory for `len` u32 (cached, since the host reads it).
+    pub fn pinned_u32(&self, len: usize) -> Result<PinnedU32, KernelError> {
+        // SAFETY: the memory is only read after a copy into it has completed.
+        let host = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len.max(1), 0) }.map_err(
+            cuda_err(format_args!("allocating {len} u32 of pinned host memory")),
+        )?;
+        Ok(PinnedU32(host))
+    }
+
+    /// Queues a copy of `len` u32 at device address `src` into `host` and returns at once;
+    /// [`ReadBack::wait`] waits for it.
+    ///
+    /// # Safety
+    /// `src` must hold `len` u32.
+    pub unsafe fn read_back(
+        &self,
+        src: u64,
+        mut host: PinnedU32,
+        len: usize,
+    ) -> Result<ReadBack, KernelError> {
+        if host.len() < len {
+            return Err(KernelError::Shape(format!(
+                "reading back {len} values into pinned memory for {}",
+                host.len()
+            )));
+        }
+        self.bind()?;
+        let dst = host
+            .0
+            .as_mut_slice()
+            .map_err(cuda_err("writing pinned host memory"))?;
+        // SAFETY: the caller guarantees `src`; `dst` is pinned, so the copy is asynchronous and
+        // `host` (moved into the ReadBack) outlives it: ReadBack::wait waits for the event
+        // first, and PinnedHostSlice waits for outstanding work before it frees.
+        unsafe { result::memcpy_dtoh_async(&mut dst[..len], src, self.stream.cu_stream()) }
+            .map_err(cuda_err("copying chosen tokens to the host"))?;
+        let done = self.record_event()?;
+        Ok(ReadBack { host, len, done })
     }
 
     /// Device-to-device copy of `bytes` bytes (stream-ordered).

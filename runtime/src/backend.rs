@@ -139,6 +139,28 @@ pub fn check_host_len(rows: usize, cols: usize, len: usize) -> Result<(), Runtim
     Ok(())
 }
 
+/// In a feed list ([`Backend::argmax_feed`]): this row's token feeds no row of the next pass.
+pub const NO_FEED: u32 = u32::MAX;
+
+/// Checks a feed list against the rows of the logits and of the next pass.
+pub fn check_feed(rows: usize, next_rows: usize, feed: &[u32]) -> Result<(), RuntimeError> {
+    if feed.len() != rows {
+        return Err(RuntimeError::Shape(format!(
+            "a feed list of {} entries for {rows} rows of logits",
+            feed.len()
+        )));
+    }
+    if let Some(&f) = feed
+        .iter()
+        .find(|&&f| f != NO_FEED && f as usize >= next_rows)
+    {
+        return Err(RuntimeError::Shape(format!(
+            "a choice fed to row {f} of a pass of {next_rows} rows"
+        )));
+    }
+    Ok(())
+}
+
 /// The op set every backend provides.
 pub trait Backend: Send + Sync {
     /// An activation buffer of `rows x cols` values.
@@ -149,6 +171,8 @@ pub trait Backend: Send + Sync {
     type Kv;
     /// A forward pass's [`StepInput`], made available to the device.
     type Step;
+    /// Greedy choices of [`Backend::argmax_feed`], possibly still on their way to the host.
+    type Chosen: Send;
 
     /// A short description, e.g. `cpu (2 threads)`.
     fn describe(&self) -> String;
@@ -335,6 +359,18 @@ pub trait Backend: Send + Sync {
     fn argmax(&self, logits: &Self::Act) -> Result<Vec<u32>, RuntimeError> {
         map_host_rows(self, logits, |_, row| crate::sampling::argmax(row))
     }
+    /// The argmax of every row of `logits` (as [`Backend::argmax`]), also made the input
+    /// token of row `feed[i]` of the prepared pass `next` for every `i` whose `feed[i]` is not
+    /// [`NO_FEED`], so that `next` can be queued before the host has read the choice (on the
+    /// device it never goes through the host); [`Backend::read_chosen`] returns it.
+    fn argmax_feed(
+        &self,
+        logits: &Self::Act,
+        next: &mut Self::Step,
+        feed: &[u32],
+    ) -> Result<Self::Chosen, RuntimeError>;
+    /// The tokens of an [`Backend::argmax_feed`], waiting for them where needed.
+    fn read_chosen(&self, chosen: Self::Chosen) -> Result<Vec<u32>, RuntimeError>;
     /// One token per row of `logits`: row `i` chosen under `params[i]` with the uniform
     /// `uniforms[i]` (ignored by greedy rows), as [`sample_with_uniform`] chooses it. The
     /// default copies the logits to the host and runs that CPU reference.

@@ -4,10 +4,16 @@
 //! Each [`Engine::step`] builds one flat batch: the whole prompt of every newly admitted
 //! sequence and the last token of every running one, runs the model once, and samples one
 //! token per sequence.
+//!
+//! Greedy decode steps of up to [`Model::MAX_LAUNCHED_ROWS`] sequences run one pass ahead:
+//! the next pass is queued, its input tokens chosen on the device by this pass's argmax
+//! ([`Backend::argmax_feed`]), before the host reads this pass's tokens, so the device does not
+//! wait for the host between steps. Each call still returns one pass's tokens, the same tokens
+//! as without running ahead.
 
 use std::collections::VecDeque;
 
-use crate::backend::{Backend, BatchLayout, SeqSpan};
+use crate::backend::{Backend, BatchLayout, SeqSpan, NO_FEED};
 use crate::kv_cache::{BlockAllocator, KvGeometry, SequenceBlocks};
 use crate::model::Model;
 use crate::sampling::{draw_uniform, Rng, SamplingParams};
@@ -63,6 +69,26 @@ pub struct StepToken {
     pub prefill: bool,
 }
 
+/// A decode pass queued but not read yet.
+struct Queued {
+    /// The sequence of each row.
+    seqs: Vec<SeqId>,
+    /// The sampling uniform drawn for each row.
+    uniforms: Vec<f64>,
+}
+
+/// One pass's inputs as the engine lays them out.
+struct PassInputs {
+    tokens: Vec<u32>,
+    layout: BatchLayout,
+    logit_rows: Vec<u32>,
+    /// Per sequence: its id, whether its prompt is read in this pass, its sampling and uniform.
+    seqs: Vec<SeqId>,
+    prefill: Vec<bool>,
+    params: Vec<SamplingParams>,
+    uniforms: Vec<f64>,
+}
+
 /// A model, its backend and its KV cache, generating for many sequences at once.
 pub struct Engine<B: Backend> {
     backend: B,
@@ -75,6 +101,9 @@ pub struct Engine<B: Backend> {
     next_id: SeqId,
     max_batch_tokens: usize,
     max_running: usize,
+    /// The decode pass running ahead, if any.
+    queued: Option<Queued>,
+    run_ahead: bool,
 }
 
 impl<B: Backend> Engine<B> {
@@ -105,7 +134,15 @@ impl<B: Backend> Engine<B> {
             next_id: 0,
             max_batch_tokens: 2048,
             max_running: usize::MAX,
+            queued: None,
+            run_ahead: true,
         })
+    }
+
+    /// Whether greedy decode steps may run one pass ahead (default on; the tokens are the
+    /// same either way).
+    pub fn set_run_ahead(&mut self, on: bool) {
+        self.run_ahead = on;
     }
 
     /// Caps the prompt tokens read in one step (default 2048); at least 1.
@@ -176,9 +213,9 @@ impl<B: Backend> Engine<B> {
         Ok(id)
     }
 
-    /// Whether any sequence is waiting or running.
+    /// Whether any sequence is waiting or running, or a pass has tokens to give.
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        self.queued.is_some() || !self.waiting.is_empty() || !self.running.is_empty()
     }
 
     /// Whether sequence `id` is waiting or running.
@@ -234,61 +271,180 @@ impl<B: Backend> Engine<B> {
     /// Runs one step for every running sequence and returns the token each one produced.
     /// Sequences that reach `max_new_tokens` are finished automatically after this step.
     pub fn step(&mut self) -> Result<Vec<StepToken>, RuntimeError> {
-        self.admit();
-        if self.running.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tokens = Vec::new();
-        let mut layout = BatchLayout {
-            block_size: self.geometry.block_size,
-            ..Default::default()
+        let queued = match self.queued.take() {
+            Some(q) => q,
+            None => {
+                self.admit();
+                if self.running.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let pass = self.lay_out(None)?;
+                let decode = pass.prefill.iter().all(|p| !p);
+                if !(self.run_ahead && decode && pass.tokens.len() <= Model::<B>::MAX_LAUNCHED_ROWS)
+                {
+                    let chosen = self.model.forward_then(
+                        &self.backend,
+                        &mut self.kv,
+                        &pass.tokens,
+                        &pass.layout,
+                        &pass.logit_rows,
+                        |b, logits| b.sample(logits, &pass.params, &pass.uniforms),
+                    )?;
+                    return Ok(self.record(&pass.seqs, &pass.prefill, chosen));
+                }
+                let step = self.model.prepare(
+                    &self.backend,
+                    &self.kv,
+                    &pass.tokens,
+                    &pass.layout,
+                    &pass.logit_rows,
+                )?;
+                let rows = pass.tokens.len();
+                self.model
+                    .launch(&self.backend, &mut self.kv, &step, rows, &pass.logit_rows)?;
+                Queued {
+                    seqs: pass.seqs,
+                    uniforms: pass.uniforms,
+                }
+            }
         };
-        let mut logit_rows = Vec::with_capacity(self.running.len());
-        let mut prefill = Vec::with_capacity(self.running.len());
+        let rows = queued.seqs.len();
+        let prefill = vec![false; rows];
+        if self.can_run_ahead(&queued) {
+            // The next pass, its tokens left to this pass's argmax on the device.
+            let next = self.lay_out(Some(&queued.seqs))?;
+            let feed: Vec<u32> = queued
+                .seqs
+                .iter()
+                .map(|id| {
+                    next.seqs
+                        .iter()
+                        .position(|n| n == id)
+                        .map_or(NO_FEED, |i| i as u32)
+                })
+                .collect();
+            let mut step = self.model.prepare(
+                &self.backend,
+                &self.kv,
+                &next.tokens,
+                &next.layout,
+                &next.logit_rows,
+            )?;
+            let chosen = self
+                .model
+                .logits_then(&self.backend, rows, rows, |b, logits| {
+                    b.argmax_feed(logits, &mut step, &feed)
+                })?;
+            let next_rows = next.tokens.len();
+            self.model.launch(
+                &self.backend,
+                &mut self.kv,
+                &step,
+                next_rows,
+                &next.logit_rows,
+            )?;
+            self.queued = Some(Queued {
+                seqs: next.seqs,
+                uniforms: next.uniforms,
+            });
+            let tokens = self.backend.read_chosen(chosen)?;
+            return Ok(self.record(&queued.seqs, &prefill, tokens));
+        }
+        let params: Vec<SamplingParams> = queued
+            .seqs
+            .iter()
+            .map(|id| {
+                self.running
+                    .iter()
+                    .find(|s| s.id == *id)
+                    .map_or(SamplingParams::GREEDY, |s| s.request.sampling)
+            })
+            .collect();
+        let tokens = self
+            .model
+            .logits_then(&self.backend, rows, rows, |b, logits| {
+                b.sample(logits, &params, &queued.uniforms)
+            })?;
+        Ok(self.record(&queued.seqs, &prefill, tokens))
+    }
+
+    /// Whether the pass after `queued` can be queued before `queued`'s tokens are read: every
+    /// running sequence was in it, decodes greedily and goes on after it, and no waiting
+    /// sequence could join.
+    fn can_run_ahead(&self, queued: &Queued) -> bool {
+        self.run_ahead
+            && !self.running.is_empty()
+            && self.running.len() <= Model::<B>::MAX_LAUNCHED_ROWS
+            && (self.waiting.is_empty() || self.running.len() >= self.max_running)
+            && self.running.iter().all(|s| {
+                queued.seqs.contains(&s.id)
+                    && s.request.sampling.is_greedy()
+                    && s.generated.len() + 1 < s.request.max_new_tokens
+            })
+    }
+
+    /// Lays out the next pass over the running sequences: each one's pending tokens, or with
+    /// `ahead` (the sequences of the queued pass, whose tokens are not read yet) one
+    /// placeholder token each, which the queued pass's argmax replaces on the device.
+    fn lay_out(&mut self, ahead: Option<&[SeqId]>) -> Result<PassInputs, RuntimeError> {
+        let mut pass = PassInputs {
+            tokens: Vec::new(),
+            layout: BatchLayout {
+                block_size: self.geometry.block_size,
+                ..Default::default()
+            },
+            logit_rows: Vec::with_capacity(self.running.len()),
+            seqs: Vec::with_capacity(self.running.len()),
+            prefill: Vec::with_capacity(self.running.len()),
+            params: Vec::with_capacity(self.running.len()),
+            uniforms: Vec::with_capacity(self.running.len()),
+        };
         for s in &mut self.running {
-            let pending = s.pending().to_vec();
+            let pending = match ahead {
+                Some(seqs) if seqs.contains(&s.id) => vec![0],
+                _ => s.pending().to_vec(),
+            };
             let past = s.blocks.len();
             s.blocks
                 .reserve(pending.len(), &self.geometry, &mut self.allocator)?;
-            let start = tokens.len();
-            layout
+            let start = pass.tokens.len();
+            pass.layout
                 .slots
                 .extend(s.blocks.append_slots(pending.len(), &self.geometry));
-            layout
+            pass.layout
                 .positions
                 .extend((past..past + pending.len()).map(|p| p as u32));
-            layout.seqs.push(SeqSpan {
+            pass.layout.seqs.push(SeqSpan {
                 start,
                 len: pending.len(),
                 past,
                 block_table: s.blocks.table().to_vec(),
             });
-            tokens.extend_from_slice(&pending);
-            logit_rows.push((tokens.len() - 1) as u32);
-            prefill.push(past == 0);
+            pass.tokens.extend_from_slice(&pending);
+            pass.logit_rows.push((pass.tokens.len() - 1) as u32);
+            pass.seqs.push(s.id);
+            pass.prefill.push(past == 0);
+            pass.params.push(s.request.sampling);
+            pass.uniforms
+                .push(draw_uniform(&s.request.sampling, &mut s.rng));
         }
-        let params: Vec<SamplingParams> = self.running.iter().map(|s| s.request.sampling).collect();
-        let uniforms: Vec<f64> = self
-            .running
-            .iter_mut()
-            .map(|s| draw_uniform(&s.request.sampling, &mut s.rng))
-            .collect();
-        let chosen = self.model.forward_then(
-            &self.backend,
-            &mut self.kv,
-            &tokens,
-            &layout,
-            &logit_rows,
-            |b, logits| b.sample(logits, &params, &uniforms),
-        )?;
-        let mut out = Vec::with_capacity(self.running.len());
-        for ((s, token), prefill) in self.running.iter_mut().zip(chosen).zip(prefill) {
-            s.generated.push(token);
-            out.push(StepToken {
-                seq: s.id,
-                token,
-                prefill,
-            });
+        Ok(pass)
+    }
+
+    /// Gives each still-running sequence of a pass its token, and finishes the sequences that
+    /// reached their `max_new_tokens`.
+    fn record(&mut self, seqs: &[SeqId], prefill: &[bool], chosen: Vec<u32>) -> Vec<StepToken> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for ((&id, &prefill), token) in seqs.iter().zip(prefill).zip(chosen) {
+            // A sequence finished while its pass ran gets nothing.
+            if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
+                s.generated.push(token);
+                out.push(StepToken {
+                    seq: id,
+                    token,
+                    prefill,
+                });
+            }
         }
         let done: Vec<SeqId> = self
             .running
@@ -299,7 +455,7 @@ impl<B: Backend> Engine<B> {
         for id in done {
             self.finish(id);
         }
-        Ok(out)
+        out
     }
 
     /// Scores `tokens` as one sequence and returns the logits of every position

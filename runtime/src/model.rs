@@ -190,6 +190,23 @@ impl<B: Backend> Model<B> {
         logit_rows: &[u32],
         read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
+        let step = self.prepare(backend, kv, tokens, batch, logit_rows)?;
+        self.with_workspace(backend, tokens.len(), logit_rows.len(), |ws| {
+            self.run_in(backend, kv, &step, tokens.len(), logit_rows, ws)?;
+            read(backend, &ws.logits)
+        })
+    }
+
+    /// Checks a pass and makes its inputs available to the backend ([`Backend::prepare`]),
+    /// without running it: [`Model::launch`] does.
+    pub fn prepare(
+        &self,
+        backend: &B,
+        kv: &B::Kv,
+        tokens: &[u32],
+        batch: &BatchLayout,
+        logit_rows: &[u32],
+    ) -> Result<B::Step, RuntimeError> {
         let rows = tokens.len();
         if rows != batch.rows() {
             return Err(RuntimeError::Shape(format!(
@@ -212,36 +229,100 @@ impl<B: Backend> Model<B> {
             inv_freq: &self.inv_freq,
             heads: self.heads(),
         };
-        let step = backend.prepare(&input, kv)?;
-        let key = (rows, logit_rows.len());
+        backend.prepare(&input, kv)
+    }
+
+    /// Queues a prepared pass of at most [`Model::MAX_LAUNCHED_ROWS`] rows (a decode step),
+    /// leaving its logits where [`Model::logits_then`] finds them until the next pass of the
+    /// same shape runs.
+    pub fn launch(
+        &self,
+        backend: &B,
+        kv: &mut B::Kv,
+        step: &B::Step,
+        rows: usize,
+        logit_rows: &[u32],
+    ) -> Result<(), RuntimeError> {
+        if rows > KEPT_WORKSPACE_ROWS {
+            return Err(RuntimeError::Shape(format!(
+                "a pass of {rows} rows keeps no buffers to read its logits from later"
+            )));
+        }
+        self.with_workspace(backend, rows, logit_rows.len(), |ws| {
+            self.run_in(backend, kv, step, rows, logit_rows, ws)
+        })
+    }
+
+    /// Most rows of a pass [`Model::launch`] takes.
+    pub const MAX_LAUNCHED_ROWS: usize = KEPT_WORKSPACE_ROWS;
+
+    /// `read` of the logits of the last pass of `rows` rows and `logit_rows` logit rows queued
+    /// by [`Model::launch`].
+    pub fn logits_then<T>(
+        &self,
+        backend: &B,
+        rows: usize,
+        logit_rows: usize,
+        read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let kept = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ws = kept.get(&(rows, logit_rows)).ok_or_else(|| {
+            RuntimeError::Shape(format!(
+                "no pass of {rows} rows and {logit_rows} logit rows has run"
+            ))
+        })?;
+        read(backend, &ws.logits)
+    }
+
+    /// `f` with the buffers of a pass of `rows` rows and `logit_rows` logit rows: kept between
+    /// calls for up to KEPT_WORKSPACE_ROWS rows, else made for this call.
+    fn with_workspace<T>(
+        &self,
+        backend: &B,
+        rows: usize,
+        logit_rows: usize,
+        f: impl FnOnce(&mut Workspace<B>) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        if rows > KEPT_WORKSPACE_ROWS {
+            return f(&mut Workspace::new(
+                backend,
+                &self.config,
+                rows,
+                logit_rows,
+            )?);
+        }
         let mut kept = self
             .workspaces
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut temporary;
-        let ws = if rows <= KEPT_WORKSPACE_ROWS {
-            match kept.entry(key) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(Workspace::new(
-                    backend,
-                    &self.config,
-                    rows,
-                    logit_rows.len(),
-                )?),
-            }
-        } else {
-            temporary = Workspace::new(backend, &self.config, rows, logit_rows.len())?;
-            &mut temporary
+        let ws = match kept.entry((rows, logit_rows)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Workspace::new(backend, &self.config, rows, logit_rows)?),
         };
+        f(ws)
+    }
+
+    /// Runs a prepared pass of `rows` rows in `ws`.
+    fn run_in(
+        &self,
+        backend: &B,
+        kv: &mut B::Kv,
+        step: &B::Step,
+        rows: usize,
+        logit_rows: &[u32],
+        ws: &mut Workspace<B>,
+    ) -> Result<(), RuntimeError> {
         // Recordings are valid for this model's buffers and this KV cache only.
         let scope = (self.id << 32) | (backend.kv_id(kv) & 0xffff_ffff);
         // Every row in order (decode, or scoring every position): the head reads the residual
         // stream itself, with no gather.
         let all_rows = logit_rows.iter().copied().eq(0..rows as u32);
-        backend.run_step(&step, scope, &mut || {
-            self.body(backend, kv, &step, all_rows, ws)
-        })?;
-        read(backend, &ws.logits)
+        backend.run_step(step, scope, &mut || {
+            self.body(backend, kv, step, all_rows, ws)
+        })
     }
 
     /// The ops of one forward pass; `all_rows`: the logit rows are every row, in order.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use qrt_format::container::{ElemType, QrtFile, TensorInfo};
 use rayon::prelude::*;
 
-use crate::backend::{check_host_len, Backend, BatchLayout, HeadGeometry, LinearOut, StepInput};
+use crate::backend::{
+    check_feed, check_host_len, Backend, BatchLayout, HeadGeometry, LinearOut, StepInput, NO_FEED,
+};
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
 use linear::{DecodeRows, DenseRows, Weights};
@@ -382,6 +384,27 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Kv = CpuKv;
     type Step = CpuStep;
+    type Chosen = Vec<u32>;
+
+    fn argmax_feed(
+        &self,
+        logits: &CpuAct,
+        next: &mut CpuStep,
+        feed: &[u32],
+    ) -> Result<Vec<u32>, RuntimeError> {
+        check_feed(logits.rows, next.tokens.len(), feed)?;
+        let chosen = self.argmax(logits)?;
+        for (&token, &row) in chosen.iter().zip(feed) {
+            if row != NO_FEED {
+                next.tokens[row as usize] = token;
+            }
+        }
+        Ok(chosen)
+    }
+
+    fn read_chosen(&self, chosen: Vec<u32>) -> Result<Vec<u32>, RuntimeError> {
+        Ok(chosen)
+    }
 
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())

@@ -19,12 +19,12 @@ use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args, qrt_sample_row};
 use qrt_kernels::{
     argmax_keys_per_row, argmax_token, attention_decode_work_bytes, sampled_token, CudaDevice,
-    DeviceBuffer, Event, Fusion, GemvInput, Graph, Half16, InputNorm, Segment,
+    DeviceBuffer, Event, Fusion, GemvInput, Graph, Half16, InputNorm, PinnedU32, ReadBack, Segment,
 };
 
 use crate::backend::{
-    check_host_len, check_sampling, check_targets, Backend, HeadGeometry, LinearOut, MlpScratch,
-    MlpWeights, StepInput,
+    check_feed, check_host_len, check_sampling, check_targets, Backend, HeadGeometry, LinearOut,
+    MlpScratch, MlpWeights, StepInput,
 };
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
@@ -45,7 +45,12 @@ pub struct CudaBackend {
     use_graphs: bool,
     /// With `QRT_PROFILE=1`: every op's start and end events (graphs are then off).
     profile: Option<Mutex<Vec<TimedOp>>>,
+    /// Pinned host memory for chosen tokens, kept between passes (allocating it is slow).
+    pinned: Mutex<Vec<PinnedU32>>,
 }
+
+/// Greedy tokens on their way to the host ([`Backend::argmax_feed`]).
+pub struct CudaChosen(ReadBack);
 
 /// An op's label and the events around it.
 type TimedOp = (&'static str, Event, Event);
@@ -196,6 +201,7 @@ impl CudaBackend {
             graphs: Mutex::default(),
             use_graphs,
             profile,
+            pinned: Mutex::default(),
         })
     }
 
@@ -644,6 +650,7 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Kv = CudaKv;
     type Step = CudaStep;
+    type Chosen = CudaChosen;
 
     fn describe(&self) -> String {
         let (major, minor) = self.dev.compute_capability();
@@ -1204,6 +1211,65 @@ impl Backend for CudaBackend {
                 })
                 .collect()
         })
+    }
+
+    /// On the device: the argmax kernel's keys reduced to tokens by a one-block kernel that
+    /// also writes them into the next pass's uploaded inputs, then an asynchronous copy of the
+    /// tokens into pinned host memory.
+    fn argmax_feed(
+        &self,
+        logits: &CudaAct,
+        next: &mut CudaStep,
+        feed: &[u32],
+    ) -> Result<CudaChosen, RuntimeError> {
+        self.timed("argmax (fed to the next pass)", || {
+            let rows = logits.rows;
+            check_feed(rows, next.plan.rows, feed)?;
+            let keys = self.pool.get(
+                rows.max(1) * argmax_keys_per_row(logits.cols) * 8,
+                "argmax keys",
+            )?;
+            let feed_dev = self.pool.get(rows.max(1) * 4, "argmax feed rows")?;
+            let chosen = self.pool.get(rows.max(1) * 4, "chosen tokens")?;
+            let host = {
+                let mut free = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+                match free.iter().position(|p| p.len() >= rows) {
+                    Some(i) => free.swap_remove(i),
+                    None => self.dev.pinned_u32(rows.max(64))?,
+                }
+            };
+            // SAFETY: logits holds rows x cols f32; keys, feed and chosen room for what the
+            // kernels write; every fed row lies in the next pass's token list (check_feed).
+            unsafe {
+                self.dev
+                    .copy_to_device(feed, feed_dev.ptr(), "argmax feed rows")?;
+                self.dev.argmax_feed(
+                    logits.ptr(),
+                    keys.ptr(),
+                    rows,
+                    logits.cols,
+                    feed_dev.ptr(),
+                    next.at(next.plan.tokens),
+                    chosen.ptr(),
+                )?;
+                Ok(CudaChosen(self.dev.read_back(chosen.ptr(), host, rows)?))
+            }
+        })
+    }
+
+    fn read_chosen(&self, chosen: CudaChosen) -> Result<Vec<u32>, RuntimeError> {
+        let (raw, host) = chosen.0.wait()?;
+        self.pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(host);
+        raw.into_iter()
+            .map(|t| {
+                sampled_token(t).ok_or_else(|| {
+                    RuntimeError::InvalidRequest("every logit of a row is NaN".into())
+                })
+            })
+            .collect()
     }
 
     /// On the device (`qrt_sample`); batches of greedy rows only take the argmax kernel.
