@@ -156,7 +156,10 @@ pub fn engine_on<B: Backend>(
             ))
         );
     }
-    Ok(Engine::new(backend, model, tokens, KV_BLOCK_SIZE)?)
+    let mut engine = Engine::new(backend, model, tokens, KV_BLOCK_SIZE)?;
+    // QRT_RUN_AHEAD=0: every decode step waits for its tokens before the next one is queued.
+    engine.set_run_ahead(std::env::var("QRT_RUN_AHEAD").map_or(true, |v| v != "0"));
+    Ok(engine)
 }
 
 /// Runs `$body` with `$engine` bound to an engine for `$mf` on the device of `$args`
