@@ -96,19 +96,22 @@ fn out_of_vocabulary_tokens_are_refused() {
 }
 
 /// Runs `requests` to the end, finishing sequence `stop.0` (in request order) once it has
-/// produced `stop.1` tokens, as a caller stopping at an end-of-sequence token would; returns
-/// every step's tokens as (sequence, token) pairs.
+/// produced `stop.1` tokens, as a caller stopping at an end-of-sequence token would, and
+/// scoring `[1, 2, 3]` after the third step (a pass of the same shape as three sequences'
+/// decode pass); returns every step's tokens as (sequence, token) pairs, and the score's
+/// greedy choices.
 fn generate_all(
     engine: &mut Engine<CpuBackend>,
     requests: &[qrt_runtime::engine::SeqRequest],
     stop: (usize, usize),
-) -> Vec<Vec<(usize, u32)>> {
+) -> (Vec<Vec<(usize, u32)>>, Vec<usize>) {
     let ids: Vec<usize> = requests
         .iter()
         .map(|r| engine.add(r.clone()).unwrap())
         .collect();
     let mut produced = vec![0usize; ids.len()];
     let mut steps = Vec::new();
+    let mut scored = Vec::new();
     while engine.has_work() {
         let step: Vec<(usize, u32)> = engine
             .step()
@@ -124,14 +127,23 @@ fn generate_all(
             }
         }
         steps.push(step);
+        if steps.len() == 3 {
+            let vocab = engine.model().config().vocab_size;
+            let logits = engine.score(&[1, 2, 3]).unwrap();
+            let best = logits
+                .chunks(vocab)
+                .map(|row| (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap())
+                .collect();
+            scored = best;
+        }
     }
-    steps
+    (steps, scored)
 }
 
 /// Decode steps queued one pass ahead (the next pass's tokens chosen by this pass's argmax
 /// without the host) give the same tokens, step by step, as steps read one at a time: greedy
-/// sequences of different lengths, one stopped by its caller, and one sampling (which keeps
-/// the engine from running ahead while it runs).
+/// sequences of different lengths, one stopped by its caller, one sampling (which keeps the
+/// engine from running ahead while it runs), and a scoring pass between two steps.
 #[test]
 fn running_ahead_changes_no_token() {
     let path = convert("tiny_llama_hf+ahead", &serde_json::json!({}));
@@ -175,7 +187,8 @@ fn running_ahead_changes_no_token() {
             assert_eq!(engine.kv_blocks_in_use(), 0, "every block freed");
         }
         assert_eq!(runs[0], runs[1]);
-        let tokens: usize = runs[0].iter().map(Vec::len).sum();
+        assert_eq!(runs[0].1.len(), 3);
+        let tokens: usize = runs[0].0.iter().map(Vec::len).sum();
         assert!(tokens > 10, "{tokens} tokens");
     }
 }

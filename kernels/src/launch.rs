@@ -220,6 +220,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         "qrt_silu_mul",
         "qrt_gather_rows",
         "qrt_argmax",
+        "qrt_argmax_finalize",
         "qrt_target_log_probs",
     ] {
         all.push(("elementwise", name.to_string()));

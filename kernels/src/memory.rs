@@ -43,24 +43,36 @@ impl PinnedU32 {
     }
 }
 
-/// u32 values on their way from the device into pinned host memory.
+/// u32 values on their way from the device into pinned host memory; dropped unread, it
+/// waits for the copy before the memory can be freed.
 pub struct ReadBack {
-    host: PinnedU32,
+    /// Taken by [`ReadBack::wait`].
+    host: Option<PinnedU32>,
     len: usize,
     done: Event,
 }
 
 impl ReadBack {
     /// Waits for the copy; returns the values and the pinned memory, for reuse.
-    pub fn wait(self) -> Result<(Vec<u32>, PinnedU32), KernelError> {
+    pub fn wait(mut self) -> Result<(Vec<u32>, PinnedU32), KernelError> {
         self.done.wait()?;
-        let values = self
-            .host
+        let host = self.host.take().expect("a ReadBack is waited for once");
+        let values = host
             .0
             .as_slice()
             .map_err(cuda_err("reading pinned host memory"))?[..self.len]
             .to_vec();
-        Ok((values, self.host))
+        Ok((values, host))
+    }
+}
+
+impl Drop for ReadBack {
+    fn drop(&mut self) {
+        if self.host.is_some() {
+            // The copy may still be writing into the memory about to be freed; an error here
+            // is the stream's, reported by whatever runs on it next.
+            let _ = self.done.wait();
+        }
     }
 }
 
@@ -235,12 +247,16 @@ impl CudaDevice {
             .as_mut_slice()
             .map_err(cuda_err("writing pinned host memory"))?;
         // SAFETY: the caller guarantees `src`; `dst` is pinned, so the copy is asynchronous and
-        // `host` (moved into the ReadBack) outlives it: ReadBack::wait waits for the event
-        // first, and PinnedHostSlice waits for outstanding work before it frees.
+        // `host` (moved into the ReadBack) outlives it: ReadBack waits for the event before it
+        // gives the memory back or frees it.
         unsafe { result::memcpy_dtoh_async(&mut dst[..len], src, self.stream.cu_stream()) }
             .map_err(cuda_err("copying chosen tokens to the host"))?;
         let done = self.record_event()?;
-        Ok(ReadBack { host, len, done })
+        Ok(ReadBack {
+            host: Some(host),
+            len,
+            done,
+        })
     }
 
     /// Device-to-device copy of `bytes` bytes (stream-ordered).

@@ -8,8 +8,10 @@
 //! Greedy decode steps of up to [`Model::MAX_LAUNCHED_ROWS`] sequences run one pass ahead:
 //! the next pass is queued, its input tokens chosen on the device by this pass's argmax
 //! ([`Backend::argmax_feed`]), before the host reads this pass's tokens, so the device does not
-//! wait for the host between steps. Each call still returns one pass's tokens, the same tokens
-//! as without running ahead.
+//! wait for the host between steps. Each call still returns one pass's tokens, the tokens it
+//! would return without running ahead: exactly so on the CPU; on a GPU, the pass after a
+//! caller stops a sequence still holds that sequence's row, and products over a different
+//! number of rows may round differently.
 
 use std::collections::VecDeque;
 
@@ -103,6 +105,8 @@ pub struct Engine<B: Backend> {
     max_running: usize,
     /// The decode pass running ahead, if any.
     queued: Option<Queued>,
+    /// The queued pass's tokens, read early (before a scoring pass), for the next step.
+    drained: Option<Vec<StepToken>>,
     run_ahead: bool,
 }
 
@@ -135,12 +139,13 @@ impl<B: Backend> Engine<B> {
             max_batch_tokens: 2048,
             max_running: usize::MAX,
             queued: None,
+            drained: None,
             run_ahead: true,
         })
     }
 
-    /// Whether greedy decode steps may run one pass ahead (default on; the tokens are the
-    /// same either way).
+    /// Whether greedy decode steps may run one pass ahead (default on; see the module's
+    /// documentation).
     pub fn set_run_ahead(&mut self, on: bool) {
         self.run_ahead = on;
     }
@@ -215,7 +220,10 @@ impl<B: Backend> Engine<B> {
 
     /// Whether any sequence is waiting or running, or a pass has tokens to give.
     pub fn has_work(&self) -> bool {
-        self.queued.is_some() || !self.waiting.is_empty() || !self.running.is_empty()
+        self.queued.is_some()
+            || self.drained.is_some()
+            || !self.waiting.is_empty()
+            || !self.running.is_empty()
     }
 
     /// Whether sequence `id` is waiting or running.
@@ -271,6 +279,9 @@ impl<B: Backend> Engine<B> {
     /// Runs one step for every running sequence and returns the token each one produced.
     /// Sequences that reach `max_new_tokens` are finished automatically after this step.
     pub fn step(&mut self) -> Result<Vec<StepToken>, RuntimeError> {
+        if let Some(out) = self.drained.take() {
+            return Ok(out);
+        }
         let queued = match self.queued.take() {
             Some(q) => q,
             None => {
@@ -308,48 +319,67 @@ impl<B: Backend> Engine<B> {
                 }
             }
         };
-        let rows = queued.seqs.len();
-        let prefill = vec![false; rows];
-        if self.can_run_ahead(&queued) {
-            // The next pass, its tokens left to this pass's argmax on the device.
-            let next = self.lay_out(Some(&queued.seqs))?;
-            let feed: Vec<u32> = queued
-                .seqs
-                .iter()
-                .map(|id| {
-                    next.seqs
-                        .iter()
-                        .position(|n| n == id)
-                        .map_or(NO_FEED, |i| i as u32)
-                })
-                .collect();
-            let mut step = self.model.prepare(
-                &self.backend,
-                &self.kv,
-                &next.tokens,
-                &next.layout,
-                &next.logit_rows,
-            )?;
-            let chosen = self
-                .model
-                .logits_then(&self.backend, rows, rows, |b, logits| {
-                    b.argmax_feed(logits, &mut step, &feed)
-                })?;
-            let next_rows = next.tokens.len();
-            self.model.launch(
-                &self.backend,
-                &mut self.kv,
-                &step,
-                next_rows,
-                &next.logit_rows,
-            )?;
-            self.queued = Some(Queued {
-                seqs: next.seqs,
-                uniforms: next.uniforms,
-            });
-            let tokens = self.backend.read_chosen(chosen)?;
-            return Ok(self.record(&queued.seqs, &prefill, tokens));
+        if !self.can_run_ahead(&queued) {
+            return self.read_queued(queued);
         }
+        let seqs = queued.seqs.clone();
+        let result = self.run_ahead_of(queued);
+        if result.is_err() {
+            // The queued pass and the one after it are lost: end their sequences rather than
+            // leave their caches ahead of what they generated.
+            self.queued = None;
+            for id in seqs {
+                self.finish(id);
+            }
+        }
+        result
+    }
+
+    /// Queues the pass after `queued`, its tokens fed on the device by `queued`'s argmax, then
+    /// reads and records `queued`'s tokens.
+    fn run_ahead_of(&mut self, queued: Queued) -> Result<Vec<StepToken>, RuntimeError> {
+        let rows = queued.seqs.len();
+        let next = self.lay_out(Some(&queued.seqs))?;
+        let feed: Vec<u32> = queued
+            .seqs
+            .iter()
+            .map(|id| {
+                next.seqs
+                    .iter()
+                    .position(|n| n == id)
+                    .map_or(NO_FEED, |i| i as u32)
+            })
+            .collect();
+        let mut step = self.model.prepare(
+            &self.backend,
+            &self.kv,
+            &next.tokens,
+            &next.layout,
+            &next.logit_rows,
+        )?;
+        let chosen = self
+            .model
+            .logits_then(&self.backend, rows, rows, |b, logits| {
+                b.argmax_feed(logits, &mut step, &feed)
+            })?;
+        self.model.launch(
+            &self.backend,
+            &mut self.kv,
+            &step,
+            next.tokens.len(),
+            &next.logit_rows,
+        )?;
+        self.queued = Some(Queued {
+            seqs: next.seqs,
+            uniforms: next.uniforms,
+        });
+        let tokens = self.backend.read_chosen(chosen)?;
+        Ok(self.record(&queued.seqs, &vec![false; rows], tokens))
+    }
+
+    /// Reads a queued pass's tokens (sampled as its sequences ask) and records them.
+    fn read_queued(&mut self, queued: Queued) -> Result<Vec<StepToken>, RuntimeError> {
+        let rows = queued.seqs.len();
         let params: Vec<SamplingParams> = queued
             .seqs
             .iter()
@@ -365,7 +395,7 @@ impl<B: Backend> Engine<B> {
             .logits_then(&self.backend, rows, rows, |b, logits| {
                 b.sample(logits, &params, &queued.uniforms)
             })?;
-        Ok(self.record(&queued.seqs, &prefill, tokens))
+        Ok(self.record(&queued.seqs, &vec![false; rows], tokens))
     }
 
     /// Whether the pass after `queued` can be queued before `queued`'s tokens are read: every
@@ -490,6 +520,11 @@ impl<B: Backend> Engine<B> {
         rows: &[u32],
         read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
+        // A pass of the queued one's shape would overwrite its logits: read them first.
+        if let Some(queued) = self.queued.take() {
+            let out = self.read_queued(queued)?;
+            self.drained = Some(out);
+        }
         if tokens.is_empty() || tokens.len() > self.model.config().max_position_embeddings {
             return Err(RuntimeError::InvalidRequest(format!(
                 "cannot score {} tokens with a model of context {}",
