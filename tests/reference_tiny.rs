@@ -132,7 +132,11 @@ fn generate_all(
             let logits = engine.score(&[1, 2, 3]).unwrap();
             let best = logits
                 .chunks(vocab)
-                .map(|row| (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap())
+                .map(|row| {
+                    (0..vocab)
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap()
+                })
                 .collect();
             scored = best;
         }
