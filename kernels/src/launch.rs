@@ -16,7 +16,8 @@ use crate::layouts::{
 use crate::{CudaDevice, KernelError};
 
 // SAFETY: plain C structs of fixed-width fields with no implicit padding, whose layout nvcc and
-// bindgen agree on (static_asserts in qrt_kernels.h, size tests below).
+// bindgen agree on (static_asserts in qrt_kernels.h, the compile-time layout checks bindgen
+// writes into layouts.rs).
 unsafe impl DeviceRepr for qrt_gemv_args {}
 unsafe impl DeviceRepr for qrt_gemm_args {}
 unsafe impl DeviceRepr for qrt_attn_args {}
