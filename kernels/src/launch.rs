@@ -349,6 +349,18 @@ enum OneVariant {
 }
 
 impl OneVariant {
+    /// The variant for rows of `k` values (`gated`: gate/up pairs).
+    fn for_row(k: usize, gated: bool) -> Self {
+        let lean_max = if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K };
+        if k <= lean_max {
+            OneVariant::Lean
+        } else if gated {
+            OneVariant::Plain
+        } else {
+            stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
+        }
+    }
+
     /// The variant's part of the kernel name.
     fn infix(self) -> String {
         match self {
@@ -618,14 +630,7 @@ impl CudaDevice {
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
-        let k = args.k as usize;
-        let variant = if k <= if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K } {
-            OneVariant::Lean
-        } else if gated {
-            OneVariant::Plain
-        } else {
-            stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
-        };
+        let variant = OneVariant::for_row(args.k as usize, gated);
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
             variant.infix(),
@@ -680,9 +685,9 @@ impl CudaDevice {
     /// most as many blocks as are resident at once (each walks its share of the tiles): 16
     /// warps per block when the tiles fill one or two waves of one block per multiprocessor
     /// (the kernels' launch bounds hold them to 128 registers per thread, so a 16-warp block
-    /// takes at most all 65,536 of a multiprocessor's registers), else 8 (two fit). On the H200, 192 tiles (a second wave under half full) ran faster as 8-warp
-    /// blocks (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o,
-    /// down).
+    /// takes at most all 65,536 of a multiprocessor's registers), else 8 (two fit). On the
+    /// H200, 192 tiles (a second wave under half full) ran faster as 8-warp blocks
+    /// (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o, down).
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -906,30 +911,10 @@ impl CudaDevice {
         } else {
             1
         };
-        if splits > 1 {
-            let kernel = format!("qrt_gemm_{}_m64", ty.name());
-            let grid = (
-                u32_of("n tiles", tiles)?,
-                u32_of("m tiles", m.div_ceil(64))?,
-                splits as u32,
-            );
-            // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses; the blocks
-            // of a tile form one cluster along z, as the kernel's split epilogue needs.
-            return unsafe {
-                self.launch_clustered(
-                    "gemm",
-                    &kernel,
-                    (grid, 256, 0),
-                    splits as u32,
-                    &mut params([args]),
-                    false,
-                )
-            };
-        }
         // wgmma pays off on long k loops (the 8B shapes: 29.8 instead of 32.2 ms per 512-token
         // prefill on an H200); on short ones the mma.sync kernel's wider blocks do better (1B:
-        // 6.28 against 6.40 ms, SmolLM2: 3.23 against 3.56 ms).
-        if self.wgmma && args.k as usize >= WGMMA_MIN_K {
+        // 6.28 against 6.40 ms, SmolLM2: 3.23 against 3.56 ms). A split k takes mma.sync.
+        if splits == 1 && self.wgmma && args.k as usize >= WGMMA_MIN_K {
             let warpgroups = if tall { 2 } else { 1 };
             let kernel = format!("qrt_gemm_wg_{variant}{}_w{warpgroups}", ty.name());
             let grid = (
@@ -948,10 +933,21 @@ impl CudaDevice {
         let grid = (
             u32_of("n tiles", tiles)?,
             u32_of("m tiles", m.div_ceil(bm))?,
-            1,
+            splits as u32,
         );
-        // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses.
-        unsafe { self.launch_config("gemm", &kernel, (grid, 256, 0), &mut params([args]), false) }
+        // SAFETY: qrt_gemm_args by value; the caller guarantees the addresses. With a split k
+        // (never tall, so BM = 64) the blocks of a tile form one cluster along z, as the
+        // kernel's split epilogue needs.
+        unsafe {
+            self.launch_clustered(
+                "gemm",
+                &kernel,
+                (grid, 256, 0),
+                splits as u32,
+                &mut params([args]),
+                false,
+            )
+        }
     }
 
     fn check_attention(args: &qrt_attn_args) -> Result<(), KernelError> {

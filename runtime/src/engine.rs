@@ -79,6 +79,15 @@ struct Queued {
     uniforms: Vec<f64>,
 }
 
+impl From<PassInputs> for Queued {
+    fn from(pass: PassInputs) -> Self {
+        Self {
+            seqs: pass.seqs,
+            uniforms: pass.uniforms,
+        }
+    }
+}
+
 /// One pass's inputs as the engine lays them out.
 struct PassInputs {
     tokens: Vec<u32>,
@@ -289,7 +298,7 @@ impl<B: Backend> Engine<B> {
                 if self.running.is_empty() {
                     return Ok(Vec::new());
                 }
-                let pass = self.lay_out(None)?;
+                let pass = self.lay_out(false)?;
                 let decode = pass.prefill.iter().all(|p| !p);
                 if !(self.run_ahead && decode && pass.tokens.len() <= Model::<B>::MAX_LAUNCHED_ROWS)
                 {
@@ -301,22 +310,12 @@ impl<B: Backend> Engine<B> {
                         &pass.logit_rows,
                         |b, logits| b.sample(logits, &pass.params, &pass.uniforms),
                     )?;
-                    return Ok(self.record(&pass.seqs, &pass.prefill, chosen));
+                    let rows = pass.seqs.iter().copied().zip(pass.prefill.iter().copied());
+                    return Ok(self.record(rows, chosen));
                 }
-                let step = self.model.prepare(
-                    &self.backend,
-                    &self.kv,
-                    &pass.tokens,
-                    &pass.layout,
-                    &pass.logit_rows,
-                )?;
-                let rows = pass.tokens.len();
-                self.model
-                    .launch(&self.backend, &mut self.kv, &step, rows, &pass.logit_rows)?;
-                Queued {
-                    seqs: pass.seqs,
-                    uniforms: pass.uniforms,
-                }
+                let step = self.prepare(&pass)?;
+                self.launch(&step, &pass)?;
+                pass.into()
             }
         };
         if !self.can_run_ahead(&queued) {
@@ -338,8 +337,7 @@ impl<B: Backend> Engine<B> {
     /// Queues the pass after `queued`, its tokens fed on the device by `queued`'s argmax, then
     /// reads and records `queued`'s tokens.
     fn run_ahead_of(&mut self, queued: Queued) -> Result<Vec<StepToken>, RuntimeError> {
-        let rows = queued.seqs.len();
-        let next = self.lay_out(Some(&queued.seqs))?;
+        let next = self.lay_out(true)?;
         let feed: Vec<u32> = queued
             .seqs
             .iter()
@@ -350,31 +348,39 @@ impl<B: Backend> Engine<B> {
                     .map_or(NO_FEED, |i| i as u32)
             })
             .collect();
-        let mut step = self.model.prepare(
-            &self.backend,
-            &self.kv,
-            &next.tokens,
-            &next.layout,
-            &next.logit_rows,
-        )?;
+        let mut step = self.prepare(&next)?;
+        let rows = queued.seqs.len();
         let chosen = self
             .model
             .logits_then(&self.backend, rows, rows, |b, logits| {
                 b.argmax_feed(logits, &mut step, &feed)
             })?;
+        self.launch(&step, &next)?;
+        self.queued = Some(next.into());
+        let tokens = self.backend.read_chosen(chosen)?;
+        Ok(self.record(queued.seqs.iter().map(|&id| (id, false)), tokens))
+    }
+
+    /// Checks `pass` and makes its inputs available to the backend.
+    fn prepare(&self, pass: &PassInputs) -> Result<B::Step, RuntimeError> {
+        self.model.prepare(
+            &self.backend,
+            &self.kv,
+            &pass.tokens,
+            &pass.layout,
+            &pass.logit_rows,
+        )
+    }
+
+    /// Queues the prepared `pass` (a decode pass), its logits left to be read later.
+    fn launch(&mut self, step: &B::Step, pass: &PassInputs) -> Result<(), RuntimeError> {
         self.model.launch(
             &self.backend,
             &mut self.kv,
-            &step,
-            next.tokens.len(),
-            &next.logit_rows,
-        )?;
-        self.queued = Some(Queued {
-            seqs: next.seqs,
-            uniforms: next.uniforms,
-        });
-        let tokens = self.backend.read_chosen(chosen)?;
-        Ok(self.record(&queued.seqs, &vec![false; rows], tokens))
+            step,
+            pass.tokens.len(),
+            &pass.logit_rows,
+        )
     }
 
     /// Reads a queued pass's tokens (sampled as its sequences ask) and records them.
@@ -395,7 +401,7 @@ impl<B: Backend> Engine<B> {
             .logits_then(&self.backend, rows, rows, |b, logits| {
                 b.sample(logits, &params, &queued.uniforms)
             })?;
-        Ok(self.record(&queued.seqs, &vec![false; rows], tokens))
+        Ok(self.record(queued.seqs.iter().map(|&id| (id, false)), tokens))
     }
 
     /// Whether the pass after `queued` can be queued before `queued`'s tokens are read: every
@@ -414,9 +420,10 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Lays out the next pass over the running sequences: each one's pending tokens, or with
-    /// `ahead` (the sequences of the queued pass, whose tokens are not read yet) one
-    /// placeholder token each, which the queued pass's argmax replaces on the device.
-    fn lay_out(&mut self, ahead: Option<&[SeqId]>) -> Result<PassInputs, RuntimeError> {
+    /// `placeholders` (running ahead: every running sequence was in the queued pass, whose
+    /// tokens are not read yet) one placeholder token each, which the queued pass's argmax
+    /// replaces on the device.
+    fn lay_out(&mut self, placeholders: bool) -> Result<PassInputs, RuntimeError> {
         let mut pass = PassInputs {
             tokens: Vec::new(),
             layout: BatchLayout {
@@ -430,9 +437,10 @@ impl<B: Backend> Engine<B> {
             uniforms: Vec::with_capacity(self.running.len()),
         };
         for s in &mut self.running {
-            let pending = match ahead {
-                Some(seqs) if seqs.contains(&s.id) => vec![0],
-                _ => s.pending().to_vec(),
+            let pending = if placeholders {
+                vec![0]
+            } else {
+                s.pending().to_vec()
             };
             let past = s.blocks.len();
             s.blocks
@@ -461,11 +469,15 @@ impl<B: Backend> Engine<B> {
         Ok(pass)
     }
 
-    /// Gives each still-running sequence of a pass its token, and finishes the sequences that
-    /// reached their `max_new_tokens`.
-    fn record(&mut self, seqs: &[SeqId], prefill: &[bool], chosen: Vec<u32>) -> Vec<StepToken> {
-        let mut out = Vec::with_capacity(seqs.len());
-        for ((&id, &prefill), token) in seqs.iter().zip(prefill).zip(chosen) {
+    /// Gives each still-running sequence of a pass (its rows: sequence, whether its prompt was
+    /// read) its token, and finishes the sequences that reached their `max_new_tokens`.
+    fn record(
+        &mut self,
+        rows: impl IntoIterator<Item = (SeqId, bool)>,
+        chosen: Vec<u32>,
+    ) -> Vec<StepToken> {
+        let mut out = Vec::with_capacity(chosen.len());
+        for ((id, prefill), token) in rows.into_iter().zip(chosen) {
             // A sequence finished while its pass ran gets nothing.
             if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
                 s.generated.push(token);

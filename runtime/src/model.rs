@@ -1,7 +1,7 @@
 //! The Llama-family model graph (Llama, Mistral, Qwen2, SmolLM), written once over [`Backend`].
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::QrtFile;
@@ -265,10 +265,7 @@ impl<B: Backend> Model<B> {
         logit_rows: usize,
         read: impl FnOnce(&B, &B::Act) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
-        let kept = self
-            .workspaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let kept = self.kept_workspaces();
         let ws = kept.get(&(rows, logit_rows)).ok_or_else(|| {
             RuntimeError::Shape(format!(
                 "no pass of {rows} rows and {logit_rows} logit rows has run"
@@ -294,15 +291,19 @@ impl<B: Backend> Model<B> {
                 logit_rows,
             )?);
         }
-        let mut kept = self
-            .workspaces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept_workspaces();
         let ws = match kept.entry((rows, logit_rows)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(Workspace::new(backend, &self.config, rows, logit_rows)?),
         };
         f(ws)
+    }
+
+    /// The buffers kept between passes, by (rows, logit rows).
+    fn kept_workspaces(&self) -> MutexGuard<'_, HashMap<(usize, usize), Workspace<B>>> {
+        self.workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs a prepared pass of `rows` rows in `ws`.

@@ -163,6 +163,18 @@ fn segments(outs: &[LinearOut<'_, CudaBackend>]) -> Vec<Segment> {
         .collect()
 }
 
+/// The error of a row whose logits are all NaN (no token to choose).
+fn all_nan() -> RuntimeError {
+    RuntimeError::InvalidRequest("every logit of a row is NaN".into())
+}
+
+/// The tokens the sampling kernels wrote, one per row ([`sampled_token`]).
+fn sampled_tokens(raw: Vec<u32>) -> Result<Vec<u32>, RuntimeError> {
+    raw.into_iter()
+        .map(|t| sampled_token(t).ok_or_else(all_nan))
+        .collect()
+}
+
 /// `x` as the input of a GEMV.
 fn gemv_input(x: &CudaAct) -> GemvInput {
     GemvInput {
@@ -1205,9 +1217,7 @@ impl Backend for CudaBackend {
                         .copied()
                         .max()
                         .and_then(argmax_token)
-                        .ok_or_else(|| {
-                            RuntimeError::InvalidRequest("every logit of a row is NaN".into())
-                        })
+                        .ok_or_else(all_nan)
                 })
                 .collect()
         })
@@ -1263,13 +1273,7 @@ impl Backend for CudaBackend {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(host);
-        raw.into_iter()
-            .map(|t| {
-                sampled_token(t).ok_or_else(|| {
-                    RuntimeError::InvalidRequest("every logit of a row is NaN".into())
-                })
-            })
-            .collect()
+        sampled_tokens(raw)
     }
 
     /// On the device (`qrt_sample`); batches of greedy rows only take the argmax kernel.
@@ -1312,14 +1316,7 @@ impl Backend for CudaBackend {
                 self.dev
                     .copy_to_host(out.ptr(), &mut tokens, "sampled tokens")?;
             }
-            tokens
-                .into_iter()
-                .map(|t| {
-                    sampled_token(t).ok_or_else(|| {
-                        RuntimeError::InvalidRequest("every logit of a row is NaN".into())
-                    })
-                })
-                .collect()
+            sampled_tokens(tokens)
         })
     }
 
