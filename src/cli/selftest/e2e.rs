@@ -118,19 +118,41 @@ fn compare_run(
         };
         checks.check(name, &format!("{label} step {step}"), rel_err(g, w), bound);
     }
-    let picks = want.choices.concat();
-    let same = picks
-        .iter()
-        .zip(got.choices.concat())
-        .filter(|(a, b)| **a == *b)
-        .count();
+    let vocab = mf.config.vocab_size;
+    let mut rows = 0;
+    let mut beyond_ties = 0;
+    for (step, (w_picks, g_picks)) in want.choices.iter().zip(&got.choices).enumerate() {
+        for (row, (&a, &b)) in w_picks.iter().zip(g_picks).enumerate() {
+            rows += 1;
+            let range = row * vocab..(row + 1) * vocab;
+            let (w, g) = (&want.logits[step][range.clone()], &got.logits[step][range]);
+            if a != b && !near_tie(w, g, a as usize, b as usize) {
+                beyond_ties += 1;
+            }
+        }
+    }
     checks.check(
-        "model greedy disagreement",
-        &format!("{label} {} tokens", picks.len()),
-        1.0 - same as f64 / picks.len() as f64,
+        "model greedy disagreement beyond ties",
+        &format!("{label} {rows} tokens"),
+        beyond_ties as f64 / rows as f64,
         0.05,
     );
     Ok(())
+}
+
+/// Whether the CPU's greedy choice `a` and the CUDA choice `b` of one row of logits (CPU `w`,
+/// CUDA `g`) differ only because they nearly tie: the CPU's margin of `a` over `b` is within
+/// eight times the row's root-mean-square difference between the backends. On random models
+/// the top two logits sometimes lie closer than 16-bit rounding; a choice that differs by more
+/// than that margin is an error in the logits' largest entries.
+fn near_tie(w: &[f32], g: &[f32], a: usize, b: usize) -> bool {
+    let sq: f64 = w
+        .iter()
+        .zip(g)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let rms = (sq / w.len().max(1) as f64).sqrt();
+    (w[a] as f64 - w[b] as f64) <= 8.0 * rms
 }
 
 /// A random model of a real layout, small enough to check quickly.
