@@ -156,20 +156,22 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
-// The tokens of qrt_argmax's keys (`per_row` per row): `chosen[r]`, QRT_SAMPLE_NO_TOKEN for a
-// row of NaNs; and, where `feed[r]` names a row of the next pass (not 0xffffffff), that pass's
-// input token `next_tokens[feed[r]]` (0 for a row of NaNs: the host reports the error), so the
-// next pass can run before the host has read this one's choice. One block.
+// The tokens of qrt_argmax's keys (`per_row` per row): `chosen[r]` (host memory mapped into
+// the device's address space, so no copy follows), QRT_SAMPLE_NO_TOKEN for a row of NaNs; and,
+// where `feed.rows[r]` names a row of the next pass (not 0xffffffff), that pass's input token
+// `next_tokens[feed.rows[r]]` (0 for a row of NaNs: the host reports the error), so the next
+// pass can run before the host has read this one's choice. One block.
 extern "C" __global__ void __launch_bounds__(256)
     qrt_argmax_finalize(const unsigned long long* keys, uint32_t per_row, uint32_t rows,
-                        const uint32_t* feed, uint32_t* next_tokens, uint32_t* chosen) {
+                        const qrt_feed feed, uint32_t* next_tokens, uint32_t* chosen) {
     qrt::pdl_enter();
     for (uint32_t r = threadIdx.x; r < rows; r += blockDim.x) {
         unsigned long long best = 0;
         for (uint32_t b = 0; b < per_row; ++b) best = max(best, keys[static_cast<size_t>(r) * per_row + b]);
         const uint32_t token = 0xffffffffu - static_cast<uint32_t>(best);
         chosen[r] = best != 0 ? token : QRT_SAMPLE_NO_TOKEN;
-        if (feed[r] != 0xffffffffu) next_tokens[feed[r]] = best != 0 ? token : 0;
+        if (r < QRT_FEED_MAX_ROWS && feed.rows[r] != 0xffffffffu)
+            next_tokens[feed.rows[r]] = best != 0 ? token : 0;
     }
 }
 

@@ -246,4 +246,14 @@ QRT_STATIC_ASSERT(sizeof(qrt_sample_row) == 24, "qrt_sample_row must be 24 bytes
 /// each.
 #define QRT_ARGMAX_PER_BLOCK 4096
 
+/// Most rows one fed argmax (`qrt_argmax_finalize`) takes: the decode passes that run ahead.
+#define QRT_FEED_MAX_ROWS 8
+
+/// Which row of the next pass each row's chosen token feeds (0xffffffff: none), by value.
+typedef struct qrt_feed {
+    uint32_t rows[QRT_FEED_MAX_ROWS];
+} qrt_feed;
+
+QRT_STATIC_ASSERT(sizeof(qrt_feed) == 32, "qrt_feed must be 32 bytes");
+
 #endif /* QRT_KERNELS_H */

@@ -9,9 +9,9 @@ use cudarc::driver::{result, sys, DeviceRepr};
 
 use crate::error::cuda_err;
 use crate::layouts::{
-    qrt_attn_args, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
-    qrt_rope_kv_args, QRT_ARGMAX_PER_BLOCK, QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS,
-    QRT_MAX_BLOCK_THREADS,
+    qrt_attn_args, qrt_feed, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
+    qrt_rope_kv_args, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS, QRT_GEMV_MAX_BATCH,
+    QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -22,6 +22,7 @@ unsafe impl DeviceRepr for qrt_gemv_args {}
 unsafe impl DeviceRepr for qrt_gemm_args {}
 unsafe impl DeviceRepr for qrt_attn_args {}
 unsafe impl DeviceRepr for qrt_rope_kv_args {}
+unsafe impl DeviceRepr for qrt_feed {}
 
 /// A 16-bit floating-point weight type of the matrix kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1204,11 +1205,12 @@ impl CudaDevice {
     /// Queues [`argmax`](Self::argmax) into `keys`, then the rows' tokens into `chosen`
     /// (`rows` u32, see [`sampled_token`](crate::sampled_token)) and, for each row `r` with
     /// `feed[r]` not `u32::MAX`, into `next_tokens[feed[r]]`: the input tokens of a pass queued
-    /// after this one, which then runs without waiting for the host.
+    /// after this one, which then runs without waiting for the host. At most
+    /// `QRT_FEED_MAX_ROWS` rows (the feed goes by value).
     ///
     /// # Safety
-    /// As for [`argmax`](Self::argmax); `feed` and `chosen` must hold `rows` u32, and
-    /// `next_tokens` every row `feed` names.
+    /// As for [`argmax`](Self::argmax); `chosen` must hold `rows` u32 (device or mapped host
+    /// memory) and `next_tokens` every row `feed` names.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn argmax_feed(
         &self,
@@ -1216,13 +1218,23 @@ impl CudaDevice {
         keys: u64,
         rows: usize,
         vocab: usize,
-        feed: u64,
+        feed: &[u32],
         next_tokens: u64,
         chosen: u64,
     ) -> Result<(), KernelError> {
+        if feed.len() != rows || rows > QRT_FEED_MAX_ROWS as usize {
+            return Err(KernelError::Shape(format!(
+                "a fed argmax of {rows} rows with {} feed entries (at most {QRT_FEED_MAX_ROWS})",
+                feed.len()
+            )));
+        }
+        let mut by_value = qrt_feed {
+            rows: [u32::MAX; QRT_FEED_MAX_ROWS as usize],
+        };
+        by_value.rows[..rows].copy_from_slice(feed);
         let per_row = u32_of("argmax keys per row", argmax_keys_per_row(vocab))?;
         let rows32 = u32_of("rows", rows)?;
-        // SAFETY: forwarded from the caller; then (const u64*, u32, u32, const u32*, u32*, u32*).
+        // SAFETY: forwarded from the caller; then (const u64*, u32, u32, qrt_feed, u32*, u32*).
         unsafe {
             self.argmax(logits, keys, rows, vocab)?;
             self.launch(
@@ -1230,7 +1242,7 @@ impl CudaDevice {
                 "qrt_argmax_finalize",
                 (1, 1, 1),
                 256,
-                &mut params([&keys, &per_row, &rows32, &feed, &next_tokens, &chosen]),
+                &mut params([&keys, &per_row, &rows32, &by_value, &next_tokens, &chosen]),
             )
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{result, CudaContext, PinnedHostSlice};
+use cudarc::driver::{result, sys, CudaContext, PinnedHostSlice};
 
 use crate::error::cuda_err;
 use crate::{CudaDevice, Event, KernelError};
@@ -27,24 +27,33 @@ impl MemoryCounter {
     }
 }
 
-/// Page-locked host memory for u32 values the device copies back without blocking the host
+/// Page-locked host memory for u32 values, mapped into the device's address space: kernels
+/// write it directly ([`PinnedU32::device_ptr`]), the host reads it once they have finished
 /// ([`CudaDevice::read_back`]).
-pub struct PinnedU32(PinnedHostSlice<u32>);
+pub struct PinnedU32 {
+    host: PinnedHostSlice<u32>,
+    device: u64,
+}
 
 impl PinnedU32 {
     /// Values it holds room for.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.host.len()
     }
 
     /// Whether it holds room for none.
     pub fn is_empty(&self) -> bool {
-        self.0.len() == 0
+        self.host.len() == 0
+    }
+
+    /// Its address for kernels.
+    pub fn device_ptr(&self) -> u64 {
+        self.device
     }
 }
 
-/// u32 values on their way from the device into pinned host memory; dropped unread, it
-/// waits for the copy before the memory can be freed.
+/// u32 values kernels queued so far write into mapped host memory; dropped unread, it waits
+/// for them before the memory can be freed.
 pub struct ReadBack {
     /// Taken by [`ReadBack::wait`].
     host: Option<PinnedU32>,
@@ -58,7 +67,7 @@ impl ReadBack {
         self.done.wait()?;
         let host = self.host.take().expect("a ReadBack is waited for once");
         let values = host
-            .0
+            .host
             .as_slice()
             .map_err(cuda_err("reading pinned host memory"))?[..self.len]
             .to_vec();
@@ -215,42 +224,34 @@ impl CudaDevice {
         self.synchronize(what)
     }
 
-    /// Page-locked host memory for `len` u32 (cached, since the host reads it).
+    /// Page-locked host memory for `len` u32, mapped into the device's address space (cached
+    /// on the host, which reads it).
     pub fn pinned_u32(&self, len: usize) -> Result<PinnedU32, KernelError> {
-        // SAFETY: the memory is only read after a copy into it has completed.
-        let host = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(len.max(1), 0) }.map_err(
-            cuda_err(format_args!("allocating {len} u32 of pinned host memory")),
-        )?;
-        Ok(PinnedU32(host))
+        let what = || format!("allocating {len} u32 of mapped host memory");
+        // SAFETY: the memory is only read after the kernels writing it have finished.
+        let mut host = unsafe {
+            self.ctx
+                .alloc_pinned_with_flags::<u32>(len.max(1), sys::CU_MEMHOSTALLOC_DEVICEMAP)
+        }
+        .map_err(cuda_err(what()))?;
+        let ptr = host.as_mut_ptr().map_err(cuda_err(what()))?;
+        let mut device: sys::CUdeviceptr = 0;
+        // SAFETY: `ptr` is the start of a live DEVICEMAP allocation of this context.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, ptr.cast(), 0) }
+            .result()
+            .map_err(cuda_err(what()))?;
+        Ok(PinnedU32 { host, device })
     }
 
-    /// Queues a copy of `len` u32 at device address `src` into `host` and returns at once;
-    /// [`ReadBack::wait`] waits for it.
-    ///
-    /// # Safety
-    /// `src` must hold `len` u32.
-    pub unsafe fn read_back(
-        &self,
-        src: u64,
-        mut host: PinnedU32,
-        len: usize,
-    ) -> Result<ReadBack, KernelError> {
+    /// `len` u32 that the kernels queued so far write into `host` (through
+    /// [`PinnedU32::device_ptr`]), readable once [`ReadBack::wait`] returns.
+    pub fn read_back(&self, host: PinnedU32, len: usize) -> Result<ReadBack, KernelError> {
         if host.len() < len {
             return Err(KernelError::Shape(format!(
-                "reading back {len} values into pinned memory for {}",
+                "reading back {len} values from mapped memory for {}",
                 host.len()
             )));
         }
-        self.bind()?;
-        let dst = host
-            .0
-            .as_mut_slice()
-            .map_err(cuda_err("writing pinned host memory"))?;
-        // SAFETY: the caller guarantees `src`; `dst` is pinned, so the copy is asynchronous and
-        // `host` (moved into the ReadBack) outlives it: ReadBack waits for the event before it
-        // gives the memory back or frees it.
-        unsafe { result::memcpy_dtoh_async(&mut dst[..len], src, self.stream.cu_stream()) }
-            .map_err(cuda_err("copying chosen tokens to the host"))?;
         let done = self.record_event()?;
         Ok(ReadBack {
             host: Some(host),

@@ -1224,8 +1224,7 @@ impl Backend for CudaBackend {
     }
 
     /// On the device: the argmax kernel's keys reduced to tokens by a one-block kernel that
-    /// also writes them into the next pass's uploaded inputs, then an asynchronous copy of the
-    /// tokens into pinned host memory.
+    /// writes them into the next pass's uploaded inputs and into mapped host memory.
     fn argmax_feed(
         &self,
         logits: &CudaAct,
@@ -1239,8 +1238,6 @@ impl Backend for CudaBackend {
                 rows.max(1) * argmax_keys_per_row(logits.cols) * 8,
                 "argmax keys",
             )?;
-            let feed_dev = self.pool.get(rows.max(1) * 4, "argmax feed rows")?;
-            let chosen = self.pool.get(rows.max(1) * 4, "chosen tokens")?;
             let host = {
                 let mut free = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
                 match free.iter().position(|p| p.len() >= rows) {
@@ -1248,22 +1245,21 @@ impl Backend for CudaBackend {
                     None => self.dev.pinned_u32(rows.max(64))?,
                 }
             };
-            // SAFETY: logits holds rows x cols f32; keys, feed and chosen room for what the
-            // kernels write; every fed row lies in the next pass's token list (check_feed).
+            // SAFETY: logits holds rows x cols f32; keys room for what the argmax writes, the
+            // mapped host memory for rows u32; every fed row lies in the next pass's token
+            // list (check_feed).
             unsafe {
-                self.dev
-                    .copy_to_device(feed, feed_dev.ptr(), "argmax feed rows")?;
                 self.dev.argmax_feed(
                     logits.ptr(),
                     keys.ptr(),
                     rows,
                     logits.cols,
-                    feed_dev.ptr(),
+                    feed,
                     next.at(next.plan.tokens),
-                    chosen.ptr(),
+                    host.device_ptr(),
                 )?;
-                Ok(CudaChosen(self.dev.read_back(chosen.ptr(), host, rows)?))
             }
+            Ok(CudaChosen(self.dev.read_back(host, rows)?))
         })
     }
 
