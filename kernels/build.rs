@@ -22,7 +22,7 @@ const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 /// Modules that use Hopper's architecture-specific instructions (wgmma): their sm_90 PTX
 /// targets `sm_90a`, which the driver loads on compute capability 9.0 exactly; the launchers
 /// take their kernels only there.
-const ARCH_SPECIFIC: [&str; 1] = ["gemm_wgmma"];
+const ARCH_SPECIFIC: [&str; 2] = ["gemm_wgmma", "gemm_tma"];
 
 /// The PTX target of `module` for `arch`: `arch`, or `sm_90a` for [`ARCH_SPECIFIC`] modules.
 fn ptx_target(module: &str, arch: &str) -> String {

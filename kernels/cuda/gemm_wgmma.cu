@@ -10,6 +10,7 @@
 
 #include "common.cuh"
 #include "qrt_kernels.h"
+#include "wgmma.cuh"
 
 namespace {
 
@@ -50,57 +51,6 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const W* src, const W* 
     }
 }
 
-// A shared-memory matrix descriptor of a K-major operand with the 128-byte swizzle: 8-row
-// groups 1 KiB apart, starting at shared address `addr`.
-__device__ __forceinline__ uint64_t descriptor(uint32_t addr) {
-    return static_cast<uint64_t>((addr & 0x3ffff) >> 4) | (1ull << 16) |
-           (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-
-// Keeps the compiler from moving accesses of the accumulators across a wgmma fence or wait.
-__device__ __forceinline__ void pin(float (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// d += a * b^T for a 64 x 16 slice of a and a 128 x 16 slice of b (both K-major, in shared
-// memory), d this thread's 64 accumulators of the 64 x 128 product.
-template <typename W>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b);
-
-#define QRT_WGMMA(W, TY)                                                                       \
-    template <>                                                                                \
-    __device__ __forceinline__ void wgmma_m64n128k16<W>(float (&d)[64], uint64_t a,           \
-                                                        uint64_t b) {                          \
-        asm volatile(                                                                          \
-            "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                     \
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, "  \
-            "1, 0, 0;\n}"                                                                      \
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                                             \
-            : "l"(a), "l"(b));                                                                 \
-    }
-
-QRT_WGMMA(__half, "f16")
-QRT_WGMMA(__nv_bfloat16, "bf16")
-
 template <typename W, int WG, bool GATED>
 __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
     using S = WgShape<WG>;
@@ -140,7 +90,7 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
     // (each waits for all but its latest batch before it).
     load(0);
     load(1);
-    pin(d);
+    qrt::pin(d);
     for (int kt = 0; kt < ktiles; ++kt) {
         qrt::cp_async_wait<1>();
         // This thread's copies of step kt are in; make them visible to the tensor cores'
@@ -151,15 +101,15 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
         const int s = kt % kStages;
         const uint32_t at = a_tile(s) + wg * 64 * kRowBytes;
         const uint32_t wt = w_tile(s);
-        wgmma_fence();
+        qrt::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk)
-            wgmma_m64n128k16<W>(d, descriptor(at + kk * 32), descriptor(wt + kk * 32));
-        wgmma_commit();
-        wgmma_wait<1>();
+            qrt::wgmma_m64n128k16<W>(d, qrt::descriptor(at + kk * 32), qrt::descriptor(wt + kk * 32));
+        qrt::wgmma_commit();
+        qrt::wgmma_wait<1>();
     }
-    wgmma_wait<0>();
-    pin(d);
+    qrt::wgmma_wait<0>();
+    qrt::pin(d);
     qrt::cp_async_wait<0>();
 
     // Accumulator i of this thread: row 16 (warp % 4) + lane / 4 (+ 8 for i % 4 >= 2) of the

@@ -52,6 +52,9 @@ pub struct CudaDevice {
     /// GEMMs with fewer tiles than multiprocessors split their k loop across a cluster
     /// (compute capability 9.0, unless `QRT_GEMM_SPLITK=0`).
     pub(crate) gemm_split_k: bool,
+    /// Prefill GEMMs of one matrix (or SwiGLU's gate and up) on the TMA-fed wgmma kernel
+    /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
+    pub(crate) gemm_tma: bool,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -187,6 +190,8 @@ impl CudaDevice {
                 && std::env::var("QRT_DECODE_CLUSTER").map_or(true, |v| v != "0"),
             gemm_split_k: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
+            gemm_tma: compute_capability == (9, 0)
+                && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
         })
     }
 

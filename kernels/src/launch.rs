@@ -9,8 +9,8 @@ use cudarc::driver::{result, sys, DeviceRepr};
 
 use crate::error::cuda_err;
 use crate::layouts::{
-    qrt_attn_args, qrt_feed, qrt_gemm_args, qrt_gemm_segment, qrt_gemv_args, qrt_gemv_segment,
-    qrt_rope_kv_args, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS, QRT_GEMV_MAX_BATCH,
+    qrt_attn_args, qrt_feed, qrt_gemm_args, qrt_gemm_segment, qrt_gemm_tma_args, qrt_gemv_args,
+    qrt_gemv_segment, qrt_rope_kv_args, qrt_tensor_map, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS, QRT_GEMV_MAX_BATCH,
     QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
@@ -20,6 +20,7 @@ use crate::{CudaDevice, KernelError};
 // writes into layouts.rs).
 unsafe impl DeviceRepr for qrt_gemv_args {}
 unsafe impl DeviceRepr for qrt_gemm_args {}
+unsafe impl DeviceRepr for qrt_gemm_tma_args {}
 unsafe impl DeviceRepr for qrt_attn_args {}
 unsafe impl DeviceRepr for qrt_rope_kv_args {}
 unsafe impl DeviceRepr for qrt_feed {}
@@ -170,6 +171,75 @@ fn gemm_wgmma_smem(warpgroups: usize) -> usize {
     4 * (64 * warpgroups + 128) * 64 * 2 + 1024
 }
 
+/// Dynamic shared memory of a TMA GEMM block (gemm_tma.cu): 1 KiB to align the ring, 4 stages
+/// of three 128-row x 64 boxes of 16-bit values, and 8 mbarriers.
+const GEMM_TMA_SMEM: usize = 1024 + 4 * 3 * 128 * 64 * 2 + 8 * 8;
+
+/// Smallest k and rows of `a` the TMA GEMM takes: shorter k loops and fewer rows fill its
+/// 128 x 256 tiles and 4-stage pipeline too little.
+const GEMM_TMA_MIN_K: usize = 1024;
+const GEMM_TMA_MIN_M: usize = 256;
+
+/// The k split of a TMA GEMM of `tiles` 128 x 256 tiles and `ktiles` 64-wide k steps on
+/// `multiprocessors`: the most splits (1, 2 or 4, at most `max_splits`) that keep the grid
+/// within one wave and at least 16 steps per split; `None` where even so the grid would fill
+/// less than half the device (the mma.sync kernels' smaller tiles do better there).
+fn gemm_tma_splits(
+    tiles: usize,
+    ktiles: usize,
+    multiprocessors: usize,
+    max_splits: usize,
+) -> Option<usize> {
+    let splits = [4, 2]
+        .into_iter()
+        .find(|&s| s <= max_splits && tiles * s <= multiprocessors && ktiles / s >= 16)
+        .unwrap_or(1);
+    (2 * tiles * splits >= multiprocessors).then_some(splits)
+}
+
+/// A TMA map of the row-major `[rows, k]` 16-bit matrix at `addr`: boxes of 128 rows by 64
+/// columns, 128-byte swizzle, zeros outside the matrix (gemm_tma.cu).
+fn tensor_map(ty: Half16, addr: u64, rows: usize, k: usize) -> Result<qrt_tensor_map, KernelError> {
+    use sys::{
+        CUtensorMapDataType as Data, CUtensorMapFloatOOBfill as Fill,
+        CUtensorMapInterleave as Interleave, CUtensorMapL2promotion as Promotion,
+        CUtensorMapSwizzle as Swizzle,
+    };
+    let data = match ty {
+        Half16::F16 => Data::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        Half16::Bf16 => Data::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+    };
+    let dims = [k as u64, rows as u64];
+    let strides = [2 * k as u64];
+    let boxes = [64u32, 128];
+    let steps = [1u32, 1];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every pointer refers to an array of the rank (2) or rank - 1 entries the call
+    // reads; the address is only recorded in the map.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            data,
+            2,
+            addr as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            steps.as_ptr(),
+            Interleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            Swizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            Promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            Fill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .map_err(cuda_err(format!(
+            "encoding a TMA map of a {rows} x {k} matrix"
+        )))?;
+        // SAFETY: the driver wrote the map; both types are 128 opaque bytes.
+        Ok(std::mem::transmute::<sys::CUtensorMap, qrt_tensor_map>(map.assume_init()))
+    }
+}
+
 /// Every (module, kernel) the launchers of this crate may launch, so that a build can be
 /// checked for all of them without a GPU.
 pub fn kernel_inventory() -> Vec<(&'static str, String)> {
@@ -201,6 +271,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
                     format!("qrt_gemm_wg_{variant}{t}_w{warpgroups}"),
                 ));
             }
+            all.push(("gemm_tma", format!("qrt_gemm_tma_{variant}{t}")));
         }
         for warps in [8, 16] {
             all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
@@ -844,6 +915,12 @@ impl CudaDevice {
             };
             tiles += s.n.div_ceil(128);
         }
+        if let [one] = segments {
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.gemm_tma(ty, &args, (one.w, one.w), "")? } {
+                return Ok(());
+            }
+        }
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_gemm(ty, &args, tiles, "") }
     }
@@ -883,9 +960,62 @@ impl CudaDevice {
             n: n32,
             ..Default::default()
         };
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.gemm_tma(ty, &args, (gate, up), "gated_")? } {
+            return Ok(());
+        }
         // 64 rows each of gate and up per 128-row weight tile.
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_gemm(ty, &args, n.div_ceil(64), "gated_") }
+    }
+
+    /// Launches the TMA GEMM (`gemm_tma.cu`) for `args` (one segment) with weights `w` (the
+    /// matrix twice, or gate and up for the `gated_` variant) where it applies: Hopper, at least
+    /// [`GEMM_TMA_MIN_M`] rows and [`GEMM_TMA_MIN_K`] columns, a grid that fills the device
+    /// (see [`gemm_tma_splits`]; the gated kernel never splits). Returns whether it launched.
+    ///
+    /// # Safety
+    /// As for [`gemm`](Self::gemm).
+    unsafe fn gemm_tma(
+        &self,
+        ty: Half16,
+        args: &qrt_gemm_args,
+        w: (u64, u64),
+        variant: &str,
+    ) -> Result<bool, KernelError> {
+        let (m, k, n) = (args.m as usize, args.k as usize, args.seg[0].n as usize);
+        if !self.gemm_tma || m < GEMM_TMA_MIN_M || k < GEMM_TMA_MIN_K {
+            return Ok(false);
+        }
+        let gated = !variant.is_empty();
+        // Output columns per tile: 256 weight rows, or 128 each of gate and up.
+        let tiles = m.div_ceil(128) * n.div_ceil(if gated { 128 } else { 256 });
+        let max_splits = if gated { 1 } else { 4 };
+        let sms = self.multiprocessors();
+        let Some(splits) = gemm_tma_splits(tiles, k.div_ceil(64), sms, max_splits) else {
+            return Ok(false);
+        };
+        let tma = qrt_gemm_tma_args {
+            a: tensor_map(ty, args.a, m, k)?,
+            w: [tensor_map(ty, w.0, n, k)?, tensor_map(ty, w.1, n, k)?],
+            gemm: *args,
+            ..Default::default()
+        };
+        let kernel = format!("qrt_gemm_tma_{variant}{}", ty.name());
+        let grid = (u32_of("tiles", tiles)?, 1, splits as u32);
+        // SAFETY: qrt_gemm_tma_args by value (the maps name the caller's matrices); split
+        // blocks of a tile form one cluster along z, as the kernel's epilogue needs.
+        unsafe {
+            self.launch_clustered(
+                "gemm_tma",
+                &kernel,
+                (grid, 384, GEMM_TMA_SMEM),
+                splits as u32,
+                &mut params([&tma]),
+                false,
+            )?
+        };
+        Ok(true)
     }
 
     /// Launches the GEMM kernel family `variant` ("" or "gated_") for `args` over `tiles`
@@ -1321,6 +1451,20 @@ mod tests {
         assert_eq!(split_k_factor(40, 18, 132), 2);
         // Too short a k loop to share.
         assert_eq!(split_k_factor(40, 15, 132), 1);
+    }
+
+    #[test]
+    fn tma_gemms_split_k_within_one_wave() {
+        // H200, 512 rows. Llama-3.2-1B down: 4 x 8 tiles, 128 k steps: 4 splits, 128 blocks.
+        assert_eq!(gemm_tma_splits(32, 128, 132, 4), Some(4));
+        // Its gate/up (gated, 4 x 64 tiles): no split.
+        assert_eq!(gemm_tma_splits(256, 32, 132, 1), Some(1));
+        // Its o (4 x 8 tiles, 32 k steps): 2 splits give 64 blocks, under half the device.
+        assert_eq!(gemm_tma_splits(32, 32, 132, 4), None);
+        // Llama-3.1-8B down (4 x 16 tiles, 224 k steps): 2 splits, one wave.
+        assert_eq!(gemm_tma_splits(64, 224, 132, 4), Some(2));
+        // A gated GEMM too small to fill half the device without a split.
+        assert_eq!(gemm_tma_splits(32, 128, 132, 1), None);
     }
 
     #[test]

@@ -59,8 +59,10 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (2048, 8192, ElemType::F16, LARGE),
         (2048, 8192, ElemType::BF16, LARGE),
         (128256, 2048, ElemType::F16, &[1, 8, 17]),
-        // The wgmma GEMM's edges: k not a multiple of its 64-wide steps, partial tiles.
-        (1000, 4104, ElemType::F16, &[9, 130]),
+        // The wgmma GEMMs' edges: k not a multiple of their 64-wide steps, partial tiles (at
+        // 520 rows the TMA GEMM, k split 4 ways).
+        (1000, 4104, ElemType::F16, &[9, 130, 520]),
+        (1000, 4104, ElemType::BF16, &[520]),
         // An MLP with k = 4096 for the gate/up GEMM (wgmma on Hopper): Llama-3.1-8B's k/v
         // shape and its transpose.
         (1024, 4096, ElemType::F16, LARGE),
@@ -334,7 +336,8 @@ fn check_products(
         Ok(b.to_host(&xa)?)
     }
     for shape @ (hidden, ffn) in MLP_SHAPES {
-        for rows in [1, 2, 3, 8, 40, 130] {
+        // At 300 rows of the 1B's shape the gate/up and the down GEMM take the TMA kernel.
+        for rows in [1, 2, 3, 8, 40, 130, 300] {
             let x = rng.normals(rows * hidden, 1.0);
             let want = mlp(cpu, file, &x, rows, shape)?;
             let got = mlp(cuda, file, &x, rows, shape)?;
