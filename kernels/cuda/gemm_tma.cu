@@ -1,13 +1,15 @@
 // GEMM for prefill on Hopper (sm_90a), fed by the tensor memory accelerator: the product of
-// gemm.cu for one weight matrix (c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j]), f32 out, or
-// added into c), or SwiGLU's silu(a @ gate^T) * (a @ up^T) in 16 bits, in 128 x 256 tiles.
+// gemm.cu (c[i, j] = sum_l a[i, l] * w[j, l] (+ bias[j]), f32 out, or added into c, for up to
+// three matrices of one input), or SwiGLU's silu(a @ gate^T) * (a @ up^T) in 16 bits, in
+// tiles of 128 rows by 256 weight rows (or 128, for products with few columns).
 //
 // A block is three warpgroups. One thread of the first (the producer) issues the TMA copies:
 // per 64-wide k step a box of 128 rows of a and two of 128 weight rows (256 rows of w, or 128
-// each of gate and up), 48 KiB with the 128-byte swizzle, into a ring of kStages stages; each
+// each of gate and up; one box for 128-wide tiles) with the 128-byte swizzle, into a ring of
+// stages (4 of 48 KiB, or 6 of 32 KiB); each
 // stage has a `full` mbarrier (the copies' bytes arrive on it) and an `empty` one (both
 // consumers arrive once they have read it). The other two warpgroups (the consumers) each
-// multiply 64 rows of a with wgmma.m64n256k16, one batch of wgmma in flight while the next
+// multiply 64 rows of a with wgmma.m64n256k16 (or n128), one batch of wgmma in flight while the next
 // is issued, and release a stage when its batch is done. Out-of-range rows and k columns are
 // zero-filled by the TMA unit.
 //
@@ -30,16 +32,21 @@ namespace {
 #if __CUDA_ARCH__ >= 900
 
 constexpr int kBM = 128;
-constexpr int kBN = 256;
-constexpr int kBK = 64;                     // 16-bit values per 128-byte swizzle row
-constexpr int kBoxBytes = 128 * kBK * 2;    // one TMA box: 128 rows of 128 bytes
-constexpr int kStageBytes = 3 * kBoxBytes;  // a (128 rows), then w (256 rows)
-constexpr int kStages = 4;
-constexpr int kPartialStride = kBN + 4;     // floats per partial row (split k)
+constexpr int kBK = 64;                   // 16-bit values per 128-byte swizzle row
+constexpr int kBoxBytes = 128 * kBK * 2;  // one TMA box: 128 rows of 128 bytes
+constexpr int kRingBytes = 192 * 1024;
 
-// Dynamic shared memory (`GEMM_TMA_SMEM` in launch.rs): 1 KiB to align the ring to the swizzle
-// atom, the ring, then the full and empty barriers.
-static_assert(kStages * kStageBytes >= kBM * kPartialStride * 4, "partial tile fits the ring");
+// A tile of BN (256 or 128) weight rows: a stage holds a box of a and BN / 128 boxes of w, and
+// the ring as many stages as fit in 192 KiB. Dynamic shared memory (`GEMM_TMA_SMEM` in
+// launch.rs): 1 KiB to align the ring to the swizzle atom, the ring, the full and empty
+// barriers.
+template <int BN>
+struct Tile {
+    static constexpr int kStageBytes = (1 + BN / 128) * kBoxBytes;
+    static constexpr int kStages = kRingBytes / kStageBytes;
+    static constexpr int kPartialStride = BN + 4;  // floats per partial row (split k)
+    static_assert(kBM * kPartialStride * 4 <= kRingBytes, "partial tile fits the ring");
+};
 
 __device__ __forceinline__ void barrier_init(uint32_t bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
@@ -85,22 +92,60 @@ __device__ __forceinline__ int acc_row(int consumer, int i) {
     return consumer * 64 + ((threadIdx.x / 32) % 4) * 16 + lane / 4 + ((i % 4) / 2) * 8;
 }
 
-// Column of accumulator i of this thread within the 256 of the tile.
+// Column of accumulator i of this thread within the tile.
 __device__ __forceinline__ int acc_col(int i) {
     return (i / 4) * 8 + (threadIdx.x % 4) * 2 + i % 2;
 }
 
-template <typename W, bool GATED>
+// Results stored together by store_group.
+constexpr int kGroup = 8;
+
+// Stores v[j] (plus the bias of its column) at (row[j], col[j]) of c, `[m, n]` f32, added to
+// what c holds when `accumulate`; entries outside c are skipped. All residuals are loaded
+// before the first store, so their latencies overlap: the compiler cannot tell that a store
+// does not alias a later load, and would otherwise wait for each load in turn.
+__device__ __forceinline__ void store_group(float* c, const float* bias, bool accumulate, int m,
+                                            int n, const int (&row)[kGroup],
+                                            const int (&col)[kGroup], float (&v)[kGroup]) {
+    float prev[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+        const bool inside = row[j] < m && col[j] < n;
+        if (inside && bias != nullptr) v[j] += bias[col[j]];
+        prev[j] = inside && accumulate ? __ldcg(c + static_cast<size_t>(row[j]) * n + col[j]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j)
+        if (row[j] < m && col[j] < n)
+            c[static_cast<size_t>(row[j]) * n + col[j]] = accumulate ? v[j] + prev[j] : v[j];
+}
+
+template <typename W, int BN, bool GATED>
 __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     namespace cg = cooperative_groups;
+    using T = Tile<BN>;
+    constexpr int kStages = T::kStages;
+    constexpr int kStageBytes = T::kStageBytes;
+    constexpr int kAcc = BN / 2;  // accumulators per consumer thread
     extern __shared__ uint8_t smem[];
     const qrt_gemm_args& args = p.gemm;
-    const qrt_gemm_segment& seg = args.seg[0];
-    const int m = args.m, n = seg.n;
+    const int m = args.m;
     const int row_tiles = (m + kBM - 1) / kBM;
     const int m0 = (blockIdx.x % row_tiles) * kBM;
-    // First weight row of the tile: 256 rows of w, or 128 each of gate and up.
-    const int r0 = (blockIdx.x / row_tiles) * (GATED ? kBN / 2 : kBN);
+    const int col_tile = blockIdx.x / row_tiles;
+    // The tile's segment (gated: gate and up), its maps, and its first weight row: BN rows of
+    // the segment's matrix, or BN / 2 each of gate and up.
+    int si = 0;
+#pragma unroll
+    for (int i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
+        if (!GATED && i < static_cast<int>(args.num_segments) &&
+            col_tile >= static_cast<int>(args.seg[i].first_tile))
+            si = i;
+    const qrt_gemm_segment& seg = args.seg[si];
+    const int n = seg.n;
+    const qrt_tensor_map& map0 = p.w[si];
+    const qrt_tensor_map& map1 = p.w[GATED ? 1 : si];
+    const int r0 = (col_tile - static_cast<int>(seg.first_tile)) * (GATED ? BN / 2 : BN);
     // This block's k steps: all, or its share of a split.
     const int ktiles_all = (args.k + kBK - 1) / kBK;
     const int splits = gridDim.z;
@@ -123,7 +168,7 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     qrt::pdl_enter();
 
     const int warpgroup = threadIdx.x / 128;
-    float d[128];
+    float d[kAcc];
     if (warpgroup == 0) {
         if (threadIdx.x == 0) {
             for (int i = 0; i < ktiles; ++i) {
@@ -133,15 +178,15 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
                 const uint32_t at = ring + s * kStageBytes;
                 const int x = (kt0 + i) * kBK;
                 tma_load(at, p.a, x, m0, full(s));
-                tma_load(at + kBoxBytes, p.w[0], x, r0, full(s));
-                tma_load(at + 2 * kBoxBytes, p.w[GATED ? 1 : 0], x, GATED ? r0 : r0 + 128,
-                         full(s));
+                tma_load(at + kBoxBytes, map0, x, r0, full(s));
+                if constexpr (BN == 256)
+                    tma_load(at + 2 * kBoxBytes, map1, x, GATED ? r0 : r0 + 128, full(s));
             }
         }
     } else {
         const int consumer = warpgroup - 1;
 #pragma unroll
-        for (int i = 0; i < 128; ++i) d[i] = 0.f;
+        for (int i = 0; i < kAcc; ++i) d[i] = 0.f;
         qrt::pin(d);
         for (int i = 0; i < ktiles; ++i) {
             const int s = i % kStages;
@@ -150,9 +195,14 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
             const uint32_t wt = ring + s * kStageBytes + kBoxBytes;
             qrt::wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < kBK / 16; ++kk)
-                qrt::wgmma_m64n256k16<W>(d, qrt::descriptor(at + kk * 32),
-                                         qrt::descriptor(wt + kk * 32));
+            for (int kk = 0; kk < kBK / 16; ++kk) {
+                const uint64_t da = qrt::descriptor(at + kk * 32);
+                const uint64_t dw = qrt::descriptor(wt + kk * 32);
+                if constexpr (BN == 256)
+                    qrt::wgmma_m64n256k16<W>(d, da, dw);
+                else
+                    qrt::wgmma_m64n128k16<W>(d, da, dw);
+            }
             qrt::wgmma_commit();
             // The batch before this one is done: its stage may be refilled.
             qrt::wgmma_wait<1>();
@@ -178,15 +228,16 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
             float* c = reinterpret_cast<float*>(seg.c);
             const float* bias = reinterpret_cast<const float*>(seg.bias);
 #pragma unroll
-            for (int i = 0; i < 128; ++i) {
-                const int row = m0 + acc_row(consumer, i);
-                const int col = r0 + acc_col(i);
-                if (row < m && col < n) {
-                    float v = d[i];
-                    if (bias != nullptr) v += bias[col];
-                    qrt::store_result(c + static_cast<size_t>(row) * n + col, v,
-                                      args.accumulate);
+            for (int g = 0; g < kAcc; g += kGroup) {
+                int row[kGroup], col[kGroup];
+                float v[kGroup];
+#pragma unroll
+                for (int j = 0; j < kGroup; ++j) {
+                    row[j] = m0 + acc_row(consumer, g + j);
+                    col[j] = r0 + acc_col(g + j);
+                    v[j] = d[g + j];
                 }
+                store_group(c, bias, args.accumulate, m, n, row, col, v);
             }
         }
         return;
@@ -199,32 +250,36 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     __syncthreads();  // both consumers are done reading the ring
     if (warpgroup > 0) {
 #pragma unroll
-        for (int i = 0; i < 128; ++i)
-            partial[acc_row(warpgroup - 1, i) * kPartialStride + acc_col(i)] = d[i];
+        for (int i = 0; i < kAcc; ++i)
+            partial[acc_row(warpgroup - 1, i) * T::kPartialStride + acc_col(i)] = d[i];
     }
     cluster.sync();  // every block's partial tile is in its shared memory
     const int rows = kBM / splits;
     const int rank = static_cast<int>(cluster.block_rank());
     float* c = reinterpret_cast<float*>(seg.c);
     const float* bias = reinterpret_cast<const float*>(seg.bias);
-    for (int e = threadIdx.x; e < rows * kBN; e += blockDim.x) {
-        const int row = rank * rows + e / kBN;
-        const int col = e % kBN;
-        float v = 0.f;
-        for (int r = 0; r < splits; ++r)
-            v += cluster.map_shared_rank(partial, r)[row * kPartialStride + col];
-        if (m0 + row < m && r0 + col < n) {
-            if (bias != nullptr) v += bias[r0 + col];
-            qrt::store_result(c + static_cast<size_t>(m0 + row) * n + r0 + col, v,
-                              args.accumulate);
+    for (int e0 = threadIdx.x; e0 < rows * BN; e0 += kGroup * blockDim.x) {
+        int row[kGroup], col[kGroup];
+        float v[kGroup];
+#pragma unroll
+        for (int j = 0; j < kGroup; ++j) {
+            const int e = e0 + j * blockDim.x;
+            const int r = rank * rows + e / BN;
+            row[j] = e < rows * BN ? m0 + r : m;  // past the end: nothing to store
+            col[j] = r0 + e % BN;
+            v[j] = 0.f;
+            if (e < rows * BN)
+                for (int q = 0; q < splits; ++q)
+                    v[j] += cluster.map_shared_rank(partial, q)[r * T::kPartialStride + e % BN];
         }
+        store_group(c, bias, args.accumulate, m, n, row, col, v);
     }
     cluster.sync();  // no block leaves while the others read its shared memory
 }
 
 #else
 
-template <typename W, bool GATED>
+template <typename W, int BN, bool GATED>
 __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
     __trap();  // sm_90 only; the launcher never takes this kernel below it
 }
@@ -236,11 +291,15 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
 #define QRT_GEMM_TMA(NAME, W)                                                              \
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_tma_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {              \
-        gemm_tma<W, false>(args);                                                          \
+        gemm_tma<W, 256, false>(args);                                                     \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                   \
+        qrt_gemm_tma_n128_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {         \
+        gemm_tma<W, 128, false>(args);                                                     \
     }                                                                                      \
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_tma_gated_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {        \
-        gemm_tma<W, true>(args);                                                           \
+        gemm_tma<W, 256, true>(args);                                                           \
     }
 
 QRT_GEMM_TMA(f16, __half)

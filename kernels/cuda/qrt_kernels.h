@@ -136,18 +136,17 @@ typedef struct qrt_tensor_map {
 QRT_STATIC_ASSERT(sizeof(qrt_tensor_map) == 128, "qrt_tensor_map must be 128 bytes");
 
 /// Arguments of the TMA GEMM kernels (`qrt_gemm_tma_*`, sm_90): `gemm` as for the other GEMM
-/// kernels with one segment (`seg[0]`: `c`, `bias`, `n`; the gated kernels: the output and
-/// `n`), and tensor maps of 16-bit [rows, k] matrices with boxes of 128 rows by 64 columns and
-/// the 128-byte swizzle: `a`, and `w[0]` the weights (or gate), `w[1]` SwiGLU's up (gated
-/// kernels; else a copy of `w[0]`).
+/// kernels, its segments' `first_tile` counted in tiles of 256 columns (the gated kernels: gate
+/// and up, tiles of 128 outputs), and tensor maps of 16-bit [rows, k] matrices with boxes of
+/// 128 rows by 64 columns and the 128-byte swizzle: `a`, and `w[i]` of segment `i`.
 typedef struct qrt_gemm_tma_args {
     qrt_tensor_map a;
-    qrt_tensor_map w[2];
+    qrt_tensor_map w[QRT_GEMV_MAX_SEGMENTS];
     qrt_gemm_args gemm;
     uint8_t reserved[8];
 } qrt_gemm_tma_args;
 
-QRT_STATIC_ASSERT(sizeof(qrt_gemm_tma_args) == 512, "qrt_gemm_tma_args must be 512 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_gemm_tma_args) == 640, "qrt_gemm_tma_args must be 640 bytes");
 
 /// One sequence of a flat attention batch.
 typedef struct qrt_attn_seq {

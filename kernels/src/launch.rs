@@ -10,8 +10,8 @@ use cudarc::driver::{result, sys, DeviceRepr};
 use crate::error::cuda_err;
 use crate::layouts::{
     qrt_attn_args, qrt_feed, qrt_gemm_args, qrt_gemm_segment, qrt_gemm_tma_args, qrt_gemv_args,
-    qrt_gemv_segment, qrt_rope_kv_args, qrt_tensor_map, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS, QRT_GEMV_MAX_BATCH,
-    QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
+    qrt_gemv_segment, qrt_rope_kv_args, qrt_tensor_map, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS,
+    QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -171,30 +171,62 @@ fn gemm_wgmma_smem(warpgroups: usize) -> usize {
     4 * (64 * warpgroups + 128) * 64 * 2 + 1024
 }
 
-/// Dynamic shared memory of a TMA GEMM block (gemm_tma.cu): 1 KiB to align the ring, 4 stages
-/// of three 128-row x 64 boxes of 16-bit values, and 8 mbarriers.
-const GEMM_TMA_SMEM: usize = 1024 + 4 * 3 * 128 * 64 * 2 + 8 * 8;
+/// Dynamic shared memory of a TMA GEMM block (gemm_tma.cu): 1 KiB to align the ring, a
+/// 192 KiB ring of stages (4 of 48 KiB, or 6 of 32 KiB), a full and an empty mbarrier a stage.
+const GEMM_TMA_SMEM: usize = 1024 + 192 * 1024 + 2 * 6 * 8;
 
 /// Smallest k and rows of `a` the TMA GEMM takes: shorter k loops and fewer rows fill its
 /// 128 x 256 tiles and 4-stage pipeline too little.
 const GEMM_TMA_MIN_K: usize = 1024;
 const GEMM_TMA_MIN_M: usize = 256;
 
-/// The k split of a TMA GEMM of `tiles` 128 x 256 tiles and `ktiles` 64-wide k steps on
-/// `multiprocessors`: the most splits (1, 2 or 4, at most `max_splits`) that keep the grid
-/// within one wave and at least 16 steps per split; `None` where even so the grid would fill
-/// less than half the device (the mma.sync kernels' smaller tiles do better there).
+/// The k split of a TMA GEMM of `tiles` tiles and `ktiles` 64-wide k steps on
+/// `multiprocessors`: 2 where that keeps the grid within one wave and at least 8 steps per
+/// split (at most `max_splits`), else 1. Clusters of 4 blocks of this kernel's shared memory
+/// did not all fit at once on the H200 (the 1B's o and down ran as if in two waves).
 fn gemm_tma_splits(
     tiles: usize,
     ktiles: usize,
     multiprocessors: usize,
     max_splits: usize,
-) -> Option<usize> {
-    let splits = [4, 2]
-        .into_iter()
-        .find(|&s| s <= max_splits && tiles * s <= multiprocessors && ktiles / s >= 16)
-        .unwrap_or(1);
-    (2 * tiles * splits >= multiprocessors).then_some(splits)
+) -> usize {
+    if max_splits >= 2 && 2 * tiles <= multiprocessors && ktiles / 2 >= 8 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The tile width (weight rows: 256 or 128) and k split of a TMA GEMM of `row_tiles` tiles of
+/// 128 rows over matrices of `ns` rows with `ktiles` k steps: 256 wide where the grid then
+/// fills 90% of the device, else whichever width gives the larger grid (256 on a tie); `None`
+/// where the grid would fill less than half the device (the mma.sync kernels' smaller tiles
+/// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split.
+fn gemm_tma_plan(
+    row_tiles: usize,
+    ns: &[usize],
+    ktiles: usize,
+    multiprocessors: usize,
+    gated: bool,
+) -> Option<(usize, usize)> {
+    let grid = |width: usize| {
+        let tiles = row_tiles * ns.iter().map(|n| n.div_ceil(width)).sum::<usize>();
+        let splits = gemm_tma_splits(tiles, ktiles, multiprocessors, if gated { 1 } else { 2 });
+        (width, splits, tiles * splits)
+    };
+    let wide = grid(if gated { 128 } else { 256 });
+    let (width, splits, blocks) = if gated || 10 * wide.2 >= 9 * multiprocessors {
+        wide
+    } else {
+        let narrow = grid(128);
+        if narrow.2 > wide.2 {
+            narrow
+        } else {
+            wide
+        }
+    };
+    let width = if gated { 256 } else { width };
+    (2 * blocks >= multiprocessors).then_some((width, splits))
 }
 
 /// A TMA map of the row-major `[rows, k]` 16-bit matrix at `addr`: boxes of 128 rows by 64
@@ -236,7 +268,9 @@ fn tensor_map(ty: Half16, addr: u64, rows: usize, k: usize) -> Result<qrt_tensor
             "encoding a TMA map of a {rows} x {k} matrix"
         )))?;
         // SAFETY: the driver wrote the map; both types are 128 opaque bytes.
-        Ok(std::mem::transmute::<sys::CUtensorMap, qrt_tensor_map>(map.assume_init()))
+        Ok(std::mem::transmute::<sys::CUtensorMap, qrt_tensor_map>(
+            map.assume_init(),
+        ))
     }
 }
 
@@ -273,6 +307,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
             }
             all.push(("gemm_tma", format!("qrt_gemm_tma_{variant}{t}")));
         }
+        all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
         for warps in [8, 16] {
             all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
             all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}")));
@@ -915,11 +950,9 @@ impl CudaDevice {
             };
             tiles += s.n.div_ceil(128);
         }
-        if let [one] = segments {
-            // SAFETY: forwarded from the caller.
-            if unsafe { self.gemm_tma(ty, &args, (one.w, one.w), "")? } {
-                return Ok(());
-            }
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.gemm_tma(ty, &args, false)? } {
+            return Ok(());
         }
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_gemm(ty, &args, tiles, "") }
@@ -961,7 +994,7 @@ impl CudaDevice {
             ..Default::default()
         };
         // SAFETY: forwarded from the caller.
-        if unsafe { self.gemm_tma(ty, &args, (gate, up), "gated_")? } {
+        if unsafe { self.gemm_tma(ty, &args, true)? } {
             return Ok(());
         }
         // 64 rows each of gate and up per 128-row weight tile.
@@ -969,10 +1002,11 @@ impl CudaDevice {
         unsafe { self.launch_gemm(ty, &args, n.div_ceil(64), "gated_") }
     }
 
-    /// Launches the TMA GEMM (`gemm_tma.cu`) for `args` (one segment) with weights `w` (the
-    /// matrix twice, or gate and up for the `gated_` variant) where it applies: Hopper, at least
-    /// [`GEMM_TMA_MIN_M`] rows and [`GEMM_TMA_MIN_K`] columns, a grid that fills the device
-    /// (see [`gemm_tma_splits`]; the gated kernel never splits). Returns whether it launched.
+    /// Launches the TMA GEMM (`gemm_tma.cu`) for `args` where it applies: Hopper, at least
+    /// [`GEMM_TMA_MIN_M`] rows and [`GEMM_TMA_MIN_K`] columns, a grid that fills the device (see
+    /// [`gemm_tma_splits`]; the gated kernel never splits). `gated`: `args.seg` holds gate and
+    /// up; else every segment is a matrix of its own, in column tiles 256 wide. Returns whether
+    /// it launched.
     ///
     /// # Safety
     /// As for [`gemm`](Self::gemm).
@@ -980,26 +1014,47 @@ impl CudaDevice {
         &self,
         ty: Half16,
         args: &qrt_gemm_args,
-        w: (u64, u64),
-        variant: &str,
+        gated: bool,
     ) -> Result<bool, KernelError> {
-        let (m, k, n) = (args.m as usize, args.k as usize, args.seg[0].n as usize);
+        let (m, k) = (args.m as usize, args.k as usize);
         if !self.gemm_tma || m < GEMM_TMA_MIN_M || k < GEMM_TMA_MIN_K {
             return Ok(false);
         }
-        let gated = !variant.is_empty();
-        // Output columns per tile: 256 weight rows, or 128 each of gate and up.
-        let tiles = m.div_ceil(128) * n.div_ceil(if gated { 128 } else { 256 });
-        let max_splits = if gated { 1 } else { 4 };
-        let sms = self.multiprocessors();
-        let Some(splits) = gemm_tma_splits(tiles, k.div_ceil(64), sms, max_splits) else {
+        let segments = &args.seg[..args.num_segments as usize];
+        let ns: Vec<usize> = if gated {
+            vec![args.seg[0].n as usize]
+        } else {
+            segments.iter().map(|s| s.n as usize).collect()
+        };
+        let Some((width, splits)) = gemm_tma_plan(
+            m.div_ceil(128),
+            &ns,
+            k.div_ceil(64),
+            self.multiprocessors(),
+            gated,
+        ) else {
             return Ok(false);
         };
-        let tma = qrt_gemm_tma_args {
+        let mut tma = qrt_gemm_tma_args {
             a: tensor_map(ty, args.a, m, k)?,
-            w: [tensor_map(ty, w.0, n, k)?, tensor_map(ty, w.1, n, k)?],
             gemm: *args,
             ..Default::default()
+        };
+        let mut col_tiles = 0;
+        for (i, seg) in tma.gemm.seg[..segments.len()].iter_mut().enumerate() {
+            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k)?;
+            seg.first_tile = u32_of("tiles", col_tiles)?;
+            col_tiles += (seg.n as usize).div_ceil(width);
+        }
+        if gated {
+            // 128 each of gate and up rows a tile.
+            col_tiles = (args.seg[0].n as usize).div_ceil(128);
+        }
+        let tiles = m.div_ceil(128) * col_tiles;
+        let variant = match (gated, width) {
+            (true, _) => "gated_",
+            (false, 256) => "",
+            _ => "n128_",
         };
         let kernel = format!("qrt_gemm_tma_{variant}{}", ty.name());
         let grid = (u32_of("tiles", tiles)?, 1, splits as u32);
@@ -1454,17 +1509,26 @@ mod tests {
     }
 
     #[test]
-    fn tma_gemms_split_k_within_one_wave() {
-        // H200, 512 rows. Llama-3.2-1B down: 4 x 8 tiles, 128 k steps: 4 splits, 128 blocks.
-        assert_eq!(gemm_tma_splits(32, 128, 132, 4), Some(4));
-        // Its gate/up (gated, 4 x 64 tiles): no split.
-        assert_eq!(gemm_tma_splits(256, 32, 132, 1), Some(1));
-        // Its o (4 x 8 tiles, 32 k steps): 2 splits give 64 blocks, under half the device.
-        assert_eq!(gemm_tma_splits(32, 32, 132, 4), None);
-        // Llama-3.1-8B down (4 x 16 tiles, 224 k steps): 2 splits, one wave.
-        assert_eq!(gemm_tma_splits(64, 224, 132, 4), Some(2));
-        // A gated GEMM too small to fill half the device without a split.
-        assert_eq!(gemm_tma_splits(32, 128, 132, 1), None);
+    fn tma_gemm_tiles_fill_the_device() {
+        // H200 (132 multiprocessors), 512 rows (4 row tiles), Llama-3.2-1B. Down (k = 8192)
+        // and o (k = 2048): 128-wide tiles split in 2, 128 blocks.
+        assert_eq!(gemm_tma_plan(4, &[2048], 128, 132, false), Some((128, 2)));
+        assert_eq!(gemm_tma_plan(4, &[2048], 32, 132, false), Some((128, 2)));
+        // q, k, v: 4 x (8 + 2 + 2) wide tiles split in 2 tie with 96 narrow ones.
+        assert_eq!(
+            gemm_tma_plan(4, &[2048, 512, 512], 32, 132, false),
+            Some((256, 2))
+        );
+        // gate/up: 4 x 64 tiles of 128 outputs.
+        assert_eq!(gemm_tma_plan(4, &[8192], 32, 132, true), Some((256, 1)));
+        // lm_head: plenty of wide tiles.
+        assert_eq!(gemm_tma_plan(4, &[128256], 32, 132, false), Some((256, 1)));
+        // Llama-3.1-8B down (k = 14336): 4 x 16 wide tiles split in 2.
+        assert_eq!(gemm_tma_plan(4, &[4096], 224, 132, false), Some((256, 2)));
+        // Too few tiles either way: SmolLM2's down at 512 rows (n = 576).
+        assert_eq!(gemm_tma_plan(4, &[576], 24, 132, false), None);
+        // No split below 8 steps per share.
+        assert_eq!(gemm_tma_splits(32, 15, 132, 2), 1);
     }
 
     #[test]

@@ -260,8 +260,9 @@ fn check_products(
         ),
         (matrix_name(512, 2048, ElemType::F16), 512, None),
     ];
-    // Also normalised on the way (RMSNorm fused into the batch-one GEMV).
-    for rows in [1, 5, 8, 40] {
+    // Also normalised on the way (RMSNorm fused into the batch-one GEMV); at 300 rows by the
+    // TMA GEMM on Hopper (three matrices, k split 2 ways).
+    for rows in [1, 5, 8, 40, 300] {
         let x = rng.normals(rows * 2048, 1.0);
         for (name, op) in [
             ("linears q,k,v + bias", ProductOp::Plain),
@@ -282,9 +283,14 @@ fn check_products(
             );
         }
     }
-    // Products added into a residual stream (the o and down projections), with a bias.
-    for (n, k, bias) in [(2048, 2048, Some("b.2048")), (576, 1536, None)] {
-        for rows in [1, 3, 8, 40] {
+    // Products added into a residual stream (the o and down projections), with a bias; by the
+    // TMA GEMM on Hopper at 300 rows of the 1B's o (k split 4 ways) and 2048 of SmolLM2's down
+    // (split 2 ways).
+    for (n, k, bias, rows_list) in [
+        (2048, 2048, Some("b.2048"), &[1, 3, 8, 40, 300][..]),
+        (576, 1536, None, &[1, 3, 8, 40, 2048][..]),
+    ] {
+        for &rows in rows_list {
             let x = rng.normals(rows * k, 1.0);
             let residual = rng.normals(rows * n, 1.0);
             let mats = [(matrix_name(n, k, ElemType::F16), n, bias.map(String::from))];
