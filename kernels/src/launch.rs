@@ -1,5 +1,5 @@
 //! Launchers of the decoder kernels (`gemv_one.cu`, `gemv.cu`, `gemv_tc.cu`, `gemm.cu`,
-//! `attention.cu`, `elementwise.cu`)
+//! `gemm_wgmma.cu`, `gemm_tma.cu`, `attention.cu`, `elementwise.cu`)
 //! over raw device addresses. They check what can be checked from the host (sizes, limits)
 //! and pick the kernel variant and grid; the callers (the CUDA backend) own the buffers.
 
@@ -175,9 +175,9 @@ fn gemm_wgmma_smem(warpgroups: usize) -> usize {
 /// 192 KiB ring of stages (4 of 48 KiB, or 6 of 32 KiB), a full and an empty mbarrier a stage.
 const GEMM_TMA_SMEM: usize = 1024 + 192 * 1024 + 2 * 6 * 8;
 
-/// Smallest k and rows of `a` the TMA GEMM takes: shorter k loops and fewer rows fill its
-/// 128 x 256 tiles and 4-stage pipeline too little.
+/// Smallest k the TMA GEMM takes: shorter k loops fill its pipeline too little.
 const GEMM_TMA_MIN_K: usize = 1024;
+/// Fewest rows of `a` the TMA GEMM takes: fewer leave its 128-row tiles mostly empty.
 const GEMM_TMA_MIN_M: usize = 256;
 
 /// The k split of a TMA GEMM of `tiles` tiles and `ktiles` 64-wide k steps on
