@@ -14,8 +14,9 @@
 // zero-filled by the TMA unit.
 //
 // Split k: the blocks of one tile form a cluster along z, each taking a contiguous share of
-// the k steps; their partial tiles meet in shared memory and block r sums rows r of every
-// split's tile in rank order (the same sum whatever the timing), as gemm.cu does.
+// the k steps; their partial tiles meet in shared memory and block r sums the r-th band of
+// 128 / splits rows of every split's tile in rank order (the same sum whatever the timing), as
+// gemm.cu does. The number of splits must divide 128 (the launcher takes 1 or 2).
 //
 // Tiles are numbered with the row tiles fastest (blockIdx.x % row tiles), so that the blocks
 // reading one weight tile run together and share it through L2. On sm_80 the kernels trap; the

@@ -99,7 +99,8 @@ typedef struct qrt_gemm_segment {
     uint64_t c;
     /// Rows of `w`, columns of `c`.
     uint32_t n;
-    /// First 128-column tile (blockIdx.x) of the grid that works on this segment.
+    /// First column tile of the grid that works on this segment (tiles of 128 columns, indexed
+    /// by blockIdx.x, in the mma.sync and cp.async wgmma kernels; see qrt_gemm_tma_args).
     uint32_t first_tile;
 } qrt_gemm_segment;
 
@@ -136,8 +137,8 @@ typedef struct qrt_tensor_map {
 QRT_STATIC_ASSERT(sizeof(qrt_tensor_map) == 128, "qrt_tensor_map must be 128 bytes");
 
 /// Arguments of the TMA GEMM kernels (`qrt_gemm_tma_*`, sm_90): `gemm` as for the other GEMM
-/// kernels, its segments' `first_tile` counted in tiles of 256 columns (the gated kernels: gate
-/// and up, tiles of 128 outputs), and tensor maps of 16-bit [rows, k] matrices with boxes of
+/// kernels, its segments' `first_tile` counted in the kernel's column tiles (256 columns, 128
+/// for `qrt_gemm_tma_n128_*`; the gated kernels ignore it), and tensor maps of 16-bit [rows, k] matrices with boxes of
 /// 128 rows by 64 columns and the 128-byte swizzle: `a`, and `w[i]` of segment `i`.
 typedef struct qrt_gemm_tma_args {
     qrt_tensor_map a;

@@ -52,7 +52,7 @@ pub struct CudaDevice {
     /// GEMMs with fewer tiles than multiprocessors split their k loop across a cluster
     /// (compute capability 9.0, unless `QRT_GEMM_SPLITK=0`).
     pub(crate) gemm_split_k: bool,
-    /// Prefill GEMMs of one matrix (or SwiGLU's gate and up) on the TMA-fed wgmma kernel
+    /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
     pub(crate) gemm_tma: bool,
 }

@@ -201,17 +201,20 @@ fn gemm_tma_splits(
 /// 128 rows over matrices of `ns` rows with `ktiles` k steps: 256 wide where the grid then
 /// fills 90% of the device, else whichever width gives the larger grid (256 on a tie); `None`
 /// where the grid would fill less than half the device (the mma.sync kernels' smaller tiles
-/// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split.
+/// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split;
+/// without `split_k` (`QRT_GEMM_SPLITK=0`) none splits.
 fn gemm_tma_plan(
     row_tiles: usize,
     ns: &[usize],
     ktiles: usize,
     multiprocessors: usize,
     gated: bool,
+    split_k: bool,
 ) -> Option<(usize, usize)> {
+    let max_splits = if gated || !split_k { 1 } else { 2 };
     let grid = |width: usize| {
         let tiles = row_tiles * ns.iter().map(|n| n.div_ceil(width)).sum::<usize>();
-        let splits = gemm_tma_splits(tiles, ktiles, multiprocessors, if gated { 1 } else { 2 });
+        let splits = gemm_tma_splits(tiles, ktiles, multiprocessors, max_splits);
         (width, splits, tiles * splits)
     };
     let wide = grid(if gated { 128 } else { 256 });
@@ -1003,10 +1006,10 @@ impl CudaDevice {
     }
 
     /// Launches the TMA GEMM (`gemm_tma.cu`) for `args` where it applies: Hopper, at least
-    /// [`GEMM_TMA_MIN_M`] rows and [`GEMM_TMA_MIN_K`] columns, a grid that fills the device (see
-    /// [`gemm_tma_splits`]; the gated kernel never splits). `gated`: `args.seg` holds gate and
-    /// up; else every segment is a matrix of its own, in column tiles 256 wide. Returns whether
-    /// it launched.
+    /// [`GEMM_TMA_MIN_M`] rows and [`GEMM_TMA_MIN_K`] columns, a grid that fills at least half
+    /// the device (see [`gemm_tma_plan`]; the gated kernel never splits). `gated`: `args.seg`
+    /// holds gate and up; else every segment is a matrix of its own, in column tiles 256 or 128
+    /// wide. Returns whether it launched.
     ///
     /// # Safety
     /// As for [`gemm`](Self::gemm).
@@ -1032,6 +1035,7 @@ impl CudaDevice {
             k.div_ceil(64),
             self.multiprocessors(),
             gated,
+            self.gemm_split_k,
         ) else {
             return Ok(false);
         };
@@ -1512,21 +1516,43 @@ mod tests {
     fn tma_gemm_tiles_fill_the_device() {
         // H200 (132 multiprocessors), 512 rows (4 row tiles), Llama-3.2-1B. Down (k = 8192)
         // and o (k = 2048): 128-wide tiles split in 2, 128 blocks.
-        assert_eq!(gemm_tma_plan(4, &[2048], 128, 132, false), Some((128, 2)));
-        assert_eq!(gemm_tma_plan(4, &[2048], 32, 132, false), Some((128, 2)));
+        assert_eq!(
+            gemm_tma_plan(4, &[2048], 128, 132, false, true),
+            Some((128, 2))
+        );
+        assert_eq!(
+            gemm_tma_plan(4, &[2048], 32, 132, false, true),
+            Some((128, 2))
+        );
         // q, k, v: 4 x (8 + 2 + 2) wide tiles split in 2 tie with 96 narrow ones.
         assert_eq!(
-            gemm_tma_plan(4, &[2048, 512, 512], 32, 132, false),
+            gemm_tma_plan(4, &[2048, 512, 512], 32, 132, false, true),
             Some((256, 2))
         );
         // gate/up: 4 x 64 tiles of 128 outputs.
-        assert_eq!(gemm_tma_plan(4, &[8192], 32, 132, true), Some((256, 1)));
+        assert_eq!(
+            gemm_tma_plan(4, &[8192], 32, 132, true, true),
+            Some((256, 1))
+        );
         // lm_head: plenty of wide tiles.
-        assert_eq!(gemm_tma_plan(4, &[128256], 32, 132, false), Some((256, 1)));
+        assert_eq!(
+            gemm_tma_plan(4, &[128256], 32, 132, false, true),
+            Some((256, 1))
+        );
         // Llama-3.1-8B down (k = 14336): 4 x 16 wide tiles split in 2.
-        assert_eq!(gemm_tma_plan(4, &[4096], 224, 132, false), Some((256, 2)));
+        assert_eq!(
+            gemm_tma_plan(4, &[4096], 224, 132, false, true),
+            Some((256, 2))
+        );
+        // No split with QRT_GEMM_SPLITK=0: the 1B's down, 64 narrow tiles, fills under half
+        // the device and is left to mma.sync; at 1,024 rows it takes 128 narrow tiles.
+        assert_eq!(gemm_tma_plan(4, &[2048], 128, 132, false, false), None);
+        assert_eq!(
+            gemm_tma_plan(8, &[2048], 128, 132, false, false),
+            Some((128, 1))
+        );
         // Too few tiles either way: SmolLM2's down at 512 rows (n = 576).
-        assert_eq!(gemm_tma_plan(4, &[576], 24, 132, false), None);
+        assert_eq!(gemm_tma_plan(4, &[576], 24, 132, false, true), None);
         // No split below 8 steps per share.
         assert_eq!(gemm_tma_splits(32, 15, 132, 2), 1);
     }

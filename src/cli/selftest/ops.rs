@@ -54,13 +54,14 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (2048, 2048, ElemType::F16, LARGE),
         (2048, 2048, ElemType::BF16, LARGE),
         (512, 2048, ElemType::F16, LARGE),
-        (8192, 2048, ElemType::F16, LARGE),
+        // At 300 and 520 rows the TMA GEMM unsplit, 128-wide and 256-wide tiles.
+        (8192, 2048, ElemType::F16, &[1, 4, 8, 200, 300, 520]),
         (8192, 2048, ElemType::BF16, LARGE),
         (2048, 8192, ElemType::F16, LARGE),
         (2048, 8192, ElemType::BF16, LARGE),
         (128256, 2048, ElemType::F16, &[1, 8, 17]),
         // The wgmma GEMMs' edges: k not a multiple of their 64-wide steps, partial tiles (at
-        // 520 rows the TMA GEMM, k split 4 ways).
+        // 520 rows the TMA GEMM, 128-wide tiles, k split 2 ways).
         (1000, 4104, ElemType::F16, &[9, 130, 520]),
         (1000, 4104, ElemType::BF16, &[520]),
         // An MLP with k = 4096 for the gate/up GEMM (wgmma on Hopper): Llama-3.1-8B's k/v
@@ -284,10 +285,16 @@ fn check_products(
         }
     }
     // Products added into a residual stream (the o and down projections), with a bias; by the
-    // TMA GEMM on Hopper at 300 rows of the 1B's o (k split 4 ways) and 2048 of SmolLM2's down
-    // (split 2 ways).
+    // TMA GEMM on Hopper at 300, 1100 and 2048 rows of the 1B's o (128-wide tiles split 2
+    // ways; 128-wide and 256-wide tiles unsplit) and 2048 of SmolLM2's down (256-wide, split 2
+    // ways).
     for (n, k, bias, rows_list) in [
-        (2048, 2048, Some("b.2048"), &[1, 3, 8, 40, 300][..]),
+        (
+            2048,
+            2048,
+            Some("b.2048"),
+            &[1, 3, 8, 40, 300, 1100, 2048][..],
+        ),
         (576, 1536, None, &[1, 3, 8, 40, 2048][..]),
     ] {
         for &rows in rows_list {
