@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use qrt_bench::report::{kernel_table, write_json, KernelReport, KernelResult};
-use qrt_kernels::{CudaDevice, DeviceBuffer, Fusion, GemvInput, Half16, Segment};
+use qrt_kernels::{CudaDevice, DeviceBuffer, Fusion, GemvInput, Half16, InputNorm, Segment};
 use qrt_runtime::sampling::Rng;
 
 /// Arguments of `qrt bench kernels`.
@@ -112,6 +112,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             let m_max = 512;
             let x = random_halves(&dev, m_max * k * 2, &mut rng)?; // f32 [8, k] or f16 [512, k]
+                                                                   // f32 norm weights (16-bit patterns read as f32: finite, below 2 in magnitude).
+            let norm_weight = random_halves(&dev, 2 * k, &mut rng)?;
             let outs: Vec<DeviceBuffer> = mats
                 .iter()
                 .map(|(n, _)| dev.alloc(m_max * n * 4, "benchmark output"))
@@ -132,7 +134,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         .collect()
                 })
                 .collect();
-            for (batch, tensor_cores) in [(1usize, false), (1, true), (4, true), (8, true)] {
+            // The products a model feeds a normalised input (q/k/v, gate/up) also with the
+            // RMSNorm folded in, as a decode step runs them.
+            let normed = matches!(*name, "qkv" | "gate_up");
+            let mut variants = vec![
+                (1usize, false, false),
+                (1, true, false),
+                (4, true, false),
+                (8, true, false),
+            ];
+            if normed {
+                variants.extend([(1, false, true), (8, true, true)]);
+            }
+            for (batch, tensor_cores, norm) in variants {
+                let fusion = Fusion {
+                    norm: norm.then_some(InputNorm {
+                        weight: norm_weight.ptr(),
+                        eps: 1e-5,
+                    }),
+                    accumulate: false,
+                };
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
                     let segs = &segments[i % copies];
                     // SAFETY: every buffer was allocated for these shapes.
@@ -143,16 +164,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     };
                     unsafe {
                         if tensor_cores {
-                            dev.gemv_tc(Half16::F16, input, segs, Fusion::default())?
+                            dev.gemv_tc(Half16::F16, input, segs, fusion)?
                         } else {
-                            dev.gemv(Half16::F16, input, segs, Fusion::default())?
+                            dev.gemv(Half16::F16, input, segs, fusion)?
                         }
                     };
                     Ok(())
                 })?;
                 let gbs = set_bytes as f64 / (median * 1e-6) / 1e9;
                 results.push(KernelResult {
-                    kernel: format!("gemv{} b{batch}", if tensor_cores { " tc" } else { "" }),
+                    kernel: format!(
+                        "gemv{} b{batch}{}",
+                        if tensor_cores { " tc" } else { "" },
+                        if norm { " norm" } else { "" }
+                    ),
                     shape: format!("{model} {name} {mats:?}"),
                     dtype: "f16".into(),
                     median_us: median,
