@@ -197,8 +197,18 @@ fn gemm_tma_splits(
     }
 }
 
+/// Output columns of a TMA GEMM tile `width` weight rows wide: gated tiles hold half gate and
+/// half up rows.
+fn tma_tile_outputs(width: usize, gated: bool) -> usize {
+    if gated {
+        width / 2
+    } else {
+        width
+    }
+}
+
 /// The tile width (weight rows: 256 or 128) and k split of a TMA GEMM of `row_tiles` tiles of
-/// 128 rows over matrices of `ns` rows with `ktiles` k steps: 256 wide where the grid then
+/// 128 rows over matrices of `ns` outputs with `ktiles` k steps: 256 wide where the grid then
 /// fills 90% of the device, else whichever width gives the larger grid (256 on a tie); `None`
 /// where the grid would fill less than half the device (the mma.sync kernels' smaller tiles
 /// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split;
@@ -213,11 +223,12 @@ fn gemm_tma_plan(
 ) -> Option<(usize, usize)> {
     let max_splits = if gated || !split_k { 1 } else { 2 };
     let grid = |width: usize| {
-        let tiles = row_tiles * ns.iter().map(|n| n.div_ceil(width)).sum::<usize>();
+        let outputs = tma_tile_outputs(width, gated);
+        let tiles = row_tiles * ns.iter().map(|n| n.div_ceil(outputs)).sum::<usize>();
         let splits = gemm_tma_splits(tiles, ktiles, multiprocessors, max_splits);
         (width, splits, tiles * splits)
     };
-    let wide = grid(if gated { 128 } else { 256 });
+    let wide = grid(256);
     let (width, splits, blocks) = if gated || 10 * wide.2 >= 9 * multiprocessors {
         wide
     } else {
@@ -228,7 +239,6 @@ fn gemm_tma_plan(
             wide
         }
     };
-    let width = if gated { 256 } else { width };
     (2 * blocks >= multiprocessors).then_some((width, splits))
 }
 
@@ -1044,17 +1054,14 @@ impl CudaDevice {
             gemm: *args,
             ..Default::default()
         };
+        let outputs = tma_tile_outputs(width, gated);
         let mut col_tiles = 0;
         for (i, seg) in tma.gemm.seg[..segments.len()].iter_mut().enumerate() {
             tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k)?;
             seg.first_tile = u32_of("tiles", col_tiles)?;
-            col_tiles += (seg.n as usize).div_ceil(width);
+            col_tiles += (seg.n as usize).div_ceil(outputs);
         }
-        if gated {
-            // 128 each of gate and up rows a tile.
-            col_tiles = (args.seg[0].n as usize).div_ceil(128);
-        }
-        let tiles = m.div_ceil(128) * col_tiles;
+        let tiles = m.div_ceil(128) * ns.iter().map(|n| n.div_ceil(outputs)).sum::<usize>();
         let variant = match (gated, width) {
             (true, _) => "gated_",
             (false, 256) => "",

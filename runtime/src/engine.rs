@@ -75,6 +75,8 @@ pub struct StepToken {
 struct Queued {
     /// The sequence of each row.
     seqs: Vec<SeqId>,
+    /// The sampling of each row.
+    params: Vec<SamplingParams>,
     /// The sampling uniform drawn for each row.
     uniforms: Vec<f64>,
 }
@@ -83,6 +85,7 @@ impl From<PassInputs> for Queued {
     fn from(pass: PassInputs) -> Self {
         Self {
             seqs: pass.seqs,
+            params: pass.params,
             uniforms: pass.uniforms,
         }
     }
@@ -386,20 +389,10 @@ impl<B: Backend> Engine<B> {
     /// Reads a queued pass's tokens (sampled as its sequences ask) and records them.
     fn read_queued(&mut self, queued: Queued) -> Result<Vec<StepToken>, RuntimeError> {
         let rows = queued.seqs.len();
-        let params: Vec<SamplingParams> = queued
-            .seqs
-            .iter()
-            .map(|id| {
-                self.running
-                    .iter()
-                    .find(|s| s.id == *id)
-                    .map_or(SamplingParams::GREEDY, |s| s.request.sampling)
-            })
-            .collect();
         let tokens = self
             .model
             .logits_then(&self.backend, rows, rows, |b, logits| {
-                b.sample(logits, &params, &queued.uniforms)
+                b.sample(logits, &queued.params, &queued.uniforms)
             })?;
         Ok(self.record(queued.seqs.iter().map(|&id| (id, false)), tokens))
     }
