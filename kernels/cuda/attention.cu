@@ -437,6 +437,98 @@ __device__ __forceinline__ float* leader_slots(float* slots) {
 
 }  // namespace cluster_merge
 
+// The end of a decode block (both kernels): its warps' unnormalised outputs, maxima (in
+// natural-log units) and sums in `wacc`, `wmax`, `wsum` combined into the partition's output,
+// final when it is the only one; otherwise written to the cluster's leader (CLUSTER) or to
+// `args.work`, and merged there with the other partitions.
+template <int D, int G, int WARPS, bool CLUSTER>
+__device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsigned active,
+                                                 unsigned row, const float (&wacc)[WARPS][G][D],
+                                                 const float (&wmax)[WARPS][G],
+                                                 const float (&wsum)[WARPS][G], float* slots,
+                                                 uint64_t* leader_bar) {
+    const unsigned s_idx = blockIdx.x;
+    const unsigned kvh = blockIdx.y;
+    const unsigned split = blockIdx.z;
+    const unsigned group = args.num_heads / args.num_kv_heads;
+    const unsigned tid = threadIdx.x;
+    // The warps combined: the partition's output (final when it is the only one).
+    const Partials parts(args, D);
+    const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
+    const unsigned width = group * D;  // one partition's outputs
+    float* slot = nullptr;             // CLUSTER: this partition's slot in the leader
+    if (CLUSTER && active > 1) {
+        cluster_merge::wait_started();
+        slot = cluster_merge::leader_slots(slots) + split * width;
+    }
+    for (unsigned i = tid; i < width; i += blockDim.x) {
+        const unsigned g = i / D;
+        const unsigned d = i % D;
+        float m = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, wmax[w][g]);
+        float out = 0.f;
+        float l = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const float f = wmax[w][g] == -INFINITY ? 0.f : expf(wmax[w][g] - m);
+            out = fmaf(wacc[w][g][d], f, out);
+            l = fmaf(wsum[w][g], f, l);
+        }
+        if (active == 1) {
+            reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
+                                               (kvh * group + g) * D + d] = out / l;
+            continue;
+        }
+        if (CLUSTER) {
+            slot[i] = out;
+            if (d == 0) {
+                // After all partitions' outputs: the maxima, then the sums.
+                float* stats = slot - split * width + args.splits * width;
+                stats[split * group + g] = m;
+                stats[(args.splits + split) * group + g] = l;
+            }
+            continue;
+        }
+        const size_t at = base + g * args.splits + split;
+        parts.acc[at * D + d] = out;
+        if (d == 0) {
+            parts.max[at] = m;
+            parts.sum[at] = l;
+        }
+    }
+    if (active == 1) return;
+    if (!CLUSTER) {
+        merge_partitions<D>(args, parts, base, active, group, row);
+        return;
+    }
+    if (split != 0) {
+        cluster_merge::arrive_at_leader(leader_bar);
+        return;
+    }
+    // The leader: every partition's result in its own shared memory, combined in order.
+    __syncthreads();  // its own partition's stores
+    cluster_merge::wait_for_partitions(leader_bar);
+    const float* pmax = slots + args.splits * width;
+    const float* psum = pmax + args.splits * group;
+    float* out = reinterpret_cast<float*>(args.out) +
+                 static_cast<size_t>(row) * args.num_heads * D + kvh * width;
+    for (unsigned i = tid; i < width; i += blockDim.x) {
+        const unsigned g = i / D;
+        float m = -INFINITY;
+        for (unsigned r = 0; r < active; ++r) m = fmaxf(m, pmax[r * group + g]);
+        float acc_i = 0.f;
+        float l = 0.f;
+#pragma unroll 4
+        for (unsigned r = 0; r < active; ++r) {
+            const float f = expf(pmax[r * group + g] - m);
+            acc_i = fmaf(slots[r * width + i], f, acc_i);
+            l = fmaf(psum[r * group + g], f, l);
+        }
+        out[i] = acc_i / l;
+    }
+}
+
 // One block per (sequence, KV head, partition of at most kMaxPartition tokens), for groups of at
 // most G query heads per KV head. Every lane loads its keys and values for the whole partition
 // with 16-byte loads at once (before waiting for the previous kernel when the rotation is fused:
@@ -635,81 +727,233 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     }
     __syncthreads();
 
-    // The warps combined: the partition's output (final when it is the only one).
-    const Partials parts(args, D);
-    const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
-    const unsigned width = group * D;  // one partition's outputs
-    float* slot = nullptr;             // CLUSTER: this partition's slot in the leader
-    if (CLUSTER && active > 1) {
-        cluster_merge::wait_started();
-        slot = cluster_merge::leader_slots(slots) + split * width;
-    }
-    for (unsigned i = tid; i < width; i += blockDim.x) {
-        const unsigned g = i / D;
-        const unsigned d = i % D;
-        float m = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < S::kWarps; ++w) m = fmaxf(m, wmax[w][g]);
-        float out = 0.f;
-        float l = 0.f;
-#pragma unroll
-        for (int w = 0; w < S::kWarps; ++w) {
-            const float f = wmax[w][g] == -INFINITY ? 0.f : expf(wmax[w][g] - m);
-            out = fmaf(wacc[w][g][d], f, out);
-            l = fmaf(wsum[w][g], f, l);
-        }
-        if (active == 1) {
-            reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
-                                               (kvh * group + g) * D + d] = out / l;
-            continue;
-        }
-        if (CLUSTER) {
-            slot[i] = out;
-            if (d == 0) {
-                // After all partitions' outputs: the maxima, then the sums.
-                float* stats = slot - split * width + args.splits * width;
-                stats[split * group + g] = m;
-                stats[(args.splits + split) * group + g] = l;
-            }
-            continue;
-        }
-        const size_t at = base + g * args.splits + split;
-        parts.acc[at * D + d] = out;
-        if (d == 0) {
-            parts.max[at] = m;
-            parts.sum[at] = l;
-        }
-    }
-    if (active == 1) return;
-    if (!CLUSTER) {
-        merge_partitions<D>(args, parts, base, active, group, row);
-        return;
-    }
-    if (split != 0) {
-        cluster_merge::arrive_at_leader(&leader_bar);
-        return;
-    }
-    // The leader: every partition's result in its own shared memory, combined in order.
-    __syncthreads();  // its own partition's stores
-    cluster_merge::wait_for_partitions(&leader_bar);
-    const float* pmax = slots + args.splits * width;
-    const float* psum = pmax + args.splits * group;
-    float* out = reinterpret_cast<float*>(args.out) +
-                 static_cast<size_t>(row) * args.num_heads * D + kvh * width;
-    for (unsigned i = tid; i < width; i += blockDim.x) {
-        const unsigned g = i / D;
-        float m = -INFINITY;
-        for (unsigned r = 0; r < active; ++r) m = fmaxf(m, pmax[r * group + g]);
-        float acc_i = 0.f;
-        float l = 0.f;
+    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, wacc, wmax, wsum, slots,
+                                                 &leader_bar);
+}
+
+// Decode on tensor cores (`qrt_attn_decode_tc_d<D>_g<G>`): the same grid and merge as
+// attn_decode, for partitions of any multiple of kWarps * kKeys tokens up to what shared
+// memory holds. Every key and value of the partition is requested at once with cp.async into
+// shared memory (before waiting for the previous kernel when the rotation is fused), so a
+// block keeps a whole partition in flight without holding it in registers; each warp then
+// walks its quarter of the partition kKeys keys at a time with mma.sync, the group's query
+// heads as the rows of the A fragment (rows beyond the group are zero), an online softmax in
+// base 2 per head, and P V from transposed ldmatrix reads, as in prefill. Fewer instructions
+// per token than attn_decode's shuffle reductions, and longer partitions: at batch 8 the
+// grid is one wave.
+template <int D>
+struct DecodeTcShape {
+    static constexpr int kWarps = 4;
+    static constexpr int kThreads = kWarps * qrt::kWarp;
+    static constexpr int kKeys = 16;          // keys per mma step
+    static constexpr int kStride = D + 8;     // halves per staged key or value row
+    static constexpr int kDimSteps = D / 16;  // k-steps of Q K^T
+    static constexpr int kDimBlocks = D / 8;  // 8-dimension column blocks of the output
+};
+
+template <int D, int G, bool CLUSTER>
+__device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
+    using S = DecodeTcShape<D>;
+    __shared__ __align__(16) float wacc[S::kWarps][G][D];
+    __shared__ float wmax[S::kWarps][G];
+    __shared__ float wsum[S::kWarps][G];
+    __shared__ __align__(16) __half qs[G][D];  // the group's queries, rotated and scaled
+    __shared__ __align__(8) uint64_t leader_bar;
+    // The partition's keys, then its values (`partition` rows of kStride halves each), then
+    // (CLUSTER) the leader's slots.
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    __half* ks = reinterpret_cast<__half*>(dyn_smem);
+    __half* vs = ks + args.partition * S::kStride;
+    float* slots = reinterpret_cast<float*>(vs + args.partition * S::kStride);
+
+    const bool fused = args.inv_freq != 0;
+    if (!fused) qrt::pdl_wait();
+    const unsigned kvh = blockIdx.y;
+    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[blockIdx.x];
+    const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
+    const unsigned group = args.num_heads / args.num_kv_heads;
+    const unsigned ctx = seq.past + seq.len;
+    const unsigned active = (ctx + args.partition - 1) / args.partition;
+    if (CLUSTER) cluster_merge::init(&leader_bar, blockIdx.z, active);
+    const unsigned t_begin = blockIdx.z * args.partition;
+    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
+    const unsigned n = min(args.partition, ctx - t_begin);
+    const unsigned newest = ctx - 1 - t_begin;  // in this partition when < n
+    const bool has_newest = fused && newest < n;
+    const unsigned tid = threadIdx.x;
+    const unsigned warp = tid / qrt::kWarp;
+    const unsigned lane = tid % qrt::kWarp;
+    __half* kc = reinterpret_cast<__half*>(args.k_cache);
+    __half* vc = reinterpret_cast<__half*>(args.v_cache);
+
+    // Keys and values into shared memory, zeros beyond the context; fused, the newest token is
+    // not in the cache yet (it is stored below).
+    const uint32_t kb = static_cast<uint32_t>(__cvta_generic_to_shared(ks));
+    const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs));
 #pragma unroll 4
-        for (unsigned r = 0; r < active; ++r) {
-            const float f = expf(pmax[r * group + g] - m);
-            acc_i = fmaf(slots[r * width + i], f, acc_i);
-            l = fmaf(psum[r * group + g], f, l);
-        }
-        out[i] = acc_i / l;
+    for (unsigned e = tid; e < args.partition * (D / 8); e += S::kThreads) {
+        const unsigned j = e / (D / 8);
+        const unsigned c = (e % (D / 8)) * 8;
+        if (has_newest && j == newest) continue;
+        const bool in = j < n;
+        const size_t off = (static_cast<size_t>(slot_of(table, t_begin + (in ? j : 0),
+                                                        args.block_size)) *
+                                args.num_kv_heads + kvh) * D + c;
+        const uint32_t dst = (j * S::kStride + c) * 2;
+        qrt::cp_async16(kb + dst, kc + off, in);
+        qrt::cp_async16(vb + dst, vc + off, in);
     }
+    qrt::cp_async_commit();
+
+    // Thread tid rotates dimension pairs (j, j + D/2), j = tid % (D/2), of one head at a time
+    // (the block's threads are a multiple of D/2): its angle from the pass inputs, before the
+    // wait.
+    const unsigned j = tid % (D / 2);
+    float sn = 0.f, cs = 1.f;
+    if (fused) {
+        const float pos = static_cast<float>(ctx - 1);  // the query's position
+        sincosf(pos * reinterpret_cast<const float*>(args.inv_freq)[j], &sn, &cs);
+    }
+    if (fused) qrt::pdl_wait();
+    qrt::pdl_launch_dependents();
+
+    // The group's queries, rotated (fused) and scaled by scale * log2(e), as f16.
+    const unsigned row = seq.start + seq.len - 1;
+    const float* q = reinterpret_cast<const float*>(args.q) +
+                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
+    const float qscale = args.scale * 1.4426950408889634f;
+    for (unsigned p = tid; p < group * (D / 2); p += S::kThreads) {
+        const unsigned g = p / (D / 2);
+        const float x0 = __ldcg(q + g * D + j);
+        const float x1 = __ldcg(q + g * D + j + D / 2);
+        qs[g][j] = __float2half_rn((x0 * cs - x1 * sn) * qscale);
+        qs[g][j + D / 2] = __float2half_rn((x1 * cs + x0 * sn) * qscale);
+    }
+    // The newest key (rotated) and value: into the cache and into the staged partition.
+    if (has_newest && tid < D / 2) {
+        const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
+        const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
+        const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
+        const float k0 = __ldcg(kn + j), k1 = __ldcg(kn + j + D / 2);
+        const __half kr0 = __float2half_rn(k0 * cs - k1 * sn);
+        const __half kr1 = __float2half_rn(k1 * cs + k0 * sn);
+        const __half v0 = __float2half_rn(__ldcg(vn + j));
+        const __half v1 = __float2half_rn(__ldcg(vn + j + D / 2));
+        const size_t off =
+            (static_cast<size_t>(slot_of(table, ctx - 1, args.block_size)) * args.num_kv_heads +
+             kvh) * D;
+        kc[off + j] = kr0;
+        kc[off + j + D / 2] = kr1;
+        vc[off + j] = v0;
+        vc[off + j + D / 2] = v1;
+        __half* kn_s = ks + newest * S::kStride;
+        __half* vn_s = vs + newest * S::kStride;
+        kn_s[j] = kr0;
+        kn_s[j + D / 2] = kr1;
+        vn_s[j] = v0;
+        vn_s[j + D / 2] = v1;
+    }
+    qrt::cp_async_wait<0>();
+    __syncthreads();
+
+    // This warp's keys [k0, k1) of the partition; the A fragment of the queries (fragment
+    // row gr: head gr of the group; rows gr + 8 are zero).
+    const unsigned gr = lane / 4;
+    const unsigned tc = lane % 4;
+    const unsigned chunk = args.partition / S::kWarps;
+    const unsigned k0 = warp * chunk;
+    const unsigned k1 = min(k0 + chunk, n);
+    uint32_t qa[S::kDimSteps][2];
+#pragma unroll
+    for (int kk = 0; kk < S::kDimSteps; ++kk) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+            qa[kk][c] = gr < group
+                            ? *reinterpret_cast<const uint32_t*>(&qs[gr][kk * 16 + c * 8 + 2 * tc])
+                            : 0u;
+    }
+    float o[S::kDimBlocks][2];
+#pragma unroll
+    for (int b = 0; b < S::kDimBlocks; ++b) o[b][0] = o[b][1] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    for (unsigned t0 = k0; t0 < k1; t0 += S::kKeys) {
+        // Scores of keys t0 .. t0 + 15 (two 8-key blocks), B fragments by ldmatrix: matrix i
+        // of a load holds the block's keys at dimensions kk * 16 + 8 i .. + 7.
+        float sc[2][4];
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {
+            sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.f;
+            const unsigned key = t0 + nb * 8 + (lane & 7);
+#pragma unroll
+            for (int kk = 0; kk < S::kDimSteps; kk += 2) {
+                uint32_t r[4];
+                qrt::ldmatrix_x4(r, kb + (key * S::kStride + kk * 16 + (lane >> 3) * 8) * 2);
+                qrt::mma16816<__half>(sc[nb], qa[kk][0], 0u, qa[kk][1], 0u, r[0], r[1]);
+                qrt::mma16816<__half>(sc[nb], qa[kk + 1][0], 0u, qa[kk + 1][1], 0u, r[2], r[3]);
+            }
+        }
+        // Masked beyond the partition's tokens; the running maximum and sum of this lane's head
+        // (its row's 4 lanes agree after the shuffles).
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                float& x = sc[nb][i];
+                x = t0 + nb * 8 + 2 * tc + i < k1 ? x : -INFINITY;
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 2));
+        const float m_new = fmaxf(m, mx);
+        const float corr = exp2f(m - m_new);  // m_new is finite: t0 < k1
+        m = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                sc[nb][i] = exp2f(sc[nb][i] - m);
+                sum += sc[nb][i];
+            }
+        }
+        l = l * corr + sum;
+#pragma unroll
+        for (int b = 0; b < S::kDimBlocks; ++b) o[b][0] *= corr, o[b][1] *= corr;
+        // O += P V (P's rows beyond the group are zero).
+        const uint32_t a0 = half2_bits(sc[0][0], sc[0][1]);
+        const uint32_t a2 = half2_bits(sc[1][0], sc[1][1]);
+        const unsigned key = t0 + ((lane >> 3) & 1) * 8 + (lane & 7);
+#pragma unroll
+        for (int db = 0; db < S::kDimBlocks / 2; ++db) {
+            const unsigned dim = (2 * db + (lane >> 4)) * 8;
+            uint32_t r[4];
+            qrt::ldmatrix_x4_trans(r, vb + (key * S::kStride + dim) * 2);
+            float d0[4] = {o[2 * db][0], o[2 * db][1], 0.f, 0.f};
+            float d1[4] = {o[2 * db + 1][0], o[2 * db + 1][1], 0.f, 0.f};
+            qrt::mma16816<__half>(d0, a0, 0u, a2, 0u, r[0], r[1]);
+            qrt::mma16816<__half>(d1, a0, 0u, a2, 0u, r[2], r[3]);
+            o[2 * db][0] = d0[0], o[2 * db][1] = d0[1];
+            o[2 * db + 1][0] = d1[0], o[2 * db + 1][1] = d1[1];
+        }
+    }
+    // The warp's output, maximum (natural-log units) and sum per head, for finish_partition.
+    l += __shfl_xor_sync(qrt::kFull, l, 1);
+    l += __shfl_xor_sync(qrt::kFull, l, 2);
+    if (gr < group) {
+#pragma unroll
+        for (int b = 0; b < S::kDimBlocks; ++b)
+            *reinterpret_cast<float2*>(&wacc[warp][gr][b * 8 + 2 * tc]) =
+                make_float2(o[b][0], o[b][1]);
+        if (tc == 0) {
+            wmax[warp][gr] = m * 0.6931471805599453f;
+            wsum[warp][gr] = l;
+        }
+    }
+    __syncthreads();
+    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, wacc, wmax, wsum, slots,
+                                                 &leader_bar);
 }
 
 }  // namespace
@@ -723,6 +967,14 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::min_blocks(G)) \
         qrt_attn_decode_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                   \
         attn_decode<D, G, true>(args);                                                         \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_tc_d##D##_g##NAME(const qrt_attn_args args) {                          \
+        attn_decode_tc<D, G, false>(args);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_tc_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                \
+        attn_decode_tc<D, G, true>(args);                                                      \
     }
 
 #define QRT_ATTN(D)                                                                            \

@@ -12,6 +12,8 @@
 // tiles one after the other; its warps split k in steps of 32 and add their tiles in shared
 // memory at the end of each.
 
+#include <cooperative_groups.h>
+
 #include "common.cuh"
 #include "qrt_kernels.h"
 
@@ -45,7 +47,14 @@ struct TileRows {
 // `staged`: the block first rounds x (normalised when the launch says so) to 16-bit pairs in
 // shared memory and every tile reads it from there; otherwise each tile reads x from L2
 // again (the launcher stages when batch * (2k + 64) bytes fit and blocks walk several tiles).
-template <typename W, int kWarps, bool GATED>
+//
+// CLUSTER (sm_90; the grid and its clusters along z): the blocks of a cluster stage x
+// together, always: block r of C reads the r-th of C slices of every row once, the rows'
+// sums of squares are combined across the cluster in rank order (the same 1/rms in every
+// block), and each block writes its slice, normalised and rounded, into the shared memory of
+// every block of the cluster. x is then read from L2 once per cluster instead of once per
+// block (twice with a norm).
+template <typename W, int kWarps, bool GATED, bool CLUSTER = false>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
                                         unsigned tiles, bool staged) {
     constexpr unsigned kOutRows = GATED ? 8 : 16;
@@ -94,10 +103,13 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             }
         }
     };
-    unsigned t = blockIdx.x;
-    if (t >= tiles) return;
-    TileRows cur = tile_rows(t);
-    load(cur, warp);
+    const unsigned block = CLUSTER ? blockIdx.z : blockIdx.x;
+    const unsigned blocks = CLUSTER ? gridDim.z : gridDim.x;
+    unsigned t = block;
+    // A block of a cluster without a tile still stages its share of x for the others.
+    if (t >= tiles && !CLUSTER) return;
+    TileRows cur = tile_rows(min(t, tiles - 1));
+    if (t < tiles) load(cur, warp);
     qrt::pdl_enter();  // the first weights are on their way; now wait for x
 
     // A normalised input: each block computes the rows' 1/rms once (warp w sums the squares
@@ -105,7 +117,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     // scales it before rounding, as the separate RMSNorm pass would have written it.
     const bool normed = args.norm != 0;
     __shared__ float row_scale[QRT_GEMV_MAX_BATCH];
-    if (normed) {
+    if (normed && !CLUSTER) {
         for (unsigned b = warp; b < batch; b += kWarps) {
             const float4* xb = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(
                                    args.x)) +
@@ -121,7 +133,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
         }
         __syncthreads();
     }
-    const float x_scale = normed && has_x ? row_scale[r] : 1.f;
+    const float x_scale = normed && has_x && !CLUSTER ? row_scale[r] : 1.f;
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     // x of batch row b, chunk c (8 values) as 16-bit pairs: the mma B fragments of a step.
     extern __shared__ uint4 x16[];
@@ -137,7 +149,55 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
         return make_uint4(pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w), pack2<W>(x1.x, x1.y),
                           pack2<W>(x1.z, x1.w));
     };
-    if (staged) {
+    if constexpr (CLUSTER) {
+#if __CUDA_ARCH__ >= 900
+        namespace cg = cooperative_groups;
+        const cg::cluster_group cluster = cg::this_cluster();
+        const unsigned size = cluster.num_blocks();
+        const unsigned rank = cluster.block_rank();
+        const unsigned chunks = k / 8;
+        const unsigned c0 = rank * chunks / size;
+        const unsigned share = (rank + 1) * chunks / size - c0;
+        __shared__ float squares[QRT_GEMV_MAX_BATCH];
+        if (normed) {
+            // This block's slice of each row: one warp a row.
+            for (unsigned b = warp; b < batch; b += kWarps) {
+                const float4* xb = reinterpret_cast<const float4*>(args.x) +
+                                   static_cast<size_t>(b) * (k / 4);
+                float sum = 0.f;
+                for (unsigned c = c0 + lane; c < c0 + share; c += 32) {
+                    const float4 v = __ldcg(xb + 2 * c), u = __ldcg(xb + 2 * c + 1);
+                    sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                    sum += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+                }
+                sum = qrt::warp_sum(sum);
+                if (lane == 0) squares[b] = sum;
+            }
+        }
+        // Every block of the cluster has started (its shared memory may be written) and, with
+        // a norm, holds its partial sums.
+        cluster.sync();
+        if (normed && threadIdx.x < batch) {
+            float total = 0.f;
+            for (unsigned r = 0; r < size; ++r)
+                total += cluster.map_shared_rank(squares, r)[threadIdx.x];
+            row_scale[threadIdx.x] = 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
+        }
+        __syncthreads();
+        for (unsigned i = threadIdx.x; i < batch * share; i += blockDim.x) {
+            const unsigned b = i / share, c = c0 + i % share;
+            const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
+            const uint4 f = fragments(xb, c, normed ? row_scale[b] : 1.f);
+            for (unsigned r = 0; r < size; ++r)
+                cluster.map_shared_rank(x16, r)[b * row_chunks + c] = f;
+        }
+        // Every slice is in every block; no block reads another's shared memory after this.
+        cluster.sync();
+        if (t >= tiles) return;
+#else
+        __trap();  // clusters need sm_90; the launcher never takes this kernel below it
+#endif
+    } else if (staged) {
         for (unsigned i = threadIdx.x; i < batch * (k / 8); i += blockDim.x) {
             const unsigned b = i / (k / 8), c = i % (k / 8);
             const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
@@ -163,7 +223,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 if (step >= steps) break;
                 const unsigned c = step * 4 + q;
                 uint4 xf = make_uint4(0, 0, 0, 0);  // batch columns past the batch: zeros
-                if (has_x) xf = staged ? x16[r * row_chunks + c] : fragments(xr, c, x_scale);
+                if (has_x) xf = CLUSTER || staged ? x16[r * row_chunks + c] : fragments(xr, c, x_scale);
                 qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
                                  xf.x, xf.y);
                 qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
@@ -176,7 +236,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             for (int e = 0; e < 4; ++e) acc[0][e] += acc[u][e];
 
         // The next tile's first weights go out before this tile's sums.
-        const unsigned next = t + gridDim.x;
+        const unsigned next = t + blocks;
         TileRows nxt = cur;
         if (next < tiles) {
             nxt = tile_rows(next);
@@ -215,17 +275,18 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 
 }  // namespace
 
-#define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
+#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, CLUSTER)                                \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
-        qrt_gemv_tc_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,           \
-                                      uint32_t tiles, uint32_t staged) {                  \
-        gemv_tc<W, WARPS, false>(args, batch, tiles, staged != 0);                        \
-    }                                                                                     \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
-        qrt_gemv_tc_gated_##NAME##_w##WARPS(const qrt_gemv_args args, uint32_t batch,     \
-                                            uint32_t tiles, uint32_t staged) {            \
-        gemv_tc<W, WARPS, true>(args, batch, tiles, staged != 0);                         \
+        NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles, uint32_t staged) { \
+        gemv_tc<W, WARPS, GATED, CLUSTER>(args, batch, tiles, staged != 0);               \
     }
+
+// Plain and gated, each also staging across a cluster (`_cs`).
+#define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS, W, WARPS, false, false)             \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS, W, WARPS, true, false)        \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_cs, W, WARPS, false, true)         \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_cs, W, WARPS, true, true)
 
 QRT_GEMV_TC(f16, __half, 8)
 QRT_GEMV_TC(f16, __half, 16)

@@ -12,6 +12,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::error::cuda_err;
+use crate::launch::{DecodePolicy, DecodeTc};
 use crate::memory::MemoryCounter;
 use crate::{ptx, KernelError, BUILD_INFO};
 
@@ -55,6 +56,12 @@ pub struct CudaDevice {
     /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
     pub(crate) gemm_tma: bool,
+    /// How decode attention splits contexts and which kernel scores them (`QRT_ATTN_TC`:
+    /// `0` never on tensor cores, `all` always).
+    decode_policy: DecodePolicy,
+    /// Blocks of a cluster that stage a batched tensor-core GEMV's input together (compute
+    /// capability 9.0; `QRT_GEMV_TC_CLUSTER`, default 2; 1 turns it off).
+    pub(crate) gemv_tc_cluster: u32,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -67,6 +74,7 @@ impl fmt::Debug for CudaDevice {
             .field("arch", &self.arch)
             .field("wgmma", &self.wgmma)
             .field("decode_clusters", &self.decode_clusters)
+            .field("decode_policy", &self.decode_policy)
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +200,23 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
             gemm_tma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
+            decode_policy: DecodePolicy {
+                multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
+                tensor_cores: match std::env::var("QRT_ATTN_TC").as_deref() {
+                    Ok("0") => DecodeTc::Never,
+                    Ok("all") => DecodeTc::Always,
+                    _ => DecodeTc::Batched,
+                },
+            },
+            gemv_tc_cluster: if compute_capability == (9, 0) {
+                std::env::var("QRT_GEMV_TC_CLUSTER")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|c| [1, 2, 4, 8].contains(c))
+                    .unwrap_or(2)
+            } else {
+                1
+            },
         })
     }
 
@@ -218,6 +243,11 @@ impl CudaDevice {
     /// Streaming multiprocessors of the device (132 on an H100/H200 SXM).
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
+    }
+
+    /// How decode attention splits contexts on this device (see [`DecodePolicy`]).
+    pub fn decode_policy(&self) -> DecodePolicy {
+        self.decode_policy
     }
 
     /// The PTX arch used on this device: `sm_90` or `sm_80`.

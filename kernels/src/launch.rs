@@ -104,8 +104,103 @@ fn merge_in_cluster(splits: u32, blocks: usize, multiprocessors: usize) -> bool 
 /// The groups (query heads per KV head) the decode attention kernels are built for: a launch
 /// takes the smallest that holds its group.
 const DECODE_GROUPS: [u32; 2] = [4, MAX_ATTN_GROUP as u32];
-/// Largest decode partition (`kMaxPartition` in attention.cu).
+/// Largest decode partition of the register kernel (`kMaxPartition` in attention.cu).
 pub const MAX_ATTN_PARTITION: usize = 64;
+/// Tensor-core decode partitions are multiples of this (`DecodeTcShape`: 4 warps of 16-key
+/// steps).
+const TC_PARTITION_STEP: usize = 64;
+
+/// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
+/// values staged in about 72 KB of shared memory, three blocks a multiprocessor.
+fn max_tc_partition(head_dim: usize) -> usize {
+    if head_dim <= 64 {
+        256
+    } else {
+        128
+    }
+}
+
+/// Shared memory of a tensor-core decode block holding `partition` keys and values
+/// (`DecodeTcShape`: rows of `head_dim + 8` halves).
+fn tc_partition_bytes(partition: usize, head_dim: usize) -> usize {
+    2 * partition * (head_dim + 8) * 2
+}
+
+/// When decode attention scores on tensor cores (`QRT_ATTN_TC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeTc {
+    /// Never (`0`).
+    Never,
+    /// For grids the register kernel would run in more than one wave (the default).
+    Batched,
+    /// Always (`all`).
+    Always,
+}
+
+/// How decode attention splits each sequence's context and which kernel scores the
+/// partitions, for one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DecodePolicy {
+    /// The device's multiprocessors.
+    pub multiprocessors: usize,
+    /// When the tensor-core kernel serves.
+    pub tensor_cores: DecodeTc,
+}
+
+impl DecodePolicy {
+    /// The register kernel only: 64-token partitions.
+    pub const REGISTERS: DecodePolicy = DecodePolicy {
+        multiprocessors: 1,
+        tensor_cores: DecodeTc::Never,
+    };
+
+    /// (partitions per sequence, tokens per partition) for `seqs` sequences of contexts up to
+    /// `max_ctx` tokens with `kv_heads` KV heads of `head_dim`. The register kernel takes
+    /// 64-token partitions, as many as the context needs while they fit one cluster, beyond
+    /// that a power of two (few distinct shapes, so few graphs). The tensor-core kernel takes
+    /// the shortest partitions, in steps of 64 tokens, that keep the grid within a block per
+    /// multiprocessor (else the longest it stages), and as many of them as the context needs
+    /// (a power of two beyond 16). On an H200, aiming at two blocks a multiprocessor was
+    /// slower at batch 4 (1B: 128-token partitions, 160 blocks, 1.40 ms a step against 1.11).
+    pub fn split(
+        &self,
+        max_ctx: usize,
+        seqs: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> (usize, usize) {
+        let max_ctx = max_ctx.max(1);
+        let round = |needed: usize| {
+            if needed <= MAX_DECODE_CLUSTER {
+                needed
+            } else {
+                needed.next_power_of_two()
+            }
+        };
+        let needed = max_ctx.div_ceil(MAX_ATTN_PARTITION);
+        let pairs = seqs.max(1) * kv_heads.max(1);
+        let one_wave = pairs * needed <= self.multiprocessors;
+        let registers = match self.tensor_cores {
+            DecodeTc::Never => true,
+            DecodeTc::Batched => one_wave,
+            DecodeTc::Always => false,
+        };
+        if registers {
+            return (round(needed), MAX_ATTN_PARTITION);
+        }
+        let largest = max_tc_partition(head_dim);
+        let partition = (TC_PARTITION_STEP..=largest)
+            .step_by(TC_PARTITION_STEP)
+            .find(|p| pairs * max_ctx.div_ceil(*p) <= self.multiprocessors)
+            .unwrap_or(largest);
+        (round(max_ctx.div_ceil(partition)), partition)
+    }
+
+    /// Whether partitions of `partition` tokens are scored on tensor cores.
+    pub fn tensor_core_partition(&self, partition: usize) -> bool {
+        partition > MAX_ATTN_PARTITION || self.tensor_cores == DecodeTc::Always
+    }
+}
 /// Largest number of query heads per KV head (`kMaxGroup` in attention.cu).
 pub const MAX_ATTN_GROUP: usize = 8;
 
@@ -322,8 +417,10 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         }
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
         for warps in [8, 16] {
-            all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}")));
-            all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}")));
+            for cs in ["", "_cs"] {
+                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}{cs}")));
+                all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}{cs}")));
+            }
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
     }
@@ -332,6 +429,8 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         for g in DECODE_GROUPS {
             all.push(("attention", format!("qrt_attn_decode_d{d}_g{g}")));
             all.push(("attention", format!("qrt_attn_decode_d{d}_g{g}_cluster")));
+            all.push(("attention", format!("qrt_attn_decode_tc_d{d}_g{g}")));
+            all.push(("attention", format!("qrt_attn_decode_tc_d{d}_g{g}_cluster")));
         }
     }
     for name in [
@@ -376,6 +475,45 @@ fn tc_staged_bytes(batch: usize, k: usize) -> usize {
     } else {
         0
     }
+}
+
+/// Most shared memory the blocks of a cluster-staged tensor-core GEMV may hold (one block of
+/// 16 warps per multiprocessor).
+const TC_CLUSTER_STAGE_MAX: usize = 200 * 1024;
+
+/// How a tensor-core GEMV of `tiles` 16-row tiles and `batch` rows of `k` stages its input
+/// across clusters of `cluster` blocks: (blocks, warps per block, shared memory bytes), the
+/// blocks a multiple of `cluster` and at most one or two per multiprocessor as the staged
+/// input allows; `None` (stage per block or not at all) for batch one, a cluster of 1, or an
+/// input too large to stage.
+fn tc_cluster_config(
+    tiles: usize,
+    batch: usize,
+    k: usize,
+    multiprocessors: usize,
+    cluster: usize,
+) -> Option<(usize, usize, usize)> {
+    let shared = batch * (k * 2 + 64);
+    // Only where the input is long and read by more blocks than multiprocessors: on an H200
+    // the 1B's q/k/v and gate/up at batch 8 gained 2 us each, its o and down (128 tiles) and
+    // every SmolLM2 product (k of 576 and 1,536) lost.
+    if batch < 2
+        || cluster < 2
+        || shared > TC_CLUSTER_STAGE_MAX
+        || tiles <= multiprocessors
+        || k < 2048
+    {
+        return None;
+    }
+    // Two 8-warp blocks a multiprocessor where both stage copies fit, else one of 16.
+    let (warps, per_multiprocessor) =
+        if 2 * shared <= TC_CLUSTER_STAGE_MAX && !tc_wide_blocks(tiles, multiprocessors) {
+            (8, 2)
+        } else {
+            (16, 1)
+        };
+    let blocks = tiles.min(multiprocessors * per_multiprocessor) / cluster * cluster;
+    (blocks > 0).then_some((blocks, warps, shared))
 }
 
 /// Into how many clusters' blocks the k loop of a plain GEMM of `tiles` 64-row tiles and
@@ -824,6 +962,29 @@ impl CudaDevice {
         } else {
             (8, 2)
         };
+        if let Some(config) = tc_cluster_config(
+            tiles as usize,
+            batch,
+            args.k as usize,
+            sms,
+            self.gemv_tc_cluster as usize,
+        ) {
+            let (blocks, warps, shared) = config;
+            let batch = batch as u32;
+            let staged = 1u32;
+            // SAFETY: as below; the blocks form clusters of `gemv_tc_cluster` along z, each
+            // with `shared` bytes for the staged input.
+            return unsafe {
+                self.launch_clustered(
+                    "gemv_tc",
+                    &format!("{stem}_w{warps}_cs"),
+                    ((1, 1, blocks as u32), warps as u32 * 32, shared),
+                    self.gemv_tc_cluster,
+                    &mut params([args, &batch, &tiles, &staged]),
+                    true,
+                )
+            };
+        }
         let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
         // Staging pays for its prologue only when blocks walk several tiles (with about one
@@ -1202,10 +1363,23 @@ impl CudaDevice {
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
     pub unsafe fn attention_decode(&self, args: &qrt_attn_args) -> Result<(), KernelError> {
         Self::check_attention(args)?;
-        if args.partition == 0 || args.partition as usize > MAX_ATTN_PARTITION {
+        let partition = args.partition as usize;
+        let head_dim = args.head_dim as usize;
+        let tc = self.decode_policy().tensor_core_partition(partition);
+        let largest = if tc {
+            max_tc_partition(head_dim)
+        } else {
+            MAX_ATTN_PARTITION
+        };
+        if partition == 0
+            || partition > largest
+            || (tc && !partition.is_multiple_of(TC_PARTITION_STEP))
+        {
             return Err(KernelError::Shape(format!(
-                "decode partition {} outside 1..={MAX_ATTN_PARTITION}",
-                args.partition
+                "decode partition {partition} for heads of {head_dim}: the register kernel takes \
+                 1..={MAX_ATTN_PARTITION}, the tensor-core kernel multiples of \
+                 {TC_PARTITION_STEP} up to {}",
+                max_tc_partition(head_dim)
             )));
         }
         let grid = (args.num_seqs, args.num_kv_heads, args.splits);
@@ -1215,9 +1389,22 @@ impl CudaDevice {
             .into_iter()
             .find(|&g| g >= group)
             .unwrap_or(MAX_ATTN_GROUP as u32);
-        // Two warps per 16 dimensions (`DecodeShape` in attention.cu).
-        let threads = 2 * args.head_dim;
-        let name = format!("qrt_attn_decode_d{}_g{built}", args.head_dim);
+        // The register kernel: two warps per 16 dimensions (`DecodeShape` in attention.cu);
+        // the tensor-core one: four warps (`DecodeTcShape`), its partition staged in dynamic
+        // shared memory.
+        let (threads, name, staged) = if tc {
+            (
+                128,
+                format!("qrt_attn_decode_tc_d{head_dim}_g{built}"),
+                tc_partition_bytes(partition, head_dim),
+            )
+        } else {
+            (
+                2 * args.head_dim,
+                format!("qrt_attn_decode_d{head_dim}_g{built}"),
+                0,
+            )
+        };
         let blocks = grid.0 as usize * grid.1 as usize * grid.2 as usize;
         let cluster =
             self.decode_clusters && merge_in_cluster(args.splits, blocks, self.multiprocessors());
@@ -1225,18 +1412,23 @@ impl CudaDevice {
         unsafe {
             if cluster {
                 // The leader's slots: per partition, the group's outputs, maxima and sums.
-                let slots =
-                    args.splits as usize * group as usize * (args.head_dim as usize + 2) * 4;
+                let slots = args.splits as usize * group as usize * (head_dim + 2) * 4;
                 self.launch_clustered(
                     "attention",
                     &format!("{name}_cluster"),
-                    (grid, threads, slots),
+                    (grid, threads, staged + slots),
                     args.splits,
                     &mut params([args]),
                     true,
                 )
             } else {
-                self.launch("attention", &name, grid, threads, &mut params([args]))
+                self.launch_config(
+                    "attention",
+                    &name,
+                    (grid, threads, staged),
+                    &mut params([args]),
+                    true,
+                )
             }
         }
     }
@@ -1562,6 +1754,29 @@ mod tests {
         assert_eq!(gemm_tma_plan(4, &[576], 24, 132, false, true), None);
         // No split below 8 steps per share.
         assert_eq!(gemm_tma_splits(32, 15, 132, 2), 1);
+    }
+
+    #[test]
+    fn cluster_staged_tensor_core_gemvs() {
+        // H200. Llama-3.2-1B q/k/v at batch 8 (192 tiles, 33 KB staged): two 8-warp blocks a
+        // multiprocessor, 192 blocks in clusters of 2.
+        assert_eq!(
+            tc_cluster_config(192, 8, 2048, 132, 2),
+            Some((192, 8, 8 * 4160))
+        );
+        // Llama-3.1-8B q/k/v at batch 8 (384 tiles, 66 KB staged): two blocks a multiprocessor
+        // walking several tiles each.
+        assert_eq!(
+            tc_cluster_config(384, 8, 4096, 132, 2),
+            Some((264, 8, 8 * 8256))
+        );
+        // One wave of tiles (the 1B's o and down) or a short input (SmolLM2): not staged.
+        assert_eq!(tc_cluster_config(128, 8, 8192, 132, 2), None);
+        assert_eq!(tc_cluster_config(192, 8, 576, 132, 2), None);
+        // Batch one, clusters of one, or too large an input: not cluster-staged.
+        assert_eq!(tc_cluster_config(192, 1, 2048, 132, 2), None);
+        assert_eq!(tc_cluster_config(192, 8, 2048, 132, 1), None);
+        assert_eq!(tc_cluster_config(896, 8, 14336, 132, 2), None);
     }
 
     #[test]

@@ -781,7 +781,7 @@ impl Backend for CudaBackend {
 
     fn prepare(&self, input: &StepInput<'_>, kv: &CudaKv) -> Result<CudaStep, RuntimeError> {
         self.timed("upload inputs", || {
-            let plan = plan(input)?;
+            let plan = plan(input, &self.dev.decode_policy())?;
             // Checked here as well as by the ops, since a replayed recording runs no op.
             let g = &kv.geometry;
             let heads = input.heads;

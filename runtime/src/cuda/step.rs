@@ -5,9 +5,9 @@
 //! Decode passes (one new token per sequence) get a fixed layout per (rows, partitions), so
 //! that a recorded CUDA graph can be replayed with new contents at the same addresses.
 
-use qrt_kernels::{attention_tile_rows, MAX_DECODE_CLUSTER};
+use qrt_kernels::{attention_tile_rows, DecodePolicy};
 
-use crate::backend::StepInput;
+use crate::backend::{HeadGeometry, StepInput};
 use crate::RuntimeError;
 
 /// How a decode pass splits each sequence's context (flash-decoding).
@@ -20,18 +20,15 @@ pub struct DecodeSplit {
 }
 
 impl DecodeSplit {
-    /// Partitions for contexts of up to `max_ctx` tokens: 64-token partitions, as many as the
-    /// context needs while they fit one thread-block cluster (16: contexts up to 1,024), so
-    /// that no empty partition takes part in the merge; beyond, over the context rounded up to
-    /// a power of two (so that few distinct shapes, and few graphs, occur).
-    pub fn for_context(max_ctx: usize) -> Self {
-        let partition = qrt_kernels::MAX_ATTN_PARTITION;
-        let needed = max_ctx.div_ceil(partition).max(1);
-        let splits = if needed <= MAX_DECODE_CLUSTER {
-            needed
-        } else {
-            needed.next_power_of_two()
-        };
+    /// The split `policy` gives `seqs` sequences of contexts up to `max_ctx` tokens with the
+    /// heads `heads` (see [`DecodePolicy::split`]).
+    pub fn choose(
+        policy: &DecodePolicy,
+        max_ctx: usize,
+        seqs: usize,
+        heads: &HeadGeometry,
+    ) -> Self {
+        let (splits, partition) = policy.split(max_ctx, seqs, heads.num_kv_heads, heads.head_dim);
         Self { splits, partition }
     }
 }
@@ -85,8 +82,9 @@ fn push(words: &mut Vec<u32>, data: impl IntoIterator<Item = u32>) -> usize {
     at
 }
 
-/// Lays out `input` (checking that every sequence's block table covers its tokens).
-pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
+/// Lays out `input` (checking that every sequence's block table covers its tokens), a decode
+/// pass split as `policy` says.
+pub fn plan(input: &StepInput<'_>, policy: &DecodePolicy) -> Result<StepPlan, RuntimeError> {
     let batch = input.batch;
     let rows = input.tokens.len();
     let bs = batch.block_size;
@@ -147,7 +145,7 @@ pub fn plan(input: &StepInput<'_>) -> Result<StepPlan, RuntimeError> {
         && input.logit_rows == decode_rows.as_slice())
     .then(|| {
         let max_ctx = batch.seqs.iter().map(|s| s.past + 1).max().unwrap_or(1);
-        DecodeSplit::for_context(max_ctx)
+        DecodeSplit::choose(policy, max_ctx, batch.seqs.len(), &input.heads)
     });
 
     let mut words = Vec::new();
@@ -243,13 +241,16 @@ mod tests {
         logit_rows: &[u32],
         inv_freq: &[f32],
     ) -> Result<StepPlan, RuntimeError> {
-        plan(&StepInput {
-            tokens,
-            batch,
-            logit_rows,
-            inv_freq,
-            heads: heads(),
-        })
+        plan(
+            &StepInput {
+                tokens,
+                batch,
+                logit_rows,
+                inv_freq,
+                heads: heads(),
+            },
+            &DecodePolicy::REGISTERS,
+        )
     }
 
     /// One sequence with `past` cached tokens and one new token at `position` in `slot`.
@@ -455,12 +456,54 @@ mod tests {
 
     #[test]
     fn splits_grow_with_the_context() {
-        let splits = |ctx| DecodeSplit::for_context(ctx).splits;
-        assert_eq!(DecodeSplit::for_context(1).partition, 64);
+        let splits = |ctx| DecodeSplit::choose(&DecodePolicy::REGISTERS, ctx, 1, &heads()).splits;
+        assert_eq!(
+            DecodeSplit::choose(&DecodePolicy::REGISTERS, 1, 1, &heads()).partition,
+            64
+        );
         // Exactly the partitions the context needs, up to a cluster's 16.
         assert_eq!((splits(1), splits(64), splits(65)), (1, 1, 2));
         assert_eq!((splits(640), splits(641), splits(1024)), (10, 11, 16));
         // Beyond, a power of two.
         assert_eq!((splits(1025), splits(5000)), (32, 128));
+    }
+
+    #[test]
+    fn batched_decode_takes_longer_partitions_on_tensor_cores() {
+        // An H200 and Llama-3.2-1B's 8 KV heads of 64.
+        let h200 = DecodePolicy {
+            multiprocessors: 132,
+            tensor_cores: qrt_kernels::DecodeTc::Batched,
+        };
+        let llama = HeadGeometry {
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 64,
+        };
+        let split = |ctx, seqs, heads: &HeadGeometry| {
+            let s = DecodeSplit::choose(&h200, ctx, seqs, heads);
+            (s.splits, s.partition)
+        };
+        // Batch one at 640 tokens: 80 blocks of the register kernel, one wave.
+        assert_eq!(split(640, 1, &llama), (10, 64));
+        // Batch 4 (32 sequence-head pairs): 192-token partitions, 4 x 32 = 128 blocks.
+        assert_eq!(split(640, 4, &llama), (4, 192));
+        // Batch 8: even 256-token partitions leave 192 blocks; the longest it stages.
+        assert_eq!(split(640, 8, &llama), (3, 256));
+        // SmolLM2's 3 KV heads at batch 8: 128-token partitions, 120 blocks.
+        let smollm2 = HeadGeometry {
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+        };
+        assert_eq!(split(640, 8, &smollm2), (5, 128));
+        // Long contexts take the longest partition, a power of two of them beyond 16.
+        assert_eq!(split(5000, 8, &llama), (32, 256));
+        // Heads of 128 stage at most 128 tokens.
+        let wide = HeadGeometry {
+            head_dim: 128,
+            ..llama
+        };
+        assert_eq!(split(640, 8, &wide), (5, 128));
     }
 }
