@@ -437,16 +437,23 @@ __device__ __forceinline__ float* leader_slots(float* slots) {
 
 }  // namespace cluster_merge
 
-// The end of a decode block (both kernels): its warps' unnormalised outputs, maxima (in
-// natural-log units) and sums in `wacc`, `wmax`, `wsum` combined into the partition's output,
+// What the warps of a decode block found for their tokens, per query head of the group: the
+// unnormalised output, the maximum score (natural-log units) and the sum of the exponentials.
+template <int WARPS, int G, int D>
+struct WarpResults {
+    float acc[WARPS][G][D];
+    float max[WARPS][G];
+    float sum[WARPS][G];
+};
+
+// The end of a decode block (both kernels): its warps' results combined into the partition's output,
 // final when it is the only one; otherwise written to the cluster's leader (CLUSTER) or to
 // `args.work`, and merged there with the other partitions.
 template <int D, int G, int WARPS, bool CLUSTER>
 __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsigned active,
-                                                 unsigned row, const float (&wacc)[WARPS][G][D],
-                                                 const float (&wmax)[WARPS][G],
-                                                 const float (&wsum)[WARPS][G], float* slots,
-                                                 uint64_t* leader_bar) {
+                                                 unsigned row,
+                                                 const WarpResults<WARPS, G, D>& warps,
+                                                 float* slots, uint64_t* leader_bar) {
     const unsigned s_idx = blockIdx.x;
     const unsigned kvh = blockIdx.y;
     const unsigned split = blockIdx.z;
@@ -466,14 +473,14 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
         const unsigned d = i % D;
         float m = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, wmax[w][g]);
+        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, warps.max[w][g]);
         float out = 0.f;
         float l = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) {
-            const float f = wmax[w][g] == -INFINITY ? 0.f : expf(wmax[w][g] - m);
-            out = fmaf(wacc[w][g][d], f, out);
-            l = fmaf(wsum[w][g], f, l);
+            const float f = warps.max[w][g] == -INFINITY ? 0.f : expf(warps.max[w][g] - m);
+            out = fmaf(warps.acc[w][g][d], f, out);
+            l = fmaf(warps.sum[w][g], f, l);
         }
         if (active == 1) {
             reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
@@ -542,9 +549,7 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
 template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     using S = DecodeShape<D>;
-    __shared__ __align__(16) float wacc[S::kWarps][G][D];
-    __shared__ float wmax[S::kWarps][G];
-    __shared__ float wsum[S::kWarps][G];
+    __shared__ __align__(16) WarpResults<S::kWarps, G, D> warps;
     // CLUSTER: the leader's barrier and slots (`splits * group * (D + 2)` floats).
     __shared__ __align__(8) uint64_t leader_bar;
     extern __shared__ __align__(16) float slots[];
@@ -716,19 +721,18 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
                 acc[g][i] += __shfl_xor_sync(qrt::kFull, acc[g][i], o);
         }
         if (sub == 0) {
-            float4* dst = reinterpret_cast<float4*>(&wacc[warp][g][d0]);
+            float4* dst = reinterpret_cast<float4*>(&warps.acc[warp][g][d0]);
             dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
             dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
         }
         if (lane == 0) {
-            wmax[warp][g] = mx[g];
-            wsum[warp][g] = sum[g];
+            warps.max[warp][g] = mx[g];
+            warps.sum[warp][g] = sum[g];
         }
     }
     __syncthreads();
 
-    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, wacc, wmax, wsum, slots,
-                                                 &leader_bar);
+    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, warps, slots, &leader_bar);
 }
 
 // Decode on tensor cores (`qrt_attn_decode_tc_d<D>_g<G>`): the same grid and merge as
@@ -754,9 +758,7 @@ struct DecodeTcShape {
 template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     using S = DecodeTcShape<D>;
-    __shared__ __align__(16) float wacc[S::kWarps][G][D];
-    __shared__ float wmax[S::kWarps][G];
-    __shared__ float wsum[S::kWarps][G];
+    __shared__ __align__(16) WarpResults<S::kWarps, G, D> warps;
     __shared__ __align__(16) __half qs[G][D];  // the group's queries, rotated and scaled
     __shared__ __align__(8) uint64_t leader_bar;
     // The partition's keys, then its values (`partition` rows of kStride halves each), then
@@ -944,16 +946,15 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     if (gr < group) {
 #pragma unroll
         for (int b = 0; b < S::kDimBlocks; ++b)
-            *reinterpret_cast<float2*>(&wacc[warp][gr][b * 8 + 2 * tc]) =
+            *reinterpret_cast<float2*>(&warps.acc[warp][gr][b * 8 + 2 * tc]) =
                 make_float2(o[b][0], o[b][1]);
         if (tc == 0) {
-            wmax[warp][gr] = m * 0.6931471805599453f;
-            wsum[warp][gr] = l;
+            warps.max[warp][gr] = m * 0.6931471805599453f;
+            warps.sum[warp][gr] = l;
         }
     }
     __syncthreads();
-    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, wacc, wmax, wsum, slots,
-                                                 &leader_bar);
+    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, warps, slots, &leader_bar);
 }
 
 }  // namespace

@@ -109,6 +109,8 @@ pub const MAX_ATTN_PARTITION: usize = 64;
 /// Tensor-core decode partitions are multiples of this (`DecodeTcShape`: 4 warps of 16-key
 /// steps).
 const TC_PARTITION_STEP: usize = 64;
+/// Threads of a tensor-core decode block (`DecodeTcShape::kThreads`).
+const TC_DECODE_THREADS: u32 = 128;
 
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
 /// values staged in about 72 KB of shared memory, three blocks a multiprocessor.
@@ -1394,7 +1396,7 @@ impl CudaDevice {
         // shared memory.
         let (threads, name, staged) = if tc {
             (
-                128,
+                TC_DECODE_THREADS,
                 format!("qrt_attn_decode_tc_d{head_dim}_g{built}"),
                 tc_partition_bytes(partition, head_dim),
             )
