@@ -12,7 +12,8 @@
 // (flash-decoding): each block scores one partition for one KV head, keys and values in
 // registers, and writes its unnormalised output with its maximum and sum; the partitions are
 // rescaled and combined by the first block of their thread-block cluster (`_cluster`, sm_90) or
-// else by the last block of a (sequence, KV head) to finish.
+// else by the last block of a (sequence, KV head) to finish. `qrt_attn_decode_tc_d<D>_g<G>` does
+// the same for longer partitions on the tensor cores, keys and values staged in shared memory.
 
 #include <cooperative_groups.h>
 
@@ -741,10 +742,10 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
 // shared memory (before waiting for the previous kernel when the rotation is fused), so a
 // block keeps a whole partition in flight without holding it in registers; each warp then
 // walks its quarter of the partition kKeys keys at a time with mma.sync, the group's query
-// heads as the rows of the A fragment (rows beyond the group are zero), an online softmax in
-// base 2 per head, and P V from transposed ldmatrix reads, as in prefill. Fewer instructions
-// per token than attn_decode's shuffle reductions, and longer partitions: at batch 8 the
-// grid is one wave.
+// heads as rows 0 .. group - 1 of the A fragment (rows 8-15 zero; those between computed and
+// never stored), an online softmax in base 2 per head, and P V from transposed ldmatrix reads,
+// as in prefill. Fewer instructions per token than attn_decode's shuffle reductions, and
+// longer partitions: at batch 8 the grid is a block per multiprocessor or two.
 template <int D>
 struct DecodeTcShape {
     static constexpr int kWarps = 4;
@@ -859,7 +860,7 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     __syncthreads();
 
     // This warp's keys [k0, k1) of the partition; the A fragment of the queries (fragment
-    // row gr: head gr of the group; rows gr + 8 are zero).
+    // row gr: head gr of the group, zero beyond it; rows gr + 8 are zero).
     const unsigned gr = lane / 4;
     const unsigned tc = lane % 4;
     const unsigned chunk = args.partition / S::kWarps;
@@ -923,7 +924,7 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
         l = l * corr + sum;
 #pragma unroll
         for (int b = 0; b < S::kDimBlocks; ++b) o[b][0] *= corr, o[b][1] *= corr;
-        // O += P V (P's rows beyond the group are zero).
+        // O += P V (P's rows 8-15 are zero; rows from the group's size to 7 are never stored).
         const uint32_t a0 = half2_bits(sc[0][0], sc[0][1]);
         const uint32_t a2 = half2_bits(sc[1][0], sc[1][1]);
         const unsigned key = t0 + ((lane >> 3) & 1) * 8 + (lane & 7);

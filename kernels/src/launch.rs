@@ -111,9 +111,14 @@ pub const MAX_ATTN_PARTITION: usize = 64;
 const TC_PARTITION_STEP: usize = 64;
 /// Threads of a tensor-core decode block (`DecodeTcShape::kThreads`).
 const TC_DECODE_THREADS: u32 = 128;
+/// Most static shared memory of a tensor-core decode block (`WarpResults` and the queries
+/// for groups of 8 heads of 128: 16.5 KB and 2 KB).
+const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
+/// Shared memory of one multiprocessor that blocks may use (Hopper: 227 KB).
+const SHARED_PER_SM: usize = 227 * 1024;
 
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
-/// values staged in about 72 KB of shared memory, three blocks a multiprocessor.
+/// values staged in about 72 KB of shared memory, two blocks a multiprocessor.
 fn max_tc_partition(head_dim: usize) -> usize {
     if head_dim <= 64 {
         256
@@ -133,7 +138,8 @@ fn tc_partition_bytes(partition: usize, head_dim: usize) -> usize {
 pub enum DecodeTc {
     /// Never (`0`).
     Never,
-    /// For grids the register kernel would run in more than one wave (the default).
+    /// For batches of several sequences whose 64-token partitions would be more blocks than
+    /// multiprocessors (the default; batch one keeps the register kernel).
     Batched,
     /// Always (`all`).
     Always,
@@ -150,16 +156,19 @@ pub struct DecodePolicy {
 }
 
 impl DecodePolicy {
-    /// The register kernel only: 64-token partitions.
+    /// The register kernel's splits only (64-token partitions). Which kernel runs is decided at
+    /// launch from the partition and the device's own policy
+    /// ([`tensor_core_partition`](Self::tensor_core_partition)).
     pub const REGISTERS: DecodePolicy = DecodePolicy {
         multiprocessors: 1,
         tensor_cores: DecodeTc::Never,
     };
 
     /// (partitions per sequence, tokens per partition) for `seqs` sequences of contexts up to
-    /// `max_ctx` tokens with `kv_heads` KV heads of `head_dim`. The register kernel takes
-    /// 64-token partitions, as many as the context needs while they fit one cluster, beyond
-    /// that a power of two (few distinct shapes, so few graphs). The tensor-core kernel takes
+    /// `max_ctx` tokens with `kv_heads` KV heads of `head_dim`. The register kernel (batch one,
+    /// or a grid of at most a block per multiprocessor) takes 64-token partitions, as many as
+    /// the context needs while they fit one cluster, beyond that a power of two (few distinct
+    /// shapes, so few graphs). The tensor-core kernel takes
     /// the shortest partitions, in steps of 64 tokens, that keep the grid within a block per
     /// multiprocessor (else the longest it stages), and as many of them as the context needs
     /// (a power of two beyond 16). On an H200, aiming at two blocks a multiprocessor was
@@ -184,7 +193,9 @@ impl DecodePolicy {
         let one_wave = pairs * needed <= self.multiprocessors;
         let registers = match self.tensor_cores {
             DecodeTc::Never => true,
-            DecodeTc::Batched => one_wave,
+            // Batch one was measured only on the register kernel's side of the line (log 29:
+            // the tensor-core kernel lost there at 640 tokens).
+            DecodeTc::Batched => seqs <= 1 || one_wave,
             DecodeTc::Always => false,
         };
         if registers {
@@ -485,9 +496,10 @@ const TC_CLUSTER_STAGE_MAX: usize = 200 * 1024;
 
 /// How a tensor-core GEMV of `tiles` 16-row tiles and `batch` rows of `k` stages its input
 /// across clusters of `cluster` blocks: (blocks, warps per block, shared memory bytes), the
-/// blocks a multiple of `cluster` and at most one or two per multiprocessor as the staged
-/// input allows; `None` (stage per block or not at all) for batch one, a cluster of 1, or an
-/// input too large to stage.
+/// blocks a multiple of `cluster` (never more than the tiles) and at most one or two per
+/// multiprocessor as the staged input allows; `None` (stage per block or not at all) for
+/// batch one, a cluster of 1, an input too large to stage, at most a tile per multiprocessor
+/// or k below 2,048.
 fn tc_cluster_config(
     tiles: usize,
     batch: usize,
@@ -1356,10 +1368,14 @@ impl CudaDevice {
     }
 
     /// Attention of the last row of each sequence over its cached context, split into
-    /// `args.splits` partitions of `args.partition` tokens (flash-decoding), merged within a
-    /// thread-block cluster (by its first block, from its shared memory) or else by the last
-    /// partition of each (sequence, KV head) to finish. `args.work` needs
-    /// [`attention_decode_work_bytes`] bytes, its arrival counters zero (they are left zero).
+    /// `args.splits` partitions of `args.partition` tokens (flash-decoding; together they must
+    /// cover every sequence's context), merged within a thread-block cluster (by its first
+    /// block, from its shared memory) or else by the last partition of each (sequence, KV head)
+    /// to finish. Partitions of up to 64 tokens go to the register kernel, longer ones (or any,
+    /// under `QRT_ATTN_TC=all`) to the tensor-core kernel, which takes multiples of 64 up to
+    /// 256 tokens for heads of 64 and 128 for heads of 128 ([`DecodePolicy::split`] chooses
+    /// them). `args.work` needs [`attention_decode_work_bytes`] bytes, its arrival counters
+    /// zero (they are left zero).
     ///
     /// # Safety
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
@@ -1377,11 +1393,13 @@ impl CudaDevice {
             || partition > largest
             || (tc && !partition.is_multiple_of(TC_PARTITION_STEP))
         {
+            let kernel = if tc {
+                format!("multiples of {TC_PARTITION_STEP} up to {largest} (tensor cores)")
+            } else {
+                format!("1..={MAX_ATTN_PARTITION} (registers)")
+            };
             return Err(KernelError::Shape(format!(
-                "decode partition {partition} for heads of {head_dim}: the register kernel takes \
-                 1..={MAX_ATTN_PARTITION}, the tensor-core kernel multiples of \
-                 {TC_PARTITION_STEP} up to {}",
-                max_tc_partition(head_dim)
+                "decode partition {partition} for heads of {head_dim}: the kernel takes {kernel}"
             )));
         }
         let grid = (args.num_seqs, args.num_kv_heads, args.splits);
@@ -1408,13 +1426,17 @@ impl CudaDevice {
             )
         };
         let blocks = grid.0 as usize * grid.1 as usize * grid.2 as usize;
-        let cluster =
-            self.decode_clusters && merge_in_cluster(args.splits, blocks, self.multiprocessors());
+        // The leader's slots: per partition, the group's outputs, maxima and sums.
+        let slots = args.splits as usize * group as usize * (head_dim + 2) * 4;
+        // A tensor-core cluster only where two of its blocks fit a multiprocessor: a cluster
+        // of 16 blocks of one a multiprocessor would need 16 free multiprocessors in one GPC.
+        let fits_twice = !tc || 2 * (staged + slots + TC_DECODE_STATIC_MAX) <= SHARED_PER_SM;
+        let cluster = self.decode_clusters
+            && fits_twice
+            && merge_in_cluster(args.splits, blocks, self.multiprocessors());
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             if cluster {
-                // The leader's slots: per partition, the group's outputs, maxima and sums.
-                let slots = args.splits as usize * group as usize * (head_dim + 2) * 4;
                 self.launch_clustered(
                     "attention",
                     &format!("{name}_cluster"),

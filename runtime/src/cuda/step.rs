@@ -484,8 +484,10 @@ mod tests {
             let s = DecodeSplit::choose(&h200, ctx, seqs, heads);
             (s.splits, s.partition)
         };
-        // Batch one at 640 tokens: 80 blocks of the register kernel, one wave.
+        // Batch one keeps the register kernel: at 640 tokens 80 blocks, at 5,000 a power of two
+        // of 64-token partitions.
         assert_eq!(split(640, 1, &llama), (10, 64));
+        assert_eq!(split(5000, 1, &llama), (128, 64));
         // Batch 4 (32 sequence-head pairs): 192-token partitions, 4 x 32 = 128 blocks.
         assert_eq!(split(640, 4, &llama), (4, 192));
         // Batch 8: even 256-token partitions leave 192 blocks; the longest it stages.
