@@ -93,12 +93,12 @@ pub const MAX_DECODE_CLUSTER: usize = 16;
 
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
 /// `blocks` blocks merge through each other's shared memory as one thread-block cluster: when
-/// there are several, they fit one cluster, and the whole grid is one wave on `multiprocessors`
-/// SMs; else through global memory. On an H200, clusters made batch one faster (1B 0.986 ->
+/// there are several, they fit one cluster, and the whole grid is one wave of `slots` blocks
+/// (a block per multiprocessor, two for the tensor-core kernel); else through global memory. On an H200, clusters made batch one faster (1B 0.986 ->
 /// 0.962 ms/step, SmolLM2 0.696 -> 0.651, 8B 4.464 -> 4.442) and batches of 4-8 slower (1B
 /// batch 8 1.554 -> 1.703).
-fn merge_in_cluster(splits: u32, blocks: usize, multiprocessors: usize) -> bool {
-    (2..=MAX_DECODE_CLUSTER as u32).contains(&splits) && blocks <= multiprocessors
+fn merge_in_cluster(splits: u32, blocks: usize, slots: usize) -> bool {
+    (2..=MAX_DECODE_CLUSTER as u32).contains(&splits) && blocks <= slots
 }
 
 /// The groups (query heads per KV head) the decode attention kernels are built for: a launch
@@ -1431,9 +1431,10 @@ impl CudaDevice {
         // A tensor-core cluster only where two of its blocks fit a multiprocessor: a cluster
         // of 16 blocks of one a multiprocessor would need 16 free multiprocessors in one GPC.
         let fits_twice = !tc || 2 * (staged + slots + TC_DECODE_STATIC_MAX) <= SHARED_PER_SM;
-        let cluster = self.decode_clusters
-            && fits_twice
-            && merge_in_cluster(args.splits, blocks, self.multiprocessors());
+        // Its grid is one wave up to two blocks a multiprocessor.
+        let wave = self.multiprocessors() * if tc { 2 } else { 1 };
+        let cluster =
+            self.decode_clusters && fits_twice && merge_in_cluster(args.splits, blocks, wave);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             if cluster {
