@@ -250,6 +250,13 @@ impl CudaDevice {
         self.decode_policy
     }
 
+    /// This device with decode attention on tensor cores as `tc` says, whatever
+    /// `QRT_ATTN_TC` asked (the selftest checks every mode).
+    pub fn with_decode_tc(mut self, tc: DecodeTc) -> Self {
+        self.decode_policy.tensor_cores = tc;
+        self
+    }
+
     /// The PTX arch used on this device: `sm_90` or `sm_80`.
     pub fn arch(&self) -> &'static str {
         self.arch

@@ -198,7 +198,13 @@ impl CudaBackend {
     /// A backend on GPU `ordinal`; CUDA graphs for decode unless `QRT_CUDA_GRAPHS=0`;
     /// `QRT_PROFILE=1` times every op (see [`profile_report`](Self::profile_report)).
     pub fn new(ordinal: usize) -> Result<Self, RuntimeError> {
-        let dev = Arc::new(CudaDevice::new(ordinal)?);
+        Ok(Self::on(CudaDevice::new(ordinal)?))
+    }
+
+    /// A backend on `dev` (e.g. a device whose decode attention policy was set), with the
+    /// same environment switches as [`new`](Self::new).
+    pub fn on(dev: CudaDevice) -> Self {
+        let dev = Arc::new(dev);
         let flag = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -207,14 +213,14 @@ impl CudaBackend {
         let profile = flag("QRT_PROFILE").map(|_| Mutex::default());
         let use_graphs =
             profile.is_none() && std::env::var("QRT_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Ok(Self {
+        Self {
             pool: ActPool::new(dev.clone()),
             dev,
             graphs: Mutex::default(),
             use_graphs,
             profile,
             pinned: Mutex::default(),
-        })
+        }
     }
 
     /// Runs `op`, recording its device time under `label` when profiling.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::{ElemType, Metadata, QrtFile, QrtWriter, TensorPlan};
+use qrt_kernels::{CudaDevice, DecodeTc};
 use qrt_runtime::backend::{
     Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, SeqSpan, StepInput,
 };
@@ -790,10 +791,12 @@ impl<B: Backend> KvRun<B> {
 }
 
 /// Rotary embedding, KV store and attention for several head layouts, over batches that mix
-/// prefill, continued prefill and decode, with contexts from 1 to 3000 tokens.
+/// prefill, continued prefill and decode, with contexts from 1 to 3000 tokens; `mode` names
+/// the decode attention policy of `cuda` in the checks' names.
 fn check_attention(
     cpu: &CpuBackend,
     cuda: &CudaBackend,
+    mode: &str,
     rng: &mut Rng,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
@@ -854,12 +857,13 @@ fn check_attention(
                     1e-5,
                 );
             }
+            let name = if decode {
+                "rope + KV + attention decode"
+            } else {
+                "attention prefill (tiled)"
+            };
             checks.check(
-                if decode {
-                    "rope + KV + attention decode"
-                } else {
-                    "attention prefill (tiled)"
-                },
+                &format!("{name}{mode}"),
                 &shape,
                 rel_err(&got[2], &want[2]),
                 ATTENTION_BOUND,
@@ -884,6 +888,15 @@ pub fn run(
     check_elementwise(&cpu, cuda, &file, rng, checks)?;
     check_sample(cuda, rng, checks)?;
     check_target_log_probs(&cpu, cuda, rng, checks)?;
-    check_attention(&cpu, cuda, rng, checks)?;
+    check_attention(&cpu, cuda, "", rng, checks)?;
+    // The decode attention policies `QRT_ATTN_TC` can ask for besides the default: the
+    // register kernel for every grid, the tensor-core kernel for every grid.
+    for (tc, mode) in [
+        (DecodeTc::Never, " (registers)"),
+        (DecodeTc::Always, " (tc)"),
+    ] {
+        let device = CudaDevice::new(cuda.device().ordinal())?.with_decode_tc(tc);
+        check_attention(&cpu, &CudaBackend::on(device), mode, rng, checks)?;
+    }
     Ok(())
 }
