@@ -56,9 +56,8 @@ pub struct CudaDevice {
     /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
     pub(crate) gemm_tma: bool,
-    /// How decode attention splits contexts and which kernel scores them (`QRT_ATTN_TC`:
-    /// `0` never on tensor cores, `all` always).
-    decode_policy: DecodePolicy,
+    /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
+    decode_tc: DecodeTc,
     /// Blocks of a cluster that stage a batched tensor-core GEMV's input together (compute
     /// capability 9.0; `QRT_GEMV_TC_CLUSTER`, default 2; 1 turns it off).
     pub(crate) gemv_tc_cluster: u32,
@@ -74,7 +73,7 @@ impl fmt::Debug for CudaDevice {
             .field("arch", &self.arch)
             .field("wgmma", &self.wgmma)
             .field("decode_clusters", &self.decode_clusters)
-            .field("decode_policy", &self.decode_policy)
+            .field("decode_tc", &self.decode_tc)
             .finish_non_exhaustive()
     }
 }
@@ -200,13 +199,10 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
             gemm_tma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
-            decode_policy: DecodePolicy {
-                multiprocessors: usize::try_from(multiprocessors).unwrap_or(1).max(1),
-                tensor_cores: match std::env::var("QRT_ATTN_TC").as_deref() {
-                    Ok("0") => DecodeTc::Never,
-                    Ok("all") => DecodeTc::Always,
-                    _ => DecodeTc::Batched,
-                },
+            decode_tc: match std::env::var("QRT_ATTN_TC").as_deref() {
+                Ok("0") => DecodeTc::Never,
+                Ok("all") => DecodeTc::Always,
+                _ => DecodeTc::Batched,
             },
             gemv_tc_cluster: if compute_capability == (9, 0) {
                 std::env::var("QRT_GEMV_TC_CLUSTER")
@@ -247,13 +243,16 @@ impl CudaDevice {
 
     /// How decode attention splits contexts on this device (see [`DecodePolicy`]).
     pub fn decode_policy(&self) -> DecodePolicy {
-        self.decode_policy
+        DecodePolicy {
+            multiprocessors: self.multiprocessors,
+            tensor_cores: self.decode_tc,
+        }
     }
 
     /// This device with decode attention on tensor cores as `tc` says, whatever
     /// `QRT_ATTN_TC` asked (the selftest checks every mode).
     pub fn with_decode_tc(mut self, tc: DecodeTc) -> Self {
-        self.decode_policy.tensor_cores = tc;
+        self.decode_tc = tc;
         self
     }
 

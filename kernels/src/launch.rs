@@ -89,14 +89,15 @@ pub struct Fusion {
 
 /// Most decode partitions merged within one thread-block cluster (Hopper's non-portable
 /// cluster size).
-pub const MAX_DECODE_CLUSTER: usize = 16;
+const MAX_DECODE_CLUSTER: usize = 16;
 
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
 /// `blocks` blocks merge through each other's shared memory as one thread-block cluster: when
 /// there are several, they fit one cluster, and the whole grid is one wave of `slots` blocks
-/// (a block per multiprocessor, two for the tensor-core kernel); else through global memory. On an H200, clusters made batch one faster (1B 0.986 ->
-/// 0.962 ms/step, SmolLM2 0.696 -> 0.651, 8B 4.464 -> 4.442) and batches of 4-8 slower (1B
-/// batch 8 1.554 -> 1.703).
+/// (a block per multiprocessor, two for the tensor-core kernel); else through global memory.
+/// On an H200, clusters made batch one faster (1B 0.986 -> 0.962 ms/step, SmolLM2 0.696 ->
+/// 0.651, 8B 4.464 -> 4.442) and batches of 4-8 of the register kernel slower (1B batch 8
+/// 1.554 -> 1.703).
 fn merge_in_cluster(splits: u32, blocks: usize, slots: usize) -> bool {
     (2..=MAX_DECODE_CLUSTER as u32).contains(&splits) && blocks <= slots
 }
@@ -105,7 +106,7 @@ fn merge_in_cluster(splits: u32, blocks: usize, slots: usize) -> bool {
 /// takes the smallest that holds its group.
 const DECODE_GROUPS: [u32; 2] = [4, MAX_ATTN_GROUP as u32];
 /// Largest decode partition of the register kernel (`kMaxPartition` in attention.cu).
-pub const MAX_ATTN_PARTITION: usize = 64;
+const MAX_ATTN_PARTITION: usize = 64;
 /// Tensor-core decode partitions are multiples of this (`DecodeTcShape`: 4 warps of 16-key
 /// steps).
 const TC_PARTITION_STEP: usize = 64;
@@ -168,10 +169,9 @@ impl DecodePolicy {
     /// `max_ctx` tokens with `kv_heads` KV heads of `head_dim`. The register kernel (batch one,
     /// or a grid of at most a block per multiprocessor) takes 64-token partitions, as many as
     /// the context needs while they fit one cluster, beyond that a power of two (few distinct
-    /// shapes, so few graphs). The tensor-core kernel takes
-    /// the shortest partitions, in steps of 64 tokens, that keep the grid within a block per
-    /// multiprocessor (else the longest it stages), and as many of them as the context needs
-    /// (a power of two beyond 16). On an H200, aiming at two blocks a multiprocessor was
+    /// shapes, so few graphs). The tensor-core kernel takes the shortest partitions, in steps
+    /// of 64 tokens, that keep the grid within a block per multiprocessor (else the longest it
+    /// stages), and as many of them as the context needs (a power of two beyond 16). On an H200, aiming at two blocks a multiprocessor was
     /// slower at batch 4 (1B: 128-token partitions, 160 blocks, 1.40 ms a step against 1.11).
     pub fn split(
         &self,

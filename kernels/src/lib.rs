@@ -19,7 +19,7 @@ pub use error::KernelError;
 pub use launch::{
     argmax_keys_per_row, argmax_token, attention_decode_work_bytes, attention_tile_rows,
     kernel_inventory, DecodePolicy, DecodeTc, Fusion, GemvInput, Half16, InputNorm, Segment,
-    MAX_ATTN_GROUP, MAX_ATTN_PARTITION, MAX_DECODE_CLUSTER,
+    MAX_ATTN_GROUP,
 };
 pub use memory::{DeviceBuffer, PinnedU32, ReadBack};
 pub use sample::{sampled_token, MAX_SAMPLE_VOCAB};
