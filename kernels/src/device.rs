@@ -61,6 +61,13 @@ pub struct CudaDevice {
     /// Blocks of a cluster that stage a batched tensor-core GEMV's input together (compute
     /// capability 9.0; `QRT_GEMV_TC_CLUSTER`, default 2; 1 turns it off).
     pub(crate) gemv_tc_cluster: u32,
+    /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
+    /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).
+    pub(crate) gemv_one_carveout: bool,
+    /// Shared memory of one multiprocessor, bytes (0 if the driver did not say).
+    pub(crate) shared_per_sm: usize,
+    /// Shared memory the driver reserves for each block, bytes.
+    pub(crate) shared_reserved: usize,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -164,6 +171,23 @@ impl CudaDevice {
             .map_err(cuda_err(format_args!(
                 "querying the multiprocessors of device {ordinal}"
             )))?;
+        let shared_attribute = |attribute, what| {
+            ctx.attribute(attribute)
+                .map(|v| usize::try_from(v).unwrap_or(0))
+                .map_err(cuda_err(format_args!(
+                    "querying the {what} of device {ordinal}"
+                )))
+        };
+        let shared_per_sm = shared_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            "shared memory per multiprocessor",
+        )?;
+        let shared_reserved = shared_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
+            "shared memory reserved per block",
+        )?;
+        let programmatic_launch =
+            compute_capability >= (9, 0) && std::env::var("QRT_PDL").map_or(true, |v| v != "0");
         let arch = if compute_capability >= (9, 0) {
             "sm_90"
         } else {
@@ -189,8 +213,7 @@ impl CudaDevice {
             arch,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            programmatic_launch: compute_capability >= (9, 0)
-                && std::env::var("QRT_PDL").map_or(true, |v| v != "0"),
+            programmatic_launch,
             wgmma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma"),
             decode_clusters: compute_capability == (9, 0)
@@ -213,6 +236,10 @@ impl CudaDevice {
             } else {
                 1
             },
+            gemv_one_carveout: programmatic_launch
+                && std::env::var("QRT_GEMV_CARVEOUT").map_or(true, |v| v != "0"),
+            shared_per_sm,
+            shared_reserved,
         })
     }
 
