@@ -689,8 +689,10 @@ struct SharedReserve {
 /// The preferred shared-memory carveout, in percent of a multiprocessor's `per_sm` bytes,
 /// that holds `reserve.resident` blocks of `per_block` bytes each (their dynamic, static and
 /// driver-reserved shared memory) and `reserve.headroom` more; 100 where that is more than
-/// the multiprocessor has. The driver takes the configuration nearest to it, and the headroom
-/// exceeds half the largest step between configurations, so the resident blocks always fit.
+/// the multiprocessor has. The driver rounds it to a configuration the multiprocessor supports
+/// (on the H200 the results of RESULTS log 33 fit the nearest one); a headroom of more than
+/// half the largest step between configurations keeps the resident blocks within it either
+/// way.
 fn carveout_percent(reserve: SharedReserve, per_block: usize, per_sm: usize) -> u32 {
     let need = reserve.resident * per_block + reserve.headroom;
     u32::try_from((need * 100).div_ceil(per_sm.max(1)).min(100)).unwrap_or(100)
@@ -1814,7 +1816,7 @@ mod tests {
             }
         }
         // SmolLM2's batch-one q/k/v (k = 576: 2,304 bytes staged, 32 static, 1,024 reserved),
-        // one block a multiprocessor: 30%, the driver's nearest configuration 64 KB.
+        // one block a multiprocessor: 30% (68 KB; the nearest configuration is 64 KB).
         let smollm2 = SharedReserve {
             resident: 1,
             headroom: GEMV_ONE_HEADROOM,
