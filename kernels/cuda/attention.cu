@@ -438,6 +438,36 @@ __device__ __forceinline__ float* leader_slots(float* slots) {
 
 }  // namespace cluster_merge
 
+// Where a decode block's partition lies (both decode kernels): block (blockIdx.x, blockIdx.y,
+// blockIdx.z) scores partition blockIdx.z of sequence blockIdx.x for KV head blockIdx.y.
+struct DecodePartition {
+    const uint32_t* table;  // the sequence's block table
+    unsigned group;         // query heads per KV head
+    unsigned ctx;           // the sequence's tokens, the new one included
+    unsigned active;        // partitions the context reaches
+    unsigned t_begin;       // the partition's first token
+    unsigned n;             // its tokens; 0 beyond the context (such a block is not counted)
+    unsigned row;           // the sequence's query row in the pass
+};
+
+// This block's partition; with CLUSTER, the leader's barrier initialised for the active
+// partitions first.
+template <bool CLUSTER>
+__device__ __forceinline__ DecodePartition decode_partition(const qrt_attn_args& args,
+                                                           uint64_t* leader_bar) {
+    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[blockIdx.x];
+    DecodePartition p;
+    p.table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
+    p.group = args.num_heads / args.num_kv_heads;
+    p.ctx = seq.past + seq.len;
+    p.active = (p.ctx + args.partition - 1) / args.partition;
+    if (CLUSTER) cluster_merge::init(leader_bar, blockIdx.z, p.active);
+    p.t_begin = blockIdx.z * args.partition;
+    p.n = p.t_begin < p.ctx ? min(args.partition, p.ctx - p.t_begin) : 0;
+    p.row = seq.start + seq.len - 1;
+    return p;
+}
+
 // What the warps of a decode block found for their tokens, per query head of the group: the
 // unnormalised output, the maximum score (natural-log units) and the sum of the exponentials.
 template <int WARPS, int G, int D>
@@ -558,18 +588,10 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     const bool fused = args.inv_freq != 0;
     // Unfused, an earlier kernel of this pass stored the newest key and value: wait first.
     if (!fused) qrt::pdl_wait();
-    const unsigned s_idx = blockIdx.x;
     const unsigned kvh = blockIdx.y;
-    const unsigned split = blockIdx.z;
-    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[s_idx];
-    const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
-    const unsigned group = args.num_heads / args.num_kv_heads;
-    const unsigned ctx = seq.past + seq.len;
-    const unsigned active = (ctx + args.partition - 1) / args.partition;
-    if (CLUSTER) cluster_merge::init(&leader_bar, split, active);
-    const unsigned t_begin = split * args.partition;
-    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
-    const unsigned n = min(args.partition, ctx - t_begin);
+    const auto [table, group, ctx, active, t_begin, n, row] =
+        decode_partition<CLUSTER>(args, &leader_bar);
+    if (n == 0) return;
     const unsigned tid = threadIdx.x;
     const unsigned warp = tid / qrt::kWarp;
     const unsigned lane = tid % qrt::kWarp;
@@ -622,7 +644,6 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
 
     // What the previous kernel wrote, all requested before any is used: the newest key and
     // value (fused, the lanes holding that token) and the group's queries.
-    const unsigned row = seq.start + seq.len - 1;
     float nk[8] = {}, nv[8] = {};
     if (fused && newest >= 0) {
         const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D + d0;
@@ -772,15 +793,9 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     const bool fused = args.inv_freq != 0;
     if (!fused) qrt::pdl_wait();
     const unsigned kvh = blockIdx.y;
-    const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[blockIdx.x];
-    const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
-    const unsigned group = args.num_heads / args.num_kv_heads;
-    const unsigned ctx = seq.past + seq.len;
-    const unsigned active = (ctx + args.partition - 1) / args.partition;
-    if (CLUSTER) cluster_merge::init(&leader_bar, blockIdx.z, active);
-    const unsigned t_begin = blockIdx.z * args.partition;
-    if (t_begin >= ctx) return;  // beyond this sequence's context: not counted
-    const unsigned n = min(args.partition, ctx - t_begin);
+    const auto [table, group, ctx, active, t_begin, n, row] =
+        decode_partition<CLUSTER>(args, &leader_bar);
+    if (n == 0) return;
     const unsigned newest = ctx - 1 - t_begin;  // in this partition when < n
     const bool has_newest = fused && newest < n;
     const unsigned tid = threadIdx.x;
@@ -821,7 +836,6 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     qrt::pdl_launch_dependents();
 
     // The group's queries, rotated (fused) and scaled by scale * log2(e), as f16.
-    const unsigned row = seq.start + seq.len - 1;
     const float* q = reinterpret_cast<const float*>(args.q) +
                      static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
     const float qscale = args.scale * 1.4426950408889634f;

@@ -300,7 +300,7 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
     }                                                                                      \
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_tma_gated_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {        \
-        gemm_tma<W, 256, true>(args);                                                           \
+        gemm_tma<W, 256, true>(args);                                                      \
     }
 
 QRT_GEMM_TMA(f16, __half)

@@ -64,7 +64,7 @@ pub struct CudaDevice {
     /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
     /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).
     pub(crate) gemv_one_carveout: bool,
-    /// Shared memory of one multiprocessor, bytes (0 if the driver did not say).
+    /// Shared memory of one multiprocessor, bytes.
     pub(crate) shared_per_sm: usize,
     /// Shared memory the driver reserves for each block, bytes.
     pub(crate) shared_reserved: usize,
@@ -266,6 +266,12 @@ impl CudaDevice {
     /// Streaming multiprocessors of the device (132 on an H100/H200 SXM).
     pub fn multiprocessors(&self) -> usize {
         self.multiprocessors
+    }
+
+    /// Shared memory of one multiprocessor that blocks may use, bytes (its total less the
+    /// driver's reserve for one block: 227 KiB on Hopper).
+    pub(crate) fn block_shared_per_sm(&self) -> usize {
+        self.shared_per_sm.saturating_sub(self.shared_reserved)
     }
 
     /// How decode attention splits contexts on this device (see [`DecodePolicy`]).

@@ -115,8 +115,6 @@ const TC_DECODE_THREADS: u32 = 128;
 /// Most static shared memory of a tensor-core decode block (`WarpResults` and the queries
 /// for groups of 8 heads of 128: 16.5 KB and 2 KB).
 const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
-/// Shared memory of one multiprocessor that blocks may use (Hopper: 227 KB).
-const SHARED_PER_SM: usize = 227 * 1024;
 
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
 /// values staged in about 72 KB of shared memory, two blocks a multiprocessor.
@@ -831,7 +829,7 @@ impl CudaDevice {
         }
         let pdl = self.programmatic_launch && overlap;
         let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(3);
-        if let Some(reserve) = reserve.filter(|_| self.shared_per_sm > 0) {
+        if let Some(reserve) = reserve {
             let fixed = f
                 .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
                 .map_err(cuda_err(context()))?;
@@ -1514,7 +1512,8 @@ impl CudaDevice {
         let slots = args.splits as usize * group as usize * (head_dim + 2) * 4;
         // A tensor-core cluster only where two of its blocks fit a multiprocessor: a cluster
         // of 16 blocks of one a multiprocessor would need 16 free multiprocessors in one GPC.
-        let fits_twice = !tc || 2 * (staged + slots + TC_DECODE_STATIC_MAX) <= SHARED_PER_SM;
+        let fits_twice =
+            !tc || 2 * (staged + slots + TC_DECODE_STATIC_MAX) <= self.block_shared_per_sm();
         // Its grid is one wave up to two blocks a multiprocessor.
         let wave = self.multiprocessors() * if tc { 2 } else { 1 };
         let cluster =

@@ -111,8 +111,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let m_max = 512;
-            let x = random_halves(&dev, m_max * k * 2, &mut rng)?; // f32 [8, k] or f16 [512, k]
-                                                                   // f32 norm weights (16-bit patterns read as f32: finite, below 2 in magnitude).
+            // The input: f32 [8, k] or f16 [512, k].
+            let x = random_halves(&dev, m_max * k * 2, &mut rng)?;
+            // f32 norm weights (16-bit patterns read as f32: finite, below 2 in magnitude).
             let norm_weight = random_halves(&dev, 2 * k, &mut rng)?;
             let outs: Vec<DeviceBuffer> = mats
                 .iter()
