@@ -451,10 +451,12 @@ struct DecodePartition {
 };
 
 // This block's partition; with CLUSTER, the leader's barrier initialised for the active
-// partitions first.
+// partitions first. Unfused (no rotation: an earlier kernel of this pass stored the newest key
+// and value), it waits for the previous kernel before anything else.
 template <bool CLUSTER>
 __device__ __forceinline__ DecodePartition decode_partition(const qrt_attn_args& args,
                                                            uint64_t* leader_bar) {
+    if (args.inv_freq == 0) qrt::pdl_wait();
     const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[blockIdx.x];
     DecodePartition p;
     p.table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
@@ -586,8 +588,6 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     extern __shared__ __align__(16) float slots[];
 
     const bool fused = args.inv_freq != 0;
-    // Unfused, an earlier kernel of this pass stored the newest key and value: wait first.
-    if (!fused) qrt::pdl_wait();
     const unsigned kvh = blockIdx.y;
     const auto [table, group, ctx, active, t_begin, n, row] =
         decode_partition<CLUSTER>(args, &leader_bar);
@@ -791,7 +791,6 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     float* slots = reinterpret_cast<float*>(vs + args.partition * S::kStride);
 
     const bool fused = args.inv_freq != 0;
-    if (!fused) qrt::pdl_wait();
     const unsigned kvh = blockIdx.y;
     const auto [table, group, ctx, active, t_begin, n, row] =
         decode_partition<CLUSTER>(args, &leader_bar);
