@@ -222,6 +222,22 @@ QRT_LOAD16_IF(load_cg_if, "ld.global.cg.v4.u32")
 
 #undef QRT_LOAD16_IF
 
+// 16 bytes of shared memory at `p` into `v` where `pred` holds, else zeros; predicated, like
+// the loads above, so that a group of them stays one straight run of code.
+__device__ __forceinline__ uint4 load_shared_or_zero(const uint4* p, bool pred) {
+    uint4 v = make_uint4(0, 0, 0, 0);
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %5, 0;\n"
+        "  @p ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        "}"
+        : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w)
+        : "r"(addr), "r"(static_cast<int>(pred)));
+    return v;
+}
+
 // 16 bytes copied asynchronously from global to shared memory (at shared address `dst`),
 // zeros instead where `valid` is false (sm_80 and newer). Completed by cp_async_wait.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {

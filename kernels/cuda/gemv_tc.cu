@@ -8,9 +8,31 @@
 // the batch. Each lane loads its weights straight from global memory in 16-byte pieces: lane l
 // reads 8 consecutive k of rows l/4 and l/4 + 8. That is not the k order of an mma fragment,
 // but a dot product may sum its k in any order as long as weights and activations use the same
-// one, so the activations are loaded in that same permuted order. A block computes 16-row
-// tiles one after the other; its warps split k in steps of 32 and add their tiles in shared
-// memory at the end of each.
+// one, so the activations are loaded in that same permuted order.
+//
+// Who does what. A block holds P 16-row tiles at a time (a tile group; P = 1 or kWarps, fixed
+// at compile time so that every load address is cheap), kWarps / P warps on each, which split
+// the block's steps of k between them; it stages its slice of x once in
+// shared memory, rounded to 16 bits, for all P tiles. A cluster of S blocks along z splits
+// k: block z multiplies steps [z * steps / S, (z + 1) * steps / S) of the group's tiles. The
+// partial tiles of the warps and blocks are added in shared memory, across the cluster in rank
+// order (distributed shared memory), so the sum does not depend on timing. x is so read from L2
+// once per tile group and slice rather than once per tile: at batch 8, x of a long row is as
+// large as a tile's weights, and reading it per tile doubled what a multiprocessor read. With
+// one warp a tile and S = 1 a warp stores its tile straight from its registers. Blocks walk
+// the tile groups blockIdx.x, + gridDim.x, ... (the grid is at most what is resident at once).
+//
+// A warp's loads: groups of kUnroll steps of 32 k in two register sets that take turns. While
+// the group in one set is multiplied the other set's loads are in flight, and a set is refilled
+// with the next group (of the next tile group, after the last) as soon as it has been used, so
+// a warp always has one or two groups outstanding and no register is ever copied (a copy
+// would wait for its load). The first two groups are requested before the wait for the
+// previous kernel.
+//
+// A normalised input is staged times the norm weights only, the squares of each row summed on
+// the way; its 1/rms scales the finished sums (after the cluster's slices are added), so the
+// norm costs no pass of its own. (The staged x * g must then fit the weight type's range, as
+// every activation the tensor-core path rounds.)
 
 #include <cooperative_groups.h>
 
@@ -28,7 +50,15 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// The weights of one 16-row tile a lane reads: rows `lo` and `hi` of its fragment.
+// Eight f32 values (a, then b) rounded to W: the mma B fragment of a step.
+template <typename W>
+__device__ __forceinline__ uint4 pack8(const float4& a, const float4& b) {
+    return make_uint4(pack2<W>(a.x, a.y), pack2<W>(a.z, a.w), pack2<W>(b.x, b.y),
+                      pack2<W>(b.z, b.w));
+}
+
+// A 16-row tile: its segment, first output row, and the rows `lo` and `hi` of a lane's
+// fragment.
 struct TileRows {
     qrt_gemv_segment seg;
     unsigned row0;
@@ -39,24 +69,10 @@ struct TileRows {
 // GATED: two segments, gate and up, of the same shape; the tile's rows 0-7 are 8 rows of gate and
 // rows 8-15 the same rows of up, so that each lane ends up holding gate and up sums of the same
 // (row, batch) and writes silu(gate) * up into the gate segment's `y`.
-//
-// A block walks tiles blockIdx.x, + gridDim.x, ... (the grid is at most what is resident at
-// once): the next tile's first weights are requested before the current tile's warps are
-// summed, so no block ends and restarts between tiles and the loads stay in flight.
-//
-// `staged`: the block first rounds x (normalised when the launch says so) to 16-bit pairs in
-// shared memory and every tile reads it from there; otherwise each tile reads x from L2
-// again (the launcher stages when batch * (2k + 64) bytes fit and blocks walk several tiles).
-//
-// CLUSTER (sm_90; the grid and its clusters along z): the blocks of a cluster stage x
-// together, always: block r of C reads the r-th of C slices of every row once, the rows'
-// sums of squares are combined across the cluster in rank order (the same 1/rms in every
-// block), and each block writes its slice, normalised and rounded, into the shared memory of
-// every block of the cluster. x is then read from L2 once per cluster instead of once per
-// block (twice with a norm).
-template <typename W, int kWarps, bool GATED, bool CLUSTER = false>
+template <typename W, int kWarps, bool GATED, unsigned kPerBlock>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
-                                        unsigned tiles, bool staged) {
+                                        unsigned tiles) {
+    constexpr unsigned per_block = kPerBlock;
     constexpr unsigned kOutRows = GATED ? 8 : 16;
     const unsigned k = args.k;
     const unsigned steps = k / 32;
@@ -64,6 +80,30 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned lane = threadIdx.x % 32;
     const unsigned r = lane / 4;  // fragment row, and batch column
     const unsigned q = lane % 4;  // which 8 of the 32 k of a step
+    constexpr unsigned per_tile = kWarps / per_block;  // warps on a tile
+    const unsigned slot = warp / per_tile;         // this warp's tile of the group
+    const unsigned part_of = warp % per_tile;      // and its share of the steps
+
+    unsigned split = 1, rank = 0;
+#if __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    split = cluster.num_blocks();
+    rank = cluster.block_rank();
+#endif
+    // This block's slice of k; a warp takes its steps part_of, + per_tile, ... of the slice.
+    // The groups a warp walks per tile are the same in every warp and block of the cluster, so
+    // that all reach the barriers equally often.
+    const unsigned s0 = rank * steps / split;
+    const unsigned slice = (rank + 1) * steps / split - s0;
+    const unsigned warp_steps = ((steps + split - 1) / split + per_tile - 1) / per_tile;
+    const unsigned groups = (warp_steps + kUnroll - 1) / kUnroll;
+    const unsigned tile_groups = (tiles + per_block - 1) / per_block;
+    const unsigned walker = blockIdx.x, walkers = gridDim.x;
+    const unsigned items =
+        walker < tile_groups ? ((tile_groups - 1 - walker) / walkers + 1) * groups : 0;
+    // Step u of group g of this warp, within the slice (past it: no step).
+    auto slice_step = [&](unsigned g, unsigned u) { return (g * kUnroll + u) * per_tile + part_of; };
 
     // Tile t's segment (compile-time indices, so the arguments stay in registers) and rows.
     auto tile_rows = [&](unsigned t) {
@@ -85,208 +125,217 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             w2 + static_cast<size_t>(min(hi_row, tr.seg.n - 1)) * k);
         return tr;
     };
-    const bool has_x = r < batch;
-    const float4* xr =
-        reinterpret_cast<const float4*>(reinterpret_cast<const float*>(args.x) +
-                                        static_cast<size_t>(has_x ? r : 0) * k);
 
-    // The weights of the next group of steps are loaded while the current group is multiplied.
-    uint4 lo[kUnroll], hi[kUnroll];
-    auto load = [&](const TileRows& tr, unsigned first) {
+    // The next group to request: group load_group of this warp's tile in tile group load_tg.
+    unsigned load_tg = walker, load_group = 0;
+    TileRows loading = tile_rows(min(walker * per_block + slot, tiles - 1));
+    auto load_next = [&](uint4 (&lo)[kUnroll], uint4 (&hi)[kUnroll]) {
+        const bool live = load_tg < tile_groups && load_tg * per_block + slot < tiles;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            const unsigned step = first + u * kWarps;
-            if (step < steps) {
-                const unsigned c = step * 4 + q;  // 16-byte chunk of the row
-                lo[u] = qrt::load_stream(tr.lo + c);
-                hi[u] = qrt::load_stream(tr.hi + c);
-            }
+            const unsigned step = slice_step(load_group, u);
+            const bool in = live && step < slice;
+            const unsigned c = (s0 + min(step, slice - 1)) * 4 + q;  // 16-byte chunk of the row
+            qrt::load_stream_if(lo[u], loading.lo + c, in);
+            qrt::load_stream_if(hi[u], loading.hi + c, in);
+        }
+        if (++load_group == groups) {
+            load_group = 0;
+            load_tg += walkers;
+            loading = tile_rows(min(load_tg * per_block + slot, tiles - 1));
         }
     };
-    const unsigned block = CLUSTER ? blockIdx.z : blockIdx.x;
-    const unsigned blocks = CLUSTER ? gridDim.z : gridDim.x;
-    unsigned t = block;
-    // A block of a cluster without a tile still stages its share of x for the others.
-    if (t >= tiles && !CLUSTER) return;
-    TileRows cur = tile_rows(min(t, tiles - 1));
-    if (t < tiles) load(cur, warp);
+    uint4 lo_a[kUnroll] = {}, hi_a[kUnroll] = {}, lo_b[kUnroll] = {}, hi_b[kUnroll] = {};
+    load_next(lo_a, hi_a);
+    load_next(lo_b, hi_b);
     qrt::pdl_enter();  // the first weights are on their way; now wait for x
 
-    // A normalised input: each block computes the rows' 1/rms once (warp w sums the squares
-    // of rows w, w + kWarps, ...); every product then reads x times the norm weights and
-    // scales it before rounding, as the separate RMSNorm pass would have written it.
-    const bool normed = args.norm != 0;
-    __shared__ float row_scale[QRT_GEMV_MAX_BATCH];
-    if (normed && !CLUSTER) {
-        for (unsigned b = warp; b < batch; b += kWarps) {
-            const float4* xb = reinterpret_cast<const float4*>(reinterpret_cast<const float*>(
-                                   args.x)) +
-                               static_cast<size_t>(b) * (k / 4);
-            float squares = 0.f;
-            for (unsigned i = lane; i < k / 4; i += 32) {
-                const float4 v = __ldcg(xb + i);
-                squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            }
-            squares = qrt::warp_sum(squares);
-            if (lane == 0)
-                row_scale[b] = 1.f / sqrtf(squares / static_cast<float>(k) + args.eps);
-        }
-        __syncthreads();
-    }
-    const float x_scale = normed && has_x && !CLUSTER ? row_scale[r] : 1.f;
-    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
-    // x of batch row b, chunk c (8 values) as 16-bit pairs: the mma B fragments of a step.
+    // x of batch row b, chunk c of the slice (8 values) as 16-bit pairs: the mma B fragments of
+    // a step. Rows 64 bytes apart beyond their length: the two rows a quarter warp reads (lanes
+    // r, q and r + 1, q) fall in different banks.
     extern __shared__ uint4 x16[];
-    // Rows 64 bytes apart beyond their length: the two rows a quarter warp reads (lanes r, q
-    // and r + 1, q) fall in different banks.
-    const unsigned row_chunks = k / 8 + 4;
-    auto fragments = [&](const float4* xb, unsigned c, float scale) {
-        float4 x0 = __ldcg(xb + 2 * c), x1 = __ldcg(xb + 2 * c + 1);
-        if (normed) {
-            x0 = qrt::scaled(x0, __ldg(g4 + 2 * c), scale);
-            x1 = qrt::scaled(x1, __ldg(g4 + 2 * c + 1), scale);
-        }
-        return make_uint4(pack2<W>(x0.x, x0.y), pack2<W>(x0.z, x0.w), pack2<W>(x1.x, x1.y),
-                          pack2<W>(x1.z, x1.w));
-    };
-    if constexpr (CLUSTER) {
-#if __CUDA_ARCH__ >= 900
-        namespace cg = cooperative_groups;
-        const cg::cluster_group cluster = cg::this_cluster();
-        const unsigned size = cluster.num_blocks();
-        const unsigned rank = cluster.block_rank();
-        const unsigned chunks = k / 8;
-        const unsigned c0 = rank * chunks / size;
-        const unsigned share = (rank + 1) * chunks / size - c0;
-        __shared__ float squares[QRT_GEMV_MAX_BATCH];
-        if (normed) {
-            // This block's slice of each row: one warp a row.
-            for (unsigned b = warp; b < batch; b += kWarps) {
-                const float4* xb = reinterpret_cast<const float4*>(args.x) +
-                                   static_cast<size_t>(b) * (k / 4);
-                float sum = 0.f;
-                for (unsigned c = c0 + lane; c < c0 + share; c += 32) {
-                    const float4 v = __ldcg(xb + 2 * c), u = __ldcg(xb + 2 * c + 1);
-                    sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-                    sum += u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+    const unsigned share = slice * 4;  // chunks of the slice
+    const unsigned row_chunks = share + 4;
+    const unsigned c0 = s0 * 4;
+    const bool normed = args.norm != 0;
+    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
+    __shared__ float squares[QRT_GEMV_MAX_BATCH];
+    // Warp w stages rows w, w + kWarps, ..., four chunks a lane requested before any is
+    // converted, and sums their squares.
+    for (unsigned b = warp; b < batch; b += kWarps) {
+        const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
+        float sum = 0.f;
+        constexpr int kAhead = 4;
+        for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
+            uint4 v[kAhead][2];
+#pragma unroll
+            for (int j = 0; j < kAhead; ++j) {
+                const unsigned i = i0 + j * 32;
+                const unsigned c = c0 + min(i, share - 1);
+                v[j][0] = v[j][1] = make_uint4(0, 0, 0, 0);
+                qrt::load_cg_if(v[j][0], xb + 2 * c, i < share);
+                qrt::load_cg_if(v[j][1], xb + 2 * c + 1, i < share);
+            }
+#pragma unroll
+            for (int j = 0; j < kAhead; ++j) {
+                const unsigned i = i0 + j * 32;
+                if (i >= share) break;
+                float4 a = *reinterpret_cast<const float4*>(&v[j][0]);
+                float4 d = *reinterpret_cast<const float4*>(&v[j][1]);
+                sum += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+                sum += d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
+                if (normed) {
+                    a = qrt::scaled(a, __ldg(g4 + 2 * (c0 + i)), 1.f);
+                    d = qrt::scaled(d, __ldg(g4 + 2 * (c0 + i) + 1), 1.f);
                 }
-                sum = qrt::warp_sum(sum);
-                if (lane == 0) squares[b] = sum;
+                x16[b * row_chunks + i] = pack8<W>(a, d);
             }
         }
-        // Every block of the cluster has started (its shared memory may be written) and, with
-        // a norm, holds its partial sums.
-        cluster.sync();
-        if (normed && threadIdx.x < batch) {
-            float total = 0.f;
-            for (unsigned r = 0; r < size; ++r)
-                total += cluster.map_shared_rank(squares, r)[threadIdx.x];
-            row_scale[threadIdx.x] = 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
-        }
-        __syncthreads();
-        for (unsigned i = threadIdx.x; i < batch * share; i += blockDim.x) {
-            const unsigned b = i / share, c = c0 + i % share;
-            const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
-            const uint4 f = fragments(xb, c, normed ? row_scale[b] : 1.f);
-            for (unsigned r = 0; r < size; ++r)
-                cluster.map_shared_rank(x16, r)[b * row_chunks + c] = f;
-        }
-        // Every slice is in every block; no block reads another's shared memory after this.
-        cluster.sync();
-        if (t >= tiles) return;
-#else
-        __trap();  // clusters need sm_90; the launcher never takes this kernel below it
-#endif
-    } else if (staged) {
-        for (unsigned i = threadIdx.x; i < batch * (k / 8); i += blockDim.x) {
-            const unsigned b = i / (k / 8), c = i % (k / 8);
-            const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
-            x16[b * row_chunks + c] = fragments(xb, c, normed ? row_scale[b] : 1.f);
-        }
-        __syncthreads();
+        sum = qrt::warp_sum(sum);
+        if (lane == 0) squares[b] = sum;
     }
-    __shared__ float tile[kWarps][16][8];
-    while (true) {
-        // One accumulator per unrolled step (independent mma chains).
-        float acc[kUnroll][4] = {};
-        for (unsigned s = warp; s < steps; s += kUnroll * kWarps) {
-            uint4 cur_lo[kUnroll], cur_hi[kUnroll];
+    __syncthreads();
+
+    const bool has_x = r < batch;
+    float acc[2][4] = {};  // two independent mma chains
+    // Group g of this warp's steps in lo, hi: its x is read for all steps before the first
+    // product (predicated, no branch between a load and its use).
+    auto multiply = [&](const uint4 (&lo)[kUnroll], const uint4 (&hi)[kUnroll], unsigned g) {
+        uint4 xf[kUnroll];
 #pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                cur_lo[u] = lo[u];
-                cur_hi[u] = hi[u];
-            }
-            load(cur, s + kUnroll * kWarps);
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const unsigned step = s + u * kWarps;
-                if (step >= steps) break;
-                const unsigned c = step * 4 + q;
-                uint4 xf = make_uint4(0, 0, 0, 0);  // batch columns past the batch: zeros
-                if (has_x) xf = CLUSTER || staged ? x16[r * row_chunks + c] : fragments(xr, c, x_scale);
-                qrt::mma16816<W>(acc[u], cur_lo[u].x, cur_hi[u].x, cur_lo[u].y, cur_hi[u].y,
-                                 xf.x, xf.y);
-                qrt::mma16816<W>(acc[u], cur_lo[u].z, cur_hi[u].z, cur_lo[u].w, cur_hi[u].w,
-                                 xf.z, xf.w);
-            }
+        for (int u = 0; u < kUnroll; ++u) {
+            const unsigned step = slice_step(g, u);
+            // Batch columns past the batch and steps past the slice: zeros.
+            xf[u] = qrt::load_shared_or_zero(x16 + r * row_chunks + min(step, slice - 1) * 4 + q,
+                                             has_x && step < slice);
         }
 #pragma unroll
-        for (int u = 1; u < kUnroll; ++u)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[0][e] += acc[u][e];
-
-        // The next tile's first weights go out before this tile's sums.
-        const unsigned next = t + blocks;
-        TileRows nxt = cur;
-        if (next < tiles) {
-            nxt = tile_rows(next);
-            load(nxt, warp);
+        for (int u = 0; u < kUnroll; ++u) {
+            if (slice_step(g, u) >= slice) break;
+            qrt::mma16816<W>(acc[u % 2], lo[u].x, hi[u].x, lo[u].y, hi[u].y, xf[u].x, xf[u].y);
+            qrt::mma16816<W>(acc[u % 2], lo[u].z, hi[u].z, lo[u].w, hi[u].w, xf[u].z, xf[u].w);
         }
+    };
 
-        // acc: rows r and r + 8, batch columns 2q and 2q + 1. Sum the warps' tiles.
-        tile[warp][r][2 * q] = acc[0][0];
-        tile[warp][r][2 * q + 1] = acc[0][1];
-        tile[warp][r + 8][2 * q] = acc[0][2];
-        tile[warp][r + 8][2 * q + 1] = acc[0][3];
-        __syncthreads();
-        if (threadIdx.x < kOutRows * 8) {
-            const unsigned m = threadIdx.x / 8;
-            const unsigned b = threadIdx.x % 8;
-            const unsigned row = cur.row0 + m;
-            if (b < batch && row < cur.seg.n) {
-                float sum = 0.f;
+    // A normalised row's 1/rms, from the squares of every block of the cluster (in rank order).
+    auto row_scale = [&](unsigned b) {
+        if (!normed) return 1.f;
+        float total = 0.f;
+        for (unsigned z = 0; z < split; ++z) {
+#if __CUDA_ARCH__ >= 900
+            total += split > 1 ? cluster.map_shared_rank(squares, z)[b] : squares[b];
+#else
+            total += squares[b];
+#endif
+        }
+        return 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
+    };
+    // Output (m, b) of tile t, its gate and up (or plain) sums given: scaled and stored.
+    auto store = [&](const TileRows& tr, unsigned m, unsigned b, float sum, float up) {
+        const float scale = row_scale(b);
+        if (GATED)
+            qrt::store_gemv_row<false>(args, tr.seg, b, tr.row0 + m,
+                                       qrt::swiglu(sum * scale, up * scale));
+        else
+            qrt::store_gemv_row<true>(args, tr.seg, b, tr.row0 + m, sum * scale);
+    };
+
+    // The partial tiles of the warps: [warp][row][batch column].
+    __shared__ float part[kWarps][16][8];
+    // After the last group of tile group tg: this warp's tile (rows r, r + 8 of batch columns
+    // 2q, 2q + 1 in acc) stored, or added over the warps and blocks first.
+    auto finish = [&](unsigned tg) {
+        float v[4];
 #pragma unroll
-                for (int i = 0; i < kWarps; ++i) sum += tile[i][m][b];
+        for (int e = 0; e < 4; ++e) {
+            v[e] = acc[0][e] + acc[1][e];
+            acc[0][e] = acc[1][e] = 0.f;
+        }
+        if (split == 1 && per_tile == 1) {
+            const unsigned t = tg * per_block + slot;
+            if (t >= tiles) return;
+            const TileRows tr = tile_rows(t);
+#pragma unroll
+            for (unsigned j = 0; j < 2; ++j) {
+                const unsigned b = 2 * q + j;
+                if (b >= batch) continue;
                 if (GATED) {
-                    float up = 0.f;
-#pragma unroll
-                    for (int i = 0; i < kWarps; ++i) up += tile[i][m + 8][b];
-                    sum = qrt::swiglu(sum, up);
+                    if (tr.row0 + r < tr.seg.n) store(tr, r, b, v[j], v[2 + j]);
+                } else {
+                    if (tr.row0 + r < tr.seg.n) store(tr, r, b, v[j], 0.f);
+                    if (tr.row0 + r + 8 < tr.seg.n) store(tr, r + 8, b, v[2 + j], 0.f);
                 }
-                qrt::store_gemv_row<!GATED>(args, cur.seg, b, row, sum);
             }
+            return;
         }
-        if (next >= tiles) break;
-        __syncthreads();  // the sums are read before the next tile writes them
-        t = next;
-        cur = nxt;
+        part[warp][r][2 * q] = v[0];
+        part[warp][r][2 * q + 1] = v[1];
+        part[warp][r + 8][2 * q] = v[2];
+        part[warp][r + 8][2 * q + 1] = v[3];
+        // Every warp's (and block's) partial tiles are there.
+#if __CUDA_ARCH__ >= 900
+        if (split > 1) cluster.sync();
+        else
+#endif
+            __syncthreads();
+        // Block z adds the tiles z, z + S, ... of the group over its warps and the S blocks.
+        const unsigned owned = rank < per_block ? (per_block - 1 - rank) / split + 1 : 0;
+        constexpr unsigned kPerTile = kOutRows * 8;
+        for (unsigned i = threadIdx.x; i < owned * kPerTile; i += blockDim.x) {
+            const unsigned s = rank + (i / kPerTile) * split;
+            const unsigned m = i % kPerTile / 8, b = i % 8;
+            const unsigned t = tg * per_block + s;
+            if (t >= tiles || b >= batch) continue;
+            const TileRows tr = tile_rows(t);
+            if (tr.row0 + m >= tr.seg.n) continue;
+            float sum = 0.f, up = 0.f;
+            for (unsigned z = 0; z < split; ++z) {
+#if __CUDA_ARCH__ >= 900
+                const float(*p)[16][8] = split > 1 ? cluster.map_shared_rank(part, z) : part;
+#else
+                const float(*p)[16][8] = part;
+#endif
+                for (unsigned w = s * per_tile; w < (s + 1) * per_tile; ++w) {
+                    sum += p[w][m][b];
+                    if (GATED) up += p[w][m + 8][b];
+                }
+            }
+            store(tr, m, b, sum, up);
+        }
+        // No block reads part again (or leaves) while another still adds it.
+#if __CUDA_ARCH__ >= 900
+        if (split > 1) cluster.sync();
+        else
+#endif
+            __syncthreads();
+    };
+
+    for (unsigned i = 0; i < items; i += 2) {
+        multiply(lo_a, hi_a, i % groups);
+        load_next(lo_a, hi_a);
+        if (i % groups == groups - 1) finish(walker + i / groups * walkers);
+        if (i + 1 < items) {
+            multiply(lo_b, hi_b, (i + 1) % groups);
+            load_next(lo_b, hi_b);
+            if ((i + 1) % groups == groups - 1) finish(walker + (i + 1) / groups * walkers);
+        }
     }
 }
 
 }  // namespace
 
-#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, CLUSTER)                                \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                  \
-        NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles, uint32_t staged) { \
-        gemv_tc<W, WARPS, GATED, CLUSTER>(args, batch, tiles, staged != 0);               \
+#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK)                             \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                 \
+        NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles) {                 \
+        gemv_tc<W, WARPS, GATED, PER_BLOCK>(args, batch, tiles);                         \
     }
 
-// Plain and gated, each also staging across a cluster (`_cs`).
-#define QRT_GEMV_TC(NAME, W, WARPS)                                                       \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS, W, WARPS, false, false)             \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS, W, WARPS, true, false)        \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_cs, W, WARPS, false, true)         \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_cs, W, WARPS, true, true)
+// Plain and gated; a tile a block (`_t1`) or a tile a warp (`_tw`).
+#define QRT_GEMV_TC(NAME, W, WARPS)                                                      \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_t1, W, WARPS, false, 1)           \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_t1, W, WARPS, true, 1)      \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw, W, WARPS, false, WARPS)       \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw, W, WARPS, true, WARPS)
 
 QRT_GEMV_TC(f16, __half, 8)
 QRT_GEMV_TC(f16, __half, 16)

@@ -12,7 +12,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::error::cuda_err;
-use crate::launch::{DecodePolicy, DecodeTc};
+use crate::launch::{DecodePolicy, DecodeTc, TcPlan};
 use crate::memory::MemoryCounter;
 use crate::{ptx, KernelError, BUILD_INFO};
 
@@ -22,6 +22,9 @@ const MIN_DRIVER_CUDA_VERSION: i32 = 13000;
 
 /// Oldest compute capability the kernels are built for (`sm_80`).
 const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+/// A tensor-core GEMV plan's key: kernel stem, tiles, batch, k.
+pub(crate) type TcPlanKey = (String, usize, usize, usize);
 
 /// A CUDA context on one GPU, with a stream and the kernel modules it has
 /// loaded so far (each module's PTX is loaded on first use and cached).
@@ -58,9 +61,11 @@ pub struct CudaDevice {
     pub(crate) gemm_tma: bool,
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
-    /// Blocks of a cluster that stage a batched tensor-core GEMV's input together (compute
-    /// capability 9.0; `QRT_GEMV_TC_CLUSTER`, default 2; 1 turns it off).
-    pub(crate) gemv_tc_cluster: u32,
+    /// Most blocks of a cluster that split a batched tensor-core GEMV's k (compute capability
+    /// 9.0: 16, or `QRT_GEMV_TC_SPLIT` of 1, 2, 4 or 8; 1 elsewhere).
+    pub(crate) gemv_tc_split: u32,
+    /// Tensor-core GEMV plans by (kernel stem, tiles, batch, k).
+    pub(crate) tc_plans: Mutex<HashMap<TcPlanKey, Option<TcPlan>>>,
     /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
     /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).
     pub(crate) gemv_one_carveout: bool,
@@ -227,15 +232,16 @@ impl CudaDevice {
                 Ok("all") => DecodeTc::Always,
                 _ => DecodeTc::Batched,
             },
-            gemv_tc_cluster: if compute_capability == (9, 0) {
-                std::env::var("QRT_GEMV_TC_CLUSTER")
+            gemv_tc_split: if compute_capability == (9, 0) {
+                std::env::var("QRT_GEMV_TC_SPLIT")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .filter(|c| [1, 2, 4, 8].contains(c))
-                    .unwrap_or(2)
+                    .filter(|c| [1, 2, 4, 8, 16].contains(c))
+                    .unwrap_or(16)
             } else {
                 1
             },
+            tc_plans: Mutex::new(HashMap::new()),
             gemv_one_carveout: programmatic_launch
                 && std::env::var("QRT_GEMV_CARVEOUT").map_or(true, |v| v != "0"),
             shared_per_sm,

@@ -4,8 +4,9 @@
 //! and pick the kernel variant and grid; the callers (the CUDA backend) own the buffers.
 
 use std::ffi::c_void;
+use std::sync::PoisonError;
 
-use cudarc::driver::{result, sys, DeviceRepr};
+use cudarc::driver::{result, sys, CudaFunction, DeviceRepr, DriverError};
 
 use crate::error::cuda_err;
 use crate::layouts::{
@@ -428,9 +429,9 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         }
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
         for warps in [8, 16] {
-            for cs in ["", "_cs"] {
-                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}{cs}")));
-                all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}{cs}")));
+            for tiles in ["t1", "tw"] {
+                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}")));
+                all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}_{tiles}")));
             }
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
@@ -464,68 +465,107 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     all
 }
 
-/// Whether `blocks` tensor-core GEMV tiles run as 16-warp blocks on `multiprocessors`: when
-/// they make one wave of one block per multiprocessor, or two whose second is at least three
-/// quarters full.
-fn tc_wide_blocks(blocks: usize, multiprocessors: usize) -> bool {
-    blocks <= multiprocessors
-        || (blocks <= 2 * multiprocessors && 4 * (blocks - multiprocessors) >= 3 * multiprocessors)
+/// How a tensor-core GEMV runs (`gemv_tc.cu`): blocks of `warps` warps holding `per_block`
+/// 16-row tiles at a time, `split` blocks of a cluster splitting k, `walkers` clusters walking
+/// the tile groups, `shared` bytes staging a block's slice of the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TcPlan {
+    pub(crate) warps: usize,
+    pub(crate) per_block: usize,
+    pub(crate) split: usize,
+    pub(crate) walkers: usize,
+    pub(crate) shared: usize,
 }
 
-/// Most shared memory a tensor-core GEMV block stages its input in (two blocks per
-/// multiprocessor must still fit).
-const TC_STAGE_MAX: usize = 80 * 1024;
-
-/// Bytes of shared memory a tensor-core GEMV of `batch` rows of `k` stages its input in
-/// (16-bit, rows padded 64 bytes apart), or 0 when that exceeds [`TC_STAGE_MAX`] and every
-/// tile reads the input from L2 instead.
-fn tc_staged_bytes(batch: usize, k: usize) -> usize {
-    let bytes = batch * (k * 2 + 64);
-    if bytes <= TC_STAGE_MAX {
-        bytes
+/// Most shared memory a tensor-core GEMV block stages its slice of the input in, with
+/// `per_multiprocessor` blocks on a multiprocessor.
+fn tc_stage_max(per_multiprocessor: usize) -> usize {
+    if per_multiprocessor > 1 {
+        80 * 1024
     } else {
-        0
+        200 * 1024
     }
 }
 
-/// Most shared memory the blocks of a cluster-staged tensor-core GEMV may hold (one block of
-/// 16 warps per multiprocessor).
-const TC_CLUSTER_STAGE_MAX: usize = 200 * 1024;
+/// Weights below which a tensor-core GEMV keeps to blocks of one tile, unsplit: its time is
+/// latency more than bytes, and a cluster's barriers cost more than the input reads they save
+/// (SmolLM2 at batch 4 and 8 lost 17-20% with tile groups split across clusters, H200).
+const TC_GROUP_MIN_BYTES: usize = 8 << 20;
 
-/// How a tensor-core GEMV of `tiles` 16-row tiles and `batch` rows of `k` stages its input
-/// across clusters of `cluster` blocks: (blocks, warps per block, shared memory bytes), the
-/// blocks a multiple of `cluster` (never more than the tiles) and at most one or two per
-/// multiprocessor as the staged input allows; `None` (stage per block or not at all) for
-/// batch one, a cluster of 1, an input too large to stage, at most a tile per multiprocessor
-/// or k below 2,048.
-fn tc_cluster_config(
+/// The plan of a tensor-core GEMV of `tiles` 16-row tiles, `batch` input rows of `k`, on
+/// `multiprocessors`, its k split over clusters of at most `max_split` blocks;
+/// `clusters_fit(warps, split, shared)` says how many such clusters the device holds at once.
+///
+/// Blocks of 8 warps (two a multiprocessor: the kernels' launch bounds hold them to 128
+/// registers a thread) or 16 (one). Matrices of [`TC_GROUP_MIN_BYTES`] or more take a tile a
+/// warp where a cluster can split k: the widest (a power of two) whose blocks make one wave,
+/// that the device holds, and that leaves each block two k-steps or more. Otherwise a tile a
+/// block, unsplit, the blocks walking the tiles. Chosen: a split group of tiles if any, then
+/// the block size that keeps more warps busy on average over its rounds, then the one with
+/// more blocks. `None` when no slice of the input fits in shared memory.
+fn tc_plan(
     tiles: usize,
     batch: usize,
     k: usize,
     multiprocessors: usize,
-    cluster: usize,
-) -> Option<(usize, usize, usize)> {
-    let shared = batch * (k * 2 + 64);
-    // Only where the input is long and read by more blocks than multiprocessors: on an H200
-    // the 1B's q/k/v and gate/up at batch 8 gained 2 us each, its o and down (128 tiles) and
-    // every SmolLM2 product (k of 576 and 1,536) lost.
-    if batch < 2
-        || cluster < 2
-        || shared > TC_CLUSTER_STAGE_MAX
-        || tiles <= multiprocessors
-        || k < 2048
-    {
-        return None;
-    }
-    // Two 8-warp blocks a multiprocessor where both stage copies fit, else one of 16.
-    let (warps, per_multiprocessor) =
-        if 2 * shared <= TC_CLUSTER_STAGE_MAX && !tc_wide_blocks(tiles, multiprocessors) {
-            (8, 2)
+    max_split: usize,
+    mut clusters_fit: impl FnMut(usize, usize, usize) -> usize,
+) -> Option<TcPlan> {
+    let steps = k / 32;
+    let grouped = tiles * 16 * k * 2 >= TC_GROUP_MIN_BYTES;
+    let mut best: Option<(TcPlan, (bool, usize, usize))> = None;
+    for (warps, grouped) in [(8, grouped), (16, grouped), (8, false), (16, false)] {
+        let per_multiprocessor = 16 / warps;
+        let capacity = multiprocessors * per_multiprocessor;
+        let per_block = if grouped { warps } else { 1 };
+        let groups = tiles.div_ceil(per_block);
+        let mut split = if grouped {
+            max_split.max(1).next_power_of_two()
         } else {
-            (16, 1)
+            1
         };
-    let blocks = tiles.min(multiprocessors * per_multiprocessor) / cluster * cluster;
-    (blocks > 0).then_some((blocks, warps, shared))
+        let plan = loop {
+            let shared = batch * (steps.div_ceil(split) * 64 + 64);
+            let fits = shared <= tc_stage_max(per_multiprocessor);
+            if split == 1 {
+                // A group of tiles pays only where a cluster splits its k (unsplit, the 1B's
+                // output head took 148 us at batch 8 against 134 with a tile a block).
+                break (fits && !grouped).then_some(TcPlan {
+                    warps,
+                    per_block,
+                    split,
+                    walkers: groups.min(capacity),
+                    shared,
+                });
+            }
+            if fits
+                && groups * split <= capacity
+                && steps / split >= 2
+                && clusters_fit(warps, split, shared) >= groups
+            {
+                break Some(TcPlan {
+                    warps,
+                    per_block,
+                    split,
+                    walkers: groups,
+                    shared,
+                });
+            }
+            split /= 2;
+        };
+        if let Some(plan) = plan {
+            let rounds = groups.div_ceil(plan.walkers);
+            let key = (
+                grouped,
+                groups * plan.split * warps / rounds,
+                plan.walkers * plan.split,
+            );
+            if best.as_ref().is_none_or(|(_, k)| key > *k) {
+                best = Some((plan, key));
+            }
+        }
+    }
+    best.map(|(plan, _)| plan)
 }
 
 /// Into how many clusters' blocks the k loop of a plain GEMM of `tiles` 64-row tiles and
@@ -707,6 +747,39 @@ struct LaunchOptions {
     reserve: Option<SharedReserve>,
 }
 
+/// Lets `f` take `shared` bytes of dynamic shared memory: above 48 KiB (with its static
+/// shared memory) a kernel must opt in.
+fn allow_dynamic_shared(f: &CudaFunction, shared: u32) -> Result<(), DriverError> {
+    if shared == 0 {
+        return Ok(());
+    }
+    let attribute = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    if i64::from(shared) > i64::from(f.get_attribute(attribute)?) {
+        f.set_attribute(attribute, shared as i32)?;
+    }
+    Ok(())
+}
+
+/// The launch attribute for clusters of `cluster_z` blocks along z, allowing `f` sizes beyond
+/// the portable 8 where asked (Hopper allows 16).
+fn cluster_attribute(
+    f: &CudaFunction,
+    cluster_z: u32,
+) -> Result<sys::CUlaunchAttribute, DriverError> {
+    if cluster_z > 8 {
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+            1,
+        )?;
+    }
+    let mut attr =
+        zeroed_attribute(sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
+    attr.value.clusterDim.x = 1;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = cluster_z;
+    Ok(attr)
+}
+
 /// A launch attribute of kind `id`, its value zeroed for the caller to fill.
 fn zeroed_attribute(id: sys::CUlaunchAttributeID) -> sys::CUlaunchAttribute {
     sys::CUlaunchAttribute {
@@ -816,17 +889,7 @@ impl CudaDevice {
         self.bind()?;
         let context = || format!("launching {kernel} (grid {grid:?}, block {block})");
         let shared = u32_of("shared memory bytes", shared)?;
-        if shared > 0 {
-            // With its static shared memory, above 48 KiB a kernel must opt in to more dynamic
-            // shared memory.
-            let attribute =
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            let allowed = f.get_attribute(attribute).map_err(cuda_err(context()))?;
-            if i64::from(shared) > i64::from(allowed) {
-                f.set_attribute(attribute, shared as i32)
-                    .map_err(cuda_err(context()))?;
-            }
-        }
+        allow_dynamic_shared(&f, shared).map_err(cuda_err(context()))?;
         let pdl = self.programmatic_launch && overlap;
         let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(3);
         if let Some(reserve) = reserve {
@@ -851,20 +914,7 @@ impl CudaDevice {
             attrs.push(attr);
         }
         if cluster_z > 1 {
-            if cluster_z > 8 {
-                // Beyond the portable cluster size of 8 (Hopper allows 16).
-                f.set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                    1,
-                )
-                .map_err(cuda_err(context()))?;
-            }
-            let mut attr =
-                zeroed_attribute(sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
-            attr.value.clusterDim.x = 1;
-            attr.value.clusterDim.y = 1;
-            attr.value.clusterDim.z = cluster_z;
-            attrs.push(attr);
+            attrs.push(cluster_attribute(&f, cluster_z).map_err(cuda_err(context()))?);
         }
         if attrs.is_empty() {
             // SAFETY: the caller guarantees the parameters; the driver checks grid and block.
@@ -905,12 +955,51 @@ impl CudaDevice {
         .map_err(cuda_err(context()))
     }
 
+    /// How many clusters of `cluster_z` blocks of `kernel` (`block` threads, `shared` bytes of
+    /// dynamic shared memory) the device holds at once.
+    pub(crate) fn max_active_clusters(
+        &self,
+        module: &'static str,
+        kernel: &str,
+        block: u32,
+        shared: usize,
+        cluster_z: usize,
+    ) -> Result<usize, KernelError> {
+        let f = self.function(module, kernel)?;
+        self.bind()?;
+        let context = || format!("occupancy of {kernel} in clusters of {cluster_z}");
+        let shared = u32_of("shared memory bytes", shared)?;
+        let cluster_z = u32_of("cluster size", cluster_z)?;
+        allow_dynamic_shared(&f, shared).map_err(cuda_err(context()))?;
+        let mut attrs = [cluster_attribute(&f, cluster_z).map_err(cuda_err(context()))?];
+        let config = sys::CUlaunchConfig {
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: cluster_z,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: shared,
+            hStream: self.stream.cu_stream(),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: 1,
+        };
+        let mut clusters = 0i32;
+        // SAFETY: `config` and `attrs` outlive the call, which only reads them.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &config) }
+            .result()
+            .map_err(cuda_err(context()))?;
+        Ok(usize::try_from(clusters).unwrap_or(0))
+    }
+
     /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
     /// a batch of one whose input fits the batch-one kernel's shared memory, or a batch of 2
-    /// to 8 on the tensor cores (`k` a multiple of 32).
+    /// to 8 on the tensor cores (`k` a multiple of 32, the whole input staged in one block).
     pub fn gemv_fuses_norm(rows: usize, k: usize) -> bool {
         Self::one_row_kernel(rows, k)
-            || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) && k.is_multiple_of(32))
+            || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows)
+                && k.is_multiple_of(32)
+                && rows * (k * 2 + 64) <= tc_stage_max(1))
     }
 
     /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
@@ -942,8 +1031,12 @@ impl CudaDevice {
             return unsafe { self.launch_gemv_one(ty, false, &args, rows) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
-            // SAFETY: forwarded from the caller.
-            return unsafe { self.gemv_tc(ty, input, segments, fusion) };
+            let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+            let stem = format!("qrt_gemv_tc_{}", ty.name());
+            if let Some(plan) = self.tc_plan(&stem, tiles as usize, input.rows, input.k)? {
+                // SAFETY: forwarded from the caller.
+                return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
+            }
         }
         let total: usize = segments.iter().map(|s| s.n).sum();
         let rows_per_block = if total >= 8192 {
@@ -1035,13 +1128,47 @@ impl CudaDevice {
         }
     }
 
-    /// Launches tensor-core GEMV kernel `<stem>_w<warps>` over `tiles` 16-row tiles, on at
-    /// most as many blocks as are resident at once (each walks its share of the tiles): 16
-    /// warps per block when the tiles fill one or two waves of one block per multiprocessor
-    /// (the kernels' launch bounds hold them to 128 registers per thread, so a 16-warp block
-    /// takes at most all 65,536 of a multiprocessor's registers), else 8 (two fit). On the
-    /// H200, 192 tiles (a second wave under half full) ran faster as 8-warp blocks
-    /// (Llama-3.2-1B q/k/v, SmolLM2 gate/up), 256 as 16-warp blocks (Llama-3.1-8B o, down).
+    /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `batch` rows of `k`
+    /// ([`tc_plan`]; cached, with the device's occupancy of each cluster it considers).
+    fn tc_plan(
+        &self,
+        stem: &str,
+        tiles: usize,
+        batch: usize,
+        k: usize,
+    ) -> Result<Option<TcPlan>, KernelError> {
+        let key = (stem.to_string(), tiles, batch, k);
+        let mut plans = self.tc_plans.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = plans.get(&key) {
+            return Ok(*plan);
+        }
+        let mut failure = None;
+        let plan = tc_plan(
+            tiles,
+            batch,
+            k,
+            self.multiprocessors(),
+            self.gemv_tc_split as usize,
+            |warps, split, shared| {
+                let kernel = format!("{stem}_w{warps}_tw");
+                self.max_active_clusters("gemv_tc", &kernel, warps as u32 * 32, shared, split)
+                    .unwrap_or_else(|e| {
+                        failure = Some(e);
+                        0
+                    })
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if std::env::var_os("QRT_TC_PLAN_LOG").is_some() {
+            eprintln!("tc plan {stem} tiles {tiles} batch {batch} k {k}: {plan:?}");
+        }
+        plans.insert(key, plan);
+        Ok(plan)
+    }
+
+    /// Launches tensor-core GEMV `<stem>_w<warps>` over `tiles` 16-row tiles as `plan` says.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1051,55 +1178,22 @@ impl CudaDevice {
         args: &qrt_gemv_args,
         tiles: u32,
         batch: usize,
+        plan: TcPlan,
     ) -> Result<(), KernelError> {
-        let sms = self.multiprocessors();
-        let (warps, per_multiprocessor) = if tc_wide_blocks(tiles as usize, sms) {
-            (16, 1)
-        } else {
-            (8, 2)
-        };
-        if let Some(config) = tc_cluster_config(
-            tiles as usize,
-            batch,
-            args.k as usize,
-            sms,
-            self.gemv_tc_cluster as usize,
-        ) {
-            let (blocks, warps, shared) = config;
-            let batch = batch as u32;
-            let staged = 1u32;
-            // SAFETY: as below; the blocks form clusters of `gemv_tc_cluster` along z, each
-            // with `shared` bytes for the staged input.
-            return unsafe {
-                self.launch_clustered(
-                    "gemv_tc",
-                    &format!("{stem}_w{warps}_cs"),
-                    ((1, 1, blocks as u32), warps as u32 * 32, shared),
-                    self.gemv_tc_cluster,
-                    &mut params([args, &batch, &tiles, &staged]),
-                    true,
-                )
-            };
-        }
-        let blocks = (tiles as usize).min(sms * per_multiprocessor) as u32;
         let batch = batch as u32;
-        // Staging pays for its prologue only when blocks walk several tiles (with about one
-        // tile each, every block would read x from L2 as often as before).
-        let shared = if tiles >= 2 * blocks {
-            tc_staged_bytes(batch as usize, args.k as usize)
-        } else {
-            0
-        };
-        let staged = u32::from(shared > 0);
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t staged) by value,
-        // `shared` bytes of dynamic shared memory for the staged input; the caller guarantees
-        // the buffers.
+        let layout = if plan.per_block == 1 { "t1" } else { "tw" };
+        let grid = (plan.walkers as u32, 1, plan.split as u32);
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value,
+        // `shared` bytes of
+        // dynamic shared memory for the staged slice, clusters of `split` blocks along z; the
+        // caller guarantees the buffers.
         unsafe {
-            self.launch_config(
+            self.launch_clustered(
                 "gemv_tc",
-                &format!("{stem}_w{warps}"),
-                ((blocks, 1, 1), warps * 32, shared),
-                &mut params([args, &batch, &tiles, &staged]),
+                &format!("{stem}_w{}_{layout}", plan.warps),
+                (grid, plan.warps as u32 * 32, plan.shared),
+                plan.split as u32,
+                &mut params([args, &batch, &tiles]),
                 true,
             )
         }
@@ -1127,39 +1221,39 @@ impl CudaDevice {
         }
         check_norm(input, fusion)?;
         let t = ty.name();
-        let one = Self::one_row_kernel(input.rows, input.k);
-        let tensor_cores = !one && input.rows > 1 && input.k.is_multiple_of(32);
-        let (rows_loaded, out_rows) = match (tensor_cores, gate.n >= 4096) {
-            (true, _) => (16, 8),
-            (false, true) => (4, 2),
-            (false, false) => (2, 1),
+        // Gate and up as the two segments of one launch.
+        let with_up = |(mut args, blocks): (qrt_gemv_args, u32)| {
+            args.seg[1] = qrt_gemv_segment {
+                w: up,
+                n: args.seg[0].n,
+                ..Default::default()
+            };
+            args.num_segments = 2;
+            (args, blocks)
         };
-        let (mut args, blocks) = gemv_args(
-            input,
-            &[gate],
-            out_rows,
-            if tensor_cores { 32 } else { 8 },
-            fusion,
-        )?;
-        args.seg[1] = qrt_gemv_segment {
-            w: up,
-            n: args.seg[0].n,
-            ..Default::default()
-        };
-        args.num_segments = 2;
+        if Self::one_row_kernel(input.rows, input.k) {
+            let (args, _) = with_up(gemv_args(input, &[gate], 1, 8, fusion)?);
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.launch_gemv_one(ty, true, &args, gate.n) };
+        }
+        if input.rows > 1 && input.k.is_multiple_of(32) {
+            // Tiles of 8 rows of gate over the same 8 of up.
+            let (args, tiles) = with_up(gemv_args(input, &[gate], 8, 32, fusion)?);
+            let stem = format!("qrt_gemv_tc_gated_{t}");
+            if let Some(plan) = self.tc_plan(&stem, tiles as usize, input.rows, input.k)? {
+                // SAFETY: forwarded from the caller.
+                return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
+            }
+        }
+        let rows_loaded = if gate.n >= 4096 { 4 } else { 2 };
+        let (args, blocks) = with_up(gemv_args(input, &[gate], rows_loaded / 2, 8, fusion)?);
         // SAFETY: forwarded from the caller.
         unsafe {
-            if one {
-                self.launch_gemv_one(ty, true, &args, gate.n)
-            } else if tensor_cores {
-                self.launch_gemv_tc(&format!("qrt_gemv_tc_gated_{t}"), &args, blocks, input.rows)
-            } else {
-                self.launch_gemv_fma(
-                    &format!("qrt_gemv_gated_{t}_b{}_r{rows_loaded}", input.rows),
-                    &args,
-                    blocks,
-                )
-            }
+            self.launch_gemv_fma(
+                &format!("qrt_gemv_gated_{t}_b{}_r{rows_loaded}", input.rows),
+                &args,
+                blocks,
+            )
         }
     }
 
@@ -1176,16 +1270,18 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        let (args, blocks) = gemv_args(input, segments, 16, 32, fusion)?;
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let plan = self
+            .tc_plan(&stem, tiles as usize, input.rows, input.k)?
+            .ok_or_else(|| {
+                KernelError::Shape(format!(
+                    "no slice of {} rows of {} values fits a tensor-core GEMV's shared memory",
+                    input.rows, input.k
+                ))
+            })?;
         // SAFETY: forwarded from the caller.
-        unsafe {
-            self.launch_gemv_tc(
-                &format!("qrt_gemv_tc_{}", ty.name()),
-                &args,
-                blocks,
-                input.rows,
-            )
-        }
+        unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) }
     }
 
     /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):
@@ -1824,15 +1920,46 @@ mod tests {
     }
 
     #[test]
-    fn tensor_core_gemv_stages_inputs_that_fit() {
-        // Llama-3.2-1B (k = 2048) at batch 8 and Llama-3.1-8B (k = 4096) at batch 8 stage.
-        assert_eq!(tc_staged_bytes(8, 2048), 8 * 4160);
-        assert_eq!(tc_staged_bytes(8, 4096), 8 * 8256);
-        // The 1B down projection (k = 8192) stages up to batch 4; the 8B's (14336) at 2.
-        assert_eq!(tc_staged_bytes(4, 8192), 4 * 16448);
-        assert_eq!(tc_staged_bytes(5, 8192), 0);
-        assert_eq!(tc_staged_bytes(2, 14336), 2 * 28736);
-        assert_eq!(tc_staged_bytes(3, 14336), 0);
+    fn tensor_core_gemv_plans() {
+        // H200: 132 multiprocessors, splits up to 16; the device holding clusters of up to 8
+        // blocks (it did not hold enough of 16 for the 1B's o and down).
+        let plan = |tiles, batch, k| {
+            tc_plan(
+                tiles,
+                batch,
+                k,
+                132,
+                16,
+                |_, split, _| if split > 8 { 0 } else { 64 },
+            )
+        };
+        let p = |warps, per_block, split, walkers, shared| {
+            Some(TcPlan {
+                warps,
+                per_block,
+                split,
+                walkers,
+                shared,
+            })
+        };
+        // Llama-3.2-1B at batch 8: a tile a warp, k split 8 ways for q/k/v (192 tiles), o and
+        // down (128); gate/up (1,024 tiles of 8 rows) 2 ways in groups of 16 (128 groups of 8
+        // would not all be held at once).
+        assert_eq!(plan(192, 8, 2048), p(8, 8, 8, 24, 8 * (8 * 64 + 64)));
+        assert_eq!(plan(128, 8, 2048), p(8, 8, 8, 16, 8 * (8 * 64 + 64)));
+        assert_eq!(plan(128, 8, 8192), p(8, 8, 8, 16, 8 * (32 * 64 + 64)));
+        assert_eq!(plan(1024, 8, 2048), p(16, 16, 2, 64, 8 * (32 * 64 + 64)));
+        // The output head (8,016 tiles) cannot split in one wave: a tile a block, the blocks
+        // walking the tiles.
+        assert_eq!(plan(8016, 8, 2048), p(16, 1, 1, 132, 8 * (64 * 64 + 64)));
+        // Under 8 MiB (SmolLM2's q/k/v, 1.1 MB): a tile a block, unsplit.
+        assert_eq!(plan(60, 8, 576), p(16, 1, 1, 60, 8 * (18 * 64 + 64)));
+        // Without clusters (sm_80) everything is a tile a block; an input no block can stage
+        // has no plan.
+        let unsplit = |tiles, batch, k| tc_plan(tiles, batch, k, 108, 1, |_, _, _| 0);
+        assert_eq!(unsplit(128, 8, 8192), p(16, 1, 1, 108, 8 * (256 * 64 + 64)));
+        assert_eq!(unsplit(128, 4, 8192), p(8, 1, 1, 128, 4 * (256 * 64 + 64)));
+        assert_eq!(unsplit(128, 8, 14336), None);
     }
 
     #[test]
@@ -1892,45 +2019,6 @@ mod tests {
         assert_eq!(gemm_tma_plan(4, &[576], 24, 132, false, true), None);
         // No split below 8 steps per share.
         assert_eq!(gemm_tma_splits(32, 15, 132, 2), 1);
-    }
-
-    #[test]
-    fn cluster_staged_tensor_core_gemvs() {
-        // H200. Llama-3.2-1B q/k/v at batch 8 (192 tiles, 33 KB staged): two 8-warp blocks a
-        // multiprocessor, 192 blocks in clusters of 2.
-        assert_eq!(
-            tc_cluster_config(192, 8, 2048, 132, 2),
-            Some((192, 8, 8 * 4160))
-        );
-        // Llama-3.1-8B q/k/v at batch 8 (384 tiles, 66 KB staged): two blocks a multiprocessor
-        // walking several tiles each.
-        assert_eq!(
-            tc_cluster_config(384, 8, 4096, 132, 2),
-            Some((264, 8, 8 * 8256))
-        );
-        // One wave of tiles (the 1B's o and down) or a short input (SmolLM2): not staged.
-        assert_eq!(tc_cluster_config(128, 8, 8192, 132, 2), None);
-        assert_eq!(tc_cluster_config(192, 8, 576, 132, 2), None);
-        // Batch one, clusters of one, or too large an input: not cluster-staged.
-        assert_eq!(tc_cluster_config(192, 1, 2048, 132, 2), None);
-        assert_eq!(tc_cluster_config(192, 8, 2048, 132, 1), None);
-        assert_eq!(tc_cluster_config(896, 8, 14336, 132, 2), None);
-    }
-
-    #[test]
-    fn wide_tensor_core_blocks_only_for_full_waves() {
-        // H200 (132 multiprocessors): Llama-3.2-1B o and down (128 tiles), one wave.
-        assert!(tc_wide_blocks(128, 132));
-        assert!(tc_wide_blocks(132, 132));
-        // Llama-3.2-1B q/k/v (192 tiles): a second wave under half full.
-        assert!(!tc_wide_blocks(192, 132));
-        // Llama-3.1-8B o and down (256 tiles): a second wave nearly full.
-        assert!(tc_wide_blocks(256, 132));
-        assert!(tc_wide_blocks(264, 132));
-        assert!(!tc_wide_blocks(265, 132));
-        // The three-quarter edge of the second wave: 99 of 132.
-        assert!(tc_wide_blocks(231, 132));
-        assert!(!tc_wide_blocks(230, 132));
     }
 
     #[test]
