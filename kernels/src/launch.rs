@@ -930,18 +930,7 @@ impl CudaDevice {
             }
             .map_err(cuda_err(context()));
         }
-        let config = sys::CUlaunchConfig {
-            gridDimX: grid.0,
-            gridDimY: grid.1,
-            gridDimZ: grid.2,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: shared,
-            hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
-        };
+        let config = self.launch_config_of(grid, block, shared, &mut attrs);
         // SAFETY: as above; `config` and `attrs` outlive the call.
         unsafe {
             sys::cuLaunchKernelEx(
@@ -953,6 +942,29 @@ impl CudaDevice {
         }
         .result()
         .map_err(cuda_err(context()))
+    }
+
+    /// The launch configuration of `grid` blocks of `block` threads with `shared` bytes of
+    /// dynamic shared memory and `attrs`, on this device's stream (it points into `attrs`).
+    fn launch_config_of(
+        &self,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        attrs: &mut [sys::CUlaunchAttribute],
+    ) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: shared,
+            hStream: self.stream.cu_stream(),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
+        }
     }
 
     /// How many clusters of `cluster_z` blocks of `kernel` (`block` threads, `shared` bytes of
@@ -972,18 +984,7 @@ impl CudaDevice {
         let cluster_z = u32_of("cluster size", cluster_z)?;
         allow_dynamic_shared(&f, shared).map_err(cuda_err(context()))?;
         let mut attrs = [cluster_attribute(&f, cluster_z).map_err(cuda_err(context()))?];
-        let config = sys::CUlaunchConfig {
-            gridDimX: 1,
-            gridDimY: 1,
-            gridDimZ: cluster_z,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: shared,
-            hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: 1,
-        };
+        let config = self.launch_config_of((1, 1, cluster_z), block, shared, &mut attrs);
         let mut clusters = 0i32;
         // SAFETY: `config` and `attrs` outlive the call, which only reads them.
         unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f.cu_function(), &config) }
