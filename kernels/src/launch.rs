@@ -1013,7 +1013,7 @@ impl CudaDevice {
     /// `fusion`'s extras. One launch covers up to three matrices that read the same `x`. A
     /// batch of one runs on the FMA units with f32 activations (`gemv_one.cu`); larger
     /// batches run on the tensor cores ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of
-    /// 32, else on the FMA units.
+    /// 32 and a slice of the input fits a block's shared memory, else on the FMA units.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`], [`GemvInput`] and [`Fusion`] say.
