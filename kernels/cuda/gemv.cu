@@ -1,8 +1,8 @@
 // GEMV for decode: y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]) (+ y[b, i] when accumulating)
 // for a batch of 1 to 8 rows of f32 activations against 16-bit (f16 or bf16) weights, f32
 // accumulation. Batches of one normally run on gemv_one.cu and larger batches on the tensor
-// cores (gemv_tc.cu); this kernel takes the rest (k not a multiple of 32, or too large for
-// gemv_one's shared memory).
+// cores (gemv_tc.cu); this kernel takes the rest (k not a multiple of 32, too large for
+// gemv_one's shared memory, or a batch whose input no tensor-core block can stage).
 //
 // Decode is bound by reading the weights, so each weight byte is read exactly once, in 16-byte
 // loads that bypass L1, and is used for every row of the batch. A block has 32 * WK threads

@@ -20,7 +20,7 @@
 // once per tile group and slice rather than once per tile: at batch 8, x of a long row is as
 // large as a tile's weights, and reading it per tile doubled what a multiprocessor read. With
 // one warp a tile and S = 1 a warp stores its tile straight from its registers. Blocks walk
-// the tile groups blockIdx.x, + gridDim.x, ... (the grid is at most what is resident at once).
+// the tile groups blockIdx.x, + gridDim.x, ... (the launcher counts at most one wave).
 //
 // A warp's loads: groups of kUnroll steps of 32 k in two register sets that take turns. While
 // the group in one set is multiplied the other set's loads are in flight, and a set is refilled
@@ -159,6 +159,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned c0 = s0 * 4;
     const bool normed = args.norm != 0;
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
+    // (`squares` and `part` are the block's static shared memory: tc_static_shared in
+    // launch.rs counts them.)
     __shared__ float squares[QRT_GEMV_MAX_BATCH];
     // Warp w stages rows w, w + kWarps, ..., four chunks a lane requested before any is
     // converted, and sums their squares.

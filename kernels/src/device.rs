@@ -62,7 +62,7 @@ pub struct CudaDevice {
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
     /// Most blocks of a cluster that split a batched tensor-core GEMV's k (compute capability
-    /// 9.0: 16, or `QRT_GEMV_TC_SPLIT` of 1, 2, 4 or 8; 1 elsewhere).
+    /// 9.0: `QRT_GEMV_TC_SPLIT` of 1, 2, 4, 8 or 16, default 16; 1 elsewhere).
     pub(crate) gemv_tc_split: u32,
     /// Tensor-core GEMV plans by (kernel stem, tiles, batch, k).
     pub(crate) tc_plans: Mutex<HashMap<TcPlanKey, Option<TcPlan>>>,
@@ -73,6 +73,8 @@ pub struct CudaDevice {
     pub(crate) shared_per_sm: usize,
     /// Shared memory the driver reserves for each block, bytes.
     pub(crate) shared_reserved: usize,
+    /// Most shared memory one block may opt in to, bytes.
+    pub(crate) shared_optin: usize,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -191,6 +193,10 @@ impl CudaDevice {
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
             "shared memory reserved per block",
         )?;
+        let shared_optin = shared_attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            "shared memory a block may opt in to",
+        )?;
         let programmatic_launch =
             compute_capability >= (9, 0) && std::env::var("QRT_PDL").map_or(true, |v| v != "0");
         let arch = if compute_capability >= (9, 0) {
@@ -246,6 +252,7 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMV_CARVEOUT").map_or(true, |v| v != "0"),
             shared_per_sm,
             shared_reserved,
+            shared_optin,
         })
     }
 

@@ -477,14 +477,26 @@ pub(crate) struct TcPlan {
     pub(crate) shared: usize,
 }
 
-/// Most shared memory a tensor-core GEMV block stages its slice of the input in, with
-/// `per_multiprocessor` blocks on a multiprocessor.
-fn tc_stage_max(per_multiprocessor: usize) -> usize {
-    if per_multiprocessor > 1 {
+/// Static shared memory of a tensor-core GEMV block of `warps` warps, bytes: its partial tiles
+/// (`part`) and the rows' squares (`squares` in `gemv_tc.cu`; keep the two in step).
+const fn tc_static_shared(warps: usize) -> usize {
+    warps * 16 * 8 * 4 + QRT_GEMV_MAX_BATCH as usize * 4
+}
+
+/// Most shared memory a tensor-core GEMV block of `warps` warps stages its slice of the input
+/// in: 80 KB where two blocks share a multiprocessor (8 warps), 200 KB for one (16), within
+/// what a block may opt in to (`optin`) and what the blocks of a multiprocessor
+/// (`shared_per_sm`, less `reserved` a block) hold beside their static shared memory.
+fn tc_stage_max(warps: usize, optin: usize, shared_per_sm: usize, reserved: usize) -> usize {
+    let per_multiprocessor = 16 / warps;
+    let cap = if per_multiprocessor > 1 {
         80 * 1024
     } else {
         200 * 1024
-    }
+    };
+    let fixed = tc_static_shared(warps);
+    cap.min(optin.saturating_sub(fixed))
+        .min((shared_per_sm / per_multiprocessor).saturating_sub(fixed + reserved))
 }
 
 /// Weights below which a tensor-core GEMV keeps to blocks of one tile, unsplit: its time is
@@ -494,6 +506,7 @@ const TC_GROUP_MIN_BYTES: usize = 8 << 20;
 
 /// The plan of a tensor-core GEMV of `tiles` 16-row tiles, `batch` input rows of `k`, on
 /// `multiprocessors`, its k split over clusters of at most `max_split` blocks;
+/// `stage_max(warps)` is the most shared memory a block may stage in ([`tc_stage_max`]);
 /// `clusters_fit(warps, split, shared)` says how many such clusters the device holds at once.
 ///
 /// Blocks of 8 warps (two a multiprocessor: the kernels' launch bounds hold them to 128
@@ -509,6 +522,7 @@ fn tc_plan(
     k: usize,
     multiprocessors: usize,
     max_split: usize,
+    stage_max: impl Fn(usize) -> usize,
     mut clusters_fit: impl FnMut(usize, usize, usize) -> usize,
 ) -> Option<TcPlan> {
     let steps = k / 32;
@@ -526,7 +540,7 @@ fn tc_plan(
         };
         let plan = loop {
             let shared = batch * (steps.div_ceil(split) * 64 + 64);
-            let fits = shared <= tc_stage_max(per_multiprocessor);
+            let fits = shared <= stage_max(warps);
             if split == 1 {
                 // A group of tiles pays only where a cluster splits its k (unsplit, the 1B's
                 // output head took 148 us at batch 8 against 134 with a tile a block).
@@ -691,11 +705,23 @@ fn stream_groups(k: usize) -> Option<usize> {
 /// group): it won at k = 576 and 2048 on the H200.
 const LEAN_GATED_MAX_K: usize = 2048;
 
-/// A normalised input needs the batch-one kernel.
-fn check_norm(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
-    if fusion.norm.is_some() && !CudaDevice::gemv_fuses_norm(input.rows, input.k) {
+/// A normalised input needs a kernel that normalises (see [`CudaDevice::gemv_fuses_norm`]).
+fn check_norm(dev: &CudaDevice, input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
+    if fusion.norm.is_some() && !dev.gemv_fuses_norm(input.rows, input.k) {
         return Err(KernelError::Shape(format!(
             "a GEMV of {} rows of {} values cannot normalise its input",
+            input.rows, input.k
+        )));
+    }
+    Ok(())
+}
+
+/// The FMA GEMV kernels (`gemv.cu`) cannot normalise their input: an error rather than a
+/// silently unnormalised product, should a normalised input ever reach them.
+fn fma_takes(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
+    if fusion.norm.is_some() {
+        return Err(KernelError::Shape(format!(
+            "no tensor-core plan for a normalised input of {} rows of {} values",
             input.rows, input.k
         )));
     }
@@ -993,14 +1019,25 @@ impl CudaDevice {
         Ok(usize::try_from(clusters).unwrap_or(0))
     }
 
+    /// [`tc_stage_max`] on this device.
+    fn tc_stage_max(&self, warps: usize) -> usize {
+        tc_stage_max(
+            warps,
+            self.shared_optin,
+            self.shared_per_sm,
+            self.shared_reserved,
+        )
+    }
+
     /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
     /// a batch of one whose input fits the batch-one kernel's shared memory, or a batch of 2
-    /// to 8 on the tensor cores (`k` a multiple of 32, the whole input staged in one block).
-    pub fn gemv_fuses_norm(rows: usize, k: usize) -> bool {
+    /// to 8 on the tensor cores (`k` a multiple of 32, the whole input staged in one block of
+    /// 16 warps, which the tensor-core plans can always fall back to).
+    pub fn gemv_fuses_norm(&self, rows: usize, k: usize) -> bool {
         Self::one_row_kernel(rows, k)
             || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows)
                 && k.is_multiple_of(32)
-                && rows * (k * 2 + 64) <= tc_stage_max(1))
+                && rows * (k * 2 + 64) <= self.tc_stage_max(16))
     }
 
     /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
@@ -1024,7 +1061,7 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        check_norm(input, fusion)?;
+        check_norm(self, input, fusion)?;
         if Self::one_row_kernel(input.rows, input.k) {
             let (args, _) = gemv_args(input, segments, 1, 8, fusion)?;
             let rows = segments.iter().map(|s| s.n).sum();
@@ -1039,6 +1076,7 @@ impl CudaDevice {
                 return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
             }
         }
+        fma_takes(input, fusion)?;
         let total: usize = segments.iter().map(|s| s.n).sum();
         let rows_per_block = if total >= 8192 {
             4
@@ -1143,25 +1181,20 @@ impl CudaDevice {
         if let Some(plan) = plans.get(&key) {
             return Ok(*plan);
         }
-        let mut failure = None;
         let plan = tc_plan(
             tiles,
             batch,
             k,
             self.multiprocessors(),
             self.gemv_tc_split as usize,
+            |warps| self.tc_stage_max(warps),
             |warps, split, shared| {
+                // A cluster the driver cannot size (a partitioned device, say) is not formed.
                 let kernel = format!("{stem}_w{warps}_tw");
                 self.max_active_clusters("gemv_tc", &kernel, warps as u32 * 32, shared, split)
-                    .unwrap_or_else(|e| {
-                        failure = Some(e);
-                        0
-                    })
+                    .unwrap_or(0)
             },
         );
-        if let Some(e) = failure {
-            return Err(e);
-        }
         if std::env::var_os("QRT_TC_PLAN_LOG").is_some() {
             eprintln!("tc plan {stem} tiles {tiles} batch {batch} k {k}: {plan:?}");
         }
@@ -1184,8 +1217,7 @@ impl CudaDevice {
         let batch = batch as u32;
         let layout = if plan.per_block == 1 { "t1" } else { "tw" };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value,
-        // `shared` bytes of
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value, `shared` bytes of
         // dynamic shared memory for the staged slice, clusters of `split` blocks along z; the
         // caller guarantees the buffers.
         unsafe {
@@ -1220,7 +1252,7 @@ impl CudaDevice {
                 "the gated GEMV takes no bias, no accumulation and 16-byte aligned matrices".into(),
             ));
         }
-        check_norm(input, fusion)?;
+        check_norm(self, input, fusion)?;
         let t = ty.name();
         // Gate and up as the two segments of one launch.
         let with_up = |(mut args, blocks): (qrt_gemv_args, u32)| {
@@ -1246,6 +1278,7 @@ impl CudaDevice {
                 return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
             }
         }
+        fma_takes(input, fusion)?;
         let rows_loaded = if gate.n >= 4096 { 4 } else { 2 };
         let (args, blocks) = with_up(gemv_args(input, &[gate], rows_loaded / 2, 8, fusion)?);
         // SAFETY: forwarded from the caller.
@@ -1260,7 +1293,8 @@ impl CudaDevice {
 
     /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations (times
     /// their RMSNorm when `fusion` normalises) are rounded to the weight type, 16 weight rows
-    /// per tile; `k` must be a multiple of 32.
+    /// per tile; `k` must be a multiple of 32, and an error says so when no slice of the input
+    /// fits a block's shared memory.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`] and [`GemvInput`] say.
@@ -1921,18 +1955,38 @@ mod tests {
     }
 
     #[test]
+    fn tensor_core_gemv_stages_within_the_device() {
+        // H200 (227 KiB a block, 228 a multiprocessor, 1 reserved): the caps.
+        assert_eq!(tc_stage_max(8, 232_448, 233_472, 1024), 80 * 1024);
+        assert_eq!(tc_stage_max(16, 232_448, 233_472, 1024), 200 * 1024);
+        // A100 (163 / 164 KiB): two 8-warp blocks with their static 4,128 bytes and the
+        // reserve; one 16-warp block within the opt-in less its 8,224 static bytes.
+        assert_eq!(
+            tc_stage_max(8, 166_912, 167_936, 1024),
+            83_968 - 4128 - 1024
+        );
+        assert_eq!(tc_stage_max(16, 166_912, 167_936, 1024), 166_912 - 8224);
+        // sm_86/89 (99 / 100 KiB).
+        assert_eq!(tc_stage_max(16, 101_376, 102_400, 1024), 101_376 - 8224);
+        assert_eq!(
+            tc_stage_max(8, 101_376, 102_400, 1024),
+            51_200 - 4128 - 1024
+        );
+    }
+
+    #[test]
     fn tensor_core_gemv_plans() {
         // H200: 132 multiprocessors, splits up to 16; the device holding clusters of up to 8
         // blocks (it did not hold enough of 16 for the 1B's o and down).
+        let hopper = |warps| tc_stage_max(warps, 232_448, 233_472, 1024);
         let plan = |tiles, batch, k| {
-            tc_plan(
-                tiles,
-                batch,
-                k,
-                132,
-                16,
-                |_, split, _| if split > 8 { 0 } else { 64 },
-            )
+            tc_plan(tiles, batch, k, 132, 16, hopper, |_, split, _| {
+                if split > 8 {
+                    0
+                } else {
+                    64
+                }
+            })
         };
         let p = |warps, per_block, split, walkers, shared| {
             Some(TcPlan {
@@ -1955,12 +2009,16 @@ mod tests {
         assert_eq!(plan(8016, 8, 2048), p(16, 1, 1, 132, 8 * (64 * 64 + 64)));
         // Under 8 MiB (SmolLM2's q/k/v, 1.1 MB): a tile a block, unsplit.
         assert_eq!(plan(60, 8, 576), p(16, 1, 1, 60, 8 * (18 * 64 + 64)));
-        // Without clusters (sm_80) everything is a tile a block; an input no block can stage
-        // has no plan.
-        let unsplit = |tiles, batch, k| tc_plan(tiles, batch, k, 108, 1, |_, _, _| 0);
+        // A100 (108 multiprocessors, no clusters): a tile a block; the 1B's down at batch 8
+        // (131 KB staged) in 16-warp blocks; the 8B's (229 KB) has no plan.
+        let a100 = |warps| tc_stage_max(warps, 166_912, 167_936, 1024);
+        let unsplit = |tiles, batch, k| tc_plan(tiles, batch, k, 108, 1, a100, |_, _, _| 0);
         assert_eq!(unsplit(128, 8, 8192), p(16, 1, 1, 108, 8 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 4, 8192), p(8, 1, 1, 128, 4 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 8, 14336), None);
+        // sm_89 (99 KiB a block): the 1B's down at batch 6 (98,688 bytes) has no plan.
+        let ada = |warps| tc_stage_max(warps, 101_376, 102_400, 1024);
+        assert_eq!(tc_plan(128, 6, 8192, 128, 1, ada, |_, _, _| 0), None);
     }
 
     #[test]

@@ -385,7 +385,7 @@ impl CudaBackend {
         eps: f32,
         normed: &'a mut CudaAct,
     ) -> Result<(&'a CudaAct, Fusion), RuntimeError> {
-        if CudaDevice::gemv_fuses_norm(x.rows, x.cols) {
+        if self.dev.gemv_fuses_norm(x.rows, x.cols) {
             Self::check_norm(norm, x)?;
             let norm = InputNorm {
                 weight: norm.buf.ptr(),
