@@ -483,6 +483,12 @@ const fn tc_static_shared(warps: usize) -> usize {
     warps * 16 * 8 * 4 + QRT_GEMV_MAX_BATCH as usize * 4
 }
 
+/// Shared memory a tensor-core GEMV block stages `batch` rows of a slice of `steps` k-steps in:
+/// 16-bit values, rows padded 64 bytes apart.
+const fn tc_slice_bytes(batch: usize, steps: usize) -> usize {
+    batch * (steps * 64 + 64)
+}
+
 /// Most shared memory a tensor-core GEMV block of `warps` warps stages its slice of the input
 /// in: 80 KB where two blocks share a multiprocessor (8 warps), 200 KB for one (16), within
 /// what a block may opt in to (`optin`) and what the blocks of a multiprocessor
@@ -527,8 +533,13 @@ fn tc_plan(
 ) -> Option<TcPlan> {
     let steps = k / 32;
     let grouped = tiles * 16 * k * 2 >= TC_GROUP_MIN_BYTES;
+    let candidates: &[(usize, bool)] = if grouped {
+        &[(8, true), (16, true), (8, false), (16, false)]
+    } else {
+        &[(8, false), (16, false)]
+    };
     let mut best: Option<(TcPlan, (bool, usize, usize))> = None;
-    for (warps, grouped) in [(8, grouped), (16, grouped), (8, false), (16, false)] {
+    for &(warps, grouped) in candidates {
         let per_multiprocessor = 16 / warps;
         let capacity = multiprocessors * per_multiprocessor;
         let per_block = if grouped { warps } else { 1 };
@@ -539,7 +550,7 @@ fn tc_plan(
             1
         };
         let plan = loop {
-            let shared = batch * (steps.div_ceil(split) * 64 + 64);
+            let shared = tc_slice_bytes(batch, steps.div_ceil(split));
             let fits = shared <= stage_max(warps);
             if split == 1 {
                 // A group of tiles pays only where a cluster splits its k (unsplit, the 1B's
@@ -1037,7 +1048,7 @@ impl CudaDevice {
         Self::one_row_kernel(rows, k)
             || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows)
                 && k.is_multiple_of(32)
-                && rows * (k * 2 + 64) <= self.tc_stage_max(16))
+                && tc_slice_bytes(rows, k / 32) <= self.tc_stage_max(16))
     }
 
     /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
@@ -1071,9 +1082,9 @@ impl CudaDevice {
         if input.rows > 1 && input.k.is_multiple_of(32) {
             let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
             let stem = format!("qrt_gemv_tc_{}", ty.name());
-            if let Some(plan) = self.tc_plan(&stem, tiles as usize, input.rows, input.k)? {
-                // SAFETY: forwarded from the caller.
-                return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
+                return Ok(());
             }
         }
         fma_takes(input, fusion)?;
@@ -1202,19 +1213,22 @@ impl CudaDevice {
         Ok(plan)
     }
 
-    /// Launches tensor-core GEMV `<stem>_w<warps>` over `tiles` 16-row tiles as `plan` says.
+    /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
+    /// ([`tc_plan`](Self::tc_plan)) says; `false`, launching nothing, when it has none.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
-    unsafe fn launch_gemv_tc(
+    unsafe fn launch_planned_gemv_tc(
         &self,
         stem: &str,
         args: &qrt_gemv_args,
         tiles: u32,
-        batch: usize,
-        plan: TcPlan,
-    ) -> Result<(), KernelError> {
-        let batch = batch as u32;
+        input: GemvInput,
+    ) -> Result<bool, KernelError> {
+        let Some(plan) = self.tc_plan(stem, tiles as usize, input.rows, input.k)? else {
+            return Ok(false);
+        };
+        let batch = input.rows as u32;
         let layout = if plan.per_block == 1 { "t1" } else { "tw" };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
         // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value, `shared` bytes of
@@ -1228,8 +1242,9 @@ impl CudaDevice {
                 plan.split as u32,
                 &mut params([args, &batch, &tiles]),
                 true,
-            )
+            )?;
         }
+        Ok(true)
     }
 
     /// SwiGLU's input: `out[b, :] = silu(gate @ x[b, :]) * (up @ x[b, :])`, gate and up both
@@ -1273,9 +1288,9 @@ impl CudaDevice {
             // Tiles of 8 rows of gate over the same 8 of up.
             let (args, tiles) = with_up(gemv_args(input, &[gate], 8, 32, fusion)?);
             let stem = format!("qrt_gemv_tc_gated_{t}");
-            if let Some(plan) = self.tc_plan(&stem, tiles as usize, input.rows, input.k)? {
-                // SAFETY: forwarded from the caller.
-                return unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) };
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
+                return Ok(());
             }
         }
         fma_takes(input, fusion)?;
@@ -1307,16 +1322,14 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         let stem = format!("qrt_gemv_tc_{}", ty.name());
-        let plan = self
-            .tc_plan(&stem, tiles as usize, input.rows, input.k)?
-            .ok_or_else(|| {
-                KernelError::Shape(format!(
-                    "no slice of {} rows of {} values fits a tensor-core GEMV's shared memory",
-                    input.rows, input.k
-                ))
-            })?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_gemv_tc(&stem, &args, tiles, input.rows, plan) }
+        if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
+            return Ok(());
+        }
+        Err(KernelError::Shape(format!(
+            "no slice of {} rows of {} values fits a tensor-core GEMV's shared memory",
+            input.rows, input.k
+        )))
     }
 
     /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):
