@@ -15,12 +15,15 @@
 // the block's steps of k between them; it stages its slice of x once in
 // shared memory, rounded to 16 bits, for all P tiles. A cluster of S blocks along z splits
 // k: block z multiplies steps [z * steps / S, (z + 1) * steps / S) of the group's tiles. The
-// partial tiles of the warps and blocks are added in shared memory, across the cluster in rank
-// order (distributed shared memory), so the sum does not depend on timing. x is so read from L2
-// once per tile group and slice rather than once per tile: at batch 8, x of a long row is as
-// large as a tile's weights, and reading it per tile doubled what a multiprocessor read. With
-// one warp a tile and S = 1 a warp stores its tile straight from its registers. Blocks walk
-// the tile groups blockIdx.x, + gridDim.x, ... (the launcher counts at most one wave).
+// S <= P blocks of a cluster split a group's tiles between them for the sums: each warp stores
+// its partial tile into the shared memory of the block that owns the tile (distributed shared
+// memory: stores, which do not wait), one cluster barrier, and each owner adds its tiles from
+// its own shared memory in rank order, so the sum does not depend on timing. (Pulling the
+// partial tiles instead took two cluster barriers and a wait for each remote read.) x is so
+// read from L2 once per tile group and slice rather than once per tile: at batch 8, x of a
+// long row is as large as a tile's weights, and reading it per tile doubled what a
+// multiprocessor read. Blocks walk the tile groups blockIdx.x, + gridDim.x, ... (the launcher
+// counts at most one wave).
 //
 // A warp's loads: groups of kUnroll steps of 32 k in two register sets that take turns. While
 // the group in one set is multiplied the other set's loads are in flight, and a set is refilled
@@ -90,7 +93,19 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const cg::cluster_group cluster = cg::this_cluster();
     split = cluster.num_blocks();
     rank = cluster.block_rank();
+    // Every thread arrives at once; each waits before its first store into another block's
+    // shared memory (by then all blocks of the cluster have long started).
+    if (split > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 #endif
+    // (Only tile groups split, over at most as many blocks as tiles: the launcher's plans.)
+    if (split > kPerBlock) __trap();
+    // `p` in the shared memory of block z of the cluster (without a cluster, this block's).
+    auto in_block = [&](auto* p, unsigned z) {
+#if __CUDA_ARCH__ >= 900
+        if (split > 1) return cluster.map_shared_rank(p, z);
+#endif
+        return p;
+    };
     // This block's slice of k; a warp takes its steps part_of, + per_tile, ... of the slice.
     // The groups a warp walks per tile are the same in every warp and block of the cluster, so
     // that all reach the barriers equally often.
@@ -160,11 +175,14 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const bool normed = args.norm != 0;
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     // (`squares` and `part` are the block's static shared memory: tc_static_shared in
-    // launch.rs counts them.)
-    __shared__ float squares[QRT_GEMV_MAX_BATCH];
-    // Warp w stages rows w, w + kWarps, ..., four chunks a lane requested before any is
-    // converted, and sums their squares.
-    for (unsigned b = warp; b < batch; b += kWarps) {
+    // launch.rs counts them.) squares[z][b]: the sum of squares of row b over block z's slice.
+    __shared__ float squares[QRT_GEMV_MAX_SPLIT][QRT_GEMV_MAX_BATCH];
+    static_assert(kWarps >= QRT_GEMV_MAX_BATCH, "a warp stages one row");
+    // Warp b stages row b, four chunks a lane requested before any is converted, and sums its
+    // squares.
+    float row_squares = 0.f;
+    if (warp < batch) {
+        const unsigned b = warp;
         const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
         float sum = 0.f;
         constexpr int kAhead = 4;
@@ -193,10 +211,16 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 x16[b * row_chunks + i] = pack8<W>(a, d);
             }
         }
-        sum = qrt::warp_sum(sum);
-        if (lane == 0) squares[b] = sum;
+        row_squares = qrt::warp_sum(sum);
     }
     __syncthreads();
+#if __CUDA_ARCH__ >= 900
+    if (split > 1) asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+#endif
+    // Block z's squares go to every block of the cluster, which add them in rank order.
+    if (normed && lane == 0 && warp < batch) {
+        for (unsigned z = 0; z < split; ++z) in_block(squares, z)[rank][warp] = row_squares;
+    }
 
     const bool has_x = r < batch;
     float acc[2][4] = {};  // two independent mma chains
@@ -223,13 +247,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     auto row_scale = [&](unsigned b) {
         if (!normed) return 1.f;
         float total = 0.f;
-        for (unsigned z = 0; z < split; ++z) {
-#if __CUDA_ARCH__ >= 900
-            total += split > 1 ? cluster.map_shared_rank(squares, z)[b] : squares[b];
-#else
-            total += squares[b];
-#endif
-        }
+        for (unsigned z = 0; z < split; ++z) total += squares[z][b];
         return 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
     };
     // Output (m, b) of tile t, its gate and up (or plain) sums given: scaled and stored.
@@ -242,84 +260,64 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             qrt::store_gemv_row<true>(args, tr.seg, b, tr.row0 + m, sum * scale);
     };
 
-    // The partial tiles of the warps: [warp][row][batch column].
-    __shared__ float part[kWarps][16][8];
-    // After the last group of tile group tg: this warp's tile (rows r, r + 8 of batch columns
-    // 2q, 2q + 1 in acc) stored, or added over the warps and blocks first.
-    auto finish = [&](unsigned tg) {
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            v[e] = acc[0][e] + acc[1][e];
-            acc[0][e] = acc[1][e] = 0.f;
-        }
-        if (split == 1 && per_tile == 1) {
-            const unsigned t = tg * per_block + slot;
-            if (t >= tiles) return;
-            const TileRows tr = tile_rows(t);
-#pragma unroll
-            for (unsigned j = 0; j < 2; ++j) {
-                const unsigned b = 2 * q + j;
-                if (b >= batch) continue;
-                if (GATED) {
-                    if (tr.row0 + r < tr.seg.n) store(tr, r, b, v[j], v[2 + j]);
-                } else {
-                    if (tr.row0 + r < tr.seg.n) store(tr, r, b, v[j], 0.f);
-                    if (tr.row0 + r + 8 < tr.seg.n) store(tr, r + 8, b, v[2 + j], 0.f);
-                }
-            }
+    // The partial tiles, two sets used in turn by the tile groups a block walks: in set
+    // [round % 2], slot (j * split + z) * per_tile + p holds the sums of warp p of the warps on
+    // this block's j-th owned tile (tiles rank, rank + split, ... of the group) over block z's
+    // slice of k, [row][batch column]. Each warp sends its sums to the owner of its tile;
+    // after one barrier the owners add them from their own shared memory.
+    __shared__ float part[2][kWarps][16][8];
+    // Every block's sums have reached their owners (and their squares every block); also, with
+    // two sets, no block writes a set again before its owner has read it.
+    auto all_sent = [&]() {
+#if __CUDA_ARCH__ >= 900
+        if (split > 1) {
+            cluster.sync();
             return;
         }
-        part[warp][r][2 * q] = v[0];
-        part[warp][r][2 * q + 1] = v[1];
-        part[warp][r + 8][2 * q] = v[2];
-        part[warp][r + 8][2 * q + 1] = v[3];
-        // Every warp's (and block's) partial tiles are there.
-#if __CUDA_ARCH__ >= 900
-        if (split > 1) cluster.sync();
-        else
 #endif
-            __syncthreads();
-        // Block z adds the tiles z, z + S, ... of the group over its warps and the S blocks.
+        __syncthreads();
+    };
+    // After the last group of tile group tg, the block's `round`-th: this warp's sums (rows r,
+    // r + 8 of batch columns 2q, 2q + 1 in acc) sent, then the block's own tiles added up
+    // (in rank order, then warp order: the sum does not depend on timing) and stored.
+    auto finish = [&](unsigned tg, unsigned round) {
+        float(*sent)[16][8] = in_block(part[round % 2], slot % split);
+        const unsigned into = ((slot / split) * split + rank) * per_tile + part_of;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            sent[into][r + (e / 2) * 8][2 * q + e % 2] = acc[0][e] + acc[1][e];
+            acc[0][e] = acc[1][e] = 0.f;
+        }
+        all_sent();
+        const float(*sums)[16][8] = part[round % 2];
         const unsigned owned = rank < per_block ? (per_block - 1 - rank) / split + 1 : 0;
         constexpr unsigned kPerTile = kOutRows * 8;
         for (unsigned i = threadIdx.x; i < owned * kPerTile; i += blockDim.x) {
-            const unsigned s = rank + (i / kPerTile) * split;
+            const unsigned j = i / kPerTile;
             const unsigned m = i % kPerTile / 8, b = i % 8;
-            const unsigned t = tg * per_block + s;
+            const unsigned t = tg * per_block + rank + j * split;
             if (t >= tiles || b >= batch) continue;
             const TileRows tr = tile_rows(t);
             if (tr.row0 + m >= tr.seg.n) continue;
             float sum = 0.f, up = 0.f;
-            for (unsigned z = 0; z < split; ++z) {
-#if __CUDA_ARCH__ >= 900
-                const float(*p)[16][8] = split > 1 ? cluster.map_shared_rank(part, z) : part;
-#else
-                const float(*p)[16][8] = part;
-#endif
-                for (unsigned w = s * per_tile; w < (s + 1) * per_tile; ++w) {
-                    sum += p[w][m][b];
-                    if (GATED) up += p[w][m + 8][b];
-                }
+            for (unsigned slot_of = j * split * per_tile; slot_of < (j + 1) * split * per_tile;
+                 ++slot_of) {
+                sum += sums[slot_of][m][b];
+                if (GATED) up += sums[slot_of][m + 8][b];
             }
             store(tr, m, b, sum, up);
         }
-        // No block reads part again (or leaves) while another still adds it.
-#if __CUDA_ARCH__ >= 900
-        if (split > 1) cluster.sync();
-        else
-#endif
-            __syncthreads();
     };
 
     for (unsigned i = 0; i < items; i += 2) {
         multiply(lo_a, hi_a, i % groups);
         load_next(lo_a, hi_a);
-        if (i % groups == groups - 1) finish(walker + i / groups * walkers);
+        if (i % groups == groups - 1) finish(walker + i / groups * walkers, i / groups);
         if (i + 1 < items) {
             multiply(lo_b, hi_b, (i + 1) % groups);
             load_next(lo_b, hi_b);
-            if ((i + 1) % groups == groups - 1) finish(walker + (i + 1) / groups * walkers);
+            if ((i + 1) % groups == groups - 1)
+                finish(walker + (i + 1) / groups * walkers, (i + 1) / groups);
         }
     }
 }

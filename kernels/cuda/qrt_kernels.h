@@ -50,6 +50,8 @@ QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 20, "qrt_rms_norm_args must be 20
 #define QRT_GEMV_MAX_BATCH 8
 /// Most weight matrices one GEMV or GEMM launch multiplies (e.g. q, k and v together).
 #define QRT_GEMV_MAX_SEGMENTS 3
+/// Most blocks of a cluster a tensor-core GEMV splits k over (the largest cluster sm_90 allows).
+#define QRT_GEMV_MAX_SPLIT 16
 
 /// One weight matrix of a GEMV launch: `y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i])`.
 typedef struct qrt_gemv_segment {
