@@ -260,16 +260,16 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             qrt::store_gemv_row<true>(args, tr.seg, b, tr.row0 + m, sum * scale);
     };
 
-    // The partial tiles, two sets used in turn by the tile groups a block walks: in set
-    // [round % 2], slot (j * split + z) * per_tile + p holds the sums of warp p of the warps on
-    // this block's j-th owned tile (tiles rank, rank + split, ... of the group) over block z's
-    // slice of k, [row][batch column]. Each warp sends its sums to the owner of its tile;
-    // after one barrier the owners add them from their own shared memory. (One set with a
-    // second barrier before each further tile group: decode steps 0.3-1.4% slower on the H200,
-    // 1B and SmolLM2 at batch 4 and 8.)
-    __shared__ float part[2][kWarps][16][8];
-    // Every block's sums have reached their owners (and their squares every block); also, with
-    // two sets, no block writes a set again before its owner has read it.
+    // The partial tiles: slot (j * split + z) * per_tile + p holds the sums of warp p of the
+    // warps on this block's j-th owned tile (tiles rank, rank + split, ... of the group) over
+    // block z's slice of k, [row][batch column]. Each warp sends its sums to the owner of its
+    // tile; after one barrier the owners add them from their own shared memory. (Two sets
+    // used in turn spare blocks that walk several tile groups their second barrier: H200
+    // decode steps at batch 8, one set -> two, 1B 1.050 -> 1.046 ms, SmolLM2 0.645 -> 0.638,
+    // but the 8B 5.49 -> 5.65.)
+    __shared__ float part[kWarps][16][8];
+    // Every block's sums have reached their owners (and their squares every block); or, after
+    // the owners have added them, the slots are free again.
     auto all_sent = [&]() {
 #if __CUDA_ARCH__ >= 900
         if (split > 1) {
@@ -282,8 +282,9 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     // After the last group of tile group tg, the block's `round`-th: this warp's sums (rows r,
     // r + 8 of batch columns 2q, 2q + 1 in acc) sent, then the block's own tiles added up
     // (in rank order, then warp order: the sum does not depend on timing) and stored.
+    const unsigned rounds = items / groups;
     auto finish = [&](unsigned tg, unsigned round) {
-        float(*sent)[16][8] = in_block(part[round % 2], slot % split);
+        float(*sent)[16][8] = in_block(part, slot % split);
         const unsigned into = ((slot / split) * split + rank) * per_tile + part_of;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -291,7 +292,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             acc[0][e] = acc[1][e] = 0.f;
         }
         all_sent();
-        const float(*sums)[16][8] = part[round % 2];
+        const float(*sums)[16][8] = part;
         const unsigned owned = rank < per_block ? (per_block - 1 - rank) / split + 1 : 0;
         constexpr unsigned kPerTile = kOutRows * 8;
         for (unsigned i = threadIdx.x; i < owned * kPerTile; i += blockDim.x) {
@@ -309,6 +310,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
             }
             store(tr, m, b, sum, up);
         }
+        if (round + 1 < rounds) all_sent();
     };
 
     for (unsigned i = 0; i < items; i += 2) {

@@ -477,11 +477,11 @@ pub(crate) struct TcPlan {
     pub(crate) shared: usize,
 }
 
-/// Static shared memory of a tensor-core GEMV block of `warps` warps, bytes: two sets of
-/// partial tiles (`part`) and the rows' squares from every block of a cluster (`squares` in
-/// `gemv_tc.cu`; keep the two in step).
+/// Static shared memory of a tensor-core GEMV block of `warps` warps, bytes: its partial tiles
+/// (`part`) and the rows' squares from every block of a cluster (`squares` in `gemv_tc.cu`;
+/// keep the two in step).
 const fn tc_static_shared(warps: usize) -> usize {
-    2 * warps * 16 * 8 * 4 + QRT_GEMV_MAX_SPLIT as usize * QRT_GEMV_MAX_BATCH as usize * 4
+    warps * 16 * 8 * 4 + QRT_GEMV_MAX_SPLIT as usize * QRT_GEMV_MAX_BATCH as usize * 4
 }
 
 /// Shared memory a tensor-core GEMV block stages `batch` rows of a slice of `steps` k-steps in:
@@ -1979,19 +1979,19 @@ mod tests {
         // H200 (227 KiB a block, 228 a multiprocessor, 1 reserved): the caps.
         assert_eq!(tc_stage_max(8, 232_448, 233_472, 1024), 80 * 1024);
         assert_eq!(tc_stage_max(16, 232_448, 233_472, 1024), 200 * 1024);
-        // A100 (163 / 164 KiB): two 8-warp blocks with their static 8,704 bytes (two sets of 8
-        // partial tiles, 16 x 8 squares) and the reserve; one 16-warp block within the opt-in
-        // less its 16,896 static bytes.
+        // A100 (163 / 164 KiB): two 8-warp blocks with their static 4,608 bytes (8 partial
+        // tiles, 16 x 8 squares) and the reserve; one 16-warp block within the opt-in less its
+        // 8,704 static bytes.
         assert_eq!(
             tc_stage_max(8, 166_912, 167_936, 1024),
-            83_968 - 8704 - 1024
+            83_968 - 4608 - 1024
         );
-        assert_eq!(tc_stage_max(16, 166_912, 167_936, 1024), 166_912 - 16_896);
+        assert_eq!(tc_stage_max(16, 166_912, 167_936, 1024), 166_912 - 8704);
         // sm_86/89 (99 / 100 KiB).
-        assert_eq!(tc_stage_max(16, 101_376, 102_400, 1024), 101_376 - 16_896);
+        assert_eq!(tc_stage_max(16, 101_376, 102_400, 1024), 101_376 - 8704);
         assert_eq!(
             tc_stage_max(8, 101_376, 102_400, 1024),
-            51_200 - 8704 - 1024
+            51_200 - 4608 - 1024
         );
     }
 
