@@ -2028,6 +2028,11 @@ mod tests {
         // The output head (8,016 tiles) cannot split in one wave: a tile a block, the blocks
         // walking the tiles, two blocks a multiprocessor.
         assert_eq!(plan(8016, 8, 2048), p(8, 1, 1, 264, 8 * (64 * 64 + 64)));
+        // A device holding clusters of 16: a cluster splits over at most a block's tiles, so
+        // the 1B's o at batch 8 takes 16-warp blocks (8 groups split 16 ways; 8-warp blocks
+        // could split only 8 ways).
+        let wide = |tiles, batch, k| tc_plan(tiles, batch, k, 132, 16, hopper, |_, _, _| 64);
+        assert_eq!(wide(128, 8, 2048), p(16, 16, 16, 8, 8 * (4 * 64 + 64)));
         // Under 8 MiB (SmolLM2's q/k/v, 1.1 MB): a tile a block, unsplit.
         assert_eq!(plan(60, 8, 576), p(16, 1, 1, 60, 8 * (18 * 64 + 64)));
         // A100 (108 multiprocessors, no clusters): a tile a block; the 1B's down at batch 8
