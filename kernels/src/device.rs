@@ -13,6 +13,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::cuda_err;
 use crate::launch::{DecodePolicy, DecodeTc, TcPlan};
+use crate::layouts::QRT_GEMV_MAX_SPLIT;
 use crate::memory::MemoryCounter;
 use crate::{ptx, KernelError, BUILD_INFO};
 
@@ -62,7 +63,8 @@ pub struct CudaDevice {
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
     /// Most blocks of a cluster that split a batched tensor-core GEMV's k (compute capability
-    /// 9.0: `QRT_GEMV_TC_SPLIT` of 1, 2, 4, 8 or 16, default 16; 1 elsewhere).
+    /// 9.0: `QRT_GEMV_TC_SPLIT`, a power of two up to `QRT_GEMV_MAX_SPLIT` = 16, which is
+    /// also the default; 1 elsewhere).
     pub(crate) gemv_tc_split: u32,
     /// Tensor-core GEMV plans by (kernel stem, tiles, batch, k).
     pub(crate) tc_plans: Mutex<HashMap<TcPlanKey, Option<TcPlan>>>,
@@ -242,8 +244,8 @@ impl CudaDevice {
                 std::env::var("QRT_GEMV_TC_SPLIT")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .filter(|c| [1, 2, 4, 8, 16].contains(c))
-                    .unwrap_or(16)
+                    .filter(|c: &u32| c.is_power_of_two() && *c <= QRT_GEMV_MAX_SPLIT)
+                    .unwrap_or(QRT_GEMV_MAX_SPLIT)
             } else {
                 1
             },
