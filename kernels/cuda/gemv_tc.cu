@@ -279,11 +279,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 #endif
         __syncthreads();
     };
-    // After the last group of tile group tg, the block's `round`-th: this warp's sums (rows r,
+    // After the last group of the block's `round`-th tile group: this warp's sums (rows r,
     // r + 8 of batch columns 2q, 2q + 1 in acc) sent, then the block's own tiles added up
     // (in rank order, then warp order: the sum does not depend on timing) and stored.
     const unsigned rounds = items / groups;
-    auto finish = [&](unsigned tg, unsigned round) {
+    auto finish = [&](unsigned round) {
+        const unsigned tg = walker + round * walkers;
         float(*sent)[16][8] = in_block(part, slot % split);
         const unsigned into = ((slot / split) * split + rank) * per_tile + part_of;
 #pragma unroll
@@ -316,12 +317,11 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     for (unsigned i = 0; i < items; i += 2) {
         multiply(lo_a, hi_a, i % groups);
         load_next(lo_a, hi_a);
-        if (i % groups == groups - 1) finish(walker + i / groups * walkers, i / groups);
+        if (i % groups == groups - 1) finish(i / groups);
         if (i + 1 < items) {
             multiply(lo_b, hi_b, (i + 1) % groups);
             load_next(lo_b, hi_b);
-            if ((i + 1) % groups == groups - 1)
-                finish(walker + (i + 1) / groups * walkers, (i + 1) / groups);
+            if ((i + 1) % groups == groups - 1) finish((i + 1) / groups);
         }
     }
 }

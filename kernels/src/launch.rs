@@ -536,8 +536,8 @@ fn tc_plan(
     mut clusters_fit: impl FnMut(usize, usize, usize) -> usize,
 ) -> Option<TcPlan> {
     let steps = k / 32;
-    let grouped = tiles * 16 * k * 2 >= TC_GROUP_MIN_BYTES;
-    let candidates: &[(usize, bool)] = if grouped {
+    let large = tiles * 16 * k * 2 >= TC_GROUP_MIN_BYTES;
+    let candidates: &[(usize, bool)] = if large {
         &[(8, true), (16, true), (8, false), (16, false)]
     } else {
         &[(8, false), (16, false)]
