@@ -195,6 +195,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     roofline_fraction: Some(gbs / copy_gbs),
                 });
             }
+            // What the memory system gives a chain of small transfers: device-to-device copies
+            // moving the same bytes (half read, half written), replayed like the kernels.
+            let copy_bytes = (set_bytes / 2).min(mats[0].0 * k * 2);
+            let copy_dst = dev.alloc(copy_bytes, "benchmark copy destination")?;
+            let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
+                // SAFETY: the first matrix of every copy and the destination hold copy_bytes.
+                unsafe {
+                    dev.copy_device(
+                        weights[i % copies][0].ptr(),
+                        copy_dst.ptr(),
+                        copy_bytes,
+                        "benchmark weights",
+                    )?
+                };
+                Ok(())
+            })?;
+            let gbs = 2.0 * copy_bytes as f64 / (median * 1e-6) / 1e9;
+            results.push(KernelResult {
+                kernel: "copy (same bytes)".into(),
+                shape: format!("{model} {name} {mats:?}"),
+                dtype: "f16".into(),
+                median_us: median,
+                min_us: min,
+                gbs,
+                tflops: 0.0,
+                roofline_fraction: Some(gbs / copy_gbs),
+            });
             let m = m_max;
             let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
                 // SAFETY: every buffer was allocated for these shapes.
