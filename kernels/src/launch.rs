@@ -117,6 +117,13 @@ const TC_DECODE_THREADS: u32 = 128;
 /// for groups of 8 heads of 128: 16.5 KB and 2 KB).
 const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
 
+/// Bytes of 16-bit weights of the projection after the attention (`heads * head_dim` square,
+/// as in the Llama family) from which tensor-core decode attention takes its longest
+/// partitions. Measured on an H200 (RESULTS log 40), prompts of 512 and 1,024 tokens: the
+/// 1B's 8 MB projection gained from the longest partitions at batches 2-4 (up to 4.6% at 512
+/// tokens, 11% at 1,024), SmolLM2's 0.66 MB lost 2-5% at batches 6 and 8.
+const LONG_PARTITION_PROJECTION: usize = 4 << 20;
+
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
 /// values staged in about 72 KB of shared memory, two blocks a multiprocessor.
 fn max_tc_partition(head_dim: usize) -> usize {
@@ -165,17 +172,24 @@ impl DecodePolicy {
     };
 
     /// (partitions per sequence, tokens per partition) for `seqs` sequences of contexts up to
-    /// `max_ctx` tokens with `kv_heads` KV heads of `head_dim`. The register kernel (batch one,
-    /// or a grid of at most a block per multiprocessor) takes 64-token partitions, as many as
-    /// the context needs while they fit one cluster, beyond that a power of two (few distinct
-    /// shapes, so few graphs). The tensor-core kernel takes the shortest partitions, in steps
-    /// of 64 tokens, that keep the grid within a block per multiprocessor (else the longest it
-    /// stages), and as many of them as the context needs (a power of two beyond 16). On an H200, aiming at two blocks a multiprocessor was
-    /// slower at batch 4 (1B: 128-token partitions, 160 blocks, 1.40 ms a step against 1.11).
+    /// `max_ctx` tokens with `heads` query heads over `kv_heads` KV heads of `head_dim`. The
+    /// register kernel (batch one, or a grid of at most a block per multiprocessor) takes
+    /// 64-token partitions, as many as the context needs while they fit one cluster, beyond
+    /// that a power of two (few distinct shapes, so few graphs). The tensor-core kernel takes
+    /// partitions in steps of 64 tokens, as many as the context needs (a power of two beyond
+    /// 16):
+    /// - after a small output projection (below `LONG_PARTITION_PROJECTION`), the shortest that
+    ///   keep the grid within a block per multiprocessor, else the longest it stages;
+    /// - after a large one, the longest it stages: fewer blocks leave multiprocessors to the
+    ///   projection's blocks, which load their weights while the attention runs.
+    ///
+    /// On an H200, aiming at two blocks a multiprocessor was slower at batch 4 (1B: 128-token
+    /// partitions, 160 blocks, 1.40 ms a step against 1.11).
     pub fn split(
         &self,
         max_ctx: usize,
         seqs: usize,
+        heads: usize,
         kv_heads: usize,
         head_dim: usize,
     ) -> (usize, usize) {
@@ -201,10 +215,15 @@ impl DecodePolicy {
             return (round(needed), MAX_ATTN_PARTITION);
         }
         let largest = max_tc_partition(head_dim);
-        let partition = (TC_PARTITION_STEP..=largest)
-            .step_by(TC_PARTITION_STEP)
-            .find(|p| pairs * max_ctx.div_ceil(*p) <= self.multiprocessors)
-            .unwrap_or(largest);
+        let width = heads * head_dim;
+        let partition = if width * width * 2 >= LONG_PARTITION_PROJECTION {
+            largest
+        } else {
+            (TC_PARTITION_STEP..=largest)
+                .step_by(TC_PARTITION_STEP)
+                .find(|p| pairs * max_ctx.div_ceil(*p) <= self.multiprocessors)
+                .unwrap_or(largest)
+        };
         (round(max_ctx.div_ceil(partition)), partition)
     }
 

@@ -28,7 +28,13 @@ impl DecodeSplit {
         seqs: usize,
         heads: &HeadGeometry,
     ) -> Self {
-        let (splits, partition) = policy.split(max_ctx, seqs, heads.num_kv_heads, heads.head_dim);
+        let (splits, partition) = policy.split(
+            max_ctx,
+            seqs,
+            heads.num_heads,
+            heads.num_kv_heads,
+            heads.head_dim,
+        );
         Self { splits, partition }
     }
 }
@@ -488,17 +494,21 @@ mod tests {
         // of 64-token partitions.
         assert_eq!(split(640, 1, &llama), (10, 64));
         assert_eq!(split(5000, 1, &llama), (128, 64));
-        // Batch 4 (32 sequence-head pairs): 192-token partitions, 4 x 32 = 128 blocks.
-        assert_eq!(split(640, 4, &llama), (4, 192));
-        // Batch 8: even 256-token partitions leave 192 blocks; the longest it stages.
+        // Its 8 MB output projection: the longest partitions at every batch (2: 48 blocks).
+        assert_eq!(split(640, 2, &llama), (3, 256));
+        assert_eq!(split(640, 4, &llama), (3, 256));
         assert_eq!(split(640, 8, &llama), (3, 256));
-        // SmolLM2's 3 KV heads at batch 8: 128-token partitions, 120 blocks.
+        // SmolLM2's 0.66 MB projection: the shortest partitions within a wave; its 3 KV heads
+        // at batch 8 take 128 tokens, 5 x 24 = 120 blocks, and 192 at 1,152 tokens.
         let smollm2 = HeadGeometry {
             num_heads: 9,
             num_kv_heads: 3,
             head_dim: 64,
         };
         assert_eq!(split(640, 8, &smollm2), (5, 128));
+        assert_eq!(split(1152, 6, &smollm2), (6, 192));
+        // Beyond a wave even at 256 tokens: the longest it stages.
+        assert_eq!(split(1152, 8, &smollm2), (5, 256));
         // Long contexts take the longest partition, a power of two of them beyond 16.
         assert_eq!(split(5000, 8, &llama), (32, 256));
         // Heads of 128 stage at most 128 tokens.
