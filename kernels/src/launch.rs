@@ -178,8 +178,9 @@ impl DecodePolicy {
     /// that a power of two (few distinct shapes, so few graphs). The tensor-core kernel takes
     /// partitions in steps of 64 tokens, as many as the context needs (a power of two beyond
     /// 16):
-    /// - after a small output projection (below `LONG_PARTITION_PROJECTION`), the shortest that
-    ///   keep the grid within a block per multiprocessor, else the longest it stages;
+    /// - after a small output projection (below `LONG_PARTITION_PROJECTION`), the shortest
+    ///   partitions that keep the grid within a block per multiprocessor, else the longest it
+    ///   stages;
     /// - after a large one, the longest it stages: fewer blocks leave multiprocessors to the
     ///   projection's blocks, which load their weights while the attention runs.
     ///
