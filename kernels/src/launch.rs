@@ -1106,13 +1106,12 @@ impl CudaDevice {
             // SAFETY: forwarded from the caller.
             return unsafe { self.launch_gemv_one(ty, false, &args, rows) };
         }
-        if input.rows > 1 && input.k.is_multiple_of(32) {
-            let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
-            let stem = format!("qrt_gemv_tc_{}", ty.name());
-            // SAFETY: forwarded from the caller.
-            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
-                return Ok(());
-            }
+        // SAFETY: forwarded from the caller.
+        if input.rows > 1
+            && input.k.is_multiple_of(32)
+            && unsafe { self.planned_gemv_tc(ty, input, segments, fusion)? }
+        {
+            return Ok(());
         }
         fma_takes(input, fusion)?;
         let total: usize = segments.iter().map(|s| s.n).sum();
@@ -1240,6 +1239,24 @@ impl CudaDevice {
         Ok(plan)
     }
 
+    /// The plain tensor-core GEMV of `segments` where it has a plan; `false`, launching
+    /// nothing, where it has none.
+    ///
+    /// # Safety
+    /// As for [`gemv_tc`](Self::gemv_tc).
+    unsafe fn planned_gemv_tc(
+        &self,
+        ty: Half16,
+        input: GemvInput,
+        segments: &[Segment],
+        fusion: Fusion,
+    ) -> Result<bool, KernelError> {
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input) }
+    }
+
     /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
     /// ([`tc_plan`](Self::tc_plan)) says; `false`, launching nothing, when it has none.
     ///
@@ -1347,10 +1364,8 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
-        let stem = format!("qrt_gemv_tc_{}", ty.name());
         // SAFETY: forwarded from the caller.
-        if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
+        if unsafe { self.planned_gemv_tc(ty, input, segments, fusion)? } {
             return Ok(());
         }
         Err(KernelError::Shape(format!(

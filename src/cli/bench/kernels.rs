@@ -107,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (model, shapes) in &models {
         for (name, mats) in shapes {
             let k = mats[0].1;
+            let shape = format!("{model} {name} {mats:?}");
             let set_bytes: usize = mats.iter().map(|(n, k)| n * k * 2).sum();
             // Enough copies to exceed the 50 MB L2 several times over.
             let copies = (256usize << 20).div_ceil(set_bytes).clamp(1, 16);
@@ -186,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         if tensor_cores { " tc" } else { "" },
                         if norm { " norm" } else { "" }
                     ),
-                    shape: format!("{model} {name} {mats:?}"),
+                    shape: shape.clone(),
                     dtype: "f16".into(),
                     median_us: median,
                     min_us: min,
@@ -214,7 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let gbs = 2.0 * copy_bytes as f64 / (median * 1e-6) / 1e9;
             results.push(KernelResult {
                 kernel: "copy (same bytes)".into(),
-                shape: format!("{model} {name} {mats:?}"),
+                shape: shape.clone(),
                 dtype: "f16".into(),
                 median_us: median,
                 min_us: min,
@@ -231,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let flops = 2.0 * (m * set_bytes / 2) as f64;
             results.push(KernelResult {
                 kernel: format!("gemm m{m}"),
-                shape: format!("{model} {name} {mats:?}"),
+                shape,
                 dtype: "f16".into(),
                 median_us: median,
                 min_us: min,
