@@ -64,9 +64,15 @@ struct Half16<__nv_bfloat16> {
 // without the attribute). Every kernel calls `wait` before it touches data an earlier kernel
 // of the stream wrote (or writes anything), then `launch_dependents`, which lets the next
 // kernel be scheduled and run its own prologue (a GEMV streams in its weights) meanwhile.
-// Every kernel triggers its dependents only after its own `wait`, so that when a kernel starts,
-// all kernels before its immediate predecessor have finished: the decode attention relies on
-// this to load the KV cache of earlier steps before its `wait`. Keep it so.
+// Kernels trigger their dependents after their own `wait`, with one exception: a large
+// tensor-core GEMV (`early`, gemv_tc.cu) triggers before it, so that the next kernel launches
+// and requests its weights while this one waits. Either way the next kernel's `wait` returns
+// only once this one has finished, which is after this one's own `wait`. The decode attention
+// loads the KV cache of earlier steps before its `wait`; it relies on triggering after its
+// own `wait`, like every kernel but those GEMVs: when it starts, every kernel before the last
+// one that triggered after its wait (at worst the previous attention, or the pass's first
+// kernel) has finished, and with it every writer of those keys and values. Keep it so: no
+// kernel that reads what earlier kernels wrote before its `wait` may trigger early.
 // Data an earlier kernel wrote must never be read through the non-coherent path (`__ldg`,
 // `ld.global.nc`): the assembler may move such loads above the wait, since they promise
 // memory that does not change while the kernel runs. Activations are read with `__ldcg`.

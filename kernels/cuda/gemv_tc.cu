@@ -74,7 +74,7 @@ struct TileRows {
 // (row, batch) and writes silu(gate) * up into the gate segment's `y`.
 template <typename W, int kWarps, bool GATED, unsigned kPerBlock>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
-                                        unsigned tiles) {
+                                        unsigned tiles, unsigned early) {
     constexpr unsigned per_block = kPerBlock;
     constexpr unsigned kOutRows = GATED ? 8 : 16;
     const unsigned k = args.k;
@@ -163,7 +163,12 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     uint4 lo_a[kUnroll] = {}, hi_a[kUnroll] = {}, lo_b[kUnroll] = {}, hi_b[kUnroll] = {};
     load_next(lo_a, hi_a);
     load_next(lo_b, hi_b);
-    qrt::pdl_enter();  // the first weights are on their way; now wait for x
+    // The first weights are on their way; now wait for x. A large product (`early`, see
+    // common.cuh) lets the next kernel in first, so that its launch and its first loads
+    // overlap this one's wait.
+    if (early) qrt::pdl_launch_dependents();
+    qrt::pdl_wait();
+    if (!early) qrt::pdl_launch_dependents();
 
     // x of batch row b, chunk c of the slice (8 values) as 16-bit pairs: the mma B fragments of
     // a step. Rows 64 bytes apart beyond their length: the two rows a quarter warp reads (lanes
@@ -330,8 +335,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 
 #define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK)                             \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                 \
-        NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles) {                 \
-        gemv_tc<W, WARPS, GATED, PER_BLOCK>(args, batch, tiles);                         \
+        NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles, uint32_t early) { \
+        gemv_tc<W, WARPS, GATED, PER_BLOCK>(args, batch, tiles, early);                  \
     }
 
 // Plain and gated; a tile a block (`_t1`) or a tile a warp (`_tw`).

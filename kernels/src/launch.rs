@@ -117,12 +117,17 @@ const TC_DECODE_THREADS: u32 = 128;
 /// for groups of 8 heads of 128: 16.5 KB and 2 KB).
 const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
 
-/// Bytes of 16-bit weights of the projection after the attention (`heads * head_dim` square,
-/// as in the Llama family) from which tensor-core decode attention takes its longest
-/// partitions. Measured on an H200 (RESULTS log 40), prompts of 512 and 1,024 tokens: the
-/// 1B's 8 MB projection gained from the longest partitions at batches 2-4 (up to 4.6% at 512
-/// tokens, 11% at 1,024), SmolLM2's 0.66 MB lost 2-5% at batches 6 and 8.
-const LONG_PARTITION_PROJECTION: usize = 4 << 20;
+/// Bytes of 16-bit weights from which a product is large enough to gain from overlapping the
+/// kernels around it (measured on an H200, RESULTS log 40, where this line separates
+/// SmolLM2's products, 0.66-3.5 MB, from the 1B's and 8B's, 8.4 MB and up):
+/// - decode attention on tensor cores followed by an output projection this large
+///   (`heads * head_dim` square, as in the Llama family) takes its longest partitions, which
+///   leave multiprocessors to the projection's blocks: the 1B gained at batches 2-4 (up to
+///   4.6% at 512-token prompts, 11% at 1,024), SmolLM2 lost 2-5% at batches 6 and 8;
+/// - a tensor-core GEMV this large lets the next kernel in at its start, before its own wait:
+///   the 1B gained 0.4-2% at batches 2-8 and the 8B 1.3% at batch 8, SmolLM2 lost 2-3% at
+///   batches 6 and 8.
+const OVERLAP_BYTES: usize = 4 << 20;
 
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
 /// values staged in about 72 KB of shared memory, two blocks a multiprocessor.
@@ -178,7 +183,7 @@ impl DecodePolicy {
     /// that a power of two (few distinct shapes, so few graphs). The tensor-core kernel takes
     /// partitions in steps of 64 tokens, as many as the context needs (a power of two beyond
     /// 16):
-    /// - after a small output projection (below `LONG_PARTITION_PROJECTION`), the shortest
+    /// - after a small output projection (below `OVERLAP_BYTES`), the shortest
     ///   partitions that keep the grid within a block per multiprocessor, else the longest it
     ///   stages;
     /// - after a large one, the longest it stages: fewer blocks leave multiprocessors to the
@@ -217,7 +222,7 @@ impl DecodePolicy {
         }
         let largest = max_tc_partition(head_dim);
         let width = heads * head_dim;
-        let partition = if width * width * 2 >= LONG_PARTITION_PROJECTION {
+        let partition = if width * width * 2 >= OVERLAP_BYTES {
             largest
         } else {
             (TC_PARTITION_STEP..=largest)
@@ -1273,18 +1278,20 @@ impl CudaDevice {
             return Ok(false);
         };
         let batch = input.rows as u32;
+        // Every tile reads 16 rows of weights (gated: 8 of gate, 8 of up).
+        let early = u32::from(tiles as usize * 16 * input.k * 2 >= OVERLAP_BYTES);
         let layout = if plan.per_block == 1 { "t1" } else { "tw" };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles) by value, `shared` bytes of
-        // dynamic shared memory for the staged slice, clusters of `split` blocks along z; the
-        // caller guarantees the buffers.
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early) by value,
+        // `shared` bytes of dynamic shared memory for the staged slice, clusters of `split`
+        // blocks along z; the caller guarantees the buffers.
         unsafe {
             self.launch_clustered(
                 "gemv_tc",
                 &format!("{stem}_w{}_{layout}", plan.warps),
                 (grid, plan.warps as u32 * 32, plan.shared),
                 plan.split as u32,
-                &mut params([args, &batch, &tiles]),
+                &mut params([args, &batch, &tiles, &early]),
                 true,
             )?;
         }
