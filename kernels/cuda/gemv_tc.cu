@@ -201,19 +201,23 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
                 qrt::load_cg_if(v[j][0], xb + 2 * c, i < share);
                 qrt::load_cg_if(v[j][1], xb + 2 * c + 1, i < share);
             }
+            // No branch among these chunks, so that their norm weights are requested
+            // together (with a `break` each waited for the chunk before it): chunks past the
+            // slice read a valid address, add zeros and are stored into the row's padding,
+            // which no product reads.
 #pragma unroll
             for (int j = 0; j < kAhead; ++j) {
                 const unsigned i = i0 + j * 32;
-                if (i >= share) break;
+                const unsigned c = c0 + min(i, share - 1);
                 float4 a = *reinterpret_cast<const float4*>(&v[j][0]);
                 float4 d = *reinterpret_cast<const float4*>(&v[j][1]);
                 sum += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
                 sum += d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
                 if (normed) {
-                    a = qrt::scaled(a, __ldg(g4 + 2 * (c0 + i)), 1.f);
-                    d = qrt::scaled(d, __ldg(g4 + 2 * (c0 + i) + 1), 1.f);
+                    a = qrt::scaled(a, __ldg(g4 + 2 * c), 1.f);
+                    d = qrt::scaled(d, __ldg(g4 + 2 * c + 1), 1.f);
                 }
-                x16[b * row_chunks + i] = pack8<W>(a, d);
+                x16[b * row_chunks + min(i, share)] = pack8<W>(a, d);
             }
         }
         row_squares = qrt::warp_sum(sum);
