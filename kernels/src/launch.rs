@@ -118,15 +118,16 @@ const TC_DECODE_THREADS: u32 = 128;
 const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
 
 /// Bytes of 16-bit weights from which a product is large enough to gain from overlapping the
-/// kernels around it (measured on an H200, RESULTS log 40, where this line separates
-/// SmolLM2's products, 0.66-3.5 MB, from the 1B's and 8B's, 8.4 MB and up):
+/// kernels around it. Measured on an H200 (RESULTS logs 40 and 41); the line separates
+/// SmolLM2's products, 0.66-3.5 MB, which lost where they were given either rule, from the
+/// 1B's and 8B's, 8.4 MB and up:
 /// - decode attention on tensor cores followed by an output projection this large
 ///   (`heads * head_dim` square, as in the Llama family) takes its longest partitions, which
 ///   leave multiprocessors to the projection's blocks: the 1B gained at batches 2-4 (up to
-///   4.6% at 512-token prompts, 11% at 1,024), SmolLM2 lost 2-5% at batches 6 and 8;
+///   4.6% at 512-token prompts, 11% at 1,024); on SmolLM2 they lost 2-5% at batches 6 and 8;
 /// - a tensor-core GEMV this large lets the next kernel in at its start, before its own wait:
-///   the 1B gained 0.4-2% at batches 2-8 and the 8B 1.3% at batch 8, SmolLM2 lost 2-3% at
-///   batches 6 and 8.
+///   the 1B gained 0.3-2% at batches 2-8 and the 8B 1.7% at batch 8; SmolLM2's products,
+///   given the same, lost 2-3% at batches 6 and 8.
 const OVERLAP_BYTES: usize = 4 << 20;
 
 /// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
