@@ -510,6 +510,12 @@ const fn tc_static_shared(warps: usize) -> usize {
     warps * 16 * 8 * 4 + QRT_GEMV_MAX_SPLIT as usize * QRT_GEMV_MAX_BATCH as usize * 4
 }
 
+/// Bytes of 16-bit weights a tensor-core GEMV of `tiles` tiles of rows of `k` reads: every
+/// tile 16 rows (gated: 8 of gate, 8 of up).
+const fn tc_weight_bytes(tiles: usize, k: usize) -> usize {
+    tiles * 16 * k * 2
+}
+
 /// Shared memory a tensor-core GEMV block stages `batch` rows of a slice of `steps` k-steps in:
 /// 16-bit values, rows padded 64 bytes apart.
 const fn tc_slice_bytes(batch: usize, steps: usize) -> usize {
@@ -562,7 +568,7 @@ fn tc_plan(
     mut clusters_fit: impl FnMut(usize, usize, usize) -> usize,
 ) -> Option<TcPlan> {
     let steps = k / 32;
-    let large = tiles * 16 * k * 2 >= TC_GROUP_MIN_BYTES;
+    let large = tc_weight_bytes(tiles, k) >= TC_GROUP_MIN_BYTES;
     let candidates: &[(usize, bool)] = if large {
         &[(8, true), (16, true), (8, false), (16, false)]
     } else {
@@ -1279,8 +1285,7 @@ impl CudaDevice {
             return Ok(false);
         };
         let batch = input.rows as u32;
-        // Every tile reads 16 rows of weights (gated: 8 of gate, 8 of up).
-        let early = u32::from(tiles as usize * 16 * input.k * 2 >= OVERLAP_BYTES);
+        let early = u32::from(tc_weight_bytes(tiles as usize, input.k) >= OVERLAP_BYTES);
         let layout = if plan.per_block == 1 { "t1" } else { "tw" };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
         // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early) by value,
