@@ -226,6 +226,10 @@ QRT_LOAD16_IF(load_stream_if, "ld.global.nc.L1::no_allocate.v4.u32")
 // Through L2 where `pred` holds: for data other kernels wrote (the KV cache).
 QRT_LOAD16_IF(load_cg_if, "ld.global.cg.v4.u32")
 
+// Through the non-coherent cache where `pred` holds: for constants read by many blocks (norm
+// weights).
+QRT_LOAD16_IF(load_nc_if, "ld.global.nc.v4.u32")
+
 #undef QRT_LOAD16_IF
 
 // 16 bytes of shared memory at `p` into `v` where `pred` holds, else zeros; predicated, like
