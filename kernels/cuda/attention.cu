@@ -246,7 +246,9 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
 
 // Partial results of the decode splits, in `args.work`: the unnormalised outputs
 // [seqs][heads][splits][D], then the maxima [seqs][heads][splits], then the sums, then one
-// u32 arrival counter per (sequence, KV head), zero between launches.
+// u32 arrival counter per (sequence, KV head), zero between launches. Deferred (`args.out`
+// 0, no cluster) the first index is the sequence's query row, which is how the merging GEMV
+// reads them (`merged_chunk` in gemv_tc.cu: keep the two in step), and nothing is merged here.
 struct Partials {
     float* acc;
     float* max;
@@ -470,6 +472,23 @@ __device__ __forceinline__ DecodePartition decode_partition(const qrt_attn_args&
     return p;
 }
 
+// A partition beyond its sequence's context (`p.n` 0) scores nothing. Deferred (`args.out` 0,
+// no cluster), it still writes its maxima, as -inf, so that the merging projection gives it no
+// weight; after the wait, since the previous layer's projection may still be reading the work
+// area until then.
+template <bool CLUSTER>
+__device__ __forceinline__ void skip_partition(const qrt_attn_args& args,
+                                               const DecodePartition& p) {
+    if (CLUSTER || args.out != 0) return;
+    if (args.inv_freq != 0) qrt::pdl_wait();
+    const Partials parts(args, args.head_dim);
+    const size_t base =
+        (static_cast<size_t>(p.row) * args.num_heads + blockIdx.y * p.group) * args.splits +
+        blockIdx.z;
+    for (unsigned g = threadIdx.x; g < p.group; g += blockDim.x)
+        parts.max[base + g * args.splits] = -INFINITY;
+}
+
 // What the warps of a decode block found for their tokens, per query head of the group: the
 // unnormalised output, the maximum score (natural-log units) and the sum of the exponentials.
 template <int WARPS, int G, int D>
@@ -481,8 +500,9 @@ struct WarpResults {
 
 // The end of a decode block (both kernels): its warps' results combined into the partition's output,
 // final when it is the only one; otherwise written to the cluster's leader (CLUSTER) or to
-// `args.work`, and merged there with the other partitions.
-template <int D, int G, int WARPS, bool CLUSTER>
+// `args.work`, and merged there with the other partitions. DEFERRABLE (the tensor-core kernel)
+// and `args.out` 0: every partition written to `args.work` by query row, none merged here.
+template <int D, int G, int WARPS, bool CLUSTER, bool DEFERRABLE>
 __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsigned active,
                                                  unsigned row,
                                                  const WarpResults<WARPS, G, D>& warps,
@@ -492,9 +512,12 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
     const unsigned split = blockIdx.z;
     const unsigned group = args.num_heads / args.num_kv_heads;
     const unsigned tid = threadIdx.x;
+    // Deferred: every partition, even a sequence's only one, left for the output projection.
+    const bool deferred = DEFERRABLE && !CLUSTER && args.out == 0;
     // The warps combined: the partition's output (final when it is the only one).
     const Partials parts(args, D);
-    const size_t base = (static_cast<size_t>(s_idx) * args.num_heads + kvh * group) * args.splits;
+    const size_t base =
+        (static_cast<size_t>(deferred ? row : s_idx) * args.num_heads + kvh * group) * args.splits;
     const unsigned width = group * D;  // one partition's outputs
     float* slot = nullptr;             // CLUSTER: this partition's slot in the leader
     if (CLUSTER && active > 1) {
@@ -515,7 +538,7 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
             out = fmaf(warps.acc[w][g][d], f, out);
             l = fmaf(warps.sum[w][g], f, l);
         }
-        if (active == 1) {
+        if (active == 1 && !deferred) {
             reinterpret_cast<float*>(args.out)[static_cast<size_t>(row) * args.num_heads * D +
                                                (kvh * group + g) * D + d] = out / l;
             continue;
@@ -537,7 +560,7 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
             parts.sum[at] = l;
         }
     }
-    if (active == 1) return;
+    if (active == 1 || deferred) return;
     if (!CLUSTER) {
         merge_partitions<D>(args, parts, base, active, group, row);
         return;
@@ -754,7 +777,8 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     }
     __syncthreads();
 
-    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, warps, slots, &leader_bar);
+    finish_partition<D, G, S::kWarps, CLUSTER, false>(args, active, row, warps, slots,
+                                                      &leader_bar);
 }
 
 // Decode on tensor cores (`qrt_attn_decode_tc_d<D>_g<G>`): the same grid and merge as
@@ -792,9 +816,9 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
 
     const bool fused = args.inv_freq != 0;
     const unsigned kvh = blockIdx.y;
-    const auto [table, group, ctx, active, t_begin, n, row] =
-        decode_partition<CLUSTER>(args, &leader_bar);
-    if (n == 0) return;
+    const DecodePartition part = decode_partition<CLUSTER>(args, &leader_bar);
+    if (part.n == 0) return skip_partition<CLUSTER>(args, part);
+    const auto [table, group, ctx, active, t_begin, n, row] = part;
     const unsigned newest = ctx - 1 - t_begin;  // in this partition when < n
     const bool has_newest = fused && newest < n;
     const unsigned tid = threadIdx.x;
@@ -968,7 +992,8 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
         }
     }
     __syncthreads();
-    finish_partition<D, G, S::kWarps, CLUSTER>(args, active, row, warps, slots, &leader_bar);
+    finish_partition<D, G, S::kWarps, CLUSTER, true>(args, active, row, warps, slots,
+                                                     &leader_bar);
 }
 
 }  // namespace

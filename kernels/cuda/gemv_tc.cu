@@ -60,6 +60,60 @@ __device__ __forceinline__ uint4 pack8(const float4& a, const float4& b) {
                       pack2<W>(b.z, b.w));
 }
 
+// Most decode partitions a merging GEMV combines (`MAX_MERGED_PARTITIONS` in launch.rs: with
+// 5, or with more folded in later groups, its kernels spilled 32 bytes or more).
+constexpr unsigned kMaxMerged = 4;
+
+// Values 8c .. 8c + 7 of input row b of a merging GEMV (`merge` = head_dim << 8 | partitions):
+// the partitions a deferred decode attention left in its work area (`x`; attention.cu's
+// `Partials`, indexed by query row, `batch` rows) for that head, rescaled to their common
+// maximum and combined as the attention's own merge does. A partition whose maximum is -inf
+// (beyond its sequence's context) has no weight, whatever its stale outputs hold; the first
+// partition of a sequence holds its newest token, so the common maximum is finite. Every load
+// is requested before any is used.
+__device__ __forceinline__ void merged_chunk(const qrt_gemv_args& args, unsigned batch,
+                                             unsigned merge, unsigned b, unsigned c,
+                                             float4& lo, float4& hi) {
+    const unsigned head_dim = merge >> 8;
+    const unsigned splits = merge & 0xff;
+    const unsigned heads = args.k / head_dim;
+    const size_t n = static_cast<size_t>(batch) * heads * splits;
+    const float* acc = reinterpret_cast<const float*>(args.x);
+    const float* maxima = acc + n * head_dim;
+    const float* sums = maxima + n;
+    const size_t hb = (static_cast<size_t>(b) * heads + c * 8 / head_dim) * splits;
+    const unsigned d = c * 8 % head_dim;
+    float m[kMaxMerged], l[kMaxMerged];
+    uint4 part[kMaxMerged][2];
+#pragma unroll
+    for (unsigned s = 0; s < kMaxMerged; ++s) {
+        const bool in = s < splits;
+        m[s] = in ? __ldcg(maxima + hb + s) : -INFINITY;
+        l[s] = in ? __ldcg(sums + hb + s) : 0.f;
+        part[s][0] = part[s][1] = make_uint4(0, 0, 0, 0);
+        const float* at = acc + (hb + min(s, splits - 1)) * head_dim + d;
+        qrt::load_cg_if(part[s][0], at, in);
+        qrt::load_cg_if(part[s][1], at + 4, in);
+    }
+    float top = m[0];
+#pragma unroll
+    for (unsigned s = 1; s < kMaxMerged; ++s) top = fmaxf(top, m[s]);
+    float total = 0.f;
+    float o[8] = {};
+#pragma unroll
+    for (unsigned s = 0; s < kMaxMerged; ++s) {
+        if (m[s] == -INFINITY) continue;
+        const float w = expf(m[s] - top);
+        total = fmaf(l[s], w, total);
+        const float* v = reinterpret_cast<const float*>(part[s]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = fmaf(v[i], w, o[i]);
+    }
+    const float inv = 1.f / total;
+    lo = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+    hi = make_float4(o[4] * inv, o[5] * inv, o[6] * inv, o[7] * inv);
+}
+
 // A 16-row tile: its segment, first output row, and the rows `lo` and `hi` of a lane's
 // fragment.
 struct TileRows {
@@ -72,9 +126,16 @@ struct TileRows {
 // GATED: two segments, gate and up, of the same shape; the tile's rows 0-7 are 8 rows of gate and
 // rows 8-15 the same rows of up, so that each lane ends up holding gate and up sums of the same
 // (row, batch) and writes silu(gate) * up into the gate segment's `y`.
-template <typename W, int kWarps, bool GATED, unsigned kPerBlock>
+// What a tensor-core GEMV's `x` holds: f32 rows; a deferred decode attention's partitions
+// (`merge`, see merged_chunk), combined as they are staged; or rows already rounded to W (the
+// 16-bit output of a gated GEMV), staged as they are.
+enum class Input { F32, Merge, Half16 };
+
+// IN: the input's form. Y16 (gated only): silu(gate) * up is stored rounded to W, `[batch, n]`
+// at the gate segment's `y`, for a product that takes Input::Half16.
+template <typename W, int kWarps, bool GATED, unsigned kPerBlock, Input IN, bool Y16>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
-                                        unsigned tiles, unsigned early) {
+                                        unsigned tiles, unsigned early, unsigned merge) {
     constexpr unsigned per_block = kPerBlock;
     constexpr unsigned kOutRows = GATED ? 8 : 16;
     const unsigned k = args.k;
@@ -186,7 +247,31 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     // Warp b stages row b, four chunks a lane requested before any is converted, and sums its
     // squares.
     float row_squares = 0.f;
-    if (warp < batch) {
+    if (IN == Input::Merge && warp < batch) {
+        for (unsigned i = lane; i < share; i += 32) {
+            float4 a, d;
+            merged_chunk(args, batch, merge, warp, c0 + i, a, d);
+            x16[warp * row_chunks + i] = pack8<W>(a, d);
+        }
+    } else if (IN == Input::Half16 && warp < batch) {
+        // Warp b copies row b, four chunks a lane requested at once.
+        const uint4* xb = reinterpret_cast<const uint4*>(args.x) + static_cast<size_t>(warp) * (k / 8);
+        constexpr int kAhead = 4;
+        for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
+            uint4 v[kAhead];
+#pragma unroll
+            for (int j = 0; j < kAhead; ++j) {
+                const unsigned i = i0 + j * 32;
+                v[j] = make_uint4(0, 0, 0, 0);
+                qrt::load_cg_if(v[j], xb + c0 + min(i, share - 1), i < share);
+            }
+#pragma unroll
+            for (int j = 0; j < kAhead; ++j) {
+                const unsigned i = i0 + j * 32;
+                if (i < share) x16[warp * row_chunks + i] = v[j];
+            }
+        }
+    } else if (warp < batch) {
         const unsigned b = warp;
         const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
         float sum = 0.f;
@@ -262,7 +347,10 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     // Output (m, b) of tile t, its gate and up (or plain) sums given: scaled and stored.
     auto store = [&](const TileRows& tr, unsigned m, unsigned b, float sum, float up) {
         const float scale = row_scale(b);
-        if (GATED)
+        if (GATED && Y16)
+            reinterpret_cast<W*>(tr.seg.y)[static_cast<size_t>(b) * tr.seg.n + tr.row0 + m] =
+                qrt::Half16<W>::from_float(qrt::swiglu(sum * scale, up * scale));
+        else if (GATED)
             qrt::store_gemv_row<false>(args, tr.seg, b, tr.row0 + m,
                                        qrt::swiglu(sum * scale, up * scale));
         else
@@ -337,18 +425,36 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 
 }  // namespace
 
-#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK)                             \
+#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK, IN, Y16)                    \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                 \
         NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles, uint32_t early) { \
-        gemv_tc<W, WARPS, GATED, PER_BLOCK>(args, batch, tiles, early);                  \
+        gemv_tc<W, WARPS, GATED, PER_BLOCK, IN, Y16>(args, batch, tiles, early, 0);      \
     }
 
-// Plain and gated; a tile a block (`_t1`) or a tile a warp (`_tw`).
-#define QRT_GEMV_TC(NAME, W, WARPS)                                                      \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_t1, W, WARPS, false, 1)           \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_t1, W, WARPS, true, 1)      \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw, W, WARPS, false, WARPS)       \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw, W, WARPS, true, WARPS)
+// Plain and gated; a tile a block (`_t1`) or a tile a warp (`_tw`). A tile a warp also: gated
+// writing 16 bits (`_tw_y16`) and plain reading them (`_tw_x16`), and plain merging a deferred
+// decode attention's partitions (`_tw_merge`, with a fifth argument: the argument structs
+// keep their size, since larger ones cost SmolLM2 1% at batches 2-8 on an H200, RESULTS log
+// 42).
+#define QRT_GEMV_TC(NAME, W, WARPS)                                                            \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_t1, W, WARPS, false, 1, Input::F32,     \
+                       false)                                                                  \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_t1, W, WARPS, true, 1, Input::F32, \
+                       false)                                                                  \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw, W, WARPS, false, WARPS, Input::F32, \
+                       false)                                                                  \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw, W, WARPS, true, WARPS,        \
+                       Input::F32, false)                                                      \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw_y16, W, WARPS, true, WARPS,    \
+                       Input::F32, true)                                                       \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw_x16, W, WARPS, false, WARPS,         \
+                       Input::Half16, false)                                                   \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                       \
+        qrt_gemv_tc_##NAME##_w##WARPS##_tw_merge(const qrt_gemv_args args, uint32_t batch,     \
+                                                 uint32_t tiles, uint32_t early,               \
+                                                 uint32_t merge) {                             \
+        gemv_tc<W, WARPS, false, WARPS, Input::Merge, false>(args, batch, tiles, early, merge); \
+    }
 
 QRT_GEMV_TC(f16, __half, 8)
 QRT_GEMV_TC(f16, __half, 16)

@@ -176,7 +176,10 @@ typedef struct qrt_attn_args {
     uint64_t k_cache;
     /// Device address of the layer's V pool.
     uint64_t v_cache;
-    /// Device address of the output, `[rows, num_heads * head_dim]` f32.
+    /// Device address of the output, `[rows, num_heads * head_dim]` f32. Decode may leave it 0:
+    /// then every partition's unnormalised output, maximum and sum stay in `work`, indexed by
+    /// the sequence's query row, for the output projection to merge as it reads them
+    /// (`qrt_gemv_tc_*_tw_merge`).
     uint64_t out;
     /// Device address of `num_seqs` qrt_attn_seq.
     uint64_t seqs;

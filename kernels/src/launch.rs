@@ -69,6 +69,37 @@ pub struct GemvInput {
     pub k: usize,
 }
 
+/// A deferred decode attention's partitions as the input of the GEMV that follows it (its
+/// output projection, [`CudaDevice::gemv_merging`]): per (query row, head), `splits`
+/// unnormalised outputs of `head_dim` values with their maxima and sums, laid out as
+/// [`CudaDevice::attention_decode`] leaves them when its `out` is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partitions {
+    /// Dimension of one head; the GEMV's `k` is a multiple of it.
+    pub head_dim: usize,
+    /// Partitions per (row, head): 1 to [`MAX_MERGED_PARTITIONS`].
+    pub splits: usize,
+}
+
+/// Most decode partitions a merging GEMV combines (`kMaxMerged` in `gemv_tc.cu`: with more,
+/// requested at once or in later groups, its kernels spilled 32 bytes or more).
+pub const MAX_MERGED_PARTITIONS: usize = 4;
+
+/// The kernels of a tensor-core GEMV besides the plain ones (`gemv_tc.cu`), all with plans of a
+/// tile a warp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcVariant {
+    /// `_t1` or `_tw`: f32 input, f32 output.
+    Plain,
+    /// `_tw_merge`: the input a deferred decode attention's partitions (argument: head_dim <<
+    /// 8 | partitions).
+    Merge(u32),
+    /// `_tw_x16`: the input 16-bit values of the weights' type.
+    Half16In,
+    /// `_tw_y16` (gated): the output 16-bit values of the weights' type.
+    Half16Out,
+}
+
 /// RMSNorm of a GEMV's input, applied on the fly: the product reads
 /// `x / sqrt(mean(x^2) + eps) * weight` (see [`CudaDevice::gemv_fuses_norm`]).
 #[derive(Clone, Copy, Debug)]
@@ -459,6 +490,10 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
                 all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}")));
                 all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}_{tiles}")));
             }
+            for variant in ["merge", "x16"] {
+                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_tw_{variant}")));
+            }
+            all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}_tw_y16")));
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
     }
@@ -1266,11 +1301,178 @@ impl CudaDevice {
         let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         let stem = format!("qrt_gemv_tc_{}", ty.name());
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input) }
+        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain) }
+    }
+
+    /// Whether [`gemv_merging`](Self::gemv_merging) takes a product of `n` rows of type `ty`
+    /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to 8 whose
+    /// tensor-core plan gives each warp a tile of its own (a cluster splitting k, so that a
+    /// block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions.
+    pub fn gemv_merges_partials(
+        &self,
+        ty: Half16,
+        rows: usize,
+        k: usize,
+        n: usize,
+        parts: Partitions,
+    ) -> Result<bool, KernelError> {
+        if !(1..=MAX_MERGED_PARTITIONS).contains(&parts.splits)
+            || parts.head_dim == 0
+            || !parts.head_dim.is_multiple_of(8)
+            || parts.head_dim > 0xff_ffff
+            || !k.is_multiple_of(parts.head_dim)
+            || n == 0
+        {
+            return Ok(false);
+        }
+        self.tc_tile_a_warp(
+            &format!("qrt_gemv_tc_{}", ty.name()),
+            n.div_ceil(16),
+            rows,
+            k,
+        )
+    }
+
+    /// Whether a SwiGLU MLP of `rows` rows, `hidden` wide with `ffn` intermediate rows of type
+    /// `ty`, passes silu(gate) * up from the gated GEMV to down in 16 bits
+    /// ([`gemv_gated_half16`](Self::gemv_gated_half16), then
+    /// [`gemv_half16`](Self::gemv_half16)): where both products plan a tile a warp. Down then
+    /// stages half the bytes, and the same values: its own staging rounds its input to `ty`.
+    pub fn mlp_in_half16(
+        &self,
+        ty: Half16,
+        rows: usize,
+        hidden: usize,
+        ffn: usize,
+    ) -> Result<bool, KernelError> {
+        let t = ty.name();
+        Ok(ffn.is_multiple_of(8)
+            && self.tc_tile_a_warp(&format!("qrt_gemv_tc_gated_{t}"), ffn / 8, rows, hidden)?
+            && self.tc_tile_a_warp(&format!("qrt_gemv_tc_{t}"), hidden.div_ceil(16), rows, ffn)?)
+    }
+
+    /// [`gemv_gated`](Self::gemv_gated) writing `out` (`gate.y`) as `[batch, n]` values of
+    /// `ty`, rounded to nearest, where [`mlp_in_half16`](Self::mlp_in_half16) says so; an
+    /// error otherwise.
+    ///
+    /// # Safety
+    /// As for [`gemv_gated`](Self::gemv_gated), `gate.y` holding `batch * n` 16-bit values.
+    pub unsafe fn gemv_gated_half16(
+        &self,
+        ty: Half16,
+        input: GemvInput,
+        gate: Segment,
+        up: u64,
+        fusion: Fusion,
+    ) -> Result<(), KernelError> {
+        let stem = format!("qrt_gemv_tc_gated_{}", ty.name());
+        if gate.bias != 0
+            || !up.is_multiple_of(16)
+            || fusion.accumulate
+            || !gate.n.is_multiple_of(8)
+            || !self.tc_tile_a_warp(&stem, gate.n / 8, input.rows, input.k)?
+        {
+            return Err(KernelError::Shape(format!(
+                "no 16-bit output from a gated GEMV of {} rows x {} for {} rows of {} values",
+                gate.n, input.k, input.rows, input.k
+            )));
+        }
+        check_norm(self, input, fusion)?;
+        let (mut args, tiles) = gemv_args(input, &[gate], 8, 32, fusion)?;
+        args.seg[1] = qrt_gemv_segment {
+            w: up,
+            n: args.seg[0].n,
+            ..Default::default()
+        };
+        args.num_segments = 2;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16Out)? };
+        Ok(())
+    }
+
+    /// [`gemv`](Self::gemv) of `input.x` holding `[rows, k]` values of `ty` (a
+    /// [`gemv_gated_half16`](Self::gemv_gated_half16) output), where the product plans a tile a
+    /// warp (see [`mlp_in_half16`](Self::mlp_in_half16)); an error otherwise. No norm.
+    ///
+    /// # Safety
+    /// As for [`gemv`](Self::gemv), `input.x` holding `rows * k` 16-bit values.
+    pub unsafe fn gemv_half16(
+        &self,
+        ty: Half16,
+        input: GemvInput,
+        segments: &[Segment],
+        fusion: Fusion,
+    ) -> Result<(), KernelError> {
+        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let n: usize = segments.iter().map(|s| s.n).sum();
+        if fusion.norm.is_some()
+            || !self.tc_tile_a_warp(&stem, n.div_ceil(16), input.rows, input.k)?
+        {
+            return Err(KernelError::Shape(format!(
+                "no GEMV of 16-bit input for {} rows of {} values into {n} rows",
+                input.rows, input.k
+            )));
+        }
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In)? };
+        Ok(())
+    }
+
+    /// [`gemv`](Self::gemv) of a deferred decode attention's partitions: `input.x` is the
+    /// attention's work area, whose `parts` for each (row, head) are combined as the input is
+    /// staged, so that the attention need not merge them itself. Only where
+    /// [`gemv_merges_partials`](Self::gemv_merges_partials) says so; an error otherwise.
+    ///
+    /// # Safety
+    /// `input.x` must hold what [`attention_decode`](Self::attention_decode) left there for
+    /// `input.rows` sequences of `input.k / parts.head_dim` heads in `parts.splits`
+    /// partitions; every segment what [`Segment`] says.
+    pub unsafe fn gemv_merging(
+        &self,
+        ty: Half16,
+        input: GemvInput,
+        parts: Partitions,
+        segments: &[Segment],
+        fusion: Fusion,
+    ) -> Result<(), KernelError> {
+        let n = segments.iter().map(|s| s.n).sum();
+        if fusion.norm.is_some() || !self.gemv_merges_partials(ty, input.rows, input.k, n, parts)? {
+            return Err(KernelError::Shape(format!(
+                "no merging GEMV for {} rows of {} values in {} partitions of heads of {}",
+                input.rows, input.k, parts.splits, parts.head_dim
+            )));
+        }
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let merge = (parts.head_dim << 8 | parts.splits) as u32;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge))?
+        };
+        Ok(())
+    }
+
+    /// Whether the tensor-core GEMV `stem` of `tiles` tiles of `rows` rows of `k` plans a tile
+    /// a warp, which its variants other than [`TcVariant::Plain`] need.
+    fn tc_tile_a_warp(
+        &self,
+        stem: &str,
+        tiles: usize,
+        rows: usize,
+        k: usize,
+    ) -> Result<bool, KernelError> {
+        if !(2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) || !k.is_multiple_of(32) {
+            return Ok(false);
+        }
+        Ok(self
+            .tc_plan(stem, tiles, rows, k)?
+            .is_some_and(|p| p.per_block > 1))
     }
 
     /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
-    /// ([`tc_plan`](Self::tc_plan)) says; `false`, launching nothing, when it has none.
+    /// ([`tc_plan`](Self::tc_plan)) says, in `variant` (other than plain: a plan of a tile a
+    /// warp only); `false`, launching nothing, when it has no plan.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1280,26 +1482,50 @@ impl CudaDevice {
         args: &qrt_gemv_args,
         tiles: u32,
         input: GemvInput,
+        variant: TcVariant,
     ) -> Result<bool, KernelError> {
         let Some(plan) = self.tc_plan(stem, tiles as usize, input.rows, input.k)? else {
             return Ok(false);
         };
         let batch = input.rows as u32;
         let early = u32::from(tc_weight_bytes(tiles as usize, input.k) >= OVERLAP_BYTES);
-        let layout = if plan.per_block == 1 { "t1" } else { "tw" };
+        let layout = match (plan.per_block, variant) {
+            (1, TcVariant::Plain) => "t1",
+            (1, _) => {
+                return Err(KernelError::Shape(format!(
+                    "{stem}: {variant:?} needs a plan of a tile a warp"
+                )))
+            }
+            (_, TcVariant::Plain) => "tw",
+            (_, TcVariant::Merge(_)) => "tw_merge",
+            (_, TcVariant::Half16In) => "tw_x16",
+            (_, TcVariant::Half16Out) => "tw_y16",
+        };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
-        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early) by value,
-        // `shared` bytes of dynamic shared memory for the staged slice, clusters of `split`
-        // blocks along z; the caller guarantees the buffers.
+        let kernel = format!("{stem}_w{}_{layout}", plan.warps);
+        let config = (grid, plan.warps as u32 * 32, plan.shared);
+        // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early[, uint32_t
+        // merge]) by value, `shared` bytes of dynamic shared memory for the staged slice,
+        // clusters of `split` blocks along z; the caller guarantees the buffers.
         unsafe {
-            self.launch_clustered(
-                "gemv_tc",
-                &format!("{stem}_w{}_{layout}", plan.warps),
-                (grid, plan.warps as u32 * 32, plan.shared),
-                plan.split as u32,
-                &mut params([args, &batch, &tiles, &early]),
-                true,
-            )?;
+            match variant {
+                TcVariant::Merge(merge) => self.launch_clustered(
+                    "gemv_tc",
+                    &kernel,
+                    config,
+                    plan.split as u32,
+                    &mut params([args, &batch, &tiles, &early, &merge]),
+                    true,
+                )?,
+                _ => self.launch_clustered(
+                    "gemv_tc",
+                    &kernel,
+                    config,
+                    plan.split as u32,
+                    &mut params([args, &batch, &tiles, &early]),
+                    true,
+                )?,
+            }
         }
         Ok(true)
     }
@@ -1346,7 +1572,8 @@ impl CudaDevice {
             let (args, tiles) = with_up(gemv_args(input, &[gate], 8, 32, fusion)?);
             let stem = format!("qrt_gemv_tc_gated_{t}");
             // SAFETY: forwarded from the caller.
-            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input)? } {
+            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain)? }
+            {
                 return Ok(());
             }
         }
@@ -1656,7 +1883,10 @@ impl CudaDevice {
     /// under `QRT_ATTN_TC=all`) to the tensor-core kernel, which takes multiples of 64 up to
     /// 256 tokens for heads of 64 and 128 for heads of 128 ([`DecodePolicy::split`] chooses
     /// them). `args.work` needs [`attention_decode_work_bytes`] bytes, its arrival counters
-    /// zero (they are left zero).
+    /// zero (they are left zero). With `args.out` 0 (deferred; one row per sequence, rows in
+    /// `0..num_seqs`, tensor-core partitions only) nothing is merged: every partition's
+    /// unnormalised output, maximum and sum stay in `args.work` by query row (partitions beyond
+    /// a context with maximum -inf), for [`gemv_merging`](Self::gemv_merging) to combine.
     ///
     /// # Safety
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
@@ -1681,6 +1911,11 @@ impl CudaDevice {
             };
             return Err(KernelError::Shape(format!(
                 "decode partition {partition} for heads of {head_dim}: the kernel takes {kernel}"
+            )));
+        }
+        if args.out == 0 && !tc {
+            return Err(KernelError::Shape(format!(
+                "decode partitions of {partition} tokens (registers) cannot be left unmerged"
             )));
         }
         let grid = (args.num_seqs, args.num_kv_heads, args.splits);
@@ -1715,8 +1950,11 @@ impl CudaDevice {
             !tc || 2 * (staged + slots + TC_DECODE_STATIC_MAX) <= self.block_shared_per_sm();
         // Its grid is one wave up to two blocks a multiprocessor.
         let wave = self.multiprocessors() * if tc { 2 } else { 1 };
-        let cluster =
-            self.decode_clusters && fits_twice && merge_in_cluster(args.splits, blocks, wave);
+        // Deferred (`out` 0): the partitions are left in `work` for the projection to merge.
+        let cluster = args.out != 0
+            && self.decode_clusters
+            && fits_twice
+            && merge_in_cluster(args.splits, blocks, wave);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             if cluster {

@@ -312,6 +312,25 @@ pub trait Backend: Send + Sync {
         self.rope_kv(q, k, v, kv, layer, step, heads)?;
         self.attention(q, kv, layer, step, heads, out)
     }
+    /// [`rope_kv_attention`](Self::rope_kv_attention) into `attn`, then the attention's
+    /// output projection added into the residual: `o.out += attn @ o.weight^T (+ o.bias)`. A
+    /// backend may fuse them (then `attn` need not hold the attention's output afterwards).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_attention_projected(
+        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        kv: &mut Self::Kv,
+        layer: usize,
+        step: &Self::Step,
+        heads: HeadGeometry,
+        attn: &mut Self::Act,
+        o: LinearOut<'_, Self>,
+    ) -> Result<(), RuntimeError> {
+        self.rope_kv_attention(q, k, v, kv, layer, step, heads, attn)?;
+        self.linear_add(attn, o.weight, o.bias, o.out)
+    }
     /// Causal attention of every row of `q` over its own sequence's cached keys and values.
     fn attention(
         &self,

@@ -362,7 +362,7 @@ impl<B: Backend> Model<B> {
                     },
                 ],
             )?;
-            backend.rope_kv_attention(
+            backend.rope_kv_attention_projected(
                 &mut ws.q,
                 &mut ws.k,
                 &ws.v,
@@ -371,8 +371,12 @@ impl<B: Backend> Model<B> {
                 step,
                 heads,
                 &mut ws.attn,
+                LinearOut {
+                    weight: &layer.o,
+                    bias: layer.o_bias.as_ref(),
+                    out: &mut ws.x,
+                },
             )?;
-            backend.linear_add(&ws.attn, &layer.o, layer.o_bias.as_ref(), &mut ws.x)?;
             backend.mlp(
                 &mut ws.x,
                 &MlpWeights {

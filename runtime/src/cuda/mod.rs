@@ -13,13 +13,15 @@ pub mod pool;
 pub mod step;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use qrt_format::container::{QrtFile, TensorInfo};
 use qrt_kernels::layouts::{qrt_attn_args, qrt_rope_kv_args, qrt_sample_row};
 use qrt_kernels::{
     argmax_keys_per_row, argmax_token, attention_decode_work_bytes, sampled_token, CudaDevice,
-    DeviceBuffer, Event, Fusion, GemvInput, Graph, Half16, InputNorm, PinnedU32, ReadBack, Segment,
+    DeviceBuffer, Event, Fusion, GemvInput, Graph, Half16, InputNorm, Partitions, PinnedU32,
+    ReadBack, Segment,
 };
 
 use crate::backend::{
@@ -47,6 +49,16 @@ pub struct CudaBackend {
     profile: Option<Mutex<Vec<TimedOp>>>,
     /// Pinned host memory for chosen tokens, kept between passes (allocating it is slow).
     pinned: Mutex<Vec<PinnedU32>>,
+    /// Batched decode attention may leave its partitions for the output projection to merge
+    /// (unless `QRT_ATTN_DEFER=0`).
+    defer_merge: bool,
+    /// Batched decode MLPs of at least this many rows may pass silu(gate) * up to down in 16
+    /// bits (`QRT_MLP_HALF16=N`; 0 never; default [`HALF16_MLP_MIN_ROWS`]).
+    half16_mlp_rows: usize,
+    /// Output projections issued that merged the attention's partitions.
+    merged_projections: AtomicUsize,
+    /// MLPs issued that passed their activations in 16 bits.
+    half16_mlps: AtomicUsize,
 }
 
 /// Greedy tokens on their way to the host ([`Backend::argmax_feed`]).
@@ -145,6 +157,11 @@ impl CudaStep {
     }
 }
 
+/// Fewest decode rows whose MLP passes its activations in 16 bits where it can
+/// ([`CudaDevice::mlp_in_half16`]). On an H200 (RESULTS log 43, the 1B) it cost 0.3-0.7% at 2
+/// and 4 rows and gained 0.2-1.3% at 6 to 8.
+const HALF16_MLP_MIN_ROWS: usize = 6;
+
 /// A product added into its output (the residual stream).
 const RESIDUAL: Fusion = Fusion {
     norm: None,
@@ -202,7 +219,10 @@ impl CudaBackend {
     }
 
     /// A backend on `dev` (e.g. a device whose decode attention policy was set), with the
-    /// same environment switches as [`new`](Self::new).
+    /// same environment switches as [`new`](Self::new), `QRT_ATTN_DEFER=0` to keep the
+    /// batched decode attention's partitions merged by the attention itself, and
+    /// `QRT_MLP_HALF16=N` to pass batched decode MLP activations in 16 bits from N rows on (0:
+    /// never).
     pub fn on(dev: CudaDevice) -> Self {
         let dev = Arc::new(dev);
         let flag = |name: &str| {
@@ -220,7 +240,39 @@ impl CudaBackend {
             use_graphs,
             profile,
             pinned: Mutex::default(),
+            defer_merge: std::env::var("QRT_ATTN_DEFER").map_or(true, |v| v != "0"),
+            half16_mlp_rows: std::env::var("QRT_MLP_HALF16")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(
+                    HALF16_MLP_MIN_ROWS,
+                    |n: usize| if n == 0 { usize::MAX } else { n },
+                ),
+            merged_projections: AtomicUsize::new(0),
+            half16_mlps: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether batched decode attention may leave its partitions to the output projection
+    /// (`QRT_ATTN_DEFER`).
+    pub fn defers_attention_merge(&self) -> bool {
+        self.defer_merge
+    }
+
+    /// From how many rows batched decode MLPs may pass their activations in 16 bits
+    /// (`QRT_MLP_HALF16`; `usize::MAX`: never).
+    pub fn half16_mlp_rows(&self) -> usize {
+        self.half16_mlp_rows
+    }
+
+    /// How many output projections so far merged the decode attention's partitions as they
+    /// read them, and how many MLPs passed their activations in 16 bits (issued from the
+    /// host: a replayed CUDA graph counts once, when recorded).
+    pub fn fused_counts(&self) -> (usize, usize) {
+        (
+            self.merged_projections.load(Ordering::Relaxed),
+            self.half16_mlps.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs `op`, recording its device time under `label` when profiling.
@@ -622,6 +674,63 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The partitions a decode pass's attention may leave to its output projection `o`
+    /// ([`CudaDevice::gemv_merging`]): where the attention scores them on tensor cores and the
+    /// projection's kernel can merge them; None elsewhere. On an H200 (RESULTS log 43) the 1B
+    /// gained 3% at batch 2, 0.5% at 4 and 1-6% at 8 (more at longer contexts) from not
+    /// merging in the attention's clusters; SmolLM2's projections never take it.
+    fn projection_merges(
+        &self,
+        step: &CudaStep,
+        attn: &CudaAct,
+        o: &LinearOut<'_, Self>,
+    ) -> Result<Option<Partitions>, RuntimeError> {
+        let Some(split) = step.plan.decode else {
+            return Ok(None);
+        };
+        let Ok(ty) = Self::half_type(o.weight) else {
+            return Ok(None);
+        };
+        if !self.defer_merge
+            || !self
+                .dev
+                .decode_policy()
+                .tensor_core_partition(split.partition)
+            || attn.rows != step.plan.rows
+        {
+            return Ok(None);
+        }
+        let parts = Partitions {
+            head_dim: step.heads.head_dim,
+            splits: split.splits,
+        };
+        let merges =
+            self.dev
+                .gemv_merges_partials(ty, attn.rows, attn.cols, o.weight.rows, parts)?;
+        Ok(merges.then_some(parts))
+    }
+
+    /// The arguments of a decode attention fused with the rotary embedding and the KV store of
+    /// the new keys `k` and values `v`.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_decode_args(
+        &self,
+        q: &CudaAct,
+        k: &CudaAct,
+        v: &CudaAct,
+        kv: &CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        out: &CudaAct,
+    ) -> qrt_attn_args {
+        qrt_attn_args {
+            inv_freq: step.at(step.plan.inv_freq),
+            k_new: k.ptr(),
+            v_new: v.ptr(),
+            ..self.attn_args(q, kv, layer, step, out)
+        }
+    }
+
     fn attn_args(
         &self,
         q: &CudaAct,
@@ -966,6 +1075,52 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
+        let half16_act = x.rows <= MAX_GEMV_ROWS
+            && x.rows >= self.half16_mlp_rows
+            && Self::half_type(w.down)? == ty
+            && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
+        if half16_act {
+            // Batched decode: silu(gate) * up in 16 bits, in the otherwise unused `gate`
+            // scratch (f32-sized, so twice the room; a buffer of the workspace, so that a
+            // recorded graph never writes into memory handed out since), for down to stage as
+            // it is.
+            let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
+            let act16 = &*scratch.gate;
+            check("16-bit MLP activations", act16, x.rows, w.gate.rows)?;
+            return self.timed("linear gemv (gate, up, silu; down) 16-bit", || {
+                let segment = Segment {
+                    w: w.gate.buf.ptr(),
+                    bias: 0,
+                    y: act16.ptr(),
+                    n: w.gate.rows,
+                };
+                let down = Segment {
+                    w: w.down.buf.ptr(),
+                    bias: 0,
+                    y: x.ptr(),
+                    n: w.down.rows,
+                };
+                let act_input = GemvInput {
+                    x: act16.ptr(),
+                    rows: x.rows,
+                    k: w.gate.rows,
+                };
+                // SAFETY: shapes checked above; `act16` holds rows x ffn f32, room for as many
+                // 16-bit values.
+                unsafe {
+                    self.dev.gemv_gated_half16(
+                        ty,
+                        gemv_input(input),
+                        segment,
+                        w.up.buf.ptr(),
+                        fusion,
+                    )?;
+                    self.dev.gemv_half16(ty, act_input, &[down], RESIDUAL)?;
+                }
+                self.half16_mlps.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+        }
         if x.rows <= MAX_GEMV_ROWS {
             let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
             // Decode: gate and up read together, silu(gate) * up written directly (at batch
@@ -1075,16 +1230,66 @@ impl Backend for CudaBackend {
         Self::check_kv_write(k, v, kv, layer, step, heads)?;
         Self::check_attention(q, kv, layer, step, heads, out)?;
         self.timed("attention decode (+ rope, KV store)", || {
-            let args = qrt_attn_args {
-                inv_freq: step.at(step.plan.inv_freq),
-                k_new: k.ptr(),
-                v_new: v.ptr(),
-                ..self.attn_args(q, kv, layer, step, out)
-            };
+            let args = self.fused_decode_args(q, k, v, kv, layer, step, out);
             // SAFETY: shapes, slots, blocks and tables checked (tables by `plan`).
             unsafe { self.dev.attention_decode(&args)? };
             Ok(())
         })
+    }
+
+    fn rope_kv_attention_projected(
+        &self,
+        q: &mut CudaAct,
+        k: &mut CudaAct,
+        v: &CudaAct,
+        kv: &mut CudaKv,
+        layer: usize,
+        step: &CudaStep,
+        heads: HeadGeometry,
+        attn: &mut CudaAct,
+        o: LinearOut<'_, Self>,
+    ) -> Result<(), RuntimeError> {
+        let Some(parts) = self.projection_merges(step, attn, &o)? else {
+            self.rope_kv_attention(q, k, v, kv, layer, step, heads, attn)?;
+            return self.linear_add(attn, o.weight, o.bias, o.out);
+        };
+        // Batched decode: the attention leaves its partitions in the step's work area, and the
+        // output projection merges them as it stages its input.
+        Self::check_kv_write(k, v, kv, layer, step, heads)?;
+        Self::check_attention(q, kv, layer, step, heads, attn)?;
+        Self::check_linear(attn, o.weight, o.bias, o.out)?;
+        let ty = Self::half_type(o.weight)?;
+        self.timed("attention decode (unmerged)", || {
+            let args = qrt_attn_args {
+                out: 0,
+                ..self.fused_decode_args(q, k, v, kv, layer, step, attn)
+            };
+            // SAFETY: shapes, slots, blocks and tables checked (tables by `plan`); a decode
+            // pass has one row per sequence, so the partitions' rows are 0..num_seqs.
+            unsafe { self.dev.attention_decode(&args)? };
+            Ok(())
+        })?;
+        self.timed("linear gemv (merging attention)", || {
+            let input = GemvInput {
+                x: step.buffers.work.ptr(),
+                rows: attn.rows,
+                k: attn.cols,
+            };
+            // SAFETY: the work area holds the partitions the attention just left, for
+            // attn.rows rows of attn.cols / head_dim heads; shapes checked above.
+            unsafe {
+                self.dev.gemv_merging(
+                    ty,
+                    input,
+                    parts,
+                    &segments(std::slice::from_ref(&o)),
+                    RESIDUAL,
+                )?
+            };
+            Ok(())
+        })?;
+        self.merged_projections.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn attention(

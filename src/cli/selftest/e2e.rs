@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::ElemType;
+use qrt_kernels::DecodeTc;
 use qrt_runtime::backend::{Backend, HeadGeometry};
 use qrt_runtime::cpu::CpuBackend;
 use qrt_runtime::cuda::CudaBackend;
@@ -74,18 +75,22 @@ fn logits_of_run<B: Backend>(
     })
 }
 
-/// Compares one model's logits on both backends.
+/// Prompt lengths of the runs of a model: four sequences read with a prefill GEMM and decoded
+/// with the batched GEMV; one long and one short sequence alone (prefill by GEMM or GEMV, then
+/// batch-one decode); two short ones.
+const RUNS: [&[usize]; 4] = [&[45, 1, 17, 120], &[40], &[5], &[5, 3]];
+
+/// Compares one model's logits on both backends, a run for each list of prompt lengths.
 fn compare(
     cuda: &CudaBackend,
     path: &Path,
     label: &str,
+    runs: &[&[usize]],
     rng: &mut Rng,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
     let mf = ModelFile::open(path)?;
-    // Four sequences read with a prefill GEMM and decoded with the batched GEMV; one long and
-    // one short sequence alone (prefill by GEMM or GEMV, then batch-one decode); two short ones.
-    for lens in [&[45, 1, 17, 120][..], &[40], &[5], &[5, 3]] {
+    for lens in runs {
         compare_run(cuda, &mf, lens, label, rng, checks)?;
     }
     Ok(())
@@ -170,6 +175,54 @@ fn random_config() -> anyhow::Result<ModelConfig> {
     })
 }
 
+/// Two layers of a preset's width (its heads, hidden size and head dimension), with a shorter
+/// MLP (still one whose products plan a tile a warp) and vocabulary: the batched decode
+/// attention, output projection and MLP paths of that model.
+fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
+    Ok(ModelConfig {
+        intermediate_size: 4096,
+        num_layers: 2,
+        vocab_size: 4096,
+        tie_word_embeddings: false,
+        ..preset(name)?
+    })
+}
+
+/// Wide random models and prompt lengths whose batched decode splits contexts into several
+/// tensor-core partitions (some sequences shorter than a partition, so that others lie beyond
+/// their context): Llama-3.2-1B's width (heads of 64, 256-token partitions: 3 of them at
+/// batch 8, 4 at batch 4) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
+/// partitions: 4, at batch 8).
+fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
+    let mut wide = vec![(
+        "llama-3.2-1b",
+        vec![
+            &[45, 300, 520, 7, 90, 260, 33, 410][..],
+            &[700, 300, 1000, 20],
+        ],
+    )];
+    if with_8b {
+        wide.push((
+            "llama-3.1-8b",
+            vec![&[400, 100, 20, 300, 250, 5, 380, 60][..]],
+        ));
+    }
+    wide
+}
+
+/// Writes a random F16 model of `config` at `path`.
+fn write_random(config: &ModelConfig, path: &Path, rng: &mut Rng) -> anyhow::Result<()> {
+    write_random_model(
+        config,
+        ElemType::F16,
+        rng.next_u64(),
+        path,
+        &super::super::qrt_version(),
+        &mut |_, _| {},
+    )?;
+    Ok(())
+}
+
 /// Runs the model checks.
 pub fn run(
     cuda: &CudaBackend,
@@ -177,22 +230,51 @@ pub fn run(
     rng: &mut Rng,
     checks: &mut Checks,
     models: &[PathBuf],
+    with_8b: bool,
 ) -> anyhow::Result<()> {
     let path = dir.join("random-model.qrt");
-    write_random_model(
-        &random_config()?,
-        ElemType::F16,
-        rng.next_u64(),
-        &path,
-        &super::super::qrt_version(),
-        &mut |_, _| {},
-    )?;
-    compare(cuda, &path, "random", rng, checks)?;
+    write_random(&random_config()?, &path, rng)?;
+    compare(cuda, &path, "random", &RUNS, rng, checks)?;
+    for (name, runs) in wide_models(with_8b) {
+        let path = dir.join(format!("wide-{name}.qrt"));
+        write_random(&wide_config(name)?, &path, rng)?;
+        let before = cuda.fused_counts();
+        compare(cuda, &path, &format!("{name}-wide"), &runs, rng, checks)?;
+        std::fs::remove_file(&path)?;
+        let after = cuda.fused_counts();
+        // On sm_90 (tensor-core decode attention, clusters for the products' plans) these
+        // batches leave the attention's partitions to the output projection and pass the
+        // MLP's activations in 16 bits.
+        let sm90 = cuda.device().compute_capability() == (9, 0);
+        let merge = sm90
+            && cuda.device().decode_policy().tensor_cores != DecodeTc::Never
+            && cuda.defers_attention_merge();
+        let half16 = sm90 && runs.iter().any(|r| r.len() >= cuda.half16_mlp_rows());
+        for (what, expected, taken) in [
+            (
+                "attention partitions merged by the projection",
+                merge,
+                after.0 > before.0,
+            ),
+            (
+                "MLP activations passed in 16 bits",
+                half16,
+                after.1 > before.1,
+            ),
+        ] {
+            checks.check(
+                what,
+                &format!("{name}-wide (expected: {expected})"),
+                f64::from(u8::from(expected && !taken)),
+                0.5,
+            );
+        }
+    }
     for m in models {
         let label = m
             .file_name()
             .map_or_else(|| m.display().to_string(), |n| n.to_string_lossy().into());
-        compare(cuda, m, &label, rng, checks)?;
+        compare(cuda, m, &label, &RUNS, rng, checks)?;
     }
     Ok(())
 }

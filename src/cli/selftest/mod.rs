@@ -93,7 +93,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         norm16::run(cuda.device(), &mut rng, &mut checks)?;
         ops::run(&cuda, &dir, &mut rng, &mut checks, !args.skip_8b)?;
-        e2e::run(&cuda, &dir, &mut rng, &mut checks, &args.model)?;
+        e2e::run(
+            &cuda,
+            &dir,
+            &mut rng,
+            &mut checks,
+            &args.model,
+            !args.skip_8b,
+        )?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
