@@ -60,58 +60,102 @@ __device__ __forceinline__ uint4 pack8(const float4& a, const float4& b) {
                       pack2<W>(b.z, b.w));
 }
 
-// Most decode partitions a merging GEMV combines (`MAX_MERGED_PARTITIONS` in launch.rs: with
-// 5, or with more folded in later groups, its kernels spilled 32 bytes or more).
+// Most decode partitions a merging GEMV requests at once (with 5, or with more folded into a
+// running maximum in later groups, its kernels spilled 32 bytes or more); more (up to
+// `MAX_MERGED_PARTITIONS` in launch.rs) go their maximum first, then two at a time.
 constexpr unsigned kMaxMerged = 4;
+
+// Where a merging GEMV finds the partitions of one (row, head) and which 8 of its values it
+// wants (see merged_chunk).
+struct MergedHead {
+    const float* acc;     // the partitions' unnormalised outputs, head_dim each
+    const float* maxima;  // their maxima
+    const float* sums;    // their sums
+    size_t hb;            // the (row, head)'s first partition
+    unsigned d;           // the first of the 8 dimensions
+    unsigned head_dim;
+    unsigned splits;
+};
+
+// Partitions s0 .. s0 + G - 1 of a head (zeros and -inf past `splits`), every load requested
+// before any is used.
+template <unsigned G>
+struct PartitionGroup {
+    float m[G], l[G];
+    uint4 part[G][2];
+
+    __device__ __forceinline__ PartitionGroup(const MergedHead& h, unsigned s0) {
+#pragma unroll
+        for (unsigned j = 0; j < G; ++j) {
+            const unsigned s = s0 + j;
+            const bool in = s < h.splits;
+            m[j] = in ? __ldcg(h.maxima + h.hb + s) : -INFINITY;
+            l[j] = in ? __ldcg(h.sums + h.hb + s) : 0.f;
+            part[j][0] = part[j][1] = make_uint4(0, 0, 0, 0);
+            const float* at = h.acc + (h.hb + min(s, h.splits - 1)) * h.head_dim + h.d;
+            qrt::load_cg_if(part[j][0], at, in);
+            qrt::load_cg_if(part[j][1], at + 4, in);
+        }
+    }
+
+    // The group's outputs and sums added, rescaled to the common maximum `top`. A partition
+    // whose maximum is -inf (beyond its sequence's context) has no weight, whatever its stale
+    // outputs hold.
+    __device__ __forceinline__ void add_to(float top, float& total, float (&o)[8]) const {
+#pragma unroll
+        for (unsigned j = 0; j < G; ++j) {
+            if (m[j] == -INFINITY) continue;
+            const float w = expf(m[j] - top);
+            total = fmaf(l[j], w, total);
+            const float* v = reinterpret_cast<const float*>(part[j]);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) o[i] = fmaf(v[i], w, o[i]);
+        }
+    }
+};
 
 // Values 8c .. 8c + 7 of input row b of a merging GEMV (`merge` = head_dim << 8 | partitions):
 // the partitions a deferred decode attention left in its work area (`x`; attention.cu's
 // `Partials`, indexed by query row, `batch` rows) for that head, rescaled to their common
-// maximum and combined as the attention's own merge does. A partition whose maximum is -inf
-// (beyond its sequence's context) has no weight, whatever its stale outputs hold; the first
-// partition of a sequence holds its newest token, so the common maximum is finite. Every load
-// is requested before any is used.
+// maximum and combined as the attention's own merge does (the first partition of a sequence
+// holds its newest token, so the common maximum is finite). Up to kMaxMerged partitions come
+// in one group; more, their maxima first, then their outputs two at a time.
 __device__ __forceinline__ void merged_chunk(const qrt_gemv_args& args, unsigned batch,
                                              unsigned merge, unsigned b, unsigned c,
                                              float4& lo, float4& hi) {
-    const unsigned head_dim = merge >> 8;
-    const unsigned splits = merge & 0xff;
-    const unsigned heads = args.k / head_dim;
-    const size_t n = static_cast<size_t>(batch) * heads * splits;
-    const float* acc = reinterpret_cast<const float*>(args.x);
-    const float* maxima = acc + n * head_dim;
-    const float* sums = maxima + n;
-    const size_t hb = (static_cast<size_t>(b) * heads + c * 8 / head_dim) * splits;
-    const unsigned d = c * 8 % head_dim;
-    float m[kMaxMerged], l[kMaxMerged];
-    uint4 part[kMaxMerged][2];
-#pragma unroll
-    for (unsigned s = 0; s < kMaxMerged; ++s) {
-        const bool in = s < splits;
-        m[s] = in ? __ldcg(maxima + hb + s) : -INFINITY;
-        l[s] = in ? __ldcg(sums + hb + s) : 0.f;
-        part[s][0] = part[s][1] = make_uint4(0, 0, 0, 0);
-        const float* at = acc + (hb + min(s, splits - 1)) * head_dim + d;
-        qrt::load_cg_if(part[s][0], at, in);
-        qrt::load_cg_if(part[s][1], at + 4, in);
+    MergedHead h;
+    h.head_dim = merge >> 8;
+    h.splits = merge & 0xff;
+    const unsigned heads = args.k / h.head_dim;
+    const size_t n = static_cast<size_t>(batch) * heads * h.splits;
+    h.acc = reinterpret_cast<const float*>(args.x);
+    h.maxima = h.acc + n * h.head_dim;
+    h.sums = h.maxima + n;
+    h.hb = (static_cast<size_t>(b) * heads + c * 8 / h.head_dim) * h.splits;
+    h.d = c * 8 % h.head_dim;
+    // The combined output over its total: the staged values.
+    auto normalized = [&](const float(&o)[8], float total) {
+        const float inv = 1.f / total;
+        lo = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
+        hi = make_float4(o[4] * inv, o[5] * inv, o[6] * inv, o[7] * inv);
+    };
+    if (h.splits > kMaxMerged) {
+        float top = -INFINITY;
+        for (unsigned s = 0; s < h.splits; ++s) top = fmaxf(top, __ldcg(h.maxima + h.hb + s));
+        float total = 0.f;
+        float o[8] = {};
+        for (unsigned s0 = 0; s0 < h.splits; s0 += 2) PartitionGroup<2>(h, s0).add_to(top, total, o);
+        normalized(o, total);
+        return;
     }
-    float top = m[0];
+    const PartitionGroup<kMaxMerged> g(h, 0);
+    float top = g.m[0];
 #pragma unroll
-    for (unsigned s = 1; s < kMaxMerged; ++s) top = fmaxf(top, m[s]);
+    for (unsigned s = 1; s < kMaxMerged; ++s) top = fmaxf(top, g.m[s]);
     float total = 0.f;
     float o[8] = {};
-#pragma unroll
-    for (unsigned s = 0; s < kMaxMerged; ++s) {
-        if (m[s] == -INFINITY) continue;
-        const float w = expf(m[s] - top);
-        total = fmaf(l[s], w, total);
-        const float* v = reinterpret_cast<const float*>(part[s]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o[i] = fmaf(v[i], w, o[i]);
-    }
-    const float inv = 1.f / total;
-    lo = make_float4(o[0] * inv, o[1] * inv, o[2] * inv, o[3] * inv);
-    hi = make_float4(o[4] * inv, o[5] * inv, o[6] * inv, o[7] * inv);
+    g.add_to(top, total, o);
+    normalized(o, total);
 }
 
 // A 16-row tile: its segment, first output row, and the rows `lo` and `hi` of a lane's

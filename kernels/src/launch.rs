@@ -81,9 +81,13 @@ pub struct Partitions {
     pub splits: usize,
 }
 
-/// Most decode partitions a merging GEMV combines (`kMaxMerged` in `gemv_tc.cu`: with more,
-/// requested at once or in later groups, its kernels spilled 32 bytes or more).
-pub const MAX_MERGED_PARTITIONS: usize = 4;
+/// Most decode partitions a merging GEMV combines: as many as a context is split into before
+/// the splits double ([`MAX_DECODE_CLUSTER`]; up to 4 requested at once, more after a first
+/// pass over their maxima, `merged_chunk` in `gemv_tc.cu`).
+pub const MAX_MERGED_PARTITIONS: usize = MAX_DECODE_CLUSTER;
+
+/// Decode partitions a merging GEMV requests at once (`kMaxMerged` in `gemv_tc.cu`).
+const MERGED_AT_ONCE: usize = 4;
 
 /// The kernels of a tensor-core GEMV besides the plain ones (`gemv_tc.cu`), all with plans of a
 /// tile a warp.
@@ -728,6 +732,36 @@ fn gemv_args(
     Ok((args, u32_of("blocks", blocks)?))
 }
 
+/// A gated GEMV takes no bias, no accumulation and 16-byte aligned matrices.
+fn check_gated(gate: &Segment, up: u64, fusion: Fusion) -> Result<(), KernelError> {
+    if gate.bias != 0 || !up.is_multiple_of(16) || fusion.accumulate {
+        return Err(KernelError::Shape(
+            "the gated GEMV takes no bias, no accumulation and 16-byte aligned matrices".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// [`gemv_args`] of a gated GEMV: gate and up (`[gate.n, k]` at `up`) as the two segments of
+/// one launch.
+fn gated_args(
+    input: GemvInput,
+    gate: Segment,
+    up: u64,
+    rows_per_block: usize,
+    k_multiple: usize,
+    fusion: Fusion,
+) -> Result<(qrt_gemv_args, u32), KernelError> {
+    let (mut args, blocks) = gemv_args(input, &[gate], rows_per_block, k_multiple, fusion)?;
+    args.seg[1] = qrt_gemv_segment {
+        w: up,
+        n: args.seg[0].n,
+        ..Default::default()
+    };
+    args.num_segments = 2;
+    Ok((args, blocks))
+}
+
 /// A launch of `what` multiplies 1 to QRT_GEMV_MAX_SEGMENTS matrices.
 fn check_segments(what: &str, count: usize) -> Result<(), KernelError> {
     if count == 0 || count > QRT_GEMV_MAX_SEGMENTS as usize {
@@ -1307,7 +1341,10 @@ impl CudaDevice {
     /// Whether [`gemv_merging`](Self::gemv_merging) takes a product of `n` rows of type `ty`
     /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to 8 whose
     /// tensor-core plan gives each warp a tile of its own (a cluster splitting k, so that a
-    /// block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions.
+    /// block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions, more than
+    /// [`MERGED_AT_ONCE`] only where each lane stages one chunk of 8 values: those take a
+    /// round trip to L2 per pair after the first over their maxima, and on an H200 the 8B's
+    /// o projection at batch 8, two chunks a lane, lost 1-1.6% with 5 (RESULTS log 43).
     pub fn gemv_merges_partials(
         &self,
         ty: Half16,
@@ -1325,12 +1362,13 @@ impl CudaDevice {
         {
             return Ok(false);
         }
-        self.tc_tile_a_warp(
-            &format!("qrt_gemv_tc_{}", ty.name()),
-            n.div_ceil(16),
-            rows,
-            k,
-        )
+        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let Some(plan) = self.tile_a_warp_plan(&stem, n.div_ceil(16), rows, k)? else {
+            return Ok(false);
+        };
+        // Chunks of 8 values in a block's slice (4 a k-step of 32), staged by a warp's lanes.
+        let chunks = (k / 32).div_ceil(plan.split) * 4;
+        Ok(parts.splits <= MERGED_AT_ONCE || chunks <= 32)
     }
 
     /// Whether a SwiGLU MLP of `rows` rows, `hidden` wide with `ffn` intermediate rows of type
@@ -1347,8 +1385,12 @@ impl CudaDevice {
     ) -> Result<bool, KernelError> {
         let t = ty.name();
         Ok(ffn.is_multiple_of(8)
-            && self.tc_tile_a_warp(&format!("qrt_gemv_tc_gated_{t}"), ffn / 8, rows, hidden)?
-            && self.tc_tile_a_warp(&format!("qrt_gemv_tc_{t}"), hidden.div_ceil(16), rows, ffn)?)
+            && self
+                .tile_a_warp_plan(&format!("qrt_gemv_tc_gated_{t}"), ffn / 8, rows, hidden)?
+                .is_some()
+            && self
+                .tile_a_warp_plan(&format!("qrt_gemv_tc_{t}"), hidden.div_ceil(16), rows, ffn)?
+                .is_some())
     }
 
     /// [`gemv_gated`](Self::gemv_gated) writing `out` (`gate.y`) as `[batch, n]` values of
@@ -1365,12 +1407,12 @@ impl CudaDevice {
         up: u64,
         fusion: Fusion,
     ) -> Result<(), KernelError> {
+        check_gated(&gate, up, fusion)?;
         let stem = format!("qrt_gemv_tc_gated_{}", ty.name());
-        if gate.bias != 0
-            || !up.is_multiple_of(16)
-            || fusion.accumulate
-            || !gate.n.is_multiple_of(8)
-            || !self.tc_tile_a_warp(&stem, gate.n / 8, input.rows, input.k)?
+        if !gate.n.is_multiple_of(8)
+            || self
+                .tile_a_warp_plan(&stem, gate.n / 8, input.rows, input.k)?
+                .is_none()
         {
             return Err(KernelError::Shape(format!(
                 "no 16-bit output from a gated GEMV of {} rows x {} for {} rows of {} values",
@@ -1378,13 +1420,7 @@ impl CudaDevice {
             )));
         }
         check_norm(self, input, fusion)?;
-        let (mut args, tiles) = gemv_args(input, &[gate], 8, 32, fusion)?;
-        args.seg[1] = qrt_gemv_segment {
-            w: up,
-            n: args.seg[0].n,
-            ..Default::default()
-        };
-        args.num_segments = 2;
+        let (args, tiles) = gated_args(input, gate, up, 8, 32, fusion)?;
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16Out)? };
         Ok(())
@@ -1406,7 +1442,9 @@ impl CudaDevice {
         let stem = format!("qrt_gemv_tc_{}", ty.name());
         let n: usize = segments.iter().map(|s| s.n).sum();
         if fusion.norm.is_some()
-            || !self.tc_tile_a_warp(&stem, n.div_ceil(16), input.rows, input.k)?
+            || self
+                .tile_a_warp_plan(&stem, n.div_ceil(16), input.rows, input.k)?
+                .is_none()
         {
             return Err(KernelError::Shape(format!(
                 "no GEMV of 16-bit input for {} rows of {} values into {n} rows",
@@ -1453,21 +1491,21 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Whether the tensor-core GEMV `stem` of `tiles` tiles of `rows` rows of `k` plans a tile
-    /// a warp, which its variants other than [`TcVariant::Plain`] need.
-    fn tc_tile_a_warp(
+    /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `rows` rows of `k` where it
+    /// gives each warp a tile, which its variants other than [`TcVariant::Plain`] need.
+    fn tile_a_warp_plan(
         &self,
         stem: &str,
         tiles: usize,
         rows: usize,
         k: usize,
-    ) -> Result<bool, KernelError> {
+    ) -> Result<Option<TcPlan>, KernelError> {
         if !(2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) || !k.is_multiple_of(32) {
-            return Ok(false);
+            return Ok(None);
         }
         Ok(self
             .tc_plan(stem, tiles, rows, k)?
-            .is_some_and(|p| p.per_block > 1))
+            .filter(|p| p.per_block > 1))
     }
 
     /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
@@ -1545,31 +1583,20 @@ impl CudaDevice {
         up: u64,
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        if gate.bias != 0 || !up.is_multiple_of(16) || fusion.accumulate {
-            return Err(KernelError::Shape(
-                "the gated GEMV takes no bias, no accumulation and 16-byte aligned matrices".into(),
-            ));
-        }
+        check_gated(&gate, up, fusion)?;
         check_norm(self, input, fusion)?;
         let t = ty.name();
-        // Gate and up as the two segments of one launch.
-        let with_up = |(mut args, blocks): (qrt_gemv_args, u32)| {
-            args.seg[1] = qrt_gemv_segment {
-                w: up,
-                n: args.seg[0].n,
-                ..Default::default()
-            };
-            args.num_segments = 2;
-            (args, blocks)
+        let with_up = |rows_per_block, k_multiple| {
+            gated_args(input, gate, up, rows_per_block, k_multiple, fusion)
         };
         if Self::one_row_kernel(input.rows, input.k) {
-            let (args, _) = with_up(gemv_args(input, &[gate], 1, 8, fusion)?);
+            let (args, _) = with_up(1, 8)?;
             // SAFETY: forwarded from the caller.
             return unsafe { self.launch_gemv_one(ty, true, &args, gate.n) };
         }
         if input.rows > 1 && input.k.is_multiple_of(32) {
             // Tiles of 8 rows of gate over the same 8 of up.
-            let (args, tiles) = with_up(gemv_args(input, &[gate], 8, 32, fusion)?);
+            let (args, tiles) = with_up(8, 32)?;
             let stem = format!("qrt_gemv_tc_gated_{t}");
             // SAFETY: forwarded from the caller.
             if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain)? }
@@ -1579,7 +1606,7 @@ impl CudaDevice {
         }
         fma_takes(input, fusion)?;
         let rows_loaded = if gate.n >= 4096 { 4 } else { 2 };
-        let (args, blocks) = with_up(gemv_args(input, &[gate], rows_loaded / 2, 8, fusion)?);
+        let (args, blocks) = with_up(rows_loaded / 2, 8)?;
         // SAFETY: forwarded from the caller.
         unsafe {
             self.launch_gemv_fma(

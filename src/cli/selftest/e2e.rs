@@ -191,20 +191,25 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// Wide random models and prompt lengths whose batched decode splits contexts into several
 /// tensor-core partitions (some sequences shorter than a partition, so that others lie beyond
 /// their context): Llama-3.2-1B's width (heads of 64, 256-token partitions: 3 of them at
-/// batch 8, 4 at batch 4) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
-/// partitions: 4, at batch 8).
+/// batch 8, 4 and 6 at batch 4) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
+/// partitions: 4 and 6 at batch 8, the 6 merged by the attention: see
+/// `CudaDevice::gemv_merges_partials`).
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
         vec![
             &[45, 300, 520, 7, 90, 260, 33, 410][..],
             &[700, 300, 1000, 20],
+            &[1300, 200, 50, 900],
         ],
     )];
     if with_8b {
         wide.push((
             "llama-3.1-8b",
-            vec![&[400, 100, 20, 300, 250, 5, 380, 60][..]],
+            vec![
+                &[400, 100, 20, 300, 250, 5, 380, 60][..],
+                &[700, 100, 20, 300, 250, 5, 380, 60],
+            ],
         ));
     }
     wide
