@@ -118,7 +118,8 @@ struct PartitionGroup {
 // the partitions a deferred decode attention left in its work area (`x`; attention.cu's
 // `Partials`, indexed by query row, `batch` rows) for that head, rescaled to their common
 // maximum and combined as the attention's own merge does (the first partition of a sequence
-// holds its newest token, so the common maximum is finite). Up to kMaxMerged partitions come
+// always holds tokens, so the common maximum is finite and the total at least 1). Up to
+// kMaxMerged partitions come
 // in one group; more, their maxima first, then their outputs two at a time.
 __device__ __forceinline__ void merged_chunk(const qrt_gemv_args& args, unsigned batch,
                                              unsigned merge, unsigned b, unsigned c,

@@ -82,8 +82,8 @@ pub struct Partitions {
 }
 
 /// Most decode partitions a merging GEMV combines: as many as a context is split into before
-/// the splits double ([`MAX_DECODE_CLUSTER`]; up to 4 requested at once, more after a first
-/// pass over their maxima, `merged_chunk` in `gemv_tc.cu`).
+/// the splits double (16, the largest decode cluster; up to 4 requested at once, more after a
+/// first pass over their maxima, `merged_chunk` in `gemv_tc.cu`).
 pub const MAX_MERGED_PARTITIONS: usize = MAX_DECODE_CLUSTER;
 
 /// Decode partitions a merging GEMV requests at once (`kMaxMerged` in `gemv_tc.cu`).
@@ -1353,17 +1353,29 @@ impl CudaDevice {
         n: usize,
         parts: Partitions,
     ) -> Result<bool, KernelError> {
+        self.merges_partials(ty, n.div_ceil(16), rows, k, parts)
+    }
+
+    /// [`gemv_merges_partials`](Self::gemv_merges_partials) for `tiles` 16-row tiles.
+    fn merges_partials(
+        &self,
+        ty: Half16,
+        tiles: usize,
+        rows: usize,
+        k: usize,
+        parts: Partitions,
+    ) -> Result<bool, KernelError> {
         if !(1..=MAX_MERGED_PARTITIONS).contains(&parts.splits)
             || parts.head_dim == 0
             || !parts.head_dim.is_multiple_of(8)
             || parts.head_dim > 0xff_ffff
             || !k.is_multiple_of(parts.head_dim)
-            || n == 0
+            || tiles == 0
         {
             return Ok(false);
         }
         let stem = format!("qrt_gemv_tc_{}", ty.name());
-        let Some(plan) = self.tile_a_warp_plan(&stem, n.div_ceil(16), rows, k)? else {
+        let Some(plan) = self.tile_a_warp_plan(&stem, tiles, rows, k)? else {
             return Ok(false);
         };
         // Chunks of 8 values in a block's slice (4 a k-step of 32), staged by a warp's lanes.
@@ -1440,19 +1452,18 @@ impl CudaDevice {
         fusion: Fusion,
     ) -> Result<(), KernelError> {
         let stem = format!("qrt_gemv_tc_{}", ty.name());
-        let n: usize = segments.iter().map(|s| s.n).sum();
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         if fusion.norm.is_some()
             || self
-                .tile_a_warp_plan(&stem, n.div_ceil(16), input.rows, input.k)?
+                .tile_a_warp_plan(&stem, tiles as usize, input.rows, input.k)?
                 .is_none()
         {
             return Err(KernelError::Shape(format!(
-                "no GEMV of 16-bit input for {} rows of {} values into {n} rows",
+                "no GEMV of 16-bit input for {} rows of {} values into {tiles} tiles",
                 input.rows, input.k
             )));
         }
-        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
-        // SAFETY: forwarded from the caller.
+        // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
         unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In)? };
         Ok(())
     }
@@ -1474,17 +1485,18 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        let n = segments.iter().map(|s| s.n).sum();
-        if fusion.norm.is_some() || !self.gemv_merges_partials(ty, input.rows, input.k, n, parts)? {
+        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
+        if fusion.norm.is_some()
+            || !self.merges_partials(ty, tiles as usize, input.rows, input.k, parts)?
+        {
             return Err(KernelError::Shape(format!(
                 "no merging GEMV for {} rows of {} values in {} partitions of heads of {}",
                 input.rows, input.k, parts.splits, parts.head_dim
             )));
         }
-        let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         let stem = format!("qrt_gemv_tc_{}", ty.name());
         let merge = (parts.head_dim << 8 | parts.splits) as u32;
-        // SAFETY: forwarded from the caller.
+        // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
         unsafe {
             self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge))?
         };

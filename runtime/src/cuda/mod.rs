@@ -52,8 +52,9 @@ pub struct CudaBackend {
     /// Batched decode attention may leave its partitions for the output projection to merge
     /// (unless `QRT_ATTN_DEFER=0`).
     defer_merge: bool,
-    /// Batched decode MLPs of at least this many rows may pass silu(gate) * up to down in 16
-    /// bits (`QRT_MLP_HALF16=N`; 0 never; default [`HALF16_MLP_MIN_ROWS`]).
+    /// MLPs of at least this many rows (up to 8: batched decode, or a short prefill) may pass
+    /// silu(gate) * up to down in 16 bits (`QRT_MLP_HALF16=N`; 0 never; default
+    /// [`HALF16_MLP_MIN_ROWS`]).
     half16_mlp_rows: usize,
     /// Output projections issued that merged the attention's partitions.
     merged_projections: AtomicUsize,
@@ -157,9 +158,9 @@ impl CudaStep {
     }
 }
 
-/// Fewest decode rows whose MLP passes its activations in 16 bits where it can
-/// ([`CudaDevice::mlp_in_half16`]). On an H200 (RESULTS log 43, the 1B) it cost 0.3-0.7% at 2
-/// and 4 rows and gained 0.2-1.3% at 6 to 8.
+/// Fewest rows (of at most 8) whose MLP passes its activations in 16 bits where it can
+/// ([`CudaDevice::mlp_in_half16`]). On an H200 (RESULTS log 43, the 1B's decode) it cost
+/// 0.3-0.7% at 2 and 4 rows and gained 0.1-1.3% at 6 to 8.
 const HALF16_MLP_MIN_ROWS: usize = 6;
 
 /// A product added into its output (the residual stream).
@@ -259,7 +260,7 @@ impl CudaBackend {
         self.defer_merge
     }
 
-    /// From how many rows batched decode MLPs may pass their activations in 16 bits
+    /// From how many rows (of at most 8) MLPs may pass their activations in 16 bits
     /// (`QRT_MLP_HALF16`; `usize::MAX`: never).
     pub fn half16_mlp_rows(&self) -> usize {
         self.half16_mlp_rows
@@ -1080,7 +1081,8 @@ impl Backend for CudaBackend {
             && Self::half_type(w.down)? == ty
             && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
         if half16_act {
-            // Batched decode: silu(gate) * up in 16 bits, in the otherwise unused `gate`
+            // 6-8 rows (batched decode, or a short prefill, whose MLP works row by row the
+            // same): silu(gate) * up in 16 bits, in the otherwise unused `gate`
             // scratch (f32-sized, so twice the room; a buffer of the workspace, so that a
             // recorded graph never writes into memory handed out since), for down to stage as
             // it is.
