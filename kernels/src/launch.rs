@@ -732,6 +732,15 @@ fn gemv_args(
     Ok((args, u32_of("blocks", blocks)?))
 }
 
+/// Whether a merging GEMV of rows of `k`, its k split over `split` blocks, combines `splits`
+/// partitions: up to [`MERGED_AT_ONCE`] always, more only where each lane stages one chunk of 8
+/// values of its block's slice (4 chunks a k-step of 32; see
+/// [`CudaDevice::gemv_merges_partials`]).
+fn merge_fits(splits: usize, k: usize, split: usize) -> bool {
+    let chunks = (k / 32).div_ceil(split.max(1)) * 4;
+    splits <= MERGED_AT_ONCE || chunks <= 32
+}
+
 /// A gated GEMV takes no bias, no accumulation and 16-byte aligned matrices.
 fn check_gated(gate: &Segment, up: u64, fusion: Fusion) -> Result<(), KernelError> {
     if gate.bias != 0 || !up.is_multiple_of(16) || fusion.accumulate {
@@ -1378,9 +1387,7 @@ impl CudaDevice {
         let Some(plan) = self.tile_a_warp_plan(&stem, tiles, rows, k)? else {
             return Ok(false);
         };
-        // Chunks of 8 values in a block's slice (4 a k-step of 32), staged by a warp's lanes.
-        let chunks = (k / 32).div_ceil(plan.split) * 4;
-        Ok(parts.splits <= MERGED_AT_ONCE || chunks <= 32)
+        Ok(merge_fits(parts.splits, k, plan.split))
     }
 
     /// Whether a SwiGLU MLP of `rows` rows, `hidden` wide with `ffn` intermediate rows of type
@@ -2439,6 +2446,18 @@ mod tests {
         assert_eq!(argmax_keys_per_row(4097), 2);
         assert_eq!(argmax_keys_per_row(49152), 12); // SmolLM2
         assert_eq!(argmax_keys_per_row(128256), 32); // Llama 3
+    }
+
+    #[test]
+    fn many_partitions_merge_in_the_projection_only_where_a_lane_stages_one_chunk() {
+        // The 1B's o projection (k = 2048 over clusters of 8): 32 chunks a slice, one a lane.
+        assert!(merge_fits(6, 2048, 8));
+        assert!(merge_fits(MAX_MERGED_PARTITIONS, 2048, 8));
+        // The 8B's (k = 4096 over 8): two a lane, so only up to 4 at once.
+        assert!(merge_fits(4, 4096, 8));
+        assert!(!merge_fits(5, 4096, 8));
+        // Unsplit, a whole row of the 1B's: 256 chunks.
+        assert!(!merge_fits(5, 2048, 1));
     }
 
     #[test]
