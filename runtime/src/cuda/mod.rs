@@ -222,7 +222,7 @@ impl CudaBackend {
     /// A backend on `dev` (e.g. a device whose decode attention policy was set), with the
     /// same environment switches as [`new`](Self::new), `QRT_ATTN_DEFER=0` to keep the
     /// batched decode attention's partitions merged by the attention itself, and
-    /// `QRT_MLP_HALF16=N` to pass batched decode MLP activations in 16 bits from N rows on (0:
+    /// `QRT_MLP_HALF16=N` to pass the MLP activations of passes of N to 8 rows in 16 bits (0:
     /// never).
     pub fn on(dev: CudaDevice) -> Self {
         let dev = Arc::new(dev);
@@ -678,7 +678,7 @@ impl CudaBackend {
     /// The partitions a decode pass's attention may leave to its output projection `o`
     /// ([`CudaDevice::gemv_merging`]): where the attention scores them on tensor cores and the
     /// projection's kernel can merge them; None elsewhere. On an H200 (RESULTS log 43) the 1B
-    /// gained 3% at batch 2, 0.5% at 4 and 1-6% at 8 (more at longer contexts) from not
+    /// gained 3-5% at batch 2 and up to 6% at batch 8 (with 768-token prompts) from not
     /// merging in the attention's clusters; SmolLM2's projections never take it.
     fn projection_merges(
         &self,
