@@ -119,8 +119,8 @@ struct PartitionGroup {
 // `Partials`, indexed by query row, `batch` rows) for that head, rescaled to their common
 // maximum and combined as the attention's own merge does (the first partition of a sequence
 // always holds tokens, so the common maximum is finite and the total at least 1). Up to
-// kMaxMerged partitions come
-// in one group; more, their maxima first, then their outputs two at a time.
+// kMaxMerged partitions come in one group; more, their maxima first, then their outputs two
+// at a time.
 __device__ __forceinline__ void merged_chunk(const qrt_gemv_args& args, unsigned batch,
                                              unsigned merge, unsigned b, unsigned c,
                                              float4& lo, float4& hi) {

@@ -1561,28 +1561,24 @@ impl CudaDevice {
         let grid = (plan.walkers as u32, 1, plan.split as u32);
         let kernel = format!("{stem}_w{}_{layout}", plan.warps);
         let config = (grid, plan.warps as u32 * 32, plan.shared);
+        // The merging kernels take a fifth argument.
+        let (merge, count) = match variant {
+            TcVariant::Merge(merge) => (merge, 5),
+            _ => (0, 4),
+        };
+        let mut all = params([args, &batch, &tiles, &early, &merge]);
         // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early[, uint32_t
         // merge]) by value, `shared` bytes of dynamic shared memory for the staged slice,
         // clusters of `split` blocks along z; the caller guarantees the buffers.
         unsafe {
-            match variant {
-                TcVariant::Merge(merge) => self.launch_clustered(
-                    "gemv_tc",
-                    &kernel,
-                    config,
-                    plan.split as u32,
-                    &mut params([args, &batch, &tiles, &early, &merge]),
-                    true,
-                )?,
-                _ => self.launch_clustered(
-                    "gemv_tc",
-                    &kernel,
-                    config,
-                    plan.split as u32,
-                    &mut params([args, &batch, &tiles, &early]),
-                    true,
-                )?,
-            }
+            self.launch_clustered(
+                "gemv_tc",
+                &kernel,
+                config,
+                plan.split as u32,
+                &mut all[..count],
+                true,
+            )?;
         }
         Ok(true)
     }

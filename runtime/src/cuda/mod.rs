@@ -1076,26 +1076,43 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        let half16_act = x.rows <= MAX_GEMV_ROWS
-            && x.rows >= self.half16_mlp_rows
-            && Self::half_type(w.down)? == ty
-            && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
-        if half16_act {
-            // 6-8 rows (batched decode, or a short prefill, whose MLP works row by row the
-            // same): silu(gate) * up in 16 bits, in the otherwise unused `gate`
-            // scratch (f32-sized, so twice the room; a buffer of the workspace, so that a
-            // recorded graph never writes into memory handed out since), for down to stage as
-            // it is.
+        if x.rows <= MAX_GEMV_ROWS {
             let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
-            let act16 = &*scratch.gate;
-            check("16-bit MLP activations", act16, x.rows, w.gate.rows)?;
-            return self.timed("linear gemv (gate, up, silu; down) 16-bit", || {
+            // From 6 rows (batched decode, or a short prefill, whose MLP works row by row the
+            // same), where the kernels can: silu(gate) * up in 16 bits, in the otherwise unused
+            // `gate` scratch (f32-sized, so twice the room; a buffer of the workspace, so that
+            // a recorded graph never writes into memory handed out since), for down to stage
+            // as it is.
+            let half16_act = x.rows >= self.half16_mlp_rows
+                && Self::half_type(w.down)? == ty
+                && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
+            let gated_out: &CudaAct = if half16_act { scratch.gate } else { act };
+            check("gated MLP output", gated_out, x.rows, w.gate.rows)?;
+            // Gate and up read together, silu(gate) * up written directly (at batch one with
+            // the norm applied on the fly).
+            self.timed("linear gemv (gate, up, silu)", || {
                 let segment = Segment {
                     w: w.gate.buf.ptr(),
                     bias: 0,
-                    y: act16.ptr(),
+                    y: gated_out.ptr(),
                     n: w.gate.rows,
                 };
+                let (input, up) = (gemv_input(input), w.up.buf.ptr());
+                // SAFETY: shapes checked above; `gated_out` holds rows x ffn f32, room for as
+                // many 16-bit values.
+                unsafe {
+                    if half16_act {
+                        self.dev.gemv_gated_half16(ty, input, segment, up, fusion)?
+                    } else {
+                        self.dev.gemv_gated(ty, input, segment, up, fusion)?
+                    }
+                };
+                Ok(())
+            })?;
+            if !half16_act {
+                return self.products(act, &mut [LinearOut::plain(w.down, x)], RESIDUAL);
+            }
+            return self.timed("linear gemv (down, 16-bit input)", || {
                 let down = Segment {
                     w: w.down.buf.ptr(),
                     bias: 0,
@@ -1103,45 +1120,15 @@ impl Backend for CudaBackend {
                     n: w.down.rows,
                 };
                 let act_input = GemvInput {
-                    x: act16.ptr(),
+                    x: gated_out.ptr(),
                     rows: x.rows,
                     k: w.gate.rows,
                 };
-                // SAFETY: shapes checked above; `act16` holds rows x ffn f32, room for as many
-                // 16-bit values.
-                unsafe {
-                    self.dev.gemv_gated_half16(
-                        ty,
-                        gemv_input(input),
-                        segment,
-                        w.up.buf.ptr(),
-                        fusion,
-                    )?;
-                    self.dev.gemv_half16(ty, act_input, &[down], RESIDUAL)?;
-                }
+                // SAFETY: shapes checked above; the gated GEMV wrote rows x ffn 16-bit values.
+                unsafe { self.dev.gemv_half16(ty, act_input, &[down], RESIDUAL)? };
                 self.half16_mlps.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             });
-        }
-        if x.rows <= MAX_GEMV_ROWS {
-            let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
-            // Decode: gate and up read together, silu(gate) * up written directly (at batch
-            // one with the norm applied on the fly).
-            self.timed("linear gemv (gate, up, silu)", || {
-                let segment = Segment {
-                    w: w.gate.buf.ptr(),
-                    bias: 0,
-                    y: act.ptr(),
-                    n: w.gate.rows,
-                };
-                // SAFETY: shapes checked above.
-                unsafe {
-                    self.dev
-                        .gemv_gated(ty, gemv_input(input), segment, w.up.buf.ptr(), fusion)?
-                };
-                Ok(())
-            })?;
-            return self.products(act, &mut [LinearOut::plain(w.down, x)], RESIDUAL);
         }
         // Prefill: gate and up in one GEMM whose epilogue writes silu(gate) * up rounded for the
         // tensor cores; then the down GEMM adding into the residual.
