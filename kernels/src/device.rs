@@ -71,6 +71,10 @@ pub struct CudaDevice {
     /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
     /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).
     pub(crate) gemv_one_carveout: bool,
+    /// Merging tensor-core GEMVs of one block a multiprocessor prefer a shared-memory
+    /// configuration with room beside their blocks (with programmatic launch, unless
+    /// `QRT_MERGE_CARVEOUT=0`; `merge_headroom` in launch.rs).
+    pub(crate) merge_carveout: bool,
     /// Shared memory of one multiprocessor, bytes.
     pub(crate) shared_per_sm: usize,
     /// Shared memory the driver reserves for each block, bytes.
@@ -252,6 +256,8 @@ impl CudaDevice {
             tc_plans: Mutex::new(HashMap::new()),
             gemv_one_carveout: programmatic_launch
                 && std::env::var("QRT_GEMV_CARVEOUT").map_or(true, |v| v != "0"),
+            merge_carveout: programmatic_launch
+                && std::env::var("QRT_MERGE_CARVEOUT").map_or(true, |v| v != "0"),
             shared_per_sm,
             shared_reserved,
             shared_optin,

@@ -869,6 +869,25 @@ pub(crate) fn block_threads(units: usize) -> u32 {
 /// with this preference 0.458 and 0.803; with 0 or 16 KB of room no gain.
 const GEMV_ONE_HEADROOM: usize = 64 * 1024;
 
+/// Shared memory a merging tensor-core GEMV (the o projection after a deferred decode
+/// attention) of `rows` rows asks each multiprocessor to keep beyond its own blocks, where its
+/// plan leaves one block a multiprocessor. Without a preference the driver picks the smallest
+/// configuration that holds the projection's blocks, and the kernels after it keep that
+/// configuration. Measured on the H200 (RESULTS log 44), the 1B's decode steps at batches
+/// 2 / 3 / 4 / 5 / 6 / 8 with 512-token prompts: 96 KB -2.1 / -2.1 / -3.4 / -3.2 / -2.2 / -1.0%,
+/// 128 KB at 6 and 8 rows -1.9 / -1.6% (at 2 rows +4%); with 1,024-token prompts 96 KB
+/// -1.2 / -0.3 / +0.3 / +0.7% at 2-5 rows, 128 KB -0.2 / -2.8% at 6 and 8. 32 or 64 KB gained
+/// less, a whole multiprocessor's shared memory cost 30-40%. Why it pays is not established:
+/// room for the next kernel's blocks, for the attention's still running, or the L1 cache the
+/// configuration leaves the kernels that follow.
+fn merge_headroom(rows: usize) -> usize {
+    if rows >= 6 {
+        128 * 1024
+    } else {
+        96 * 1024
+    }
+}
+
 /// How a launch asks for shared memory beyond its blocks' own.
 #[derive(Clone, Copy, Debug)]
 struct SharedReserve {
@@ -1566,20 +1585,28 @@ impl CudaDevice {
             TcVariant::Merge(merge) => (merge, 5),
             _ => (0, 4),
         };
+        let reserve = match variant {
+            TcVariant::Merge(_)
+                if self.merge_carveout && plan.walkers * plan.split <= self.multiprocessors() =>
+            {
+                // (Room counted for as many blocks as a multiprocessor holds, as measured.)
+                Some(SharedReserve {
+                    resident: 16 / plan.warps,
+                    headroom: merge_headroom(input.rows),
+                })
+            }
+            _ => None,
+        };
+        let options = LaunchOptions {
+            cluster_z: plan.split as u32,
+            overlap: true,
+            reserve,
+        };
         let mut all = params([args, &batch, &tiles, &early, &merge]);
         // SAFETY: (qrt_gemv_args, uint32_t batch, uint32_t tiles, uint32_t early[, uint32_t
         // merge]) by value, `shared` bytes of dynamic shared memory for the staged slice,
         // clusters of `split` blocks along z; the caller guarantees the buffers.
-        unsafe {
-            self.launch_clustered(
-                "gemv_tc",
-                &kernel,
-                config,
-                plan.split as u32,
-                &mut all[..count],
-                true,
-            )?;
-        }
+        unsafe { self.launch_with("gemv_tc", &kernel, config, &mut all[..count], options)? };
         Ok(true)
     }
 
