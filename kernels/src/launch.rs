@@ -888,8 +888,19 @@ fn merge_headroom(rows: usize) -> usize {
     }
 }
 
+/// The shared memory a merging tensor-core GEMV of `rows` rows launched as `plan` on
+/// `multiprocessors` asks for ([`merge_headroom`]): only where the plan's blocks are one a
+/// multiprocessor or fewer. (The room is counted beside as many of its blocks as a
+/// multiprocessor holds, as it was measured.)
+fn merge_reserve(plan: &TcPlan, rows: usize, multiprocessors: usize) -> Option<SharedReserve> {
+    (plan.walkers * plan.split <= multiprocessors).then(|| SharedReserve {
+        resident: 16 / plan.warps,
+        headroom: merge_headroom(rows),
+    })
+}
+
 /// How a launch asks for shared memory beyond its blocks' own.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SharedReserve {
     /// Blocks of the launch resident on one multiprocessor.
     resident: usize,
@@ -1586,14 +1597,8 @@ impl CudaDevice {
             _ => (0, 4),
         };
         let reserve = match variant {
-            TcVariant::Merge(_)
-                if self.merge_carveout && plan.walkers * plan.split <= self.multiprocessors() =>
-            {
-                // (Room counted for as many blocks as a multiprocessor holds, as measured.)
-                Some(SharedReserve {
-                    resident: 16 / plan.warps,
-                    headroom: merge_headroom(input.rows),
-                })
+            TcVariant::Merge(_) if self.merge_carveout => {
+                merge_reserve(&plan, input.rows, self.multiprocessors())
             }
             _ => None,
         };
@@ -2350,20 +2355,27 @@ mod tests {
         );
     }
 
+    /// An H200's shared memory for a tensor-core GEMV block of `warps` warps to stage in.
+    fn hopper(warps: usize) -> usize {
+        tc_stage_max(warps, 232_448, 233_472, 1024)
+    }
+
+    /// The tensor-core GEMV plan on an H200: 132 multiprocessors, splits up to 16; the device
+    /// holding clusters of up to 8 blocks (it did not hold enough of 16 for the 1B's o and
+    /// down).
+    fn h200_plan(tiles: usize, batch: usize, k: usize) -> Option<TcPlan> {
+        tc_plan(tiles, batch, k, 132, 16, hopper, |_, split, _| {
+            if split > 8 {
+                0
+            } else {
+                64
+            }
+        })
+    }
+
     #[test]
     fn tensor_core_gemv_plans() {
-        // H200: 132 multiprocessors, splits up to 16; the device holding clusters of up to 8
-        // blocks (it did not hold enough of 16 for the 1B's o and down).
-        let hopper = |warps| tc_stage_max(warps, 232_448, 233_472, 1024);
-        let plan = |tiles, batch, k| {
-            tc_plan(tiles, batch, k, 132, 16, hopper, |_, split, _| {
-                if split > 8 {
-                    0
-                } else {
-                    64
-                }
-            })
-        };
+        let plan = h200_plan;
         let p = |warps, per_block, split, walkers, shared| {
             Some(TcPlan {
                 warps,
@@ -2469,6 +2481,22 @@ mod tests {
         assert_eq!(argmax_keys_per_row(4097), 2);
         assert_eq!(argmax_keys_per_row(49152), 12); // SmolLM2
         assert_eq!(argmax_keys_per_row(128256), 32); // Llama 3
+    }
+
+    #[test]
+    fn merging_projection_asks_for_room_only_where_its_blocks_leave_multiprocessors_room() {
+        let plan = |tiles, batch, k| h200_plan(tiles, batch, k).expect("a plan");
+        // The 1B's o (128 tiles, k = 2048): 128 blocks of 8 warps, one a multiprocessor.
+        let room = |kb: usize| {
+            Some(SharedReserve {
+                resident: 2,
+                headroom: kb * 1024,
+            })
+        };
+        assert_eq!(merge_reserve(&plan(128, 4, 2048), 4, 132), room(96));
+        assert_eq!(merge_reserve(&plan(128, 8, 2048), 8, 132), room(128));
+        // The 8B's (256 tiles, k = 4096): 256 blocks, two a multiprocessor: none.
+        assert_eq!(merge_reserve(&plan(256, 8, 4096), 8, 132), None);
     }
 
     #[test]
