@@ -871,15 +871,15 @@ const GEMV_ONE_HEADROOM: usize = 64 * 1024;
 
 /// Shared memory a merging tensor-core GEMV (the o projection after a deferred decode
 /// attention) of `rows` rows asks each multiprocessor to keep beyond its own blocks, where its
-/// plan leaves one block a multiprocessor. Without a preference the driver picks the smallest
-/// configuration that holds the projection's blocks, and the kernels after it keep that
-/// configuration. Measured on the H200 (RESULTS log 44), the 1B's decode steps at batches
-/// 2 / 3 / 4 / 5 / 6 / 8 with 512-token prompts: 96 KB -2.1 / -2.1 / -3.4 / -3.2 / -2.2 / -1.0%,
-/// 128 KB at 6 and 8 rows -1.9 / -1.6% (at 2 rows +4%); with 1,024-token prompts 96 KB
-/// -1.2 / -0.3 / +0.3 / +0.7% at 2-5 rows, 128 KB -0.2 / -2.8% at 6 and 8. 32 or 64 KB gained
-/// less, a whole multiprocessor's shared memory cost 30-40%. Why it pays is not established:
-/// room for the next kernel's blocks, for the attention's still running, or the L1 cache the
-/// configuration leaves the kernels that follow.
+/// plan leaves one block a multiprocessor (without a preference the driver chooses; ncu showed
+/// it giving these kernels 100 KB when they ran alone). Measured on the H200 (RESULTS log 44),
+/// the 1B's decode steps at batches 2 / 3 / 4 / 5 / 6 / 8 with 512-token prompts: 96 KB
+/// -2.1 / -2.1 / -3.4 / -3.2 / -2.2 / -1.0%, 128 KB at 6 and 8 rows -1.9 / -1.6% (at 2 rows
+/// +4%); with 1,024-token prompts 96 KB -1.2 / -0.3 / +0.3 / +0.7% at 2-5 rows, 128 KB
+/// -0.2 / -2.8% at 6 and 8. 32 or 64 KB gained less, a whole multiprocessor's shared memory
+/// cost 30-40%. Why it pays is not established: room for the next kernel's blocks, for the
+/// attention's still running, or the L1 cache the configuration leaves the kernels that
+/// follow.
 fn merge_headroom(rows: usize) -> usize {
     if rows >= 6 {
         128 * 1024
