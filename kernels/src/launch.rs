@@ -530,6 +530,13 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
     all
 }
 
+/// The name stem of the tensor-core GEMV kernels for weights of `ty` (`gated`: SwiGLU's
+/// gate and up in one launch); plans and variants complete it (`gemv_tc.cu`).
+fn tc_stem(ty: Half16, gated: bool) -> String {
+    let gate = if gated { "gated_" } else { "" };
+    format!("qrt_gemv_tc_{gate}{}", ty.name())
+}
+
 /// How a tensor-core GEMV runs (`gemv_tc.cu`): blocks of `warps` warps holding `per_block`
 /// 16-row tiles at a time, `split` blocks of a cluster splitting k, `walkers` clusters walking
 /// the tile groups, `shared` bytes staging a block's slice of the input.
@@ -1372,7 +1379,7 @@ impl CudaDevice {
         fusion: Fusion,
     ) -> Result<bool, KernelError> {
         let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
-        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let stem = tc_stem(ty, false);
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain) }
     }
@@ -1413,7 +1420,7 @@ impl CudaDevice {
         {
             return Ok(false);
         }
-        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let stem = tc_stem(ty, false);
         let Some(plan) = self.tile_a_warp_plan(&stem, tiles, rows, k)? else {
             return Ok(false);
         };
@@ -1432,13 +1439,12 @@ impl CudaDevice {
         hidden: usize,
         ffn: usize,
     ) -> Result<bool, KernelError> {
-        let t = ty.name();
         Ok(ffn.is_multiple_of(8)
             && self
-                .tile_a_warp_plan(&format!("qrt_gemv_tc_gated_{t}"), ffn / 8, rows, hidden)?
+                .tile_a_warp_plan(&tc_stem(ty, true), ffn / 8, rows, hidden)?
                 .is_some()
             && self
-                .tile_a_warp_plan(&format!("qrt_gemv_tc_{t}"), hidden.div_ceil(16), rows, ffn)?
+                .tile_a_warp_plan(&tc_stem(ty, false), hidden.div_ceil(16), rows, ffn)?
                 .is_some())
     }
 
@@ -1457,10 +1463,9 @@ impl CudaDevice {
         fusion: Fusion,
     ) -> Result<(), KernelError> {
         check_gated(&gate, up, fusion)?;
-        let stem = format!("qrt_gemv_tc_gated_{}", ty.name());
         if !gate.n.is_multiple_of(8)
             || self
-                .tile_a_warp_plan(&stem, gate.n / 8, input.rows, input.k)?
+                .tile_a_warp_plan(&tc_stem(ty, true), gate.n / 8, input.rows, input.k)?
                 .is_none()
         {
             return Err(KernelError::Shape(format!(
@@ -1469,9 +1474,8 @@ impl CudaDevice {
             )));
         }
         check_norm(self, input, fusion)?;
-        let (args, tiles) = gated_args(input, gate, up, 8, 32, fusion)?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16Out)? };
+        unsafe { self.launch_gated_tc(ty, input, gate, up, fusion, TcVariant::Half16Out)? };
         Ok(())
     }
 
@@ -1488,7 +1492,7 @@ impl CudaDevice {
         segments: &[Segment],
         fusion: Fusion,
     ) -> Result<(), KernelError> {
-        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let stem = tc_stem(ty, false);
         let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         if fusion.norm.is_some()
             || self
@@ -1531,13 +1535,32 @@ impl CudaDevice {
                 input.rows, input.k, parts.splits, parts.head_dim
             )));
         }
-        let stem = format!("qrt_gemv_tc_{}", ty.name());
+        let stem = tc_stem(ty, false);
         let merge = (parts.head_dim << 8 | parts.splits) as u32;
         // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
         unsafe {
             self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge))?
         };
         Ok(())
+    }
+
+    /// The gated tensor-core GEMV (tiles of 8 rows of gate over the same 8 of up) in `variant`,
+    /// as its plan says; `false`, launching nothing, where it has none.
+    ///
+    /// # Safety
+    /// As for [`gemv_gated`](Self::gemv_gated) (and `gate.y` as `variant` writes it).
+    unsafe fn launch_gated_tc(
+        &self,
+        ty: Half16,
+        input: GemvInput,
+        gate: Segment,
+        up: u64,
+        fusion: Fusion,
+        variant: TcVariant,
+    ) -> Result<bool, KernelError> {
+        let (args, tiles) = gated_args(input, gate, up, 8, 32, fusion)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_planned_gemv_tc(&tc_stem(ty, true), &args, tiles, input, variant) }
     }
 
     /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `rows` rows of `k` where it
@@ -1641,15 +1664,12 @@ impl CudaDevice {
             // SAFETY: forwarded from the caller.
             return unsafe { self.launch_gemv_one(ty, true, &args, gate.n) };
         }
-        if input.rows > 1 && input.k.is_multiple_of(32) {
-            // Tiles of 8 rows of gate over the same 8 of up.
-            let (args, tiles) = with_up(8, 32)?;
-            let stem = format!("qrt_gemv_tc_gated_{t}");
-            // SAFETY: forwarded from the caller.
-            if unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain)? }
-            {
-                return Ok(());
-            }
+        // SAFETY: forwarded from the caller.
+        if input.rows > 1
+            && input.k.is_multiple_of(32)
+            && unsafe { self.launch_gated_tc(ty, input, gate, up, fusion, TcVariant::Plain)? }
+        {
+            return Ok(());
         }
         fma_takes(input, fusion)?;
         let rows_loaded = if gate.n >= 4096 { 4 } else { 2 };
