@@ -878,8 +878,9 @@ const GEMV_ONE_HEADROOM: usize = 64 * 1024;
 
 /// Shared memory a merging tensor-core GEMV (the o projection after a deferred decode
 /// attention) of `rows` rows asks each multiprocessor to keep beyond its own blocks, where its
-/// plan leaves one block a multiprocessor (without a preference the driver chooses; ncu showed
-/// it giving these kernels 100 KB when they ran alone). Measured on the H200 (RESULTS log 44),
+/// plan leaves one block a multiprocessor (without a preference the driver chooses). With the
+/// 1B's two 10 KB blocks this asks for 51% and 65% of the H200's 228 KB, which the driver
+/// rounds up to its 132 and 164 KB configurations (RESULTS log 45). Measured on the H200 (log 44),
 /// the 1B's decode steps at batches 2 / 3 / 4 / 5 / 6 / 8 with 512-token prompts: 96 KB
 /// -2.1 / -2.1 / -3.4 / -3.2 / -2.2 / -1.0%, 128 KB at 6 and 8 rows -1.9 / -1.6% (at 2 rows
 /// +4%); with 1,024-token prompts 96 KB -1.2 / -0.3 / +0.3 / +0.7% at 2-5 rows, 128 KB
@@ -918,10 +919,9 @@ struct SharedReserve {
 /// The preferred shared-memory carveout, in percent of a multiprocessor's `per_sm` bytes,
 /// that holds `reserve.resident` blocks of `per_block` bytes each (their dynamic, static and
 /// driver-reserved shared memory) and `reserve.headroom` more; 100 where that is more than
-/// the multiprocessor has. The driver rounds it to a configuration the multiprocessor supports
-/// (on the H200 the results of RESULTS log 33 fit the nearest one); a headroom of more than
-/// half the largest step between configurations keeps the resident blocks within it either
-/// way.
+/// the multiprocessor has. The driver takes the smallest configuration the multiprocessor
+/// supports that holds the percent (on the H200, RESULTS log 45: 44% of 228 KB, 100.3 KB,
+/// takes 132 KB), so the configuration holds the blocks and the headroom.
 fn carveout_percent(reserve: SharedReserve, per_block: usize, per_sm: usize) -> u32 {
     let need = reserve.resident * per_block + reserve.headroom;
     u32::try_from((need * 100).div_ceil(per_sm.max(1)).min(100)).unwrap_or(100)
@@ -2346,7 +2346,7 @@ mod tests {
             }
         }
         // SmolLM2's batch-one q/k/v (k = 576: 2,304 bytes staged, 32 static, 1,024 reserved),
-        // one block a multiprocessor: 30% (68 KB; the nearest configuration is 64 KB).
+        // one block a multiprocessor: 30% (68 KB, which the H200 rounds up to 100 KB).
         let smollm2 = SharedReserve {
             resident: 1,
             headroom: GEMV_ONE_HEADROOM,
