@@ -74,6 +74,25 @@ pub struct StepInput<'a> {
     pub heads: HeadGeometry,
 }
 
+/// What a layer's attention works on ([`Backend::rope_kv`] and the calls that fuse it): the
+/// step's projections, and the cache the new keys and values go to.
+pub struct AttentionInputs<'a, B: Backend + ?Sized> {
+    /// The queries, `[rows, num_heads * head_dim]`.
+    pub q: &'a mut B::Act,
+    /// The new keys, `[rows, num_kv_heads * head_dim]`.
+    pub k: &'a mut B::Act,
+    /// The new values, as `k`.
+    pub v: &'a B::Act,
+    /// The cache.
+    pub kv: &'a mut B::Kv,
+    /// The layer, in the cache.
+    pub layer: usize,
+    /// The step (positions and cache slots of its rows).
+    pub step: &'a B::Step,
+    /// The heads' layout.
+    pub heads: HeadGeometry,
+}
+
 /// One weight product of a [`Backend::linears`] call: `out = x @ weight^T (+ bias)`.
 pub struct LinearOut<'a, B: Backend + ?Sized> {
     /// The weight, `[out_features, in_features]`.
@@ -282,53 +301,29 @@ pub trait Backend: Send + Sync {
         self.rms_norm(x, norm, eps, normed)?;
         self.linears(normed, outs)
     }
-    /// Rotary embedding (rotate-half layout) of `q` and `k` in place at the step's positions,
-    /// then `k` and `v` stored in the step's cache slots of layer `layer`.
-    #[allow(clippy::too_many_arguments)]
-    fn rope_kv(
-        &self,
-        q: &mut Self::Act,
-        k: &mut Self::Act,
-        v: &Self::Act,
-        kv: &mut Self::Kv,
-        layer: usize,
-        step: &Self::Step,
-        heads: HeadGeometry,
-    ) -> Result<(), RuntimeError>;
+    /// Rotary embedding (rotate-half layout) of `a.q` and `a.k` in place at the step's
+    /// positions, then `a.k` and `a.v` stored in the step's cache slots of layer `a.layer`.
+    fn rope_kv(&self, a: &mut AttentionInputs<'_, Self>) -> Result<(), RuntimeError>;
     /// [`rope_kv`](Self::rope_kv) then [`attention`](Self::attention), which a backend may
     /// fuse (then `q` and `k` need not be left rotated).
-    #[allow(clippy::too_many_arguments)]
     fn rope_kv_attention(
         &self,
-        q: &mut Self::Act,
-        k: &mut Self::Act,
-        v: &Self::Act,
-        kv: &mut Self::Kv,
-        layer: usize,
-        step: &Self::Step,
-        heads: HeadGeometry,
+        a: &mut AttentionInputs<'_, Self>,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError> {
-        self.rope_kv(q, k, v, kv, layer, step, heads)?;
-        self.attention(q, kv, layer, step, heads, out)
+        self.rope_kv(a)?;
+        self.attention(a.q, a.kv, a.layer, a.step, a.heads, out)
     }
     /// [`rope_kv_attention`](Self::rope_kv_attention) into `attn`, then the attention's
     /// output projection added into the residual: `o.out += attn @ o.weight^T (+ o.bias)`. A
     /// backend may fuse them (then `attn` need not hold the attention's output afterwards).
-    #[allow(clippy::too_many_arguments)]
     fn rope_kv_attention_projected(
         &self,
-        q: &mut Self::Act,
-        k: &mut Self::Act,
-        v: &Self::Act,
-        kv: &mut Self::Kv,
-        layer: usize,
-        step: &Self::Step,
-        heads: HeadGeometry,
+        a: &mut AttentionInputs<'_, Self>,
         attn: &mut Self::Act,
         o: LinearOut<'_, Self>,
     ) -> Result<(), RuntimeError> {
-        self.rope_kv_attention(q, k, v, kv, layer, step, heads, attn)?;
+        self.rope_kv_attention(a, attn)?;
         self.linear_add(attn, o.weight, o.bias, o.out)
     }
     /// Causal attention of every row of `q` over its own sequence's cached keys and values.

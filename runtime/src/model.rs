@@ -7,7 +7,8 @@ use qrt_format::config::ModelConfig;
 use qrt_format::container::QrtFile;
 
 use crate::backend::{
-    Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
+    AttentionInputs, Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights,
+    StepInput,
 };
 use crate::RuntimeError;
 
@@ -363,13 +364,15 @@ impl<B: Backend> Model<B> {
                 ],
             )?;
             backend.rope_kv_attention_projected(
-                &mut ws.q,
-                &mut ws.k,
-                &ws.v,
-                kv,
-                i,
-                step,
-                heads,
+                &mut AttentionInputs {
+                    q: &mut ws.q,
+                    k: &mut ws.k,
+                    v: &ws.v,
+                    kv,
+                    layer: i,
+                    step,
+                    heads,
+                },
                 &mut ws.attn,
                 LinearOut {
                     weight: &layer.o,

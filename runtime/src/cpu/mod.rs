@@ -13,7 +13,8 @@ use qrt_format::container::{ElemType, QrtFile, TensorInfo};
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_feed, check_host_len, Backend, BatchLayout, HeadGeometry, LinearOut, StepInput, NO_FEED,
+    check_feed, check_host_len, AttentionInputs, Backend, BatchLayout, HeadGeometry, LinearOut,
+    StepInput, NO_FEED,
 };
 use crate::kv_cache::KvGeometry;
 use crate::RuntimeError;
@@ -596,16 +597,17 @@ impl Backend for CpuBackend {
         self.add(out, &product)
     }
 
-    fn rope_kv(
-        &self,
-        q: &mut CpuAct,
-        k: &mut CpuAct,
-        v: &CpuAct,
-        kv: &mut CpuKv,
-        layer: usize,
-        step: &CpuStep,
-        heads: HeadGeometry,
-    ) -> Result<(), RuntimeError> {
+    fn rope_kv(&self, a: &mut AttentionInputs<'_, Self>) -> Result<(), RuntimeError> {
+        let AttentionInputs {
+            q,
+            k,
+            v,
+            kv,
+            layer,
+            step,
+            heads,
+        } = a;
+        let (layer, heads) = (*layer, *heads);
         let positions = &step.batch.positions;
         let d = heads.head_dim;
         check_shape("rope q", q, positions.len(), heads.num_heads * d)?;

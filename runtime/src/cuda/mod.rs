@@ -25,8 +25,8 @@ use qrt_kernels::{
 };
 
 use crate::backend::{
-    check_feed, check_host_len, check_sampling, check_targets, Backend, HeadGeometry, LinearOut,
-    MlpScratch, MlpWeights, StepInput,
+    check_feed, check_host_len, check_sampling, check_targets, AttentionInputs, Backend,
+    HeadGeometry, LinearOut, MlpScratch, MlpWeights, StepInput,
 };
 use crate::cpu::read_dense_f32;
 use crate::kv_cache::KvGeometry;
@@ -647,15 +647,17 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Checks that the step's new keys and values `k`, `v` fit layer `layer` of `kv`.
-    fn check_kv_write(
-        k: &CudaAct,
-        v: &CudaAct,
-        kv: &CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        heads: HeadGeometry,
-    ) -> Result<(), RuntimeError> {
+    /// Checks that the step's new keys and values `a.k`, `a.v` fit layer `a.layer` of `a.kv`.
+    fn check_kv_write(a: &AttentionInputs<'_, Self>) -> Result<(), RuntimeError> {
+        let AttentionInputs {
+            k,
+            v,
+            kv,
+            step,
+            heads,
+            ..
+        } = a;
+        let layer = a.layer;
         let rows = step.plan.rows;
         let kv_dim = heads.num_kv_heads * heads.head_dim;
         check("rope k", k, rows, kv_dim)?;
@@ -712,24 +714,22 @@ impl CudaBackend {
     }
 
     /// The arguments of a decode attention fused with the rotary embedding and the KV store of
-    /// the new keys `k` and values `v`.
-    #[allow(clippy::too_many_arguments)]
-    fn fused_decode_args(
-        &self,
-        q: &CudaAct,
-        k: &CudaAct,
-        v: &CudaAct,
-        kv: &CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        out: &CudaAct,
-    ) -> qrt_attn_args {
+    /// the new keys `a.k` and values `a.v`.
+    fn fused_decode_args(&self, a: &AttentionInputs<'_, Self>, out: &CudaAct) -> qrt_attn_args {
         qrt_attn_args {
-            inv_freq: step.at(step.plan.inv_freq),
-            k_new: k.ptr(),
-            v_new: v.ptr(),
-            ..self.attn_args(q, kv, layer, step, out)
+            inv_freq: a.step.at(a.step.plan.inv_freq),
+            k_new: a.k.ptr(),
+            v_new: a.v.ptr(),
+            ..self.attn_args(a.q, a.kv, a.layer, a.step, out)
         }
+    }
+
+    /// [`check_attention`](Self::check_attention) of the attention over `a`, into `out`.
+    fn check_attention_of(
+        a: &AttentionInputs<'_, Self>,
+        out: &CudaAct,
+    ) -> Result<(), RuntimeError> {
+        Self::check_attention(a.q, a.kv, a.layer, a.step, a.heads, out)
     }
 
     fn attn_args(
@@ -1160,25 +1160,25 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn rope_kv(
-        &self,
-        q: &mut CudaAct,
-        k: &mut CudaAct,
-        v: &CudaAct,
-        kv: &mut CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        heads: HeadGeometry,
-    ) -> Result<(), RuntimeError> {
+    fn rope_kv(&self, a: &mut AttentionInputs<'_, Self>) -> Result<(), RuntimeError> {
         self.timed("rope_kv", || {
+            let AttentionInputs {
+                q,
+                k,
+                v,
+                kv,
+                layer,
+                step,
+                heads,
+            } = &*a;
             let rows = step.plan.rows;
             let d = heads.head_dim;
             check("rope q", q, rows, heads.num_heads * d)?;
-            Self::check_kv_write(k, v, kv, layer, step, heads)?;
+            Self::check_kv_write(a)?;
             if rows == 0 {
                 return Ok(());
             }
-            let off = kv.layer_offset(layer);
+            let off = kv.layer_offset(*layer);
             let args = qrt_rope_kv_args {
                 q: q.ptr(),
                 k: k.ptr(),
@@ -1201,25 +1201,19 @@ impl Backend for CudaBackend {
 
     fn rope_kv_attention(
         &self,
-        q: &mut CudaAct,
-        k: &mut CudaAct,
-        v: &CudaAct,
-        kv: &mut CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        heads: HeadGeometry,
+        a: &mut AttentionInputs<'_, Self>,
         out: &mut CudaAct,
     ) -> Result<(), RuntimeError> {
-        if step.plan.decode.is_none() || step.plan.rows == 0 {
-            self.rope_kv(q, k, v, kv, layer, step, heads)?;
-            return self.attention(q, kv, layer, step, heads, out);
+        if a.step.plan.decode.is_none() || a.step.plan.rows == 0 {
+            self.rope_kv(a)?;
+            return self.attention(a.q, a.kv, a.layer, a.step, a.heads, out);
         }
         // Decode: the attention kernel rotates q and the new key, and stores the new key and
         // value itself.
-        Self::check_kv_write(k, v, kv, layer, step, heads)?;
-        Self::check_attention(q, kv, layer, step, heads, out)?;
+        Self::check_kv_write(a)?;
+        Self::check_attention_of(a, out)?;
         self.timed("attention decode (+ rope, KV store)", || {
-            let args = self.fused_decode_args(q, k, v, kv, layer, step, out);
+            let args = self.fused_decode_args(a, out);
             // SAFETY: shapes, slots, blocks and tables checked (tables by `plan`).
             unsafe { self.dev.attention_decode(&args)? };
             Ok(())
@@ -1228,30 +1222,24 @@ impl Backend for CudaBackend {
 
     fn rope_kv_attention_projected(
         &self,
-        q: &mut CudaAct,
-        k: &mut CudaAct,
-        v: &CudaAct,
-        kv: &mut CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        heads: HeadGeometry,
+        a: &mut AttentionInputs<'_, Self>,
         attn: &mut CudaAct,
         o: LinearOut<'_, Self>,
     ) -> Result<(), RuntimeError> {
-        let Some(parts) = self.projection_merges(step, attn, &o)? else {
-            self.rope_kv_attention(q, k, v, kv, layer, step, heads, attn)?;
+        let Some(parts) = self.projection_merges(a.step, attn, &o)? else {
+            self.rope_kv_attention(a, attn)?;
             return self.linear_add(attn, o.weight, o.bias, o.out);
         };
         // Batched decode: the attention leaves its partitions in the step's work area, and the
         // output projection merges them as it stages its input.
-        Self::check_kv_write(k, v, kv, layer, step, heads)?;
-        Self::check_attention(q, kv, layer, step, heads, attn)?;
+        Self::check_kv_write(a)?;
+        Self::check_attention_of(a, attn)?;
         Self::check_linear(attn, o.weight, o.bias, o.out)?;
         let ty = Self::half_type(o.weight)?;
         self.timed("attention decode (unmerged)", || {
             let args = qrt_attn_args {
                 out: 0,
-                ..self.fused_decode_args(q, k, v, kv, layer, step, attn)
+                ..self.fused_decode_args(a, attn)
             };
             // SAFETY: shapes, slots, blocks and tables checked (tables by `plan`); a decode
             // pass has one row per sequence, so the partitions' rows are 0..num_seqs.
@@ -1260,7 +1248,7 @@ impl Backend for CudaBackend {
         })?;
         self.timed("linear gemv (merging attention)", || {
             let input = GemvInput {
-                x: step.buffers.work.ptr(),
+                x: a.step.buffers.work.ptr(),
                 rows: attn.rows,
                 k: attn.cols,
             };

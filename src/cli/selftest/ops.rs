@@ -12,7 +12,8 @@ use qrt_format::config::ModelConfig;
 use qrt_format::container::{ElemType, Metadata, QrtFile, QrtWriter, TensorPlan};
 use qrt_kernels::{CudaDevice, DecodeTc};
 use qrt_runtime::backend::{
-    Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights, SeqSpan, StepInput,
+    AttentionInputs, Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights,
+    SeqSpan, StepInput,
 };
 use qrt_runtime::cpu::CpuBackend;
 use qrt_runtime::cuda::CudaBackend;
@@ -777,13 +778,15 @@ impl<B: Backend> KvRun<B> {
         let va = b.act_from_host(rows, kvd, v)?;
         let mut out = poisoned(b, rows, qd)?;
         b.rope_kv_attention(
-            &mut qa,
-            &mut ka,
-            &va,
-            &mut self.kv,
-            1,
-            &step,
-            heads,
+            &mut AttentionInputs {
+                q: &mut qa,
+                k: &mut ka,
+                v: &va,
+                kv: &mut self.kv,
+                layer: 1,
+                step: &step,
+                heads,
+            },
             &mut out,
         )?;
         Ok([b.to_host(&qa)?, b.to_host(&ka)?, b.to_host(&out)?])
