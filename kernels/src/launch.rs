@@ -1614,16 +1614,16 @@ impl CudaDevice {
         let grid = (plan.walkers as u32, 1, plan.split as u32);
         let kernel = format!("{stem}_w{}_{layout}", plan.warps);
         let config = (grid, plan.warps as u32 * 32, plan.shared);
-        // The merging kernels take a fifth argument.
-        let (merge, count) = match variant {
-            TcVariant::Merge(merge) => (merge, 5),
-            _ => (0, 4),
-        };
-        let reserve = match variant {
-            TcVariant::Merge(_) if self.merge_carveout => {
-                merge_reserve(&plan, input.rows, self.multiprocessors())
+        // The merging kernels take a fifth argument, and may ask for room beside their blocks.
+        let (merge, count, reserve) = match variant {
+            TcVariant::Merge(merge) => {
+                let reserve = self
+                    .merge_carveout
+                    .then(|| merge_reserve(&plan, input.rows, self.multiprocessors()))
+                    .flatten();
+                (merge, 5, reserve)
             }
-            _ => None,
+            _ => (0, 4, None),
         };
         let options = LaunchOptions {
             cluster_z: plan.split as u32,
