@@ -24,8 +24,9 @@ const MIN_DRIVER_CUDA_VERSION: i32 = 13000;
 /// Oldest compute capability the kernels are built for (`sm_80`).
 const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
-/// A tensor-core GEMV plan's key: kernel stem, tiles, batch, k.
-pub(crate) type TcPlanKey = (String, usize, usize, usize);
+/// A tensor-core GEMV plan's key: kernel stem, tiles, batch, k, whether it spares
+/// multiprocessors.
+pub(crate) type TcPlanKey = (String, usize, usize, usize, bool);
 
 /// A CUDA context on one GPU, with a stream and the kernel modules it has
 /// loaded so far (each module's PTX is loaded on first use and cached).
@@ -66,7 +67,7 @@ pub struct CudaDevice {
     /// 9.0: `QRT_GEMV_TC_SPLIT`, a power of two up to `QRT_GEMV_MAX_SPLIT` = 16, which is
     /// also the default; 1 elsewhere).
     pub(crate) gemv_tc_split: u32,
-    /// Tensor-core GEMV plans by (kernel stem, tiles, batch, k).
+    /// Tensor-core GEMV plans by [`TcPlanKey`].
     pub(crate) tc_plans: Mutex<HashMap<TcPlanKey, Option<TcPlan>>>,
     /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
     /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).

@@ -121,6 +121,12 @@ pub struct Fusion {
     pub norm: Option<InputNorm>,
     /// `y += product` instead of `y = product` (a residual add).
     pub accumulate: bool,
+    /// Where two tensor-core plans keep as many warps busy, take the one of fewer blocks,
+    /// leaving whole multiprocessors free for the next kernel's blocks to start on: for q, k
+    /// and v, which the attention reads next (H200, two machines: the 1B's decode step at
+    /// batches 2 / 4 -0.5-0.8 / -0.8-0.9%, at batch 8 -0.4-0.9% on one and +0.1-0.3% on the
+    /// other, the 8B's at batch 8 -0.7-1.2%; the same for gate/up lost 1-3%, RESULTS log 46).
+    pub spare_multiprocessors: bool,
 }
 
 /// Most decode partitions merged within one thread-block cluster (Hopper's non-portable
@@ -590,7 +596,8 @@ fn tc_stage_max(warps: usize, optin: usize, shared_per_sm: usize, reserved: usiz
 const TC_GROUP_MIN_BYTES: usize = 8 << 20;
 
 /// The plan of a tensor-core GEMV of `tiles` 16-row tiles, `batch` input rows of `k`, on
-/// `multiprocessors`, its k split over clusters of at most `max_split` blocks;
+/// `multiprocessors`, its k split over clusters of at most `max_split` blocks, `spare` as
+/// [`Fusion::spare_multiprocessors`];
 /// `stage_max(warps)` is the most shared memory a block may stage in ([`tc_stage_max`]);
 /// `clusters_fit(warps, split, shared)` says how many such clusters the device holds at once.
 ///
@@ -602,14 +609,14 @@ const TC_GROUP_MIN_BYTES: usize = 8 << 20;
 /// blocks of 8 warps where they walk more than one round (two blocks a multiprocessor: while
 /// one waits at its barrier between tiles the other streams; H200, the output head of the 1B
 /// at batch 8: decode steps 1.040 -> 1.029-1.035 ms), then the block size that keeps more
-/// warps busy on average over its rounds, then the one with more blocks. `None` when no slice
-/// of the input fits in shared memory.
+/// warps busy on average over its rounds, then the one with more blocks (fewer where `spare`).
+/// `None` when no slice of the input fits in shared memory.
 fn tc_plan(
     tiles: usize,
     batch: usize,
     k: usize,
     multiprocessors: usize,
-    max_split: usize,
+    (max_split, spare): (usize, bool),
     stage_max: impl Fn(usize) -> usize,
     mut clusters_fit: impl FnMut(usize, usize, usize) -> usize,
 ) -> Option<TcPlan> {
@@ -620,7 +627,7 @@ fn tc_plan(
     } else {
         &[(8, false), (16, false)]
     };
-    let mut best: Option<(TcPlan, (bool, bool, usize, usize))> = None;
+    let mut best: Option<(TcPlan, (bool, bool, usize, isize))> = None;
     for &(warps, grouped) in candidates {
         let per_multiprocessor = 16 / warps;
         let capacity = multiprocessors * per_multiprocessor;
@@ -668,7 +675,7 @@ fn tc_plan(
                 grouped,
                 warps == 8 && rounds > 1,
                 groups * plan.split * warps / rounds,
-                plan.walkers * plan.split,
+                if spare { -1 } else { 1 } * (plan.walkers * plan.split) as isize,
             );
             if best.as_ref().is_none_or(|(_, k)| key > *k) {
                 best = Some((plan, key));
@@ -1331,16 +1338,18 @@ impl CudaDevice {
         }
     }
 
-    /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `batch` rows of `k`
-    /// ([`tc_plan`]; cached, with the device's occupancy of each cluster it considers).
+    /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `batch` rows of `k`, `spare`
+    /// as [`Fusion::spare_multiprocessors`] ([`tc_plan`]; cached, with the device's occupancy
+    /// of each cluster it considers).
     fn tc_plan(
         &self,
         stem: &str,
         tiles: usize,
         batch: usize,
         k: usize,
+        spare: bool,
     ) -> Result<Option<TcPlan>, KernelError> {
-        let key = (stem.to_string(), tiles, batch, k);
+        let key = (stem.to_string(), tiles, batch, k, spare);
         let mut plans = self.tc_plans.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(plan) = plans.get(&key) {
             return Ok(*plan);
@@ -1350,7 +1359,7 @@ impl CudaDevice {
             batch,
             k,
             self.multiprocessors(),
-            self.gemv_tc_split as usize,
+            (self.gemv_tc_split as usize, spare),
             |warps| self.tc_stage_max(warps),
             |warps, split, shared| {
                 // A cluster the driver cannot size (a partitioned device, say) is not formed.
@@ -1360,7 +1369,7 @@ impl CudaDevice {
             },
         );
         if std::env::var_os("QRT_TC_PLAN_LOG").is_some() {
-            eprintln!("tc plan {stem} tiles {tiles} batch {batch} k {k}: {plan:?}");
+            eprintln!("tc plan {stem} tiles {tiles} batch {batch} k {k} spare {spare}: {plan:?}");
         }
         plans.insert(key, plan);
         Ok(plan)
@@ -1381,7 +1390,16 @@ impl CudaDevice {
         let (args, tiles) = gemv_args(input, segments, 16, 32, fusion)?;
         let stem = tc_stem(ty, false);
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Plain) }
+        unsafe {
+            self.launch_planned_gemv_tc(
+                &stem,
+                &args,
+                tiles,
+                input,
+                TcVariant::Plain,
+                fusion.spare_multiprocessors,
+            )
+        }
     }
 
     /// Whether [`gemv_merging`](Self::gemv_merging) takes a product of `n` rows of type `ty`
@@ -1505,7 +1523,9 @@ impl CudaDevice {
             )));
         }
         // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
-        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In)? };
+        unsafe {
+            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In, false)?
+        };
         Ok(())
     }
 
@@ -1539,7 +1559,7 @@ impl CudaDevice {
         let merge = (parts.head_dim << 8 | parts.splits) as u32;
         // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
         unsafe {
-            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge))?
+            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge), false)?
         };
         Ok(())
     }
@@ -1560,7 +1580,9 @@ impl CudaDevice {
     ) -> Result<bool, KernelError> {
         let (args, tiles) = gated_args(input, gate, up, 8, 32, fusion)?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_planned_gemv_tc(&tc_stem(ty, true), &args, tiles, input, variant) }
+        unsafe {
+            self.launch_planned_gemv_tc(&tc_stem(ty, true), &args, tiles, input, variant, false)
+        }
     }
 
     /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `rows` rows of `k` where it
@@ -1576,13 +1598,14 @@ impl CudaDevice {
             return Ok(None);
         }
         Ok(self
-            .tc_plan(stem, tiles, rows, k)?
+            .tc_plan(stem, tiles, rows, k, false)?
             .filter(|p| p.per_block > 1))
     }
 
     /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
-    /// ([`tc_plan`](Self::tc_plan)) says, in `variant` (other than plain: a plan of a tile a
-    /// warp only); `false`, launching nothing, when it has no plan.
+    /// ([`tc_plan`](Self::tc_plan), `spare` as [`Fusion::spare_multiprocessors`]) says, in
+    /// `variant` (other than plain: a plan of a tile a warp only); `false`, launching nothing,
+    /// when it has no plan.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1593,8 +1616,9 @@ impl CudaDevice {
         tiles: u32,
         input: GemvInput,
         variant: TcVariant,
+        spare: bool,
     ) -> Result<bool, KernelError> {
-        let Some(plan) = self.tc_plan(stem, tiles as usize, input.rows, input.k)? else {
+        let Some(plan) = self.tc_plan(stem, tiles as usize, input.rows, input.k, spare)? else {
             return Ok(false);
         };
         let batch = input.rows as u32;
@@ -2384,7 +2408,12 @@ mod tests {
     /// holding clusters of up to 8 blocks (it did not hold enough of 16 for the 1B's o and
     /// down).
     fn h200_plan(tiles: usize, batch: usize, k: usize) -> Option<TcPlan> {
-        tc_plan(tiles, batch, k, 132, 16, hopper, |_, split, _| {
+        h200_plan_sparing(tiles, batch, k, false)
+    }
+
+    /// [`h200_plan`], `spare` as [`Fusion::spare_multiprocessors`].
+    fn h200_plan_sparing(tiles: usize, batch: usize, k: usize, spare: bool) -> Option<TcPlan> {
+        tc_plan(tiles, batch, k, 132, (16, spare), hopper, |_, split, _| {
             if split > 8 {
                 0
             } else {
@@ -2409,6 +2438,15 @@ mod tests {
         // down (128); gate/up (1,024 tiles of 8 rows) 2 ways in groups of 16 (128 groups of 8
         // would not all be held at once).
         assert_eq!(plan(192, 8, 2048), p(8, 8, 8, 24, 8 * (8 * 64 + 64)));
+        // Sparing multiprocessors, the same warps in 96 blocks of 16 (36 multiprocessors left
+        // free); the 8B's q/k/v (384 tiles, k = 4096) likewise in 96 blocks, its k split 4 ways.
+        let sparing = |tiles, batch, k| h200_plan_sparing(tiles, batch, k, true);
+        assert_eq!(sparing(192, 8, 2048), p(16, 16, 8, 12, 8 * (8 * 64 + 64)));
+        assert_eq!(plan(384, 8, 4096), p(8, 8, 4, 48, 8 * (32 * 64 + 64)));
+        assert_eq!(sparing(384, 8, 4096), p(16, 16, 4, 24, 8 * (32 * 64 + 64)));
+        // Where the fewer blocks would keep fewer warps busy, sparing changes nothing: the
+        // output head (below) walks its tiles in two 8-warp blocks a multiprocessor.
+        assert_eq!(sparing(8016, 8, 2048), plan(8016, 8, 2048));
         assert_eq!(plan(128, 8, 2048), p(8, 8, 8, 16, 8 * (8 * 64 + 64)));
         assert_eq!(plan(128, 8, 8192), p(8, 8, 8, 16, 8 * (32 * 64 + 64)));
         assert_eq!(plan(1024, 8, 2048), p(16, 16, 2, 64, 8 * (32 * 64 + 64)));
@@ -2418,20 +2456,25 @@ mod tests {
         // A device holding clusters of 16: a cluster splits over at most a block's tiles, so
         // the 1B's o at batch 8 takes 16-warp blocks (8 groups split 16 ways; 8-warp blocks
         // could split only 8 ways).
-        let wide = |tiles, batch, k| tc_plan(tiles, batch, k, 132, 16, hopper, |_, _, _| 64);
+        let wide =
+            |tiles, batch, k| tc_plan(tiles, batch, k, 132, (16, false), hopper, |_, _, _| 64);
         assert_eq!(wide(128, 8, 2048), p(16, 16, 16, 8, 8 * (4 * 64 + 64)));
         // Under 8 MiB (SmolLM2's q/k/v, 1.1 MB): a tile a block, unsplit.
         assert_eq!(plan(60, 8, 576), p(16, 1, 1, 60, 8 * (18 * 64 + 64)));
         // A100 (108 multiprocessors, no clusters): a tile a block; the 1B's down at batch 8
         // (131 KB staged) in 16-warp blocks; the 8B's (229 KB) has no plan.
         let a100 = |warps| tc_stage_max(warps, 166_912, 167_936, 1024);
-        let unsplit = |tiles, batch, k| tc_plan(tiles, batch, k, 108, 1, a100, |_, _, _| 0);
+        let unsplit =
+            |tiles, batch, k| tc_plan(tiles, batch, k, 108, (1, false), a100, |_, _, _| 0);
         assert_eq!(unsplit(128, 8, 8192), p(16, 1, 1, 108, 8 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 4, 8192), p(8, 1, 1, 128, 4 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 8, 14336), None);
         // sm_89 (99 KiB a block): the 1B's down at batch 6 (98,688 bytes) has no plan.
         let ada = |warps| tc_stage_max(warps, 101_376, 102_400, 1024);
-        assert_eq!(tc_plan(128, 6, 8192, 128, 1, ada, |_, _, _| 0), None);
+        assert_eq!(
+            tc_plan(128, 6, 8192, 128, (1, false), ada, |_, _, _| 0),
+            None
+        );
     }
 
     #[test]

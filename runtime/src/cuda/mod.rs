@@ -167,6 +167,7 @@ const HALF16_MLP_MIN_ROWS: usize = 6;
 const RESIDUAL: Fusion = Fusion {
     norm: None,
     accumulate: true,
+    spare_multiprocessors: false,
 };
 
 /// The kernels' view of products: weight, bias and output of each.
@@ -448,7 +449,7 @@ impl CudaBackend {
                 x,
                 Fusion {
                     norm: Some(norm),
-                    accumulate: false,
+                    ..Fusion::default()
                 },
             ));
         }
@@ -1052,6 +1053,12 @@ impl Backend for CudaBackend {
             });
         }
         let (input, fusion) = self.normed_input(x, norm, eps, normed)?;
+        // Several products (q, k and v; the head is one) feed the attention, whose blocks
+        // start on the multiprocessors their plan leaves free.
+        let fusion = Fusion {
+            spare_multiprocessors: outs.len() > 1,
+            ..fusion
+        };
         self.products(input, outs, fusion)
     }
 

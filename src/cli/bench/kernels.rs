@@ -161,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         weight: norm_weight.ptr(),
                         eps: 1e-5,
                     }),
-                    accumulate: false,
+                    ..Fusion::default()
                 };
                 let (median, min) = time_us(&dev, args.iters, args.repeats, |i| {
                     let segs = &segments[i % copies];
