@@ -229,7 +229,13 @@ impl DecodePolicy {
     ///   partitions that keep the grid within a block per multiprocessor, else the longest it
     ///   stages;
     /// - after a large one, the longest it stages: fewer blocks leave multiprocessors to the
-    ///   projection's blocks, which load their weights while the attention runs.
+    ///   projection's blocks, which load their weights while the attention runs; but where
+    ///   those would be more blocks than multiprocessors, partitions three quarters as long
+    ///   where they stay on the tensor cores (192 tokens for heads of 64: blocks of 57 KB of
+    ///   keys and values, three to a multiprocessor, against two of 74 KB). On an H200, the
+    ///   1B at batch 8 -0.6-0.9% a decode step at 512-token prompts and -1.8-2.0% at 1,024,
+    ///   at batch 4 with 1,024 -0.6%; where the longest were within the multiprocessors they
+    ///   lost 0.4-2.1% (batch 2), and 128-token partitions lost 4-15% (RESULTS log 46).
     ///
     /// On an H200, aiming at two blocks a multiprocessor was slower at batch 4 (1B: 128-token
     /// partitions, 160 blocks, 1.40 ms a step against 1.11).
@@ -265,7 +271,16 @@ impl DecodePolicy {
         let largest = max_tc_partition(head_dim);
         let width = heads * head_dim;
         let partition = if width * width * 2 >= OVERLAP_BYTES {
-            largest
+            // Three quarters of it, where it stays a tensor-core partition and the longest
+            // would make more blocks than multiprocessors.
+            let shorter = largest * 3 / 4 / TC_PARTITION_STEP * TC_PARTITION_STEP;
+            if shorter > MAX_ATTN_PARTITION
+                && pairs * max_ctx.div_ceil(largest) > self.multiprocessors
+            {
+                shorter
+            } else {
+                largest
+            }
         } else {
             (TC_PARTITION_STEP..=largest)
                 .step_by(TC_PARTITION_STEP)

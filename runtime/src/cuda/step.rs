@@ -494,10 +494,13 @@ mod tests {
         // of 64-token partitions.
         assert_eq!(split(640, 1, &llama), (10, 64));
         assert_eq!(split(5000, 1, &llama), (128, 64));
-        // Its 8 MB output projection: the longest partitions at every batch (2: 48 blocks).
+        // Its 8 MB output projection: the longest partitions (2: 48 blocks; 4: 96), three
+        // quarters as long where those would be more blocks than multiprocessors (8: 3 x 64).
         assert_eq!(split(640, 2, &llama), (3, 256));
         assert_eq!(split(640, 4, &llama), (3, 256));
-        assert_eq!(split(640, 8, &llama), (3, 256));
+        assert_eq!(split(640, 8, &llama), (4, 192));
+        assert_eq!(split(1152, 2, &llama), (5, 256));
+        assert_eq!(split(1152, 4, &llama), (6, 192));
         // SmolLM2's 0.66 MB projection: the shortest partitions within a wave; its 3 KV heads
         // at batch 8 take 128 tokens, 5 x 24 = 120 blocks, and 192 at 1,152 tokens.
         let smollm2 = HeadGeometry {
@@ -509,9 +512,10 @@ mod tests {
         assert_eq!(split(1152, 6, &smollm2), (6, 192));
         // Beyond a wave even at 256 tokens: the longest it stages.
         assert_eq!(split(1152, 8, &smollm2), (5, 256));
-        // Long contexts take the longest partition, a power of two of them beyond 16.
-        assert_eq!(split(5000, 8, &llama), (32, 256));
-        // Heads of 128 stage at most 128 tokens.
+        // Long contexts, a power of two of partitions beyond 16.
+        assert_eq!(split(5000, 8, &llama), (32, 192));
+        // Heads of 128 stage at most 128 tokens (three quarters of that would be the register
+        // kernel's).
         let wide = HeadGeometry {
             head_dim: 128,
             ..llama
