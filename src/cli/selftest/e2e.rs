@@ -190,8 +190,8 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 
 /// Wide random models and prompt lengths whose batched decode splits contexts into several
 /// tensor-core partitions (some sequences shorter than a partition, so that others lie beyond
-/// their context): Llama-3.2-1B's width (heads of 64, 256-token partitions: 3 of them at
-/// batch 8, 4 and 6 at batch 4) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
+/// their context): Llama-3.2-1B's width (heads of 64: at batch 8 3 partitions of 192 tokens,
+/// at batch 4 4 of 256 and 7 of 192) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
 /// partitions: 4 and 6 at batch 8, the 6 merged by the attention: see
 /// `CudaDevice::gemv_merges_partials`).
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
