@@ -123,9 +123,9 @@ pub struct Fusion {
     pub accumulate: bool,
     /// Where two tensor-core plans keep as many warps busy, take the one of fewer blocks,
     /// leaving whole multiprocessors free for the next kernel's blocks to start on: for q, k
-    /// and v, which the attention reads next (H200, two machines: the 1B's decode step at
-    /// batches 2 / 4 -0.5-0.8 / -0.8-0.9%, at batch 8 -0.4-0.9% on one and +0.1-0.3% on the
-    /// other, the 8B's at batch 8 -0.7-1.2%; the same for gate/up lost 1-3%, RESULTS log 46).
+    /// and v, which the attention reads next (H200, three machines: the 1B's decode step at
+    /// batches 2 / 4 -0.5-0.8 / -0.8-1.0%, at batch 8 -0.4-0.9% on two and +0.1-0.3% on the
+    /// third, the 8B's at batch 8 -0.7-1.2%; the same for gate/up lost 1-3%, RESULTS log 46).
     pub spare_multiprocessors: bool,
 }
 
@@ -686,11 +686,12 @@ fn tc_plan(
         };
         if let Some(plan) = plan {
             let rounds = groups.div_ceil(plan.walkers);
+            let blocks = (plan.walkers * plan.split) as isize;
             let key = (
                 grouped,
                 warps == 8 && rounds > 1,
                 groups * plan.split * warps / rounds,
-                if spare { -1 } else { 1 } * (plan.walkers * plan.split) as isize,
+                if spare { -blocks } else { blocks },
             );
             if best.as_ref().is_none_or(|(_, k)| key > *k) {
                 best = Some((plan, key));

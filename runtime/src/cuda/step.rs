@@ -495,7 +495,8 @@ mod tests {
         assert_eq!(split(640, 1, &llama), (10, 64));
         assert_eq!(split(5000, 1, &llama), (128, 64));
         // Its 8 MB output projection: the longest partitions (2: 48 blocks; 4: 96), three
-        // quarters as long where those would be more blocks than multiprocessors (8: 3 x 64).
+        // quarters as long where those would be more blocks than multiprocessors (8: 64
+        // (sequence, KV head) pairs x 3 = 192 blocks).
         assert_eq!(split(640, 2, &llama), (3, 256));
         assert_eq!(split(640, 4, &llama), (3, 256));
         assert_eq!(split(640, 8, &llama), (4, 192));
