@@ -93,8 +93,10 @@ const MERGED_AT_ONCE: usize = 4;
 /// tile a warp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TcVariant {
-    /// `_t1` or `_tw`: f32 input, f32 output.
-    Plain,
+    /// `_t1` or `_tw`: f32 input, f32 output; the plan sparing multiprocessors as
+    /// [`Fusion::spare_multiprocessors`] says (the other variants take the plan their callers
+    /// checked, which does not).
+    Plain { spare: bool },
     /// `_tw_merge`: the input a deferred decode attention's partitions (argument: head_dim <<
     /// 8 | partitions).
     Merge(u32),
@@ -1412,8 +1414,9 @@ impl CudaDevice {
                 &args,
                 tiles,
                 input,
-                TcVariant::Plain,
-                fusion.spare_multiprocessors,
+                TcVariant::Plain {
+                    spare: fusion.spare_multiprocessors,
+                },
             )
         }
     }
@@ -1539,9 +1542,7 @@ impl CudaDevice {
             )));
         }
         // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
-        unsafe {
-            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In, false)?
-        };
+        unsafe { self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Half16In)? };
         Ok(())
     }
 
@@ -1575,7 +1576,7 @@ impl CudaDevice {
         let merge = (parts.head_dim << 8 | parts.splits) as u32;
         // SAFETY: forwarded from the caller; the plan for these tiles exists (checked above).
         unsafe {
-            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge), false)?
+            self.launch_planned_gemv_tc(&stem, &args, tiles, input, TcVariant::Merge(merge))?
         };
         Ok(())
     }
@@ -1596,13 +1597,12 @@ impl CudaDevice {
     ) -> Result<bool, KernelError> {
         let (args, tiles) = gated_args(input, gate, up, 8, 32, fusion)?;
         // SAFETY: forwarded from the caller.
-        unsafe {
-            self.launch_planned_gemv_tc(&tc_stem(ty, true), &args, tiles, input, variant, false)
-        }
+        unsafe { self.launch_planned_gemv_tc(&tc_stem(ty, true), &args, tiles, input, variant) }
     }
 
     /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `rows` rows of `k` where it
-    /// gives each warp a tile, which its variants other than [`TcVariant::Plain`] need.
+    /// gives each warp a tile, which its variants other than [`TcVariant::Plain`] need (a plan
+    /// that spares no multiprocessors).
     fn tile_a_warp_plan(
         &self,
         stem: &str,
@@ -1619,9 +1619,8 @@ impl CudaDevice {
     }
 
     /// Launches tensor-core GEMV `stem` over `tiles` 16-row tiles of `input` as its plan
-    /// ([`tc_plan`](Self::tc_plan), `spare` as [`Fusion::spare_multiprocessors`]) says, in
-    /// `variant` (other than plain: a plan of a tile a warp only); `false`, launching nothing,
-    /// when it has no plan.
+    /// ([`tc_plan`](Self::tc_plan)) says, in `variant` (other than plain: a plan of a tile a
+    /// warp only); `false`, launching nothing, when it has no plan.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1632,21 +1631,21 @@ impl CudaDevice {
         tiles: u32,
         input: GemvInput,
         variant: TcVariant,
-        spare: bool,
     ) -> Result<bool, KernelError> {
+        let spare = variant == TcVariant::Plain { spare: true };
         let Some(plan) = self.tc_plan(stem, tiles as usize, input.rows, input.k, spare)? else {
             return Ok(false);
         };
         let batch = input.rows as u32;
         let early = u32::from(tc_weight_bytes(tiles as usize, input.k) >= OVERLAP_BYTES);
         let layout = match (plan.per_block, variant) {
-            (1, TcVariant::Plain) => "t1",
+            (1, TcVariant::Plain { .. }) => "t1",
             (1, _) => {
                 return Err(KernelError::Shape(format!(
                     "{stem}: {variant:?} needs a plan of a tile a warp"
                 )))
             }
-            (_, TcVariant::Plain) => "tw",
+            (_, TcVariant::Plain { .. }) => "tw",
             (_, TcVariant::Merge(_)) => "tw_merge",
             (_, TcVariant::Half16In) => "tw_x16",
             (_, TcVariant::Half16Out) => "tw_y16",
@@ -1707,7 +1706,16 @@ impl CudaDevice {
         // SAFETY: forwarded from the caller.
         if input.rows > 1
             && input.k.is_multiple_of(32)
-            && unsafe { self.launch_gated_tc(ty, input, gate, up, fusion, TcVariant::Plain)? }
+            && unsafe {
+                self.launch_gated_tc(
+                    ty,
+                    input,
+                    gate,
+                    up,
+                    fusion,
+                    TcVariant::Plain { spare: false },
+                )?
+            }
         {
             return Ok(());
         }
