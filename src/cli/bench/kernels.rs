@@ -59,7 +59,11 @@ fn random_halves(dev: &CudaDevice, count: usize, rng: &mut Rng) -> anyhow::Resul
 /// (median, minimum) microseconds per launch of `launch(i)` (i rotating over copies of the
 /// inputs). The `iters` launches are recorded once into a CUDA graph and the graph is replayed
 /// `repeats` times, each replay timed by events: the kernels then follow each other as in a
-/// decode step, without the host's launch cost between them.
+/// decode step, without the host's launch cost between them, but each after a launch of
+/// itself, where in a decode step a product follows a different kernel. With programmatic
+/// launch a kernel's weights stream under the tail of the one before, so the figures depend
+/// on that kernel (bench/RESULTS.md log 47: a form of the o projection 20% faster here slowed
+/// the decode).
 fn time_us(
     dev: &CudaDevice,
     iters: usize,
