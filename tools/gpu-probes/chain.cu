@@ -14,28 +14,14 @@
 #include <cuda_fp16.h>
 #include <cstdio>
 #include <cuda_runtime.h>
+
+#include "gemv_probe.cuh"
 namespace cg = cooperative_groups;
 
 constexpr int N = 2048, K = 2048, COPIES = 8, THREADS = 256, WARPS = 8;
 constexpr int ROWS_PB = 16;                       // persistent: rows a block
 constexpr int BLOCKS_P = N / ROWS_PB;             // 128
 constexpr int SLICE = ROWS_PB * K * 2;            // 64 KB
-
-__device__ __forceinline__ float dot8(uint4 w, const float* x) {
-    const __half2* h = reinterpret_cast<const __half2*>(&w);
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 f = __half22float2(h[i]);
-        s += f.x * x[2 * i] + f.y * x[2 * i + 1];
-    }
-    return s;
-}
-
-__device__ __forceinline__ float warp_sum(float s) {
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-    return s;
-}
 
 // x (K floats, written by the previous phase) into shared memory.
 __device__ __forceinline__ void stage_x(const float* x, float* xs) {

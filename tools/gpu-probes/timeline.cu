@@ -19,6 +19,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "gemv_probe.cuh"
+
 #include <algorithm>
 #include <cstdio>
 #include <vector>
@@ -26,41 +28,25 @@
 constexpr int K = 2048, COPIES = 8, THREADS = 256, WARPS = 8, PHASES = 400;
 constexpr int REC_FIRST = 200, REC_PHASES = 4, REC_FIELDS = 7;
 
-__device__ __forceinline__ float dot8(uint4 w, const float* x) {
-    const __half2* h = reinterpret_cast<const __half2*>(&w);
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 f = __half22float2(h[i]);
-        s += f.x * x[2 * i] + f.y * x[2 * i + 1];
-    }
-    return s;
-}
-
-__device__ __forceinline__ float warp_sum(float s) {
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-    return s;
-}
-
 __device__ __forceinline__ unsigned long long gtimer() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
 
-__device__ __forceinline__ uint4 load_nc(const uint4* p) {
+// 16 bytes of weights: through the non-coherent path, bypassing L1 (NC, as qrt loads them),
+// or evicted first from L2 (ld.global.cs).
+template <bool NC>
+__device__ __forceinline__ uint4 load_weights(const uint4* p) {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ uint4 load_cs(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    if (NC)
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(p));
+    else
+        asm volatile("ld.global.cs.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                     : "l"(p));
     return v;
 }
 
@@ -82,7 +68,7 @@ __global__ void __launch_bounds__(THREADS, 4)
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)row * K);
     uint4 a[8];
 #pragma unroll
-    for (int j = 0; j < EARLY; ++j) a[j] = NC ? load_nc(wr + lane + 32 * j) : load_cs(wr + lane + 32 * j);
+    for (int j = 0; j < EARLY; ++j) a[j] = load_weights<NC>(wr + lane + 32 * j);
     if (PF == 1) {
         // Lanes 0, 8, 16, 24 of chunk group j cover its four 128-byte lines.
 #pragma unroll
@@ -121,7 +107,7 @@ __global__ void __launch_bounds__(THREADS, 4)
     const unsigned long long c2 = clock64();
     if (TRIG == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #pragma unroll
-    for (int j = EARLY; j < 8; ++j) a[j] = NC ? load_nc(wr + lane + 32 * j) : load_cs(wr + lane + 32 * j);
+    for (int j = EARLY; j < 8; ++j) a[j] = load_weights<NC>(wr + lane + 32 * j);
     float s = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) s += dot8(a[j], xs + 8 * (lane + 32 * j));
