@@ -23,10 +23,10 @@
 //     16-byte chunk so that the lanes' reads are contiguous), computing the sum of squares on
 //     the way when the input is normalised: RMSNorm's scale 1/rms is applied to the finished
 //     dot products, its weights to the staged x, so the norm needs no kernel of its own.
-//     ptxas gives x's loads the scoreboard of the weight loads in flight (SASS; all kernels
-//     here but the lean gated one), so a block stages x once its weights have arrived. In
-//     the decode they have arrived by then (the kernels before are long), and staging x
-//     apart from them (cp.async, or a piece at a time) did not pay (RESULTS log 47);
+//     ptxas gives x's loads the scoreboard of the weight loads in flight (SASS of every
+//     kernel here but the lean gated one), so a block stages x once its first weights have
+//     arrived. Staging x apart from them (cp.async, or a piece at a time) and loading half
+//     of each row only after x did not speed the decode (RESULTS log 47);
 //   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
 //     needs a kernel either.
 
