@@ -6,6 +6,8 @@
 #include <cooperative_groups.h>
 #include <cstdio>
 #include <cuda_runtime.h>
+
+#include "probe.cuh"
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
@@ -92,15 +94,9 @@ int main() {
                 cudaGraph_t graph;
                 cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
                 for (int p = 0; p < phases; ++p) {
-                    cudaLaunchConfig_t cfg = {};
-                    cfg.gridDim = dim3(blocks); cfg.blockDim = dim3(kThreads); cfg.stream = s; cfg.dynamicSmemBytes = smem;
-                    cudaLaunchAttribute attr[1];
-                    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-                    attr[0].val.programmaticStreamSerializationAllowed = 1;
-                    cfg.attrs = attr; cfg.numAttrs = pdl ? 1 : 0;
                     const float* x = (p % 2) ? b : a;
                     float* y = (p % 2) ? a : b;
-                    cudaLaunchKernelEx(&cfg, step_kernel, x, y, n, p);
+                    launch(step_kernel, blocks, kThreads, smem, s, pdl, x, y, n, p);
                 }
                 cudaStreamEndCapture(s, &graph);
                 cudaGraphInstantiate(&exec, graph, 0);

@@ -15,7 +15,7 @@
 #include <cstdio>
 #include <cuda_runtime.h>
 
-#include "gemv_probe.cuh"
+#include "probe.cuh"
 namespace cg = cooperative_groups;
 
 constexpr int N = 2048, K = 2048, COPIES = 8, THREADS = 256, WARPS = 8;
@@ -186,14 +186,9 @@ int main() {
     cudaGraph_t graph; cudaGraphExec_t exec;
     cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
     for (int p = 0; p < phases; ++p) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(N / WARPS); cfg.blockDim = dim3(THREADS); cfg.stream = s;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr; cfg.numAttrs = 1;
-        cudaLaunchKernelEx(&cfg, gemv_lean, (const __half*)(w + (size_t)(p % COPIES) * N * K),
-                           (const float*)((p % 2) ? b : a), (p % 2) ? a : b);
+        launch(gemv_lean, N / WARPS, THREADS, 0, s, true,
+               (const __half*)(w + (size_t)(p % COPIES) * N * K), (const float*)((p % 2) ? b : a),
+               (p % 2) ? a : b);
     }
     cudaStreamEndCapture(s, &graph);
     cudaGraphInstantiate(&exec, graph, 0);

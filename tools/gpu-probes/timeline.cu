@@ -19,7 +19,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "gemv_probe.cuh"
+#include "probe.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -123,18 +123,9 @@ __global__ void __launch_bounds__(THREADS, 4)
 }
 
 template <int EARLY, int PF, int TRIG, bool NC = false, bool XA = false>
-void launch(cudaStream_t s, int blocks, const __half* w, const float* x, float* y,
-            unsigned long long* rec, int phase) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = blocks;
-    cfg.blockDim = THREADS;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, gemv<EARLY, PF, TRIG, NC, XA>, w, (const float*)x, y, rec, phase);
+void launch_phase(cudaStream_t s, int blocks, const __half* w, const float* x, float* y,
+                  unsigned long long* rec, int phase) {
+    launch(gemv<EARLY, PF, TRIG, NC, XA>, blocks, THREADS, 0, s, true, w, x, y, rec, phase);
 }
 
 typedef void (*Launcher)(cudaStream_t, int, const __half*, const float*, float*,
@@ -246,18 +237,18 @@ int main() {
     // the non-coherent path (which the compiler then moved below the wait).
     const char* names[] = {"lean",   "late",   "xfirst", "e4",      "e4pf",      "e0pf",
                            "e2bulk", "e4bulk", "e6bulk", "lean-xa", "e4bulk-xa", "lean-nc"};
-    Launcher launchers[] = {launch<8, 0, 0>,
-                            launch<8, 0, 1>,
-                            launch<8, 0, 2>,
-                            launch<4, 0, 0>,
-                            launch<4, 1, 0>,
-                            launch<0, 1, 0>,
-                            launch<2, 2, 0>,
-                            launch<4, 2, 0>,
-                            launch<6, 2, 0>,
-                            launch<8, 0, 0, false, true>,
-                            launch<4, 2, 0, false, true>,
-                            launch<8, 0, 0, true>};
+    Launcher launchers[] = {launch_phase<8, 0, 0>,
+                            launch_phase<8, 0, 1>,
+                            launch_phase<8, 0, 2>,
+                            launch_phase<4, 0, 0>,
+                            launch_phase<4, 1, 0>,
+                            launch_phase<0, 1, 0>,
+                            launch_phase<2, 2, 0>,
+                            launch_phase<4, 2, 0>,
+                            launch_phase<6, 2, 0>,
+                            launch_phase<8, 0, 0, false, true>,
+                            launch_phase<4, 2, 0, false, true>,
+                            launch_phase<8, 0, 0, true>};
     constexpr int VARIANTS = sizeof(names) / sizeof(names[0]);
     for (int rep = 0; rep < 2; ++rep)
         for (int rows : {2048, 3072})
