@@ -28,7 +28,10 @@
 //     arrived. Staging x apart from them (cp.async, or a piece at a time) and loading half
 //     of each row only after x did not speed the decode (RESULTS log 47);
 //   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
-//     needs a kernel either.
+//     needs a kernel either;
+//   - rows of 8192 of one matrix (the 1B's down projection) go to a tiled kernel instead, four
+//     warps to a row, so that a block's loads at a time lie together in memory (see
+//     gemv_one_tiled).
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -57,11 +60,73 @@ __device__ __forceinline__ RowRef find_row(const qrt_gemv_args& args, unsigned g
     return ref;
 }
 
+// Rows of a plain launch: those of all its segments.
+__device__ __forceinline__ unsigned plain_rows(const qrt_gemv_args& args) {
+    unsigned rows = args.seg[0].n;
+#pragma unroll
+    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
+        rows += i < args.num_segments ? args.seg[i].n : 0;
+    return rows;
+}
+
 // Writes the result `v` of row `global` (qrt::store_gemv_row).
 template <bool GATED>
 __device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global, float v) {
     const RowRef ref = find_row<GATED>(args, global);
     qrt::store_gemv_row<!GATED>(args, ref.seg, 0, ref.row, v);
+}
+
+// Stages the input x (times the norm weights where the launch normalises) in shared memory,
+// split in two halves of each 16-byte chunk (x_lo, x_hi) so that the lanes' reads are
+// contiguous, and returns the norm's scale 1/rms (1 without a norm), which the caller applies
+// to its finished dot products. Ends with a barrier of the block.
+//
+// A thread requests kAhead pieces of x (and of the norm weights) before it uses any, so that a
+// long row costs one round trip to L2 per kAhead pieces rather than one per piece (the loop was
+// compiled with one load per iteration, each waiting for the one before). Pieces past the row
+// are not loaded (loading a clamped address instead cost SmolLM2's short rows 4%).
+template <unsigned kAhead>
+__device__ __forceinline__ float stage_input(const qrt_gemv_args& args, unsigned k, float4* x_lo,
+                                             float4* x_hi) {
+    const float4* x4 = reinterpret_cast<const float4*>(args.x);
+    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
+    const bool normed = args.norm != 0;
+    const unsigned pieces = k / 4;
+    float squares = 0.f;
+    for (unsigned i0 = threadIdx.x; i0 < pieces; i0 += kAhead * blockDim.x) {
+        // (Volatile loads: the compiler keeps them in this order, ahead of the stores; the
+        // intrinsics were sunk to their first use.)
+        uint4 v[kAhead], g[kAhead];
+#pragma unroll
+        for (unsigned j = 0; j < kAhead; ++j) {
+            const unsigned i = i0 + j * blockDim.x;
+            qrt::load_cg_if(v[j], x4 + i, i < pieces);
+            qrt::load_nc_if(g[j], g4 + i, normed && i < pieces);
+        }
+#pragma unroll
+        for (unsigned j = 0; j < kAhead; ++j) {
+            const unsigned i = i0 + j * blockDim.x;
+            if (i >= pieces) break;
+            float4 x = *reinterpret_cast<const float4*>(&v[j]);
+            if (normed) {
+                const float4 w = *reinterpret_cast<const float4*>(&g[j]);
+                squares += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+                x = make_float4(x.x * w.x, x.y * w.y, x.z * w.z, x.w * w.w);
+            }
+            (i % 2 == 0 ? x_lo : x_hi)[i / 2] = x;
+        }
+    }
+    __shared__ float warp_squares[kWarps];
+    const unsigned warps = blockDim.x / qrt::kWarp;
+    if (normed) {
+        squares = qrt::warp_sum(squares);
+        if (threadIdx.x % qrt::kWarp == 0) warp_squares[threadIdx.x / qrt::kWarp] = squares;
+    }
+    __syncthreads();
+    if (!normed) return 1.f;
+    float total = 0.f;
+    for (unsigned i = 0; i < warps; ++i) total += warp_squares[i];
+    return 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
 }
 
 // GROUP: 16-byte chunks per lane and row loaded at once. LEAN: a warp takes one row (gated:
@@ -90,12 +155,7 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     const unsigned warps = blockDim.x / qrt::kWarp;
     const unsigned stride = gridDim.x * warps;
 
-    unsigned rows = args.seg[0].n;
-    if (!GATED) {
-#pragma unroll
-        for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
-            rows += i < args.num_segments ? args.seg[i].n : 0;
-    }
+    const unsigned rows = GATED ? args.seg[0].n : plain_rows(args);
     // Pair p: rows 2p and 2p + 1, or (gated) row p of gate and of up. With fewer rows than
     // twice the warps of the grid, a "pair" is one row whose chunks the two halves of a group
     // share (`single`), so that every warp has work; a lean warp takes a row of its own.
@@ -191,54 +251,9 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     // 1.5-3% slower at batch one on an H200).
     qrt::pdl_wait();
     if (LEAN) qrt::pdl_launch_dependents();
-    // A thread requests kAhead pieces of x (and of the norm weights) before it uses any, so
-    // that a long row costs one round trip to L2 per kAhead pieces rather than one per piece
-    // (the loop was compiled with one load per iteration, each waiting for the one before).
-    // Pieces past the row are not loaded (loading a clamped address instead cost SmolLM2's
-    // short rows 4%).
-    const float4* x4 = reinterpret_cast<const float4*>(args.x);
-    const float4* g4 = reinterpret_cast<const float4*>(args.norm);
-    const bool normed = args.norm != 0;
-    const unsigned pieces = 2 * chunks;
-    float squares = 0.f;
     // (Lean kernels, whose rows are short, hold two pieces, the gated ones one: their 64
     // registers hold no more; with two the gated kernels spilled 48 bytes.)
-    constexpr unsigned kAhead = LEAN ? (GATED ? 1 : 2) : 4;
-    for (unsigned i0 = threadIdx.x; i0 < pieces; i0 += kAhead * blockDim.x) {
-        // (Volatile loads: the compiler keeps them in this order, ahead of the stores; the
-        // intrinsics were sunk to their first use.)
-        uint4 v[kAhead], g[kAhead];
-#pragma unroll
-        for (unsigned j = 0; j < kAhead; ++j) {
-            const unsigned i = i0 + j * blockDim.x;
-            qrt::load_cg_if(v[j], x4 + i, i < pieces);
-            qrt::load_nc_if(g[j], g4 + i, normed && i < pieces);
-        }
-#pragma unroll
-        for (unsigned j = 0; j < kAhead; ++j) {
-            const unsigned i = i0 + j * blockDim.x;
-            if (i >= pieces) break;
-            float4 x = *reinterpret_cast<const float4*>(&v[j]);
-            if (normed) {
-                const float4 w = *reinterpret_cast<const float4*>(&g[j]);
-                squares += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
-                x = make_float4(x.x * w.x, x.y * w.y, x.z * w.z, x.w * w.w);
-            }
-            (i % 2 == 0 ? x_lo : x_hi)[i / 2] = x;
-        }
-    }
-    __shared__ float warp_squares[kWarps];
-    if (args.norm != 0) {
-        squares = qrt::warp_sum(squares);
-        if (lane == 0) warp_squares[warp] = squares;
-    }
-    __syncthreads();
-    float scale = 1.f;
-    if (args.norm != 0) {
-        float total = 0.f;
-        for (unsigned i = 0; i < warps; ++i) total += warp_squares[i];
-        scale = 1.f / sqrtf(total / static_cast<float>(k) + args.eps);
-    }
+    const float scale = stage_input<LEAN ? (GATED ? 1 : 2) : 4>(args, k, x_lo, x_hi);
 
     for (; p < pairs; p += stride) {
         float acc0 = 0.f, acc1 = 0.f;
@@ -298,6 +313,107 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     if (!LEAN) qrt::pdl_launch_dependents();
 }
 
+// Plain rows of k = 4 * 2048 (the Llama-3.2-1B down projection), in blocks of 8 rows: a block
+// takes rows 8c .. 8c + 7 of its row block c, two at a time, each row split in quarters
+// among 4 warps (warp w reads quarter w % 4 of rows 8c + 2t + w / 4, t = 0..3), so that at
+// each step the block's loads cover 32 KB in a row of the matrix. A warp per row, as
+// gemv_one streams it, has the block's loads at a step in 8 pieces of 8 KB 16 KB apart: on
+// an H200 that took 10.7 us where this takes 9.6 (RESULTS log 48). As in gemv_one, the first
+// two steps are loaded before the grid-dependency wait and a set of registers is refilled
+// with step t + 2 while step t + 1 is multiplied. The four sums of a row meet in shared
+// memory, added in a fixed order by whichever warp arrives last, and each warp lets the next
+// kernel in at its end: a barrier of the block there instead slowed the 1B's decode step.
+template <typename W>
+__device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
+    constexpr unsigned kGroup = 8;  // 16-byte chunks per lane: a quarter of a row
+    constexpr unsigned kSteps = 4;  // rows a warp reads a quarter of, per row block
+    constexpr unsigned k = kSteps * kGroup * qrt::kWarp * 8;
+    extern __shared__ float4 staged[];
+    float4* x_lo = staged;
+    float4* x_hi = staged + k / 8;
+    const unsigned lane = threadIdx.x % qrt::kWarp;
+    const unsigned warp = threadIdx.x / qrt::kWarp;
+    const unsigned rows = args.seg[0].n;
+    const unsigned row_blocks = (rows + 7) / 8;
+    const unsigned first_chunk = (warp % 4) * kGroup * qrt::kWarp;  // of this warp's quarter
+
+    // Loads this warp's quarter of row t of row block c. A row past the last loads the last
+    // (its sum is not stored): with a predicate instead, ptxas spilled the loop's registers.
+    auto load = [&](unsigned c, unsigned t, uint4 (&r)[kGroup]) {
+        const unsigned row = min(8 * c + 2 * t + warp / 4, rows - 1);
+        const uint4* w = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(args.seg[0].w) +
+                                                        static_cast<size_t>(row) * k) +
+                         first_chunk + lane;
+#pragma unroll
+        for (unsigned u = 0; u < kGroup; ++u) qrt::load_stream_if(r[u], w + u * qrt::kWarp, true);
+    };
+    auto dot = [&](const uint4 (&r)[kGroup], float& acc) {
+#pragma unroll
+        for (unsigned u = 0; u < kGroup; ++u) {
+            const unsigned c = first_chunk + lane + u * qrt::kWarp;
+            acc = qrt::dot8<W>(r[u], x_lo[c], x_hi[c], acc);
+        }
+    };
+
+    // The quarter sums of the block's rows, and how many of each row have arrived (counted on
+    // across row blocks: the fourth of a row block is the last).
+    __shared__ float sums[kSteps][kWarps];
+    __shared__ unsigned arrived[kSteps][2];
+
+    // Multiplies row block c (its first two steps already loaded into a and b) and adds the
+    // sums of its rows; the last warp of a row stores it.
+    uint4 a[kGroup], b[kGroup];
+    auto multiply = [&](unsigned c, float scale) {
+        float acc[kSteps] = {0.f, 0.f, 0.f, 0.f};
+        dot(a, acc[0]);
+        load(c, 2, a);
+        dot(b, acc[1]);
+        load(c, 3, b);
+        dot(a, acc[2]);
+        dot(b, acc[3]);
+#pragma unroll
+        for (unsigned t = 0; t < kSteps; ++t) {
+            const float sum = qrt::warp_sum(acc[t]);
+            if (lane == 0) sums[t][warp] = sum * scale;
+        }
+        __syncwarp();
+        if (lane < kSteps) {
+            // Lane t: row t of this warp; the last of its 4 warps adds their sums in order.
+            const unsigned t = lane, half = warp / 4;
+            __threadfence_block();
+            if (atomicAdd(&arrived[t][half], 1u) % 4 == 3) {
+                __threadfence_block();
+                const volatile float* row_sums = &sums[t][4 * half];
+                const float v = ((row_sums[0] + row_sums[1]) + row_sums[2]) + row_sums[3];
+                const unsigned row = 8 * c + 2 * t + half;
+                if (row < rows) qrt::store_gemv_row<true>(args, args.seg[0], 0, row, v);
+            }
+        }
+    };
+
+    // (The launcher gives no block past the last row block, but the branch matters: without
+    // it ptxas put the grid-dependency wait ahead of these loads (SASS), which forfeits their
+    // overlap with the previous kernel; that build's 1B decode step took 0.798 ms, 0.776 with
+    // the branch.)
+    if (blockIdx.x < row_blocks) {
+        load(blockIdx.x, 0, a);
+        load(blockIdx.x, 1, b);
+    }
+    qrt::pdl_wait();
+    if (threadIdx.x < 2 * kSteps) arrived[threadIdx.x / 2][threadIdx.x % 2] = 0;
+    const float scale = stage_input<4>(args, k, x_lo, x_hi);  // (its barrier orders `arrived`)
+    multiply(blockIdx.x, scale);
+    // More row blocks than the grid holds (not at the Llama shapes): in turn, each after every
+    // warp has read the sums of the one before.
+    for (unsigned c = blockIdx.x + gridDim.x; c < row_blocks; c += gridDim.x) {
+        __syncthreads();
+        load(c, 0, a);
+        load(c, 1, b);
+        multiply(c, scale);
+    }
+    qrt::pdl_launch_dependents();
+}
+
 }  // namespace
 
 // Rows of k = HALVES * 2048 streamed through two register sets.
@@ -325,6 +441,10 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 4)                    \
         qrt_gemv_one_lean_gated_##NAME(const qrt_gemv_args args) {                          \
         gemv_one<W, true, 4, true>(args);                                                   \
+    }                                                                                       \
+    extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 2)                    \
+        qrt_gemv_one_tiled_##NAME(const qrt_gemv_args args) {                               \
+        gemv_one_tiled<W>(args);                                                            \
     }                                                                                       \
     QRT_GEMV_ONE_STREAM(NAME, W, 3)                                                         \
     QRT_GEMV_ONE_STREAM(NAME, W, 4)                                                         \

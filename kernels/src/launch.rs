@@ -488,6 +488,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("gemv_one", format!("qrt_gemv_one_gated_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_gated_{t}")));
+        all.push(("gemv_one", format!("qrt_gemv_one_tiled_{t}")));
         for groups in 3..=7 {
             all.push(("gemv_one", format!("qrt_gemv_one_stream{groups}_{t}")));
         }
@@ -830,16 +831,21 @@ enum OneVariant {
     Lean,
     /// A row per warp streamed as this many groups of 2048 values through two register sets.
     Stream(usize),
+    /// Rows of [`TILED_K`] of one matrix in blocks of 8, a quarter of two rows per warp at a
+    /// time.
+    Tiled,
 }
 
 impl OneVariant {
-    /// The variant for rows of `k` values (`gated`: gate/up pairs).
-    fn for_row(k: usize, gated: bool) -> Self {
+    /// The variant for rows of `k` values (`gated`: gate/up pairs) of `matrices` matrices.
+    fn for_row(k: usize, gated: bool, matrices: u32) -> Self {
         let lean_max = if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K };
         if k <= lean_max {
             OneVariant::Lean
         } else if gated {
             OneVariant::Plain
+        } else if k == TILED_K && matrices == 1 {
+            OneVariant::Tiled
         } else {
             stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
         }
@@ -851,9 +857,15 @@ impl OneVariant {
             OneVariant::Plain => String::new(),
             OneVariant::Lean => "lean_".into(),
             OneVariant::Stream(groups) => format!("stream{groups}_"),
+            OneVariant::Tiled => "tiled_".into(),
         }
     }
 }
+
+/// Row length of the tiled batch-one GEMV (`gemv_one_tiled` in `gemv_one.cu`, one matrix a
+/// launch): on the H200 it took the 1B's down projection from 10.7 to 9.6 us, where the
+/// streaming kernel leaves the block's loads in pieces of 8 KB (RESULTS log 48).
+const TILED_K: usize = 4 * 2048;
 
 /// Groups of 2048 values a row of `k` streams as, where a streaming kernel is built for it
 /// (`QRT_GEMV_ONE_STREAM` in `gemv_one.cu`: 3 to 7 groups, k = 6144 to 14336).
@@ -1285,7 +1297,8 @@ impl CudaDevice {
     /// up to two blocks per multiprocessor (all resident at once), a warp per pair of rows at
     /// a time; a lean one (rows up to [`LEAN_MAX_K`], gated [`LEAN_GATED_MAX_K`]) a warp per
     /// row, up to four blocks per multiprocessor; a streaming one (plain rows of
-    /// [`stream_groups`] x 2048) a warp per row, two blocks per multiprocessor.
+    /// [`stream_groups`] x 2048) a warp per row, and a tiled one (plain rows of [`TILED_K`], one
+    /// matrix) 8 rows per block, both two blocks per multiprocessor.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1297,7 +1310,7 @@ impl CudaDevice {
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
-        let variant = OneVariant::for_row(args.k as usize, gated);
+        let variant = OneVariant::for_row(args.k as usize, gated, args.num_segments);
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
             variant.infix(),

@@ -61,6 +61,9 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (8192, 2048, ElemType::BF16, LARGE),
         (2048, 8192, ElemType::F16, LARGE),
         (2048, 8192, ElemType::BF16, LARGE),
+        // The tiled batch-one GEMV (k = 4 x 2048) over more blocks of 8 rows than its grid
+        // holds, the last one partial.
+        (2500, 8192, ElemType::F16, &[1]),
         (128256, 2048, ElemType::F16, &[1, 8, 17]),
         // The wgmma GEMMs' edges: k not a multiple of their 64-wide steps, partial tiles (at
         // 520 rows the TMA GEMM, 128-wide tiles, k split 2 ways).
@@ -108,10 +111,10 @@ fn write_weights(dir: &Path, rng: &mut Rng, big: bool) -> anyhow::Result<Arc<Qrt
             )
         })
         .collect();
-    for n in [37, 512, 2048] {
+    for n in [37, 512, 2048, 2500] {
         tensors.push((format!("b.{n}"), vec![n as u64], ElemType::F32, 1.0));
     }
-    for n in [129, 576, 1000, 2048, 4096] {
+    for n in [129, 576, 1000, 2048, 4096, 8192] {
         tensors.push((format!("norm.{n}"), vec![n as u64], ElemType::F32, 0.3));
     }
     // Up projections of the MLP checks, distinct from their gates (matrix_name(ffn, hidden)).
@@ -285,6 +288,29 @@ fn check_products(
                 linear_bound(rows, 2048, ElemType::F16),
             );
         }
+    }
+    // Rows of k = 8192 from a normalised input at batch one: one matrix (the tiled GEMV, its
+    // last block of 8 rows partial) and two sharing the input (the streaming one).
+    let wide = |n: usize| {
+        let bias = (n == 2500).then(|| "b.2500".to_string());
+        (matrix_name(n, 8192, ElemType::F16), n, bias)
+    };
+    for mats in [vec![wide(2500)], vec![wide(2048), wide(2500)]] {
+        let x = rng.normals(8192, 1.0);
+        let op = ProductOp::Normed("norm.8192");
+        let want = products(cpu, file, &x, 1, 8192, &mats, op)?;
+        let got = products(cuda, file, &x, 1, 8192, &mats, op)?;
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(w, g)| rel_err(g, w))
+            .fold(0.0, f64::max);
+        checks.check(
+            &format!("norm_linears {} + bias", mats.len()),
+            "1x8192",
+            err,
+            linear_bound(1, 8192, ElemType::F16),
+        );
     }
     // Products added into a residual stream (the o and down projections), with a bias; by the
     // TMA GEMM on Hopper at 300, 1100 and 2048 rows of the 1B's o (128-wide tiles split 2
