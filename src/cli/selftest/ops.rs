@@ -223,6 +223,26 @@ fn products<B: Backend>(
     outs.iter().map(|o| Ok(b.to_host(o)?)).collect()
 }
 
+/// The largest relative error of the CUDA products against the CPU's over `mats` (as
+/// [`products`] computes them on each).
+fn worst_product_err(
+    (cpu, cuda): (&CpuBackend, &CudaBackend),
+    file: &Arc<QrtFile>,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    mats: &[(String, usize, Option<String>)],
+    op: ProductOp<'_>,
+) -> anyhow::Result<f64> {
+    let want = products(cpu, file, x, rows, k, mats, op)?;
+    let got = products(cuda, file, x, rows, k, mats, op)?;
+    Ok(want
+        .iter()
+        .zip(&got)
+        .map(|(w, g)| rel_err(g, w))
+        .fold(0.0, f64::max))
+}
+
 fn check_products(
     cpu: &CpuBackend,
     cuda: &CudaBackend,
@@ -274,13 +294,7 @@ fn check_products(
             ("linears q,k,v + bias", ProductOp::Plain),
             ("norm_linears q,k,v + bias", ProductOp::Normed("norm.2048")),
         ] {
-            let want = products(cpu, file, &x, rows, 2048, &qkv, op)?;
-            let got = products(cuda, file, &x, rows, 2048, &qkv, op)?;
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(w, g)| rel_err(g, w))
-                .fold(0.0, f64::max);
+            let err = worst_product_err((cpu, cuda), file, &x, rows, 2048, &qkv, op)?;
             checks.check(
                 name,
                 &format!("{rows}x2048"),
@@ -298,13 +312,7 @@ fn check_products(
     for mats in [vec![wide(2500)], vec![wide(2048), wide(2500)]] {
         let x = rng.normals(8192, 1.0);
         let op = ProductOp::Normed("norm.8192");
-        let want = products(cpu, file, &x, 1, 8192, &mats, op)?;
-        let got = products(cuda, file, &x, 1, 8192, &mats, op)?;
-        let err = want
-            .iter()
-            .zip(&got)
-            .map(|(w, g)| rel_err(g, w))
-            .fold(0.0, f64::max);
+        let err = worst_product_err((cpu, cuda), file, &x, 1, 8192, &mats, op)?;
         checks.check(
             &format!("norm_linears {} + bias", mats.len()),
             "1x8192",
