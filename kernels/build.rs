@@ -66,7 +66,7 @@ fn main() {
             // Rebuild when the compiler is replaced (e.g. setup.sh re-run).
             println!("cargo::rerun-if-changed={}", nvcc.path.display());
             let modules = compile_all(&nvcc, &cuda_dir, &sources, &out_dir);
-            Some((nvcc.version, modules))
+            Some((nvcc.path, nvcc.version, modules))
         }
         None => {
             println!(
@@ -85,8 +85,15 @@ fn main() {
     };
 
     let (cuda_kernels, nvcc_version, modules) = match &built {
-        Some((version, modules)) => (true, version.as_str(), modules.as_slice()),
+        Some((_, version, modules)) => (true, version.as_str(), modules.as_slice()),
         None => (false, "", &[][..]),
+    };
+    // The compiler's directory, for tests that assemble the PTX with its ptxas.
+    let nvcc_dir = match &built {
+        Some((path, _, _)) => path
+            .parent()
+            .map_or(String::new(), |d| d.display().to_string()),
+        None => String::new(),
     };
     let archs = if cuda_kernels {
         ARCHS.join(",")
@@ -102,6 +109,7 @@ fn main() {
     println!("cargo::rustc-env=QRT_KERNELS_CUDA_KERNELS={flag}");
     println!("cargo::rustc-env=QRT_KERNELS_NVCC_VERSION={nvcc_version}");
     println!("cargo::rustc-env=QRT_KERNELS_ARCHS={archs}");
+    println!("cargo::rustc-env=QRT_KERNELS_NVCC_DIR={nvcc_dir}");
 }
 
 /// Stops the build with `message` (cargo shows the script's stderr).

