@@ -84,16 +84,15 @@ fn main() {
         }
     };
 
-    let (cuda_kernels, nvcc_version, modules) = match &built {
-        Some((_, version, modules)) => (true, version.as_str(), modules.as_slice()),
-        None => (false, "", &[][..]),
-    };
-    // The compiler's directory, for tests that assemble the PTX with its ptxas.
-    let nvcc_dir = match &built {
-        Some((path, _, _)) => path
-            .parent()
-            .map_or(String::new(), |d| d.display().to_string()),
-        None => String::new(),
+    // (nvcc's directory: for tests that assemble the PTX with its ptxas.)
+    let (cuda_kernels, nvcc_version, nvcc_dir, modules) = match &built {
+        Some((path, version, modules)) => (
+            true,
+            version.as_str(),
+            path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            modules.as_slice(),
+        ),
+        None => (false, "", PathBuf::new(), &[][..]),
     };
     let archs = if cuda_kernels {
         ARCHS.join(",")
@@ -109,7 +108,13 @@ fn main() {
     println!("cargo::rustc-env=QRT_KERNELS_CUDA_KERNELS={flag}");
     println!("cargo::rustc-env=QRT_KERNELS_NVCC_VERSION={nvcc_version}");
     println!("cargo::rustc-env=QRT_KERNELS_ARCHS={archs}");
-    println!("cargo::rustc-env=QRT_KERNELS_NVCC_DIR={nvcc_dir}");
+    println!(
+        "cargo::rustc-env=QRT_KERNELS_NVCC_DIR={}",
+        nvcc_dir.display()
+    );
+    // Where tools/setup.sh installs (its nvdisasm, for the SASS test).
+    let home = qrt_home.unwrap_or_default();
+    println!("cargo::rustc-env=QRT_KERNELS_HOME={}", home.display());
 }
 
 /// Stops the build with `message` (cargo shows the script's stderr).

@@ -26,7 +26,6 @@ CUDA_PKGS=(
     nvidia-cuda-cccl==13.0.85
     nvidia-cuda-runtime==13.0.96
 )
-CUDA_STAMP="$CUDA_DIR/.qrt-installed"
 # A disassembler only (no 13.0 wheel exists; 13.2 reads sm_90 code): the PTX pipeline never
 # uses it.
 NVDISASM_DIR="$QRT_HOME/nvdisasm"
@@ -178,28 +177,38 @@ EOF
     done
 }
 
-setup_cuda() {
-    local want="${CUDA_PKGS[*]}"
-    if [[ -f "$CUDA_STAMP" && "$(cat "$CUDA_STAMP")" == "$want" && -x "$NVCC" ]]; then
-        log "cuda: already installed in $CUDA_DIR"
-    else
-        log "cuda: installing ${CUDA_PKGS[*]} into $CUDA_DIR"
-        "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON -m pip is not available"
-        local tmp="$CUDA_DIR.partial"
-        rm -rf "$tmp"
-        mkdir -p "$QRT_HOME"
-        # --no-deps: see the comment on CUDA_PKGS.
-        "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$tmp" "${CUDA_PKGS[@]}"
-        [[ -x "$tmp/nvidia/cu13/bin/nvcc" ]] || {
-            log "files named nvcc in the install:"
-            find "$tmp" -name nvcc >&2 || true
-            die "nvcc is not at the expected place nvidia/cu13/bin/nvcc (did the wheel layout change?)"
-        }
-        echo "$want" >"$tmp/.qrt-installed"
-        rm -rf "$CUDA_DIR"
-        mv "$tmp" "$CUDA_DIR"
-        log "cuda: installed"
+# install_wheels LABEL DIR TOOL PKG...: installs the wheels PKG... (without their
+# dependencies) into DIR, where TOOL must then be at nvidia/cu13/bin/TOOL; skipped when DIR's
+# stamp names the same wheels. The install goes to DIR.partial first, so an interrupted one
+# never looks finished.
+install_wheels() {
+    local label="$1" dir="$2" tool="$3"
+    shift 3
+    local want="$*"
+    if [[ -f "$dir/.qrt-installed" && "$(cat "$dir/.qrt-installed")" == "$want" && -x "$dir/nvidia/cu13/bin/$tool" ]]; then
+        log "$label: already installed in $dir"
+        return
     fi
+    log "$label: installing $want into $dir"
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON -m pip is not available"
+    local tmp="$dir.partial"
+    rm -rf "$tmp"
+    mkdir -p "$QRT_HOME"
+    # --no-deps: see the comment on CUDA_PKGS.
+    "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$tmp" "$@"
+    [[ -x "$tmp/nvidia/cu13/bin/$tool" ]] || {
+        log "files named $tool in the install:"
+        find "$tmp" -name "$tool" >&2 || true
+        die "$tool is not at the expected place nvidia/cu13/bin/$tool (did the wheel layout change?)"
+    }
+    echo "$want" >"$tmp/.qrt-installed"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    log "$label: installed"
+}
+
+setup_cuda() {
+    install_wheels cuda "$CUDA_DIR" nvcc "${CUDA_PKGS[@]}"
 
     local top="$CUDA_DIR/nvidia/cu13"
     local f
@@ -215,24 +224,7 @@ setup_cuda() {
     host_cc=$(command -v gcc) || die "nvcc needs a host compiler: gcc is not on PATH"
     log "cuda: host compiler $host_cc (gcc $(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion))"
     check_nvcc
-    setup_nvdisasm
-}
-
-setup_nvdisasm() {
-    local bin="$NVDISASM_DIR/nvidia/cu13/bin/nvdisasm"
-    if [[ -f "$NVDISASM_DIR/.qrt-installed" && "$(cat "$NVDISASM_DIR/.qrt-installed")" == "$NVDISASM_PKG" && -x "$bin" ]]; then
-        log "nvdisasm: already installed in $NVDISASM_DIR"
-        return
-    fi
-    log "nvdisasm: installing $NVDISASM_PKG into $NVDISASM_DIR"
-    local tmp="$NVDISASM_DIR.partial"
-    rm -rf "$tmp"
-    "$PYTHON" -m pip install --quiet --no-deps --no-compile --target "$tmp" "$NVDISASM_PKG"
-    [[ -x "$tmp/nvidia/cu13/bin/nvdisasm" ]] || die "nvdisasm is not at nvidia/cu13/bin/nvdisasm in $NVDISASM_PKG"
-    echo "$NVDISASM_PKG" >"$tmp/.qrt-installed"
-    rm -rf "$NVDISASM_DIR"
-    mv "$tmp" "$NVDISASM_DIR"
-    log "nvdisasm: installed"
+    install_wheels nvdisasm "$NVDISASM_DIR" nvdisasm "$NVDISASM_PKG"
 }
 
 # ---------------------------------------------------------------- model

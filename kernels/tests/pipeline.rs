@@ -175,13 +175,11 @@ fn opening_a_device_never_panics() {
     }
 }
 
-/// nvdisasm as tools/setup.sh installs it (`$QRT_HOME/nvdisasm`), else on PATH.
+/// nvdisasm as tools/setup.sh installs it (`$QRT_HOME/nvdisasm`, the QRT_HOME the build
+/// used), else on PATH.
 fn nvdisasm() -> Option<std::path::PathBuf> {
-    let home = std::env::var_os("QRT_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qrt")));
-    let installed = home.map(|h| h.join("nvdisasm/nvidia/cu13/bin/nvdisasm"));
-    installed.filter(|p| p.is_file()).or_else(|| {
+    let installed = Path::new(env!("QRT_KERNELS_HOME")).join("nvdisasm/nvidia/cu13/bin/nvdisasm");
+    Some(installed).filter(|p| p.is_file()).or_else(|| {
         let found = std::process::Command::new("nvdisasm")
             .arg("--version")
             .output()

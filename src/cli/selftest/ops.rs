@@ -169,15 +169,27 @@ enum ProductOp<'a> {
     Add(&'a [f32]),
 }
 
-/// `x @ w^T (+ bias)` for each named matrix on `b`, all in one call as `op` says.
+/// One products check: `rows` rows of `k` values `x` times each named matrix of `mats`
+/// (rows, optional bias), all in one call as `op` says.
+struct ProductCase<'a> {
+    x: &'a [f32],
+    rows: usize,
+    k: usize,
+    mats: &'a [(String, usize, Option<String>)],
+    op: ProductOp<'a>,
+}
+
+/// `x @ w^T (+ bias)` for each named matrix of `case` on `b`.
 fn products<B: Backend>(
     b: &B,
     file: &Arc<QrtFile>,
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    mats: &[(String, usize, Option<String>)],
-    op: ProductOp<'_>,
+    &ProductCase {
+        x,
+        rows,
+        k,
+        mats,
+        op,
+    }: &ProductCase<'_>,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let xa = b.act_from_host(rows, k, x)?;
     let ws = mats
@@ -223,19 +235,15 @@ fn products<B: Backend>(
     outs.iter().map(|o| Ok(b.to_host(o)?)).collect()
 }
 
-/// The largest relative error of the CUDA products against the CPU's over `mats` (as
-/// [`products`] computes them on each).
+/// The largest relative error of the CUDA products of `case` against the CPU's, over its
+/// matrices.
 fn worst_product_err(
     (cpu, cuda): (&CpuBackend, &CudaBackend),
     file: &Arc<QrtFile>,
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    mats: &[(String, usize, Option<String>)],
-    op: ProductOp<'_>,
+    case: &ProductCase<'_>,
 ) -> anyhow::Result<f64> {
-    let want = products(cpu, file, x, rows, k, mats, op)?;
-    let got = products(cuda, file, x, rows, k, mats, op)?;
+    let want = products(cpu, file, case)?;
+    let got = products(cuda, file, case)?;
     Ok(want
         .iter()
         .zip(&got)
@@ -256,8 +264,14 @@ fn check_products(
             let x = rng.normals(rows * k, 1.0);
             let bias = (n == 37).then(|| "b.37".to_string());
             let mats = [(matrix_name(n, k, dtype), n, bias)];
-            let want = products(cpu, file, &x, rows, k, &mats, ProductOp::Plain)?;
-            let got = products(cuda, file, &x, rows, k, &mats, ProductOp::Plain)?;
+            let case = ProductCase {
+                x: &x,
+                rows,
+                k,
+                mats: &mats,
+                op: ProductOp::Plain,
+            };
+            let err = worst_product_err((cpu, cuda), file, &case)?;
             let kind = match rows {
                 1 => "gemv",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
@@ -267,7 +281,7 @@ fn check_products(
             checks.check(
                 &format!("linear {kind} {dtype:?}"),
                 &format!("{rows}x{k} @ {n}x{k}"),
-                rel_err(&got[0], &want[0]),
+                err,
                 linear_bound(rows, k, dtype),
             );
         }
@@ -294,7 +308,14 @@ fn check_products(
             ("linears q,k,v + bias", ProductOp::Plain),
             ("norm_linears q,k,v + bias", ProductOp::Normed("norm.2048")),
         ] {
-            let err = worst_product_err((cpu, cuda), file, &x, rows, 2048, &qkv, op)?;
+            let case = ProductCase {
+                x: &x,
+                rows,
+                k: 2048,
+                mats: &qkv,
+                op,
+            };
+            let err = worst_product_err((cpu, cuda), file, &case)?;
             checks.check(
                 name,
                 &format!("{rows}x2048"),
@@ -312,7 +333,14 @@ fn check_products(
     for mats in [vec![wide(2500)], vec![wide(2048), wide(2500)]] {
         let x = rng.normals(8192, 1.0);
         let op = ProductOp::Normed("norm.8192");
-        let err = worst_product_err((cpu, cuda), file, &x, 1, 8192, &mats, op)?;
+        let case = ProductCase {
+            x: &x,
+            rows: 1,
+            k: 8192,
+            mats: &mats,
+            op,
+        };
+        let err = worst_product_err((cpu, cuda), file, &case)?;
         checks.check(
             &format!("norm_linears {} + bias", mats.len()),
             "1x8192",
@@ -337,13 +365,18 @@ fn check_products(
             let x = rng.normals(rows * k, 1.0);
             let residual = rng.normals(rows * n, 1.0);
             let mats = [(matrix_name(n, k, ElemType::F16), n, bias.map(String::from))];
-            let op = ProductOp::Add(&residual);
-            let want = products(cpu, file, &x, rows, k, &mats, op)?;
-            let got = products(cuda, file, &x, rows, k, &mats, op)?;
+            let case = ProductCase {
+                x: &x,
+                rows,
+                k,
+                mats: &mats,
+                op: ProductOp::Add(&residual),
+            };
+            let err = worst_product_err((cpu, cuda), file, &case)?;
             checks.check(
                 "linear_add (residual)",
                 &format!("{rows}x{k} @ {n}x{k}"),
-                rel_err(&got[0], &want[0]),
+                err,
                 linear_bound(rows, k, ElemType::F16),
             );
         }
