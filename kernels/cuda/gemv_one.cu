@@ -29,7 +29,8 @@
 //     of each row only after x did not speed the decode (RESULTS log 47);
 //   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
 //     needs a kernel either;
-//   - rows of 8192 of one matrix (the 1B's down projection) go to a tiled kernel instead, four
+//   - rows of 8192 of one matrix, not normalised (the 1B's down projection), go to a tiled
+//     kernel instead, four
 //     warps to a row, so that a block's loads at a time lie together in memory (see
 //     gemv_one_tiled).
 
@@ -76,21 +77,23 @@ __device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global
     qrt::store_gemv_row<!GATED>(args, ref.seg, 0, ref.row, v);
 }
 
-// Stages the input x (times the norm weights where the launch normalises) in shared memory,
-// split in two halves of each 16-byte chunk (x_lo, x_hi) so that the lanes' reads are
-// contiguous, and returns the norm's scale 1/rms (1 without a norm), which the caller applies
-// to its finished dot products. Ends with a barrier of the block.
+// Stages the input x (times the norm weights where the launch normalises and MAY_NORM) in
+// shared memory, split in two halves of each 16-byte chunk (x_lo, x_hi) so that the lanes'
+// reads are contiguous, and returns the norm's scale 1/rms (1 without a norm), which the caller
+// applies to its finished dot products. Ends with a barrier of the block. (Without MAY_NORM the
+// code has no norm path: in the tiled kernel that path, never taken, left ptxas scheduling the
+// weight loads around it differently, RESULTS log 48.)
 //
 // A thread requests kAhead pieces of x (and of the norm weights) before it uses any, so that a
 // long row costs one round trip to L2 per kAhead pieces rather than one per piece (the loop was
 // compiled with one load per iteration, each waiting for the one before). Pieces past the row
 // are not loaded (loading a clamped address instead cost SmolLM2's short rows 4%).
-template <unsigned kAhead>
+template <unsigned kAhead, bool MAY_NORM = true>
 __device__ __forceinline__ float stage_input(const qrt_gemv_args& args, unsigned k, float4* x_lo,
                                              float4* x_hi) {
     const float4* x4 = reinterpret_cast<const float4*>(args.x);
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
-    const bool normed = args.norm != 0;
+    const bool normed = MAY_NORM && args.norm != 0;
     const unsigned pieces = k / 4;
     float squares = 0.f;
     for (unsigned i0 = threadIdx.x; i0 < pieces; i0 += kAhead * blockDim.x) {
@@ -313,7 +316,8 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     if (!LEAN) qrt::pdl_launch_dependents();
 }
 
-// Plain rows of k = 4 * 2048 (the Llama-3.2-1B down projection), in blocks of 8 rows: a block
+// Plain rows of k = 4 * 2048 (the Llama-3.2-1B down projection) of one matrix and an input
+// that is not normalised, in blocks of 8 rows: a block
 // takes rows 8c .. 8c + 7 of its row block c, two at a time, each row split in quarters
 // among 4 warps (warp w reads quarter w % 4 of rows 8c + 2t + w / 4, t = 0..3), so that at
 // each step the block's loads cover 32 KB in a row of the matrix. A warp per row, as
@@ -363,7 +367,7 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
     // Multiplies row block c (its first two steps already loaded into a and b) and adds the
     // sums of its rows; the last warp of a row stores it.
     uint4 a[kGroup], b[kGroup];
-    auto multiply = [&](unsigned c, float scale) {
+    auto multiply = [&](unsigned c) {
         float acc[kSteps] = {0.f, 0.f, 0.f, 0.f};
         dot(a, acc[0]);
         load(c, 2, a);
@@ -374,7 +378,7 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
 #pragma unroll
         for (unsigned t = 0; t < kSteps; ++t) {
             const float sum = qrt::warp_sum(acc[t]);
-            if (lane == 0) sums[t][warp] = sum * scale;
+            if (lane == 0) sums[t][warp] = sum;
         }
         __syncwarp();
         if (lane < kSteps) {
@@ -401,15 +405,15 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
     }
     qrt::pdl_wait();
     if (threadIdx.x < 2 * kSteps) arrived[threadIdx.x / 2][threadIdx.x % 2] = 0;
-    const float scale = stage_input<4>(args, k, x_lo, x_hi);  // (its barrier orders `arrived`)
-    multiply(blockIdx.x, scale);
+    stage_input<4, false>(args, k, x_lo, x_hi);  // (its barrier orders `arrived`)
+    multiply(blockIdx.x);
     // More row blocks than the grid holds (not at the Llama shapes): in turn, each after every
     // warp has read the sums of the one before.
     for (unsigned c = blockIdx.x + gridDim.x; c < row_blocks; c += gridDim.x) {
         __syncthreads();
         load(c, 0, a);
         load(c, 1, b);
-        multiply(c, scale);
+        multiply(c);
     }
     qrt::pdl_launch_dependents();
 }

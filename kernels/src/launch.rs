@@ -831,20 +831,21 @@ enum OneVariant {
     Lean,
     /// A row per warp streamed as this many groups of 2048 values through two register sets.
     Stream(usize),
-    /// Rows of [`TILED_K`] of one matrix in blocks of 8, a quarter of two rows per warp at a
-    /// time.
+    /// Rows of [`TILED_K`] of one matrix, not normalised, in blocks of 8, a quarter of two rows
+    /// per warp at a time.
     Tiled,
 }
 
 impl OneVariant {
-    /// The variant for rows of `k` values (`gated`: gate/up pairs) of `matrices` matrices.
-    fn for_row(k: usize, gated: bool, matrices: u32) -> Self {
+    /// The variant for rows of `k` values (`gated`: gate/up pairs) of `matrices` matrices, the
+    /// input `normed` or not.
+    fn for_row(k: usize, gated: bool, matrices: u32, normed: bool) -> Self {
         let lean_max = if gated { LEAN_GATED_MAX_K } else { LEAN_MAX_K };
         if k <= lean_max {
             OneVariant::Lean
         } else if gated {
             OneVariant::Plain
-        } else if k == TILED_K && matrices == 1 {
+        } else if k == TILED_K && matrices == 1 && !normed {
             OneVariant::Tiled
         } else {
             stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
@@ -863,7 +864,7 @@ impl OneVariant {
 }
 
 /// Row length of the tiled batch-one GEMV (`gemv_one_tiled` in `gemv_one.cu`, one matrix a
-/// launch): on the H200 it took the 1B's down projection from 10.7 to 9.6 us, where the
+/// launch, no norm): on the H200 it took the 1B's down projection from 10.7 to 9.6 us, where the
 /// streaming kernel leaves the block's loads in pieces of 8 KB (RESULTS log 48).
 const TILED_K: usize = 4 * 2048;
 
@@ -1298,7 +1299,7 @@ impl CudaDevice {
     /// a time; a lean one (rows up to [`LEAN_MAX_K`], gated [`LEAN_GATED_MAX_K`]) a warp per
     /// row, up to four blocks per multiprocessor; a streaming one (plain rows of
     /// [`stream_groups`] x 2048) a warp per row, and a tiled one (plain rows of [`TILED_K`], one
-    /// matrix) 8 rows per block, both two blocks per multiprocessor.
+    /// matrix, no norm) 8 rows per block, both two blocks per multiprocessor.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
@@ -1310,7 +1311,8 @@ impl CudaDevice {
         rows: usize,
     ) -> Result<(), KernelError> {
         const WARPS: usize = 8;
-        let variant = OneVariant::for_row(args.k as usize, gated, args.num_segments);
+        let variant =
+            OneVariant::for_row(args.k as usize, gated, args.num_segments, args.norm != 0);
         let kernel = format!(
             "qrt_gemv_one_{}{}{}",
             variant.infix(),

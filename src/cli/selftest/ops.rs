@@ -324,8 +324,8 @@ fn check_products(
             );
         }
     }
-    // Rows of k = 8192 from a normalised input at batch one: one matrix (the tiled GEMV, its
-    // last block of 8 rows partial) and two sharing the input (the streaming one).
+    // Rows of k = 8192 from a normalised input at batch one, one matrix and two sharing the
+    // input (the streaming GEMV; the tiled one takes inputs that are not normalised).
     let wide = |n: usize| {
         let bias = (n == 2500).then(|| "b.2500".to_string());
         (matrix_name(n, 8192, ElemType::F16), n, bias)
