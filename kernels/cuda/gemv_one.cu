@@ -30,9 +30,8 @@
 //   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
 //     needs a kernel either;
 //   - rows of 8192 of one matrix, not normalised (the 1B's down projection), go to a tiled
-//     kernel instead, four
-//     warps to a row, so that a block's loads at a time lie together in memory (see
-//     gemv_one_tiled).
+//     kernel instead, four warps to a row, so that a block's loads at a time lie together in
+//     memory (see gemv_one_tiled).
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -317,12 +316,12 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
 }
 
 // Plain rows of k = 4 * 2048 (the Llama-3.2-1B down projection) of one matrix and an input
-// that is not normalised, in blocks of 8 rows: a block
-// takes rows 8c .. 8c + 7 of its row block c, two at a time, each row split in quarters
-// among 4 warps (warp w reads quarter w % 4 of rows 8c + 2t + w / 4, t = 0..3), so that at
-// each step the block's loads cover 32 KB in a row of the matrix. A warp per row, as
-// gemv_one streams it, has the block's loads at a step in 8 pieces of 8 KB 16 KB apart: on
-// an H200 that took 10.7 us where this takes 9.6 (RESULTS log 48). As in gemv_one, the first
+// that is not normalised, in blocks of 8 rows: a block takes rows 8c .. 8c + 7 of its row
+// block c, two at a time, each row split in quarters among 4 warps (warp w reads quarter
+// w % 4 of rows 8c + 2t + w / 4, t = 0..3), so that at each step the block's loads cover
+// 32 KB in a row of the matrix. A warp per row, as gemv_one streams it, has the block's loads
+// at a step in 8 pieces of 8 KB 16 KB apart: on an H200 that took 10.7 us where this takes
+// 9.3 (RESULTS logs 48, 49). As in gemv_one, the first
 // two steps are loaded before the grid-dependency wait and a set of registers is refilled
 // with step t + 2 while step t + 1 is multiplied. The four sums of a row meet in shared
 // memory, added in a fixed order by whichever warp arrives last, and each warp lets the next

@@ -864,8 +864,8 @@ impl OneVariant {
 }
 
 /// Row length of the tiled batch-one GEMV (`gemv_one_tiled` in `gemv_one.cu`, one matrix a
-/// launch, no norm): on the H200 it took the 1B's down projection from 10.7 to 9.6 us, where the
-/// streaming kernel leaves the block's loads in pieces of 8 KB (RESULTS log 48).
+/// launch, no norm): on the H200 it took the 1B's down projection from 10.7 to 9.3 us, where the
+/// streaming kernel leaves the block's loads in pieces of 8 KB (RESULTS logs 48, 49).
 const TILED_K: usize = 4 * 2048;
 
 /// Groups of 2048 values a row of `k` streams as, where a streaming kernel is built for it
