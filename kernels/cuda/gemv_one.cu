@@ -29,9 +29,9 @@
 //     of each row only after x did not speed the decode (RESULTS log 47);
 //   - the epilogue adds a bias, applies SwiGLU or adds into y (the residual stream), so neither
 //     needs a kernel either;
-//   - rows of 8192 of one matrix, not normalised (the 1B's down projection), go to a tiled
-//     kernel instead, four warps to a row, so that a block's loads at a time lie together in
-//     memory (see gemv_one_tiled).
+//   - rows of 3 to 7 x 2048 of one matrix, not normalised (the Llama down projections), go to a
+//     tiled kernel instead, whose warps share rows so that a block's loads at a time lie
+//     together in memory (see gemv_one_tiled).
 
 #include "common.cuh"
 #include "qrt_kernels.h"
@@ -315,99 +315,109 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     if (!LEAN) qrt::pdl_launch_dependents();
 }
 
-// Plain rows of k = 4 * 2048 (the Llama-3.2-1B down projection) of one matrix and an input
-// that is not normalised, in blocks of 8 rows: a block takes rows 8c .. 8c + 7 of its row
-// block c, two at a time, each row split in quarters among 4 warps (warp w reads quarter
-// w % 4 of rows 8c + 2t + w / 4, t = 0..3), so that at each step the block's loads cover
-// 32 KB in a row of the matrix. A warp per row, as gemv_one streams it, has the block's loads
-// at a step in 8 pieces of 8 KB 16 KB apart: on an H200 that took 10.7 us where this takes
-// 9.3 (RESULTS logs 48, 49). As in gemv_one, the first
-// two steps are loaded before the grid-dependency wait and a set of registers is refilled
-// with step t + 2 while step t + 1 is multiplied. The four sums of a row meet in shared
-// memory, added in a fixed order by whichever warp arrives last, and each warp lets the next
-// kernel in at its end: a barrier of the block there instead slowed the 1B's decode step.
-template <typename W>
+// Plain rows of k = GROUPS * 2048 of one matrix and an input that is not normalised (the Llama
+// down projections: GROUPS 4 for the 1B, 7 for the 8B), in blocks of 8 rows. A block's 8
+// rows are 8 * GROUPS units of 2048 values (4 KB of 16-bit weights), in memory order; at step
+// t = 0 .. GROUPS - 1 warp w reads unit 8t + w, so that the block's loads at a step cover 32 KB
+// in a row of the matrix. A warp per row, as gemv_one streams it, has the block's loads at a
+// step in 8 pieces of 8 KB, 16 KB apart: on an H200 the 1B's down took 10.7 us that way and
+// 9.3 tiled (RESULTS logs 48, 49). As in gemv_one, the first two steps are loaded before the
+// grid-dependency wait and a set of registers is refilled with step t + 2 while step t + 1 is
+// multiplied; a unit's sum is reduced across the warp only after the last step (reduced at
+// each step, the 1B's down took 10.5 us, log 49). The sums of a row's units meet in shared
+// memory, added in the row's order by whichever warp arrives last, and each warp lets the
+// next kernel in at its end: a barrier of the block there instead slowed the 1B's decode step.
+template <typename W, int GROUPS>
 __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
-    constexpr unsigned kGroup = 8;  // 16-byte chunks per lane: a quarter of a row
-    constexpr unsigned kSteps = 4;  // rows a warp reads a quarter of, per row block
-    constexpr unsigned k = kSteps * kGroup * qrt::kWarp * 8;
+    constexpr unsigned kGroup = 8;                   // 16-byte chunks per lane: a unit
+    constexpr unsigned kUnit = kGroup * qrt::kWarp;  // chunks of a unit
+    constexpr unsigned k = GROUPS * kUnit * 8;
     extern __shared__ float4 staged[];
     float4* x_lo = staged;
     float4* x_hi = staged + k / 8;
     const unsigned lane = threadIdx.x % qrt::kWarp;
     const unsigned warp = threadIdx.x / qrt::kWarp;
-    const unsigned rows = args.seg[0].n;
-    const unsigned row_blocks = (rows + 7) / 8;
-    const unsigned first_chunk = (warp % 4) * kGroup * qrt::kWarp;  // of this warp's quarter
 
-    // Loads this warp's quarter of row t of row block c. A row past the last loads the last
-    // (its sum is not stored): with a predicate instead, ptxas spilled the loop's registers.
+    // Loads this warp's unit of step t of row block c. A row past the last loads the last (its
+    // sum is not stored): with a predicate instead, ptxas spilled the loop's registers.
     auto load = [&](unsigned c, unsigned t, uint4 (&r)[kGroup]) {
-        const unsigned row = min(8 * c + 2 * t + warp / 4, rows - 1);
+        const unsigned unit = kWarps * t + warp;
+        const unsigned row = min(8 * c + unit / GROUPS, args.seg[0].n - 1);
         const uint4* w = reinterpret_cast<const uint4*>(reinterpret_cast<const W*>(args.seg[0].w) +
                                                         static_cast<size_t>(row) * k) +
-                         first_chunk + lane;
+                         (unit % GROUPS) * kUnit + lane;
 #pragma unroll
         for (unsigned u = 0; u < kGroup; ++u) qrt::load_stream_if(r[u], w + u * qrt::kWarp, true);
     };
-    auto dot = [&](const uint4 (&r)[kGroup], float& acc) {
+    auto dot = [&](unsigned t, const uint4 (&r)[kGroup], float& acc) {
+        const unsigned first = ((kWarps * t + warp) % GROUPS) * kUnit + lane;
 #pragma unroll
         for (unsigned u = 0; u < kGroup; ++u) {
-            const unsigned c = first_chunk + lane + u * qrt::kWarp;
+            const unsigned c = first + u * qrt::kWarp;
             acc = qrt::dot8<W>(r[u], x_lo[c], x_hi[c], acc);
         }
     };
 
-    // The quarter sums of the block's rows, and how many of each row have arrived (counted on
-    // across row blocks: the fourth of a row block is the last).
-    __shared__ float sums[kSteps][kWarps];
-    __shared__ unsigned arrived[kSteps][2];
+    // The units' sums (step, warp), and how many of each row's have arrived (counted on across
+    // row blocks: the GROUPS-th of a row block is the last).
+    __shared__ float sums[GROUPS][kWarps];
+    __shared__ unsigned arrived[8];
 
     // Multiplies row block c (its first two steps already loaded into a and b) and adds the
     // sums of its rows; the last warp of a row stores it.
     uint4 a[kGroup], b[kGroup];
     auto multiply = [&](unsigned c) {
-        float acc[kSteps] = {0.f, 0.f, 0.f, 0.f};
-        dot(a, acc[0]);
-        load(c, 2, a);
-        dot(b, acc[1]);
-        load(c, 3, b);
-        dot(a, acc[2]);
-        dot(b, acc[3]);
+        float acc[GROUPS];
 #pragma unroll
-        for (unsigned t = 0; t < kSteps; ++t) {
+        for (int t = 0; t < GROUPS; ++t) {
+            acc[t] = 0.f;
+            if (t % 2 == 0) {
+                dot(t, a, acc[t]);
+                if (t + 2 < GROUPS) load(c, t + 2, a);
+            } else {
+                dot(t, b, acc[t]);
+                if (t + 2 < GROUPS) load(c, t + 2, b);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < GROUPS; ++t) {
             const float sum = qrt::warp_sum(acc[t]);
             if (lane == 0) sums[t][warp] = sum;
         }
         __syncwarp();
-        if (lane < kSteps) {
-            // Lane t: row t of this warp; the last of its 4 warps adds their sums in order.
-            const unsigned t = lane, half = warp / 4;
+        if (lane < GROUPS) {
+            // Lane t: the unit of step t; the last of its row's units adds them in order.
+            const unsigned row = (kWarps * lane + warp) / GROUPS;
             __threadfence_block();
-            if (atomicAdd(&arrived[t][half], 1u) % 4 == 3) {
+            if (atomicAdd(&arrived[row], 1u) % GROUPS == GROUPS - 1) {
                 __threadfence_block();
-                const volatile float* row_sums = &sums[t][4 * half];
-                const float v = ((row_sums[0] + row_sums[1]) + row_sums[2]) + row_sums[3];
-                const unsigned row = 8 * c + 2 * t + half;
-                if (row < rows) qrt::store_gemv_row<true>(args, args.seg[0], 0, row, v);
+                const volatile float* flat = &sums[0][0];  // by unit: step * kWarps + warp
+                float v = 0.f;
+                for (unsigned g = 0; g < GROUPS; ++g) v += flat[row * GROUPS + g];
+                if (8 * c + row < args.seg[0].n)
+                    qrt::store_gemv_row<true>(args, args.seg[0], 0, 8 * c + row, v);
             }
         }
     };
 
+    // (Set before the wait, ordered by the staging's barrier. The 4-group kernel this one
+    // replaced set them after the wait and made the 1B's decode step 0.4% longer, log 49; how
+    // much of that is this order was not measured apart.)
+    if (threadIdx.x < 8) arrived[threadIdx.x] = 0;
     // (The launcher gives no block past the last row block, but the branch matters: without
     // it ptxas put the grid-dependency wait ahead of these loads (SASS), which forfeits their
     // overlap with the previous kernel; that build's 1B decode step took 0.798 ms, 0.776 with
-    // the branch.)
+    // the branch. kernels/tests/pipeline.rs checks the order.)
+    const unsigned row_blocks = (args.seg[0].n + 7) / 8;
     if (blockIdx.x < row_blocks) {
         load(blockIdx.x, 0, a);
         load(blockIdx.x, 1, b);
     }
     qrt::pdl_wait();
-    if (threadIdx.x < 2 * kSteps) arrived[threadIdx.x / 2][threadIdx.x % 2] = 0;
-    stage_input<4, false>(args, k, x_lo, x_hi);  // (its barrier orders `arrived`)
+    stage_input<4, false>(args, k, x_lo, x_hi);
     multiply(blockIdx.x);
-    // More row blocks than the grid holds (not at the Llama shapes): in turn, each after every
-    // warp has read the sums of the one before.
+    // More row blocks than the grid holds (the 8B's down): in turn, each after every warp has
+    // read the sums of the one before. (ptxas spills 12 to 28 bytes around this loop, once.)
     for (unsigned c = blockIdx.x + gridDim.x; c < row_blocks; c += gridDim.x) {
         __syncthreads();
         load(c, 0, a);
@@ -424,6 +434,13 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
     extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 2)                    \
         qrt_gemv_one_stream##HALVES##_##NAME(const qrt_gemv_args args) {                    \
         gemv_one<W, false, 8, false, HALVES>(args);                                         \
+    }
+
+// Rows of k = GROUPS * 2048 of one matrix, tiled.
+#define QRT_GEMV_ONE_TILED(NAME, W, GROUPS)                                                 \
+    extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 2)                    \
+        qrt_gemv_one_tiled##GROUPS##_##NAME(const qrt_gemv_args args) {                     \
+        gemv_one_tiled<W, GROUPS>(args);                                                    \
     }
 
 // The plain kernels are for long rows (the launcher sends k <= 4096, gated k <= 2048, to the
@@ -445,10 +462,11 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
         qrt_gemv_one_lean_gated_##NAME(const qrt_gemv_args args) {                          \
         gemv_one<W, true, 4, true>(args);                                                   \
     }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(kWarps * qrt::kWarp, 2)                    \
-        qrt_gemv_one_tiled_##NAME(const qrt_gemv_args args) {                               \
-        gemv_one_tiled<W>(args);                                                            \
-    }                                                                                       \
+    QRT_GEMV_ONE_TILED(NAME, W, 3)                                                          \
+    QRT_GEMV_ONE_TILED(NAME, W, 4)                                                          \
+    QRT_GEMV_ONE_TILED(NAME, W, 5)                                                          \
+    QRT_GEMV_ONE_TILED(NAME, W, 6)                                                          \
+    QRT_GEMV_ONE_TILED(NAME, W, 7)                                                          \
     QRT_GEMV_ONE_STREAM(NAME, W, 3)                                                         \
     QRT_GEMV_ONE_STREAM(NAME, W, 4)                                                         \
     QRT_GEMV_ONE_STREAM(NAME, W, 5)                                                         \

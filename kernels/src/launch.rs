@@ -488,9 +488,9 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("gemv_one", format!("qrt_gemv_one_gated_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_{t}")));
         all.push(("gemv_one", format!("qrt_gemv_one_lean_gated_{t}")));
-        all.push(("gemv_one", format!("qrt_gemv_one_tiled_{t}")));
         for groups in 3..=7 {
             all.push(("gemv_one", format!("qrt_gemv_one_stream{groups}_{t}")));
+            all.push(("gemv_one", format!("qrt_gemv_one_tiled{groups}_{t}")));
         }
         for batch in 1..=QRT_GEMV_MAX_BATCH {
             for rows in [1, 2, 4] {
@@ -831,9 +831,9 @@ enum OneVariant {
     Lean,
     /// A row per warp streamed as this many groups of 2048 values through two register sets.
     Stream(usize),
-    /// Rows of [`TILED_K`] of one matrix, not normalised, in blocks of 8, a quarter of two rows
-    /// per warp at a time.
-    Tiled,
+    /// Rows of this many groups of 2048 values ([`stream_groups`]) of one matrix, not
+    /// normalised, in blocks of 8 rows whose warps read 32 KB in a row at each step.
+    Tiled(usize),
 }
 
 impl OneVariant {
@@ -845,10 +845,12 @@ impl OneVariant {
             OneVariant::Lean
         } else if gated {
             OneVariant::Plain
-        } else if k == TILED_K && matrices == 1 && !normed {
-            OneVariant::Tiled
         } else {
-            stream_groups(k).map_or(OneVariant::Plain, OneVariant::Stream)
+            match stream_groups(k) {
+                Some(groups) if matrices == 1 && !normed => OneVariant::Tiled(groups),
+                Some(groups) => OneVariant::Stream(groups),
+                None => OneVariant::Plain,
+            }
         }
     }
 
@@ -858,18 +860,16 @@ impl OneVariant {
             OneVariant::Plain => String::new(),
             OneVariant::Lean => "lean_".into(),
             OneVariant::Stream(groups) => format!("stream{groups}_"),
-            OneVariant::Tiled => "tiled_".into(),
+            OneVariant::Tiled(groups) => format!("tiled{groups}_"),
         }
     }
 }
 
-/// Row length of the tiled batch-one GEMV (`gemv_one_tiled` in `gemv_one.cu`, one matrix a
-/// launch, no norm): on the H200 it took the 1B's down projection from 10.7 to 9.3 us, where the
-/// streaming kernel leaves the block's loads in pieces of 8 KB (RESULTS logs 48, 49).
-const TILED_K: usize = 4 * 2048;
-
-/// Groups of 2048 values a row of `k` streams as, where a streaming kernel is built for it
-/// (`QRT_GEMV_ONE_STREAM` in `gemv_one.cu`: 3 to 7 groups, k = 6144 to 14336).
+/// Groups of 2048 values a row of `k` streams as, where a streaming and a tiled kernel are
+/// built for it (`QRT_GEMV_ONE_STREAM` and `QRT_GEMV_ONE_TILED` in `gemv_one.cu`: 3 to 7
+/// groups, k = 6144 to 14336). The tiled kernel, for one matrix and an input that is not
+/// normalised, took the 1B's down projection from 10.7 to 9.3 us on the H200, where the
+/// streaming one leaves a block's loads in pieces of 8 KB (RESULTS logs 48, 49).
 fn stream_groups(k: usize) -> Option<usize> {
     (k.is_multiple_of(2048) && (3..=7).contains(&(k / 2048))).then_some(k / 2048)
 }
@@ -1298,8 +1298,8 @@ impl CudaDevice {
     /// up to two blocks per multiprocessor (all resident at once), a warp per pair of rows at
     /// a time; a lean one (rows up to [`LEAN_MAX_K`], gated [`LEAN_GATED_MAX_K`]) a warp per
     /// row, up to four blocks per multiprocessor; a streaming one (plain rows of
-    /// [`stream_groups`] x 2048) a warp per row, and a tiled one (plain rows of [`TILED_K`], one
-    /// matrix, no norm) 8 rows per block, both two blocks per multiprocessor.
+    /// [`stream_groups`] x 2048) a warp per row, and a tiled one (the same rows of one matrix,
+    /// no norm) 8 rows per block, both two blocks per multiprocessor.
     ///
     /// # Safety
     /// `args` must describe valid buffers for the kernel.
