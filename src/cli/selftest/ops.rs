@@ -50,9 +50,9 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         (576, 576, ElemType::F16, SMALL),
         (1536, 576, ElemType::F16, SMALL),
         (576, 1536, ElemType::F16, SMALL),
-        // Batch-one rows of 3, 5, 6 and 7 groups of 2048 (the tiled GEMV; streamed for more
-        // than one row): the last block of 8 rows partial, and at 2,200 rows more blocks of 8
-        // than the tiled kernel's grid holds.
+        // Rows of 3, 5, 6 and 7 groups of 2048 (at batch one the tiled GEMV): the last block
+        // of 8 rows partial, and at 2,200 rows more blocks of 8 than the tiled kernel's grid
+        // holds.
         (130, 6144, ElemType::F16, &[1, 3]),
         (70, 10240, ElemType::F16, &[1]),
         (2200, 12288, ElemType::BF16, &[1]),
