@@ -417,7 +417,8 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
     stage_input<4, false>(args, k, x_lo, x_hi);
     multiply(blockIdx.x);
     // More row blocks than the grid holds (the 8B's down): in turn, each after every warp has
-    // read the sums of the one before. (ptxas spills 12 to 28 bytes around this loop, once.)
+    // read the sums of the one before. (ptxas spills up to 28 bytes for it: a few local loads
+    // a pass.)
     for (unsigned c = blockIdx.x + gridDim.x; c < row_blocks; c += gridDim.x) {
         __syncthreads();
         load(c, 0, a);
