@@ -73,9 +73,9 @@ QRT_STATIC_ASSERT(sizeof(qrt_gemv_segment) == 32, "qrt_gemv_segment must be 32 b
 /// `x`, `[batch, k]` f32; `k` is a multiple of 8. The order of the fields matters: what the
 /// batch-one kernels first read after their grid-dependency wait (`x`, `norm`, `eps`,
 /// `accumulate`) shares the 64-byte lines of the parameter bank with what they read before it
-/// (`k`, the segments), so that no line is first fetched after the wait. With those four
-/// after the segments, in a line of their own, SmolLM2's decode step on an H200 took 0.446
-/// ms instead of 0.442 (RESULTS log 49).
+/// (`k`, the segments), so that no line is first fetched after the wait (the line size is
+/// inferred, not documented). With those four after the segments, in a line of their own,
+/// SmolLM2's decode step on an H200 took 0.446 ms instead of 0.442 (RESULTS log 49).
 typedef struct qrt_gemv_args {
     /// Device address of `x`.
     uint64_t x;
