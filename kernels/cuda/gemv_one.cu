@@ -60,15 +60,6 @@ __device__ __forceinline__ RowRef find_row(const qrt_gemv_args& args, unsigned g
     return ref;
 }
 
-// Rows of a plain launch: those of all its segments.
-__device__ __forceinline__ unsigned plain_rows(const qrt_gemv_args& args) {
-    unsigned rows = args.seg[0].n;
-#pragma unroll
-    for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
-        rows += i < args.num_segments ? args.seg[i].n : 0;
-    return rows;
-}
-
 // Writes the result `v` of row `global` (qrt::store_gemv_row).
 template <bool GATED>
 __device__ __forceinline__ void store(const qrt_gemv_args& args, unsigned global, float v) {
@@ -157,7 +148,12 @@ __device__ __forceinline__ void gemv_one(const qrt_gemv_args& args) {
     const unsigned warps = blockDim.x / qrt::kWarp;
     const unsigned stride = gridDim.x * warps;
 
-    const unsigned rows = GATED ? args.seg[0].n : plain_rows(args);
+    unsigned rows = args.seg[0].n;
+    if (!GATED) {
+#pragma unroll
+        for (unsigned i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
+            rows += i < args.num_segments ? args.seg[i].n : 0;
+    }
     // Pair p: rows 2p and 2p + 1, or (gated) row p of gate and of up. With fewer rows than
     // twice the warps of the grid, a "pair" is one row whose chunks the two halves of a group
     // share (`single`), so that every warp has work; a lean warp takes a row of its own.
@@ -370,14 +366,10 @@ __device__ __forceinline__ void gemv_one_tiled(const qrt_gemv_args& args) {
         float acc[GROUPS];
 #pragma unroll
         for (int t = 0; t < GROUPS; ++t) {
+            uint4(&r)[kGroup] = t % 2 == 0 ? a : b;
             acc[t] = 0.f;
-            if (t % 2 == 0) {
-                dot(t, a, acc[t]);
-                if (t + 2 < GROUPS) load(c, t + 2, a);
-            } else {
-                dot(t, b, acc[t]);
-                if (t + 2 < GROUPS) load(c, t + 2, b);
-            }
+            dot(t, r, acc[t]);
+            if (t + 2 < GROUPS) load(c, t + 2, r);
         }
 #pragma unroll
         for (int t = 0; t < GROUPS; ++t) {

@@ -239,9 +239,15 @@ fn around_the_wait(sass: &str) -> Vec<AroundTheWait> {
     kernels
 }
 
-/// The batch-one GEMVs' SASS: ptxas from beside the build's nvcc on the embedded sm_90 PTX of
-/// gemv_one.cu, then nvdisasm; None (with a message) where any of them is missing.
-fn batch_one_gemvs() -> Option<Vec<AroundTheWait>> {
+/// The batch-one GEMVs' SASS, made once for the tests that read it: ptxas from beside the
+/// build's nvcc on the embedded sm_90 PTX of gemv_one.cu, then nvdisasm; None (with a
+/// message) where any of them is missing.
+fn batch_one_gemvs() -> Option<&'static [AroundTheWait]> {
+    static GEMVS: std::sync::OnceLock<Option<Vec<AroundTheWait>>> = std::sync::OnceLock::new();
+    GEMVS.get_or_init(disassemble_batch_one_gemvs).as_deref()
+}
+
+fn disassemble_batch_one_gemvs() -> Option<Vec<AroundTheWait>> {
     let Some(ptx) = ptx("gemv_one", "sm_90") else {
         eprintln!("built without nvcc: no PTX to check");
         return None;
@@ -251,11 +257,7 @@ fn batch_one_gemvs() -> Option<Vec<AroundTheWait>> {
         eprintln!("no ptxas beside nvcc or no nvdisasm (tools/setup.sh installs both): skipped");
         return None;
     };
-    let dir = std::env::temp_dir().join(format!(
-        "qrt-sass-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    let dir = std::env::temp_dir().join(format!("qrt-sass-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ptx_path, cubin) = (dir.join("gemv_one.ptx"), dir.join("gemv_one.cubin"));
     std::fs::write(&ptx_path, ptx).unwrap();
@@ -314,7 +316,7 @@ fn batch_one_gemvs_read_no_parameter_line_first_after_the_grid_wait() {
     };
     // Kernel parameters start at 0x210 in the bank on sm_90; below are the launch's own.
     const FIRST_PARAM: u32 = 0x210;
-    for k in &gemvs {
+    for k in gemvs {
         let cold: std::collections::BTreeSet<String> = k
             .params_after
             .iter()
