@@ -52,23 +52,43 @@ __device__ __forceinline__ uint4 load_weights(const uint4* p) {
 
 // EARLY chunks a lane loaded into registers before the wait; the rest (8 - EARLY) requested
 // into L2 before it (PF 1: prefetch.global.L2 a lane a 128-byte line, PF 2: one bulk
-// prefetch a row, PF 0: not at all) and loaded after x is staged. TRIG: where the next kernel
+// prefetch a row, PF 0: not at all) and loaded after x is staged; PF 3: the rest of the row
+// copied into shared memory by one bulk copy (lane 0 of the row's warp, completion on the
+// warp's mbarrier), read from there after x is staged (at most 40 registers, so that three
+// kernels' blocks fit on a multiprocessor). TRIG: where the next kernel
 // is let in (0 after the wait, 1 after staging x, 2 after x's loads are issued). NC: the
 // weights through the non-coherent path instead of ld.global.cs. XA: x staged by cp.async
 // (its completion counted apart from the weight loads) instead of loads into registers.
-template <int EARLY, int PF, int TRIG, bool NC = false, bool XA = false>
-__global__ void __launch_bounds__(THREADS, 4)
-    gemv(const __half* w, const float* x, float* y, unsigned long long* rec, int phase) {
+// CTR: instead of griddepcontrol.wait, thread 0 spins on the previous phase's counter (every
+// block of a phase adds one to its counter, a release, after writing its rows; the counters
+// only grow, the target is (epoch + 1) blocks, the epoch bumped after each replay), CTR 2
+// with a 32 ns sleep a poll; TRIG 3: the next kernel is let in at the block's start. CTR 3
+// ("ll"): no wait and no counter; each output also goes out as a 64-bit word, the value's bits
+// and a tag (epoch * PHASES + phase + 1) stored together without a fence, and the next phase
+// polls the words of its x until every tag is the one it expects (CTR 4: a 256 ns sleep before
+// each poll after the first).
+template <int EARLY, int PF, int TRIG, bool NC = false, bool XA = false, int CTR = 0>
+__global__ void __launch_bounds__(THREADS, PF == 3 ? 6 : 4)
+    gemv(const __half* w, const float* x, float* y, unsigned long long* rec, int phase,
+         unsigned* cnt, const unsigned* epoch, const unsigned long long* llx,
+         unsigned long long* lly) {
     __shared__ float xs[K];
+    __shared__ alignas(128) uint4 ws[PF == 3 ? WARPS : 1][PF == 3 ? 32 * (8 - EARLY) : 1];
+    __shared__ alignas(8) unsigned long long wbar[WARPS];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row = blockIdx.x * WARPS + warp;
     const bool record = rec != nullptr && threadIdx.x == 0 && phase >= REC_FIRST &&
                         phase < REC_FIRST + REC_PHASES;
     const unsigned long long c0 = clock64(), g0 = gtimer();
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)row * K);
+    if (TRIG == 3) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     uint4 a[8];
 #pragma unroll
     for (int j = 0; j < EARLY; ++j) a[j] = load_weights<NC>(wr + lane + 32 * j);
+    unsigned target = 0;
+    if (CTR && CTR < 3 && phase > 0 && threadIdx.x == 0)
+        target = (*reinterpret_cast<const volatile unsigned*>(epoch) + 1) * gridDim.x;
+    const unsigned tag = CTR >= 3 ? *reinterpret_cast<const volatile unsigned*>(epoch) * PHASES : 0;
     if (PF == 1) {
         // Lanes 0, 8, 16, 24 of chunk group j cover its four 128-byte lines.
 #pragma unroll
@@ -76,14 +96,68 @@ __global__ void __launch_bounds__(THREADS, 4)
             if (lane % 8 == 0)
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + lane + 32 * j));
     }
+    const unsigned bar = static_cast<unsigned>(__cvta_generic_to_shared(&wbar[warp]));
+    if (PF == 3 && lane == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
+                     "fence.mbarrier_init.release.cluster;\n"
+                     "fence.proxy.async.shared::cta;" ::"r"(bar)
+                     : "memory");
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar),
+                     "r"((8 - EARLY) * 512)
+                     : "memory");
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                static_cast<unsigned>(__cvta_generic_to_shared(&ws[warp][0]))),
+            "l"(wr + 32 * EARLY), "r"((8 - EARLY) * 512), "r"(bar)
+            : "memory");
+    }
     if (PF == 2 && EARLY < 8 && lane == 0)
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(wr + 32 * EARLY),
                      "r"((8 - EARLY) * 512)
                      : "memory");
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (CTR == 0 || phase == 0) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+    } else if (CTR >= 3) {
+        // x's tagged words, polled until each carries the previous phase's tag (phase 0 reads x
+        // in the plain way below).
+        unsigned long long v[K / THREADS];
+#pragma unroll
+        for (int j = 0; j < K / THREADS; ++j)
+            asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];"
+                         : "=l"(v[j])
+                         : "l"(llx + threadIdx.x + j * THREADS)
+                         : "memory");
+#pragma unroll
+        for (int j = 0; j < K / THREADS; ++j) {
+            while (static_cast<unsigned>(v[j] >> 32) != tag + phase) {
+                if (CTR == 4) __nanosleep(256);
+                asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];"
+                             : "=l"(v[j])
+                             : "l"(llx + threadIdx.x + j * THREADS)
+                             : "memory");
+            }
+            xs[threadIdx.x + j * THREADS] = __uint_as_float(static_cast<unsigned>(v[j]));
+        }
+        __syncthreads();
+    } else {
+        if (threadIdx.x == 0) {
+            unsigned v;
+            for (;;) {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
+                             : "=r"(v)
+                             : "l"(cnt + phase - 1)
+                             : "memory");
+                if (static_cast<int>(v - target) >= 0) break;
+                if (CTR == 2) __nanosleep(32);
+            }
+        }
+        __syncthreads();
+    }
     const unsigned long long c1 = clock64();
     if (TRIG == 0) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    if (XA) {
+    if (CTR >= 3 && phase > 0) {
+        // x already staged from its tagged words.
+    } else if (XA) {
         // x by cp.async: its completion is counted apart from the weights' loads.
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
@@ -106,14 +180,34 @@ __global__ void __launch_bounds__(THREADS, 4)
     __syncthreads();
     const unsigned long long c2 = clock64();
     if (TRIG == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (PF == 3) {
+        asm volatile(
+            "{\n.reg .pred done;\nWAIT_%=:\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n"
+            "@!done bra WAIT_%=;\n}" ::"r"(bar)
+            : "memory");
 #pragma unroll
-    for (int j = EARLY; j < 8; ++j) a[j] = load_weights<NC>(wr + lane + 32 * j);
+        for (int j = EARLY; j < 8; ++j) a[j] = ws[warp][lane + 32 * (j - EARLY)];
+    } else {
+#pragma unroll
+        for (int j = EARLY; j < 8; ++j) a[j] = load_weights<NC>(wr + lane + 32 * j);
+    }
     float s = 0.f;
 #pragma unroll
     for (int j = 0; j < 8; ++j) s += dot8(a[j], xs + 8 * (lane + 32 * j));
     s = warp_sum(s);
     const unsigned long long c3 = clock64();
     if (lane == 0) y[row] = s * (1.f / 26.f);
+    if (CTR >= 3 && lane == 0) {
+        const unsigned long long word =
+            __float_as_uint(s * (1.f / 26.f)) | (static_cast<unsigned long long>(tag + phase + 1) << 32);
+        asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(lly + row), "l"(word) : "memory");
+    }
+    if (CTR == 1 || CTR == 2) {
+        __syncthreads();
+        if (threadIdx.x == 0)
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(cnt + phase) : "memory");
+    }
     if (record) {
         unsigned long long* r =
             rec + ((size_t)(phase - REC_FIRST) * gridDim.x + blockIdx.x) * REC_FIELDS;
@@ -122,14 +216,23 @@ __global__ void __launch_bounds__(THREADS, 4)
     }
 }
 
-template <int EARLY, int PF, int TRIG, bool NC = false, bool XA = false>
+template <int EARLY, int PF, int TRIG, bool NC = false, bool XA = false, int CTR = 0>
 void launch_phase(cudaStream_t s, int blocks, const __half* w, const float* x, float* y,
-                  unsigned long long* rec, int phase) {
-    launch(gemv<EARLY, PF, TRIG, NC, XA>, blocks, THREADS, 0, s, true, w, x, y, rec, phase);
+                  unsigned long long* rec, int phase, unsigned* cnt, const unsigned* epoch,
+                  const unsigned long long* llx, unsigned long long* lly) {
+    launch(gemv<EARLY, PF, TRIG, NC, XA, CTR>, blocks, THREADS, 0, s, true, w, x, y, rec, phase,
+           cnt, epoch, llx, lly);
+}
+
+// After the last phase: the counters' epoch moves on.
+__global__ void bump(unsigned* epoch) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    ++*epoch;
 }
 
 typedef void (*Launcher)(cudaStream_t, int, const __half*, const float*, float*,
-                         unsigned long long*, int);
+                         unsigned long long*, int, unsigned*, const unsigned*,
+                         const unsigned long long*, unsigned long long*);
 
 static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -138,14 +241,17 @@ static double median(std::vector<double> v) {
 
 // us a phase (median of 5 replays) and the recorded timeline of phases 200-203.
 static void run(const char* name, Launcher launcher, int rows, __half* w, float* xy,
-                unsigned long long* rec, cudaStream_t s) {
+                unsigned long long* rec, unsigned* cnt, unsigned* epoch, unsigned long long* ll,
+                cudaStream_t s) {
     const int blocks = rows / WARPS;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
     for (int p = 0; p < PHASES; ++p)
         launcher(s, blocks, w + (size_t)(p % COPIES) * rows * K, xy + (p % 2) * 4096,
-                 xy + ((p + 1) % 2) * 4096, rec, p);
+                 xy + ((p + 1) % 2) * 4096, rec, p, cnt, epoch, ll + (p % 2) * 4096,
+                 ll + ((p + 1) % 2) * 4096);
+    launch(bump, 1, 1, 0, s, true, epoch);
     cudaStreamEndCapture(s, &graph);
     cudaGraphInstantiate(&exec, graph, 0);
     cudaEvent_t e0, e1;
@@ -203,11 +309,17 @@ static void run(const char* name, Launcher launcher, int rows, __half* w, float*
         end_lag += (release[p + 1] - last_end[p]) / (REC_PHASES - 1);
     }
     const double gbs = (double)rows * K * 2 / (median(us) * 1e-6) / 1e9;
+    // The last phase's output, summed: equal across variants when every phase read its x
+    // only after the previous phase wrote all of it.
+    std::vector<float> y(rows);
+    cudaMemcpy(y.data(), xy + (PHASES % 2) * 4096, rows * 4, cudaMemcpyDeviceToHost);
+    double sum = 0;
+    for (float v : y) sum += v;
     printf("%-7s rows %4d  %6.3f us a phase %5.0f GB/s | ns: start->wait %5.0f  stage x %4.0f"
            "  products %4.0f  end %4.0f | release period %5.0f, next start %+5.0f after release,"
-           " last end %+5.0f before next release\n",
+           " last end %+5.0f before next release | sum %.6e\n",
            name, rows, median(us), gbs, median(pre), median(stage), median(mult), median(tail),
-           rel_period, start_lag, end_lag);
+           rel_period, start_lag, end_lag, sum);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
 }
@@ -220,6 +332,11 @@ int main() {
     cudaMalloc(&w, (size_t)COPIES * rows_max * K * 2);
     cudaMalloc(&xy, 2 * 4096 * 4);
     cudaMalloc(&rec, (size_t)REC_PHASES * (rows_max / WARPS) * REC_FIELDS * 8);
+    unsigned *cnt, *epoch;
+    cudaMalloc(&cnt, PHASES * 4);
+    cudaMalloc(&epoch, 4);
+    unsigned long long* ll;
+    cudaMalloc(&ll, 2 * 4096 * 8);
     // Random halves in [-1, 1) and x of ones.
     std::vector<__half> hw((size_t)rows_max * K);
     unsigned state = 1;
@@ -236,7 +353,10 @@ int main() {
     // <EARLY, PF, TRIG, NC, XA>: "-xa" stages x by cp.async, "-nc" loads the weights through
     // the non-coherent path (which the compiler then moved below the wait).
     const char* names[] = {"lean",   "late",   "xfirst", "e4",      "e4pf",      "e0pf",
-                           "e2bulk", "e4bulk", "e6bulk", "lean-xa", "e4bulk-xa", "lean-nc"};
+                           "e2bulk", "e4bulk", "e6bulk", "lean-xa", "e4bulk-xa", "lean-nc",
+                           "ctr",    "ctr-sl", "ctr-t0", "e4b-ctr",   "ll",        "e4b-ll",
+                           "e4smem", "e2smem", "e6smem", "e0smem", "e0smem-t0", "e4smem-t0",
+                           "ll-sl",  "e4b-ll-sl"};
     Launcher launchers[] = {launch_phase<8, 0, 0>,
                             launch_phase<8, 0, 1>,
                             launch_phase<8, 0, 2>,
@@ -248,11 +368,32 @@ int main() {
                             launch_phase<6, 2, 0>,
                             launch_phase<8, 0, 0, false, true>,
                             launch_phase<4, 2, 0, false, true>,
-                            launch_phase<8, 0, 0, true>};
+                            launch_phase<8, 0, 0, true>,
+                            launch_phase<8, 0, 0, false, false, 1>,
+                            launch_phase<8, 0, 0, false, false, 2>,
+                            launch_phase<8, 0, 3, false, false, 1>,
+                            launch_phase<4, 2, 0, false, false, 1>,
+                            launch_phase<8, 0, 0, false, false, 3>,
+                            launch_phase<4, 2, 0, false, false, 3>,
+                            launch_phase<4, 3, 0>,
+                            launch_phase<2, 3, 0>,
+                            launch_phase<6, 3, 0>,
+                            launch_phase<0, 3, 0>,
+                            launch_phase<0, 3, 3>,
+                            launch_phase<4, 3, 3>,
+                            launch_phase<8, 0, 0, false, false, 4>,
+                            launch_phase<4, 2, 0, false, false, 4>};
     constexpr int VARIANTS = sizeof(names) / sizeof(names[0]);
     for (int rep = 0; rep < 2; ++rep)
         for (int rows : {2048, 3072})
-            for (int v = 0; v < VARIANTS; ++v) run(names[v], launchers[v], rows, w, xy, rec, s);
+            for (int v = 0; v < VARIANTS; ++v) {
+                // Counters and epoch from zero for each variant (the counters only grow).
+                cudaMemset(cnt, 0, PHASES * 4);
+                cudaMemset(epoch, 0, 4);
+                cudaMemset(ll, 0, 2 * 4096 * 8);
+                cudaMemcpy(xy, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice);
+                run(names[v], launchers[v], rows, w, xy, rec, cnt, epoch, ll, s);
+            }
     cudaError_t e = cudaDeviceSynchronize();
     printf("status: %s\n", cudaGetErrorString(e));
     return e == cudaSuccess ? 0 : 1;
