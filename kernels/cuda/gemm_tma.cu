@@ -13,10 +13,11 @@
 // is issued, and release a stage when its batch is done. Out-of-range rows and k columns are
 // zero-filled by the TMA unit.
 //
-// Split k: the blocks of one tile form a cluster along z, each taking a contiguous share of
-// the k steps; their partial tiles meet in shared memory and block r sums the r-th band of
-// 128 / splits rows of every split's tile in rank order (the same sum whatever the timing), as
-// gemm.cu does. The number of splits must divide 128 (the launcher takes 1 or 2).
+// Split k in two: the two blocks of one tile form a cluster along z, each taking half of the
+// k steps. Block r stores the 64 rows of its consumer r: the other consumer leaves its
+// accumulators in the block's shared memory, and consumer r adds those of the other block to
+// its own (two terms, so the same sum whatever the order) before storing them as an unsplit
+// tile is stored.
 //
 // Tiles are numbered with the row tiles fastest (blockIdx.x % row tiles), so that the blocks
 // reading one weight tile run together and share it through L2. On sm_80 the kernels trap; the
@@ -119,6 +120,39 @@ __device__ __forceinline__ void store_group(float* c, const float* bias, bool ac
     for (int j = 0; j < kGroup; ++j)
         if (row[j] < m && col[j] < n)
             c[static_cast<size_t>(row[j]) * n + col[j]] = accumulate ? v[j] + prev[j] : v[j];
+}
+
+// Stores consumer `consumer`'s accumulators `d` of the tile at rows m0.., weight rows r0.. of
+// segment `seg` (plus its bias, added to c when `args.accumulate`); with `other` (split k), plus
+// the other half's accumulators there, at the rows and columns of the tile they belong to.
+template <int N, int STRIDE>
+__device__ __forceinline__ void store_tile(const qrt_gemm_args& args, const qrt_gemm_segment& seg,
+                                           int m0, int r0, int consumer, const float (&d)[N],
+                                           const float* other) {
+    float* c = reinterpret_cast<float*>(seg.c);
+    const float* bias = reinterpret_cast<const float*>(seg.bias);
+#pragma unroll
+    for (int g = 0; g < N; g += kGroup) {
+        int row[kGroup], col[kGroup];
+        float v[kGroup];
+#pragma unroll
+        for (int j = 0; j < kGroup; ++j) {
+            row[j] = m0 + acc_row(consumer, g + j);
+            col[j] = r0 + acc_col(g + j);
+            v[j] = d[g + j];
+        }
+        if (other != nullptr) {
+            // Accumulators j and j + 1 are neighbours in a row.
+#pragma unroll
+            for (int j = 0; j < kGroup; j += 2) {
+                const float2 o = *reinterpret_cast<const float2*>(
+                    other + (row[j] - m0) * STRIDE + (col[j] - r0));
+                v[j] += o.x;
+                v[j + 1] += o.y;
+            }
+        }
+        store_group(c, bias, args.accumulate, args.m, seg.n, row, col, v);
+    }
 }
 
 template <typename W, int BN, bool GATED>
@@ -226,56 +260,33 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
                 if (row < m && out < n) qrt::store_gated<W>(seg, row, out, d[i], d[i + 64]);
             }
         } else {
-            float* c = reinterpret_cast<float*>(seg.c);
-            const float* bias = reinterpret_cast<const float*>(seg.bias);
-#pragma unroll
-            for (int g = 0; g < kAcc; g += kGroup) {
-                int row[kGroup], col[kGroup];
-                float v[kGroup];
-#pragma unroll
-                for (int j = 0; j < kGroup; ++j) {
-                    row[j] = m0 + acc_row(consumer, g + j);
-                    col[j] = r0 + acc_col(g + j);
-                    v[j] = d[g + j];
-                }
-                store_group(c, bias, args.accumulate, m, n, row, col, v);
-            }
+            store_tile<kAcc, T::kPartialStride>(args, seg, m0, r0, consumer, d, nullptr);
         }
         return;
     }
 
-    // Split k (never gated): partial tiles through the cluster's shared memory.
+    if constexpr (GATED) return;  // the gated kernel never splits
+    // Split k: consumer r of the other block left its accumulators in that block's shared
+    // memory (the ring, free once both consumers are done with it).
     const cg::cluster_group cluster = cg::this_cluster();
-    if (cluster.num_blocks() != gridDim.z) __trap();  // the splits of a tile: one cluster
+    if (splits != 2 || cluster.num_blocks() != 2) __trap();  // the two halves: one cluster
+    const int rank = static_cast<int>(cluster.block_rank());
     float* partial = reinterpret_cast<float*>(smem + (ring - base));
     __syncthreads();  // both consumers are done reading the ring
-    if (warpgroup > 0) {
+    if (warpgroup == 2 - rank) {
+        const int consumer = 1 - rank;
 #pragma unroll
-        for (int i = 0; i < kAcc; ++i)
-            partial[acc_row(warpgroup - 1, i) * T::kPartialStride + acc_col(i)] = d[i];
+        for (int i = 0; i < kAcc; i += 2)
+            *reinterpret_cast<float2*>(partial + acc_row(consumer, i) * T::kPartialStride +
+                                       acc_col(i)) = make_float2(d[i], d[i + 1]);
     }
-    cluster.sync();  // every block's partial tile is in its shared memory
-    const int rows = kBM / splits;
-    const int rank = static_cast<int>(cluster.block_rank());
-    float* c = reinterpret_cast<float*>(seg.c);
-    const float* bias = reinterpret_cast<const float*>(seg.bias);
-    for (int e0 = threadIdx.x; e0 < rows * BN; e0 += kGroup * blockDim.x) {
-        int row[kGroup], col[kGroup];
-        float v[kGroup];
-#pragma unroll
-        for (int j = 0; j < kGroup; ++j) {
-            const int e = e0 + j * blockDim.x;
-            const int r = rank * rows + e / BN;
-            row[j] = e < rows * BN ? m0 + r : m;  // past the end: nothing to store
-            col[j] = r0 + e % BN;
-            v[j] = 0.f;
-            if (e < rows * BN)
-                for (int q = 0; q < splits; ++q)
-                    v[j] += cluster.map_shared_rank(partial, q)[r * T::kPartialStride + e % BN];
-        }
-        store_group(c, bias, args.accumulate, m, n, row, col, v);
+    cluster.sync();  // each block's half for the other is in its shared memory
+    if (warpgroup == 1 + rank) {
+        const int consumer = rank;
+        const float* other = cluster.map_shared_rank(partial, 1 - rank);
+        store_tile<kAcc, T::kPartialStride>(args, seg, m0, r0, consumer, d, other);
     }
-    cluster.sync();  // no block leaves while the others read its shared memory
+    cluster.sync();  // no block leaves while the other reads its shared memory
 }
 
 #else

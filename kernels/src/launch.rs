@@ -400,7 +400,8 @@ fn tma_tile_outputs(width: usize, gated: bool) -> usize {
 
 /// The tile width (weight rows: 256 or 128) and k split of a TMA GEMM of `row_tiles` tiles of
 /// 128 rows over matrices of `ns` outputs with `ktiles` k steps: 256 wide where the grid then
-/// fills 90% of the device, else whichever width gives the larger grid (256 on a tie); `None`
+/// fills 90% of the device, else whichever width gives the larger grid (on a tie the one that
+/// splits less, then 256: a split's epilogue costs more than narrower tiles); `None`
 /// where the grid would fill less than half the device (the mma.sync kernels' smaller tiles
 /// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split;
 /// without `split_k` (`QRT_GEMM_SPLITK=0`) none splits.
@@ -424,7 +425,7 @@ fn gemm_tma_plan(
         wide
     } else {
         let narrow = grid(128);
-        if narrow.2 > wide.2 {
+        if (narrow.2, wide.1) > (wide.2, narrow.1) {
             narrow
         } else {
             wide
@@ -2542,10 +2543,11 @@ mod tests {
             gemm_tma_plan(4, &[2048], 32, 132, false, true),
             Some((128, 2))
         );
-        // q, k, v: 4 x (8 + 2 + 2) wide tiles split in 2 tie with 96 narrow ones.
+        // q, k, v: 4 x (8 + 2 + 2) wide tiles split in 2 tie with 96 narrow ones unsplit,
+        // which take the product 30.5 → 21.0 µs (RESULTS log 50).
         assert_eq!(
             gemm_tma_plan(4, &[2048, 512, 512], 32, 132, false, true),
-            Some((256, 2))
+            Some((128, 1))
         );
         // gate/up: 4 x 64 tiles of 128 outputs.
         assert_eq!(
