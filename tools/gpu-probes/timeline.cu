@@ -1,12 +1,13 @@
-// Where a phase of a dependent chain of lean batch-one GEMVs goes (RESULTS log 47): 400
+// Where a phase of a dependent chain of lean batch-one GEMVs goes (RESULTS logs 47 and 50): 400
 // GEMVs of k = 2048 (the 1B's o shape, 2048 rows, or its q/k/v, 3072 rows), y = W x / 26,
 // the next phase's x is this phase's y, graph-replayed with programmatic dependent launch,
 // matrices rotating over 8 copies (past the 50 MB L2). A warp a row, 8 chunks of 16 B a lane,
 // four 8-warp blocks a multiprocessor, as qrt's lean `gemv_one`. Variants (see `gemv` and
 // `main`): how many of a lane's 8 chunks are loaded into registers before the wait, how the
 // rest are requested into L2 before it, where the next kernel is let in, how x is staged and
-// how the weights are loaded; "lean" is the form of qrt's lean kernel (all 8 early, trigger
-// after the wait).
+// how the weights are loaded, and how a phase learns that the previous one is done (the grid's
+// completion, a counter in memory, or tagged words); "lean" is the form of qrt's lean kernel
+// (all 8 early, trigger after the wait).
 // Every block of phases 200-203 records clock64 at its start, after the wait, after staging
 // x, after warp 0's products and at its end, and globaltimer at its start and end; a line
 // prints the medians over the blocks of the steps between them, the period of the wait's
@@ -350,49 +351,48 @@ int main() {
     cudaMemcpy(xy, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice);
     cudaStream_t s;
     cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
-    // <EARLY, PF, TRIG, NC, XA>: "-xa" stages x by cp.async, "-nc" loads the weights through
+    // <EARLY, PF, TRIG, NC, XA, CTR>: "-xa" stages x by cp.async, "-nc" loads the weights through
     // the non-coherent path (which the compiler then moved below the wait).
-    const char* names[] = {"lean",   "late",   "xfirst", "e4",      "e4pf",      "e0pf",
-                           "e2bulk", "e4bulk", "e6bulk", "lean-xa", "e4bulk-xa", "lean-nc",
-                           "ctr",    "ctr-sl", "ctr-t0", "e4b-ctr",   "ll",        "e4b-ll",
-                           "e4smem", "e2smem", "e6smem", "e0smem", "e0smem-t0", "e4smem-t0",
-                           "ll-sl",  "e4b-ll-sl"};
-    Launcher launchers[] = {launch_phase<8, 0, 0>,
-                            launch_phase<8, 0, 1>,
-                            launch_phase<8, 0, 2>,
-                            launch_phase<4, 0, 0>,
-                            launch_phase<4, 1, 0>,
-                            launch_phase<0, 1, 0>,
-                            launch_phase<2, 2, 0>,
-                            launch_phase<4, 2, 0>,
-                            launch_phase<6, 2, 0>,
-                            launch_phase<8, 0, 0, false, true>,
-                            launch_phase<4, 2, 0, false, true>,
-                            launch_phase<8, 0, 0, true>,
-                            launch_phase<8, 0, 0, false, false, 1>,
-                            launch_phase<8, 0, 0, false, false, 2>,
-                            launch_phase<8, 0, 3, false, false, 1>,
-                            launch_phase<4, 2, 0, false, false, 1>,
-                            launch_phase<8, 0, 0, false, false, 3>,
-                            launch_phase<4, 2, 0, false, false, 3>,
-                            launch_phase<4, 3, 0>,
-                            launch_phase<2, 3, 0>,
-                            launch_phase<6, 3, 0>,
-                            launch_phase<0, 3, 0>,
-                            launch_phase<0, 3, 3>,
-                            launch_phase<4, 3, 3>,
-                            launch_phase<8, 0, 0, false, false, 4>,
-                            launch_phase<4, 2, 0, false, false, 4>};
-    constexpr int VARIANTS = sizeof(names) / sizeof(names[0]);
+    const struct {
+        const char* name;
+        Launcher launch;
+    } variants[] = {
+        {"lean", launch_phase<8, 0, 0>},
+        {"late", launch_phase<8, 0, 1>},
+        {"xfirst", launch_phase<8, 0, 2>},
+        {"e4", launch_phase<4, 0, 0>},
+        {"e4pf", launch_phase<4, 1, 0>},
+        {"e0pf", launch_phase<0, 1, 0>},
+        {"e2bulk", launch_phase<2, 2, 0>},
+        {"e4bulk", launch_phase<4, 2, 0>},
+        {"e6bulk", launch_phase<6, 2, 0>},
+        {"lean-xa", launch_phase<8, 0, 0, false, true>},
+        {"e4bulk-xa", launch_phase<4, 2, 0, false, true>},
+        {"lean-nc", launch_phase<8, 0, 0, true>},
+        {"ctr", launch_phase<8, 0, 0, false, false, 1>},
+        {"ctr-sl", launch_phase<8, 0, 0, false, false, 2>},
+        {"ctr-t0", launch_phase<8, 0, 3, false, false, 1>},
+        {"e4b-ctr", launch_phase<4, 2, 0, false, false, 1>},
+        {"ll", launch_phase<8, 0, 0, false, false, 3>},
+        {"e4b-ll", launch_phase<4, 2, 0, false, false, 3>},
+        {"e4smem", launch_phase<4, 3, 0>},
+        {"e2smem", launch_phase<2, 3, 0>},
+        {"e6smem", launch_phase<6, 3, 0>},
+        {"e0smem", launch_phase<0, 3, 0>},
+        {"e0smem-t0", launch_phase<0, 3, 3>},
+        {"e4smem-t0", launch_phase<4, 3, 3>},
+        {"ll-sl", launch_phase<8, 0, 0, false, false, 4>},
+        {"e4b-ll-sl", launch_phase<4, 2, 0, false, false, 4>},
+    };
     for (int rep = 0; rep < 2; ++rep)
         for (int rows : {2048, 3072})
-            for (int v = 0; v < VARIANTS; ++v) {
+            for (const auto& v : variants) {
                 // Counters and epoch from zero for each variant (the counters only grow).
                 cudaMemset(cnt, 0, PHASES * 4);
                 cudaMemset(epoch, 0, 4);
                 cudaMemset(ll, 0, 2 * 4096 * 8);
                 cudaMemcpy(xy, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice);
-                run(names[v], launchers[v], rows, w, xy, rec, cnt, epoch, ll, s);
+                run(v.name, v.launch, rows, w, xy, rec, cnt, epoch, ll, s);
             }
     cudaError_t e = cudaDeviceSynchronize();
     printf("status: %s\n", cudaGetErrorString(e));
