@@ -99,59 +99,77 @@ __device__ __forceinline__ int acc_col(int i) {
     return (i / 4) * 8 + (threadIdx.x % 4) * 2 + i % 2;
 }
 
-// Results stored together by store_group.
-constexpr int kGroup = 8;
-
-// Stores v[j] (plus the bias of its column) at (row[j], col[j]) of c, `[m, n]` f32, added to
-// what c holds when `accumulate`; entries outside c are skipped. All residuals are loaded
-// before the first store, so their latencies overlap: the compiler cannot tell that a store
-// does not alias a later load, and would otherwise wait for each load in turn.
-__device__ __forceinline__ void store_group(float* c, const float* bias, bool accumulate, int m,
-                                            int n, const int (&row)[kGroup],
-                                            const int (&col)[kGroup], float (&v)[kGroup]) {
-    float prev[kGroup];
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j) {
-        const bool inside = row[j] < m && col[j] < n;
-        if (inside && bias != nullptr) v[j] += bias[col[j]];
-        prev[j] = inside && accumulate ? __ldcg(c + static_cast<size_t>(row[j]) * n + col[j]) : 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < kGroup; ++j)
-        if (row[j] < m && col[j] < n)
-            c[static_cast<size_t>(row[j]) * n + col[j]] = accumulate ? v[j] + prev[j] : v[j];
-}
-
 // Stores consumer `consumer`'s accumulators `d` of the tile at rows m0.., weight rows r0.. of
 // segment `seg` (plus its bias, added to c when `args.accumulate`); with `other` (split k), plus
 // the other half's accumulators there, at the rows and columns of the tile they belong to.
+// In groups of G accumulators whose loads (the other half's, c's for the sum) are all issued
+// before the group's first store, so that their latencies overlap: the compiler cannot tell
+// that a store does not alias a later load, and would otherwise wait for each load in turn.
 template <int N, int STRIDE>
 __device__ __forceinline__ void store_tile(const qrt_gemm_args& args, const qrt_gemm_segment& seg,
                                            int m0, int r0, int consumer, const float (&d)[N],
                                            const float* other) {
+    // 64 accumulators a thread (128-wide tiles) in two groups, 128 in eight: what the
+    // registers left beside the accumulators hold.
+    constexpr int G = N == 64 ? 32 : 16;
     float* c = reinterpret_cast<float*>(seg.c);
     const float* bias = reinterpret_cast<const float*>(seg.bias);
+    const int m = args.m, n = seg.n;
 #pragma unroll
-    for (int g = 0; g < N; g += kGroup) {
-        int row[kGroup], col[kGroup];
-        float v[kGroup];
+    for (int g = 0; g < N; g += G) {
+        float v[G], prev[G];
 #pragma unroll
-        for (int j = 0; j < kGroup; ++j) {
-            row[j] = m0 + acc_row(consumer, g + j);
-            col[j] = r0 + acc_col(g + j);
-            v[j] = d[g + j];
-        }
+        for (int j = 0; j < G; ++j) v[j] = d[g + j];
         if (other != nullptr) {
             // Accumulators j and j + 1 are neighbours in a row.
 #pragma unroll
-            for (int j = 0; j < kGroup; j += 2) {
+            for (int j = 0; j < G; j += 2) {
                 const float2 o = *reinterpret_cast<const float2*>(
-                    other + (row[j] - m0) * STRIDE + (col[j] - r0));
+                    other + acc_row(consumer, g + j) * STRIDE + acc_col(g + j));
                 v[j] += o.x;
                 v[j + 1] += o.y;
             }
         }
-        store_group(c, bias, args.accumulate, args.m, seg.n, row, col, v);
+        if (n % 2 == 0) {
+            // Neighbours j, j + 1 (an even column) as one 8-byte access.
+#pragma unroll
+            for (int j = 0; j < G; j += 2) {
+                const int row = m0 + acc_row(consumer, g + j), col = r0 + acc_col(g + j);
+                const bool inside = row < m && col < n;
+                if (inside && bias != nullptr) {
+                    v[j] += bias[col];
+                    v[j + 1] += bias[col + 1];
+                }
+                const float2 p = inside && args.accumulate
+                                     ? __ldcg(reinterpret_cast<const float2*>(
+                                           c + static_cast<size_t>(row) * n + col))
+                                     : make_float2(0.f, 0.f);
+                prev[j] = p.x;
+                prev[j + 1] = p.y;
+            }
+#pragma unroll
+            for (int j = 0; j < G; j += 2) {
+                const int row = m0 + acc_row(consumer, g + j), col = r0 + acc_col(g + j);
+                if (row < m && col < n)
+                    *reinterpret_cast<float2*>(c + static_cast<size_t>(row) * n + col) =
+                        make_float2(v[j] + prev[j], v[j + 1] + prev[j + 1]);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                const int row = m0 + acc_row(consumer, g + j), col = r0 + acc_col(g + j);
+                const bool inside = row < m && col < n;
+                if (inside && bias != nullptr) v[j] += bias[col];
+                prev[j] = inside && args.accumulate
+                              ? __ldcg(c + static_cast<size_t>(row) * n + col)
+                              : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                const int row = m0 + acc_row(consumer, g + j), col = r0 + acc_col(g + j);
+                if (row < m && col < n) c[static_cast<size_t>(row) * n + col] = v[j] + prev[j];
+            }
+        }
     }
 }
 
