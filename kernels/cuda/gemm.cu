@@ -86,16 +86,33 @@ __device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], un
     const unsigned splits = cluster.num_blocks();
     const unsigned rank = cluster.block_rank();
     const int rows = 64 / static_cast<int>(splits);
-    for (int i = threadIdx.x; i < rows * kBN; i += blockDim.x) {
-        const int row = static_cast<int>(rank) * rows + i / kBN;
-        const int col = i % kBN;
-        float v = 0.f;
-        for (unsigned r = 0; r < splits; ++r)
-            v += cluster.map_shared_rank(partial, r)[row * kPartialStride + col];
-        if (m0 + row < m && n0 + col < n) {
-            if (bias != nullptr) v += bias[n0 + col];
-            qrt::store_result(c + static_cast<size_t>(m0 + row) * n + n0 + col, v,
-                              args.accumulate);
+    // Eight values a thread at a time, their loads (partials, c's for the sum) all issued
+    // before the first store.
+    constexpr int kGroup = 8;
+    for (int i0 = threadIdx.x; i0 < rows * kBN; i0 += kGroup * blockDim.x) {
+        float v[kGroup], prev[kGroup];
+#pragma unroll
+        for (int j = 0; j < kGroup; ++j) {
+            const int i = i0 + j * static_cast<int>(blockDim.x);
+            const int row = static_cast<int>(rank) * rows + i / kBN;
+            const int col = i % kBN;
+            const bool inside = i < rows * kBN && m0 + row < m && n0 + col < n;
+            v[j] = 0.f;
+            if (i < rows * kBN)
+                for (unsigned r = 0; r < splits; ++r)
+                    v[j] += cluster.map_shared_rank(partial, r)[row * kPartialStride + col];
+            prev[j] = inside && args.accumulate
+                          ? __ldcg(c + static_cast<size_t>(m0 + row) * n + n0 + col)
+                          : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kGroup; ++j) {
+            const int i = i0 + j * static_cast<int>(blockDim.x);
+            const int row = static_cast<int>(rank) * rows + i / kBN;
+            const int col = i % kBN;
+            if (i < rows * kBN && m0 + row < m && n0 + col < n)
+                c[static_cast<size_t>(m0 + row) * n + n0 + col] =
+                    v[j] + (bias != nullptr ? bias[n0 + col] : 0.f) + prev[j];
         }
     }
     cluster.sync();  // no block leaves while the others read its shared memory
@@ -206,33 +223,53 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             return;
         }
     }
+    if constexpr (GATED) {
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2;
+            for (int ni = 0; ni < NI; ++ni) {
+                const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2;
+                const int out = n0 + (col - n0) / 2;
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int row = m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + half * 8;
-                if (row >= m) continue;
-                if constexpr (GATED) {
-                    const int out = n0 + (col - n0) / 2;
-                    if (out < n)
+                for (int half = 0; half < 2; ++half) {
+                    const int row = m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + half * 8;
+                    if (row < m && out < n)
                         qrt::store_gated<W>(seg, row, out, acc[mi][ni][half * 2],
                                             acc[mi][ni][half * 2 + 1]);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        if (col + e < n) {
-                            float v = acc[mi][ni][half * 2 + e];
-                            if (bias != nullptr) v += bias[col + e];
-                            qrt::store_result(c + static_cast<size_t>(row) * n + col + e, v,
-                                              args.accumulate);
-                        }
-                    }
                 }
             }
-        }
+    } else {
+        // Every value this thread adds to c is requested before its first store, so that the
+        // loads' latencies overlap (the compiler cannot tell that a store does not alias a
+        // later load).
+        float prev[MI][NI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int row =
+                        m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + (q / 2) * 8;
+                    const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2 + q % 2;
+                    prev[mi][ni][q] = row < m && col < n && args.accumulate
+                                          ? __ldcg(c + static_cast<size_t>(row) * n + col)
+                                          : 0.f;
+                }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int row =
+                        m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + (q / 2) * 8;
+                    const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2 + q % 2;
+                    if (row < m && col < n)
+                        c[static_cast<size_t>(row) * n + col] =
+                            acc[mi][ni][q] + (bias != nullptr ? bias[col] : 0.f) +
+                            prev[mi][ni][q];
+                }
     }
 }
 

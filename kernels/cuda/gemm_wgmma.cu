@@ -126,14 +126,30 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
             if (row < m && out < n) qrt::store_gated<W>(seg, row, out, d[i], d[i + 1]);
         }
     } else {
+        // In groups of 16 values whose loads (c's for the sum) are all issued before the
+        // group's first store, so that their latencies overlap (the compiler cannot tell that
+        // a store does not alias a later load).
+        constexpr int kGroup = 16;
 #pragma unroll
-        for (int i = 0; i < 64; ++i) {
-            const int row = row0 + ((i % 4) / 2) * 8;
-            const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
-            if (row < m && col < n) {
-                float v = d[i];
-                if (bias != nullptr) v += bias[col];
-                qrt::store_result(c + static_cast<size_t>(row) * n + col, v, args.accumulate);
+        for (int g = 0; g < 64; g += kGroup) {
+            float prev[kGroup];
+#pragma unroll
+            for (int j = 0; j < kGroup; ++j) {
+                const int i = g + j;
+                const int row = row0 + ((i % 4) / 2) * 8;
+                const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+                prev[j] = row < m && col < n && args.accumulate
+                              ? __ldcg(c + static_cast<size_t>(row) * n + col)
+                              : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < kGroup; ++j) {
+                const int i = g + j;
+                const int row = row0 + ((i % 4) / 2) * 8;
+                const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+                if (row < m && col < n)
+                    c[static_cast<size_t>(row) * n + col] =
+                        d[i] + (bias != nullptr ? bias[col] : 0.f) + prev[j];
             }
         }
     }
