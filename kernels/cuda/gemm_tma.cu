@@ -173,6 +173,47 @@ __device__ __forceinline__ void store_tile(const qrt_gemm_args& args, const qrt_
     }
 }
 
+// bar.sync on named barrier `id` (1-15; 0 is __syncthreads) of `count` threads.
+__device__ __forceinline__ void named_barrier(unsigned id, unsigned count) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+// Shared-memory bytes of one consumer's staged gated rows: 64 rows of 128 16-bit outputs, each
+// padded by 16 bytes.
+constexpr int kStagedGatedBytes = 64 * (128 * 2 + 16);
+
+// silu(gate) * up of consumer `consumer`'s rows (row0.., outputs r0..; accumulator i is gate,
+// i + 64 its up) through `tile`, then out to c in 16-byte pieces where n allows.
+template <typename W>
+__device__ __forceinline__ void store_gated_staged(const qrt_gemm_segment& seg, int m, int row0,
+                                                   int r0, int consumer, const float (&d)[128],
+                                                   uint8_t* tile) {
+    constexpr int kStride = 128 + 8;  // 16-bit values a staged row
+    W* t = reinterpret_cast<W*>(tile);
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+        t[(acc_row(consumer, i) - consumer * 64) * kStride + acc_col(i)] =
+            qrt::Half16<W>::from_float(qrt::swiglu(d[i], d[i + 64]));
+    named_barrier(2 + consumer, 128);
+    const int n = seg.n;
+    W* c = reinterpret_cast<W*>(seg.c);
+    const int t0 = threadIdx.x % 128;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        const int q = t0 + 128 * k;  // 16-byte piece q: row q / 16, outputs 8 (q % 16)..
+        const int r = q / 16, out = r0 + 8 * (q % 16), row = row0 + r;
+        if (row >= m) continue;
+        const W* from = t + r * kStride + 8 * (q % 16);
+        if (n % 8 == 0 && out + 8 <= n) {
+            *reinterpret_cast<uint4*>(c + static_cast<size_t>(row) * n + out) =
+                *reinterpret_cast<const uint4*>(from);
+        } else {
+            for (int e = 0; e < 8 && out + e < n; ++e)
+                c[static_cast<size_t>(row) * n + out + e] = from[e];
+        }
+    }
+}
+
 template <typename W, int BN, bool GATED>
 __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     namespace cg = cooperative_groups;
@@ -195,7 +236,6 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
             col_tile >= static_cast<int>(args.seg[i].first_tile))
             si = i;
     const qrt_gemm_segment& seg = args.seg[si];
-    const int n = seg.n;
     const qrt_tensor_map& map0 = p.w[si];
     const qrt_tensor_map& map1 = p.w[GATED ? 1 : si];
     const int r0 = (col_tile - static_cast<int>(seg.first_tile)) * (GATED ? BN / 2 : BN);
@@ -269,14 +309,13 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
         if (warpgroup == 0) return;
         const int consumer = warpgroup - 1;
         if constexpr (GATED) {
-            // Column j < 128 of the tile is gate row r0 + j, column 128 + j its up row: the
-            // same thread's accumulators i and i + 64.
-#pragma unroll
-            for (int i = 0; i < 64; ++i) {
-                const int row = m0 + acc_row(consumer, i);
-                const int out = r0 + acc_col(i);
-                if (row < m && out < n) qrt::store_gated<W>(seg, row, out, d[i], d[i + 64]);
-            }
+            // silu(gate)·up of the consumer's 64 rows goes out through shared memory, in rows of
+            // 16-byte stores. Both consumers' last wgmma must have read the ring before either
+            // writes there.
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            named_barrier(1, 256);
+            uint8_t* tile = smem + (ring - base) + consumer * kStagedGatedBytes;
+            store_gated_staged<W>(seg, m, m0 + consumer * 64, r0, consumer, d, tile);
         } else {
             store_tile<kAcc, T::kPartialStride>(args, seg, m0, r0, consumer, d, nullptr);
         }
