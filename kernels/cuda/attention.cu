@@ -5,7 +5,9 @@
 // Prefill (`qrt_attn_prefill_d<D>`): flash-attention tiling on tensor cores. A block takes
 // 64 / group query rows of one sequence for one KV head (64 (row, head) pairs, 16 per warp);
 // keys and values stream through shared memory, and each pair keeps a running maximum, sum and
-// output (online softmax), so no score matrix is ever stored.
+// output (online softmax), so no score matrix is ever stored. The block's two halves take
+// alternate key tiles and merge their results at the end, halving the chain of tiles a long
+// row waits on.
 //
 // Decode (`qrt_attn_decode_d<D>_g<G>`, G the largest group it serves): one query row per
 // sequence, the sequence's context split into partitions of `args.partition` tokens
@@ -23,8 +25,9 @@
 namespace {
 
 constexpr int kMaxGroup = 8;
-constexpr int kPrefillWarps = 4;
+constexpr int kPrefillWarps = 4;                   // warps of one half of a prefill block
 constexpr int kPrefillPairs = 16 * kPrefillWarps;  // (query row, head) pairs per block
+constexpr int kPrefillHalfThreads = kPrefillWarps * qrt::kWarp;
 constexpr int kMaxPartition = 64;
 
 __device__ __forceinline__ uint32_t slot_of(const uint32_t* table, uint32_t t, uint32_t bs) {
@@ -43,16 +46,23 @@ __device__ __forceinline__ void unpack8(const uint4& w, float* out) {
 }
 
 // Prefill geometry for head dimension D: each warp computes 16 (query row, head) pairs with
-// mma.sync, kPrefillWarps warps per block; keys and values pass through shared memory kKeys at
-// a time (double-buffered with cp.async), in rows padded to kStride halves so that the 8 rows a
-// fragment load touches fall in different banks.
+// mma.sync, kPrefillWarps warps per half block; keys and values pass through shared memory kKeys
+// at a time (double-buffered with cp.async, a pair of buffers per half), in rows padded to
+// kStride halves so that the 8 rows a fragment load touches fall in different banks. The block's
+// dynamic shared memory is kSharedBytes (`prefill_shared_bytes` in launch.rs: keep the two in
+// step); after the key loop it holds the second half's results, kMerged floats a thread.
 template <int D>
 struct PrefillShape {
     static constexpr int kKeys = D == 64 ? 64 : 32;
     static constexpr int kStride = D + 8;
+    static constexpr int kBuffer = kKeys * kStride;  // halves of one key or value buffer
     static constexpr int kDimSteps = D / 16;   // k-steps of Q K^T
     static constexpr int kKeyBlocks = kKeys / 8;  // 8-key column blocks of the scores
     static constexpr int kDimBlocks = D / 8;      // 8-dimension column blocks of the output
+    // Two halves of two key and two value buffers of 16-bit values.
+    static constexpr int kSharedBytes = 2 * 4 * kBuffer * 2;
+    static constexpr int kMerged = 4 * kDimBlocks + 4;  // a thread's outputs, maxima and sums
+    static_assert(kMerged * 4 * kPrefillHalfThreads <= kSharedBytes, "merge fits the buffers");
 };
 
 // The mma fragment halves (low = the first column) of two floats.
@@ -66,12 +76,14 @@ __device__ __forceinline__ uint32_t half2_bits(float lo, float hi) {
 // KV head, as kPrefillPairs (row, head) pairs, pair v being row v / group and head v % group,
 // so that each key and value is loaded once for the whole group. Queries are scaled by
 // scale * log2(e) and rounded to f16; scores accumulate in f32 and the softmax runs in base 2
-// with a running maximum and sum per pair; probabilities are rounded to f16 for P V.
+// with a running maximum and sum per pair; probabilities are rounded to f16 for P V. Half h of
+// the block (warps 4h..4h+3, the same pairs in both) takes key tiles h, h + 2, ...; the second
+// half's maxima, sums and outputs then pass through shared memory to the first, which rescales
+// both to the larger maximum, adds them and stores the result.
 template <int D>
 __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
     using P = PrefillShape<D>;
-    __shared__ __align__(16) __half ks[2][P::kKeys * P::kStride];
-    __shared__ __align__(16) __half vs[2][P::kKeys * P::kStride];
+    extern __shared__ __align__(16) uint8_t prefill_shared[];
 
     qrt::pdl_enter();
     const uint2 tile = reinterpret_cast<const uint2*>(args.work)[blockIdx.x];
@@ -81,13 +93,17 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
     const unsigned kvh = blockIdx.y;
     const unsigned group = args.num_heads / args.num_kv_heads;
     const unsigned rows = kPrefillPairs / group;
-    const unsigned tid = threadIdx.x;
+    const unsigned half = threadIdx.x / kPrefillHalfThreads;
+    const unsigned tid = threadIdx.x % kPrefillHalfThreads;  // the thread within its half
     const unsigned warp = tid / qrt::kWarp;
     const unsigned lane = tid % qrt::kWarp;
     const unsigned gr = lane / 4;  // fragment row (and row + 8)
     const unsigned tc = lane % 4;  // fragment column pair
     const unsigned q_stride = args.num_heads * D;
     const unsigned kv_end = seq.past + min(q0 + rows, seq.len);  // keys [0, kv_end)
+    // This half's key and value buffers.
+    __half* const ks = reinterpret_cast<__half*>(prefill_shared) + half * 4 * P::kBuffer;
+    __half* const vs = ks + 2 * P::kBuffer;
 
     // This lane's two pairs: fragment rows gr and gr + 8 of the warp's 16.
     size_t at[2];      // offset of the pair's query (and output) row and head
@@ -120,11 +136,13 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
 
     const __half* kc = reinterpret_cast<const __half*>(args.k_cache);
     const __half* vc = reinterpret_cast<const __half*>(args.v_cache);
-    // Keys and values t0 .. t0 + kKeys - 1 into buffer `buf` (zeros past kv_end).
+    // Keys and values t0 .. t0 + kKeys - 1 into this half's buffer `buf` (zeros past kv_end).
     auto stage = [&](int buf, unsigned t0) {
-        const uint32_t kb = static_cast<uint32_t>(__cvta_generic_to_shared(ks[buf]));
-        const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs[buf]));
-        for (unsigned e = tid; e < P::kKeys * D / 8; e += blockDim.x) {
+        const uint32_t kb =
+            static_cast<uint32_t>(__cvta_generic_to_shared(ks + buf * P::kBuffer));
+        const uint32_t vb =
+            static_cast<uint32_t>(__cvta_generic_to_shared(vs + buf * P::kBuffer));
+        for (unsigned e = tid; e < P::kKeys * D / 8; e += kPrefillHalfThreads) {
             const unsigned j = e / (D / 8);
             const unsigned c = (e % (D / 8)) * 8;
             const unsigned t = t0 + j;
@@ -145,18 +163,19 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.f, 0.f};
     const unsigned tiles = (kv_end + P::kKeys - 1) / P::kKeys;
-    stage(0, 0);
-    for (unsigned it = 0; it < tiles; ++it) {
+    const unsigned mine = tiles > half ? (tiles - half + 1) / 2 : 0;  // tiles half, half + 2, ..
+    if (mine > 0) stage(0, half * P::kKeys);
+    for (unsigned it = 0; it < mine; ++it) {
         const int buf = it & 1;
-        if (it + 1 < tiles) {
-            stage(buf ^ 1, (it + 1) * P::kKeys);
+        if (it + 1 < mine) {
+            stage(buf ^ 1, (half + 2 * (it + 1)) * P::kKeys);
             qrt::cp_async_wait<1>();
         } else {
             qrt::cp_async_wait<0>();
         }
-        __syncthreads();
-        const unsigned t0 = it * P::kKeys;
-        const __half* kt = ks[buf];
+        qrt::named_barrier(1 + half, kPrefillHalfThreads);
+        const unsigned t0 = (half + 2 * it) * P::kKeys;
+        const __half* kt = ks + buf * P::kBuffer;
         float sc[P::kKeyBlocks][4];
 #pragma unroll
         for (int nb = 0; nb < P::kKeyBlocks; ++nb) {
@@ -208,7 +227,8 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
         }
         // O += P V: the scores' registers are P's A fragments; V's B fragments come from
         // transposed ldmatrix reads (matrices: keys 0-7 / 8-15 of the step x 2 dimension blocks).
-        const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs[buf]));
+        const uint32_t vb =
+            static_cast<uint32_t>(__cvta_generic_to_shared(vs + buf * P::kBuffer));
 #pragma unroll
         for (int kk = 0; kk < P::kKeys / 16; ++kk) {
             const uint32_t a0 = half2_bits(sc[2 * kk][0], sc[2 * kk][1]);
@@ -225,7 +245,40 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
                 qrt::mma16816<__half>(o[2 * db + 1], a0, a1, a2, a3, r[2], r[3]);
             }
         }
-        __syncthreads();  // the buffer is refilled two tiles on
+        qrt::named_barrier(1 + half, kPrefillHalfThreads);  // the buffer is refilled two on
+    }
+
+    // The second half's results (in the same fragment layout: its thread `tid` holds the same
+    // pairs) over the buffers, value j of thread t at j * kPrefillHalfThreads + t.
+    float* const merged = reinterpret_cast<float*>(prefill_shared);
+    constexpr int kOuts = 4 * P::kDimBlocks;  // then 2 maxima and 2 sums
+    __syncthreads();
+    if (half == 1) {
+#pragma unroll
+        for (int b = 0; b < P::kDimBlocks; ++b)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) merged[(4 * b + j) * kPrefillHalfThreads + tid] = o[b][j];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            merged[(kOuts + i) * kPrefillHalfThreads + tid] = m[i];
+            merged[(kOuts + 2 + i) * kPrefillHalfThreads + tid] = l[i];
+        }
+    }
+    __syncthreads();
+    if (half == 1) return;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const float m2 = merged[(kOuts + i) * kPrefillHalfThreads + tid];
+        const float l2 = merged[(kOuts + 2 + i) * kPrefillHalfThreads + tid];
+        const float m_new = fmaxf(m[i], m2);
+        const float base = m_new == -INFINITY ? 0.f : m_new;  // neither saw a key
+        const float c1 = exp2f(m[i] - base), c2 = exp2f(m2 - base);
+        l[i] = l[i] * c1 + l2 * c2;
+#pragma unroll
+        for (int b = 0; b < P::kDimBlocks; ++b)
+#pragma unroll
+            for (int j = 2 * i; j < 2 * i + 2; ++j)
+                o[b][j] = o[b][j] * c1 + merged[(4 * b + j) * kPrefillHalfThreads + tid] * c2;
     }
 
     float* out = reinterpret_cast<float*>(args.out);
@@ -1018,7 +1071,7 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     }
 
 #define QRT_ATTN(D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(kPrefillWarps * qrt::kWarp)                    \
+    extern "C" __global__ void __launch_bounds__(2 * kPrefillHalfThreads, 2)                     \
         qrt_attn_prefill_d##D(const qrt_attn_args args) {                                      \
         attn_prefill<D>(args);                                                                 \
     }                                                                                          \

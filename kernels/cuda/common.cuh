@@ -258,6 +258,12 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 
+// bar.sync on named barrier `id` (1-15; 0 is __syncthreads) of `count` threads (a multiple of
+// the warp size): lets part of a block synchronise while the rest works on.
+__device__ __forceinline__ void named_barrier(unsigned id, unsigned count) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
 // Waits until at most N committed groups of cp_async16 copies are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {

@@ -173,11 +173,6 @@ __device__ __forceinline__ void store_tile(const qrt_gemm_args& args, const qrt_
     }
 }
 
-// bar.sync on named barrier `id` (1-15; 0 is __syncthreads) of `count` threads.
-__device__ __forceinline__ void named_barrier(unsigned id, unsigned count) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
-}
-
 // Shared-memory bytes of one consumer's staged gated rows: 64 rows of 128 16-bit outputs, each
 // padded by 16 bytes.
 constexpr int kStagedGatedBytes = 64 * (128 * 2 + 16);
@@ -194,7 +189,7 @@ __device__ __forceinline__ void store_gated_staged(const qrt_gemm_segment& seg, 
     for (int i = 0; i < 64; ++i)
         t[(acc_row(consumer, i) - consumer * 64) * kStride + acc_col(i)] =
             qrt::Half16<W>::from_float(qrt::swiglu(d[i], d[i + 64]));
-    named_barrier(2 + consumer, 128);
+    qrt::named_barrier(2 + consumer, 128);
     const int n = seg.n;
     W* c = reinterpret_cast<W*>(seg.c);
     const int t0 = threadIdx.x % 128;
@@ -313,7 +308,7 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
             // 16-byte stores. Both consumers' last wgmma must have read the ring before either
             // writes there.
             asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            named_barrier(1, 256);
+            qrt::named_barrier(1, 256);
             uint8_t* tile = smem + (ring - base) + consumer * kStagedGatedBytes;
             store_gated_staged<W>(seg, m, m0 + consumer * 64, r0, consumer, d, tile);
         } else {

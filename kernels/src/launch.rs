@@ -317,8 +317,17 @@ pub fn attention_decode_work_bytes(
 /// (query row, head) pairs one prefill attention block computes (`kPrefillPairs` in
 /// attention.cu).
 const PREFILL_PAIRS: usize = 64;
-/// Threads of a prefill attention block: a warp per 16 pairs.
-const PREFILL_THREADS: u32 = PREFILL_PAIRS as u32 * 2;
+/// Threads of a prefill attention block: two halves (alternate key tiles) of a warp per 16
+/// pairs.
+const PREFILL_THREADS: u32 = PREFILL_PAIRS as u32 * 4;
+
+/// Dynamic shared memory of a prefill attention block for heads of `head_dim` (64 or 128):
+/// each half's two key and two value buffers of 64 keys (32 for heads of 128), rows padded by
+/// 8 values (`PrefillShape::kSharedBytes` in attention.cu).
+fn prefill_shared_bytes(head_dim: usize) -> usize {
+    let keys = if head_dim == 64 { 64 } else { 32 };
+    2 * 4 * keys * (head_dim + 8) * 2
+}
 
 /// Query rows per prefill attention tile for `group` query heads per KV head: the tile's rows
 /// times the group's heads fill one block's (row, head) pairs.
@@ -2028,7 +2037,11 @@ impl CudaDevice {
             self.launch_config(
                 "attention",
                 &kernel,
-                (grid, PREFILL_THREADS, 0),
+                (
+                    grid,
+                    PREFILL_THREADS,
+                    prefill_shared_bytes(args.head_dim as usize),
+                ),
                 &mut params([args]),
                 false,
             )
