@@ -86,11 +86,13 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
     extern __shared__ __align__(16) uint8_t prefill_shared[];
 
     qrt::pdl_enter();
-    const uint2 tile = reinterpret_cast<const uint2*>(args.work)[blockIdx.x];
+    // Block b takes tile b / num_kv_heads for KV head b % num_kv_heads, so that the tiles
+    // start in the order of their list.
+    const uint2 tile = reinterpret_cast<const uint2*>(args.work)[blockIdx.x / args.num_kv_heads];
     const qrt_attn_seq seq = reinterpret_cast<const qrt_attn_seq*>(args.seqs)[tile.x];
     const uint32_t* table = reinterpret_cast<const uint32_t*>(args.block_tables) + seq.table;
     const unsigned q0 = tile.y;
-    const unsigned kvh = blockIdx.y;
+    const unsigned kvh = blockIdx.x % args.num_kv_heads;
     const unsigned group = args.num_heads / args.num_kv_heads;
     const unsigned rows = kPrefillPairs / group;
     const unsigned half = threadIdx.x / kPrefillHalfThreads;

@@ -2020,7 +2020,9 @@ impl CudaDevice {
 
     /// Causal attention for rows of several sequences over the paged cache, one block per
     /// (tile of query rows, KV head); `args.work` holds `tiles` (sequence, first row) pairs, a tile
-    /// being [`attention_tile_rows`] rows of one sequence (fewer at its end).
+    /// being [`attention_tile_rows`] rows of one sequence (fewer at its end). Blocks start in the
+    /// list's order (all KV heads of a tile together), so listing the tiles that see the most
+    /// keys first pairs long blocks with short ones on the multiprocessors.
     ///
     /// # Safety
     /// The addresses in `args` must hold what [`qrt_attn_args`] describes.
@@ -2031,7 +2033,9 @@ impl CudaDevice {
     ) -> Result<(), KernelError> {
         Self::check_attention(args)?;
         let kernel = format!("qrt_attn_prefill_d{}", args.head_dim);
-        let grid = (u32_of("tiles", tiles)?, args.num_kv_heads, 1);
+        // A block per (tile, KV head), the KV head varying fastest.
+        let blocks = tiles.saturating_mul(args.num_kv_heads as usize);
+        let grid = (u32_of("attention tiles x KV heads", blocks)?, 1, 1);
         // SAFETY: qrt_attn_args by value; the caller guarantees the addresses.
         unsafe {
             self.launch_config(

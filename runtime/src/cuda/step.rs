@@ -183,19 +183,24 @@ pub fn plan(input: &StepInput<'_>, policy: &DecodePolicy) -> Result<StepPlan, Ru
         }),
     );
     let tile_rows = attention_tile_rows(input.heads.num_heads / input.heads.num_kv_heads.max(1));
+    // The prefill tiles, those that see the most keys first: blocks start in this order, so
+    // a long tile's block shares its multiprocessor with a short one's.
     let tile_list: Vec<u32> = if decode.is_some() {
         Vec::new()
     } else {
-        batch
+        let mut tiles: Vec<(usize, u32, u32)> = batch
             .seqs
             .iter()
             .enumerate()
             .flat_map(|(i, s)| {
-                (0..s.len)
-                    .step_by(tile_rows)
-                    .flat_map(move |q0| [i as u32, q0 as u32])
+                (0..s.len).step_by(tile_rows).map(move |q0| {
+                    let keys = s.past + (q0 + tile_rows).min(s.len);
+                    (keys, i as u32, q0 as u32)
+                })
             })
-            .collect()
+            .collect();
+        tiles.sort_by_key(|&(keys, ..)| std::cmp::Reverse(keys));
+        tiles.iter().flat_map(|&(_, i, q0)| [i, q0]).collect()
     };
     let num_tiles = tile_list.len() / 2;
     let tiles = push(&mut words, tile_list);
