@@ -410,7 +410,7 @@ fn tma_tile_outputs(width: usize, gated: bool) -> usize {
 /// The tile width (weight rows: 256 or 128) and k split of a TMA GEMM of `row_tiles` tiles of
 /// 128 rows over matrices of `ns` outputs with `ktiles` k steps: 256 wide where the grid then
 /// fills 90% of the device, else whichever width gives the larger grid (on a tie the one that
-/// splits less, then 256: the 1B's q/k/v, RESULTS log 50); `None`
+/// splits less, then 256: the 1B's q/k/v, RESULTS logs 50 and 51); `None`
 /// where the grid would fill less than half the device (the mma.sync kernels' smaller tiles
 /// do better there). Gated GEMMs (gate and up, 128 outputs a tile) take 256 and no split;
 /// without `split_k` (`QRT_GEMM_SPLITK=0`) none splits.
@@ -2563,8 +2563,8 @@ mod tests {
             Some((128, 2))
         );
         // q, k, v: 4 x (8 + 2 + 2) wide tiles split in 2 tie with 96 narrow ones unsplit,
-        // which took the product 30.5 → 21.0 µs (RESULTS log 50, before the split epilogue's
-        // grouped loads).
+        // which took the product 30.5 → 21.0 µs (RESULTS log 50) and, with the split
+        // epilogue's grouped loads, 20.8 → 15.9 µs (log 51).
         assert_eq!(
             gemm_tma_plan(4, &[2048, 512, 512], 32, 132, false, true),
             Some((128, 1))

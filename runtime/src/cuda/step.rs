@@ -306,9 +306,9 @@ mod tests {
         let p = plan_for(&tokens, &batch, &[39, 40], &inv).unwrap();
         assert_eq!(p.decode, None);
         // Groups of 2 heads: 40 rows in tiles of 32, two tiles for the first sequence, one for the
-        // second.
+        // second; those that see the most keys first (40, 32 and 20 + 1).
         assert_eq!(p.num_tiles, 3);
-        assert_eq!(&p.words[p.tiles..p.tiles + 6], &[0, 0, 0, 32, 1, 0]);
+        assert_eq!(&p.words[p.tiles..p.tiles + 6], &[0, 32, 0, 0, 1, 0]);
         assert_eq!(&p.words[p.seqs..p.seqs + 8], &[0, 40, 0, 0, 40, 1, 20, 3]);
         assert_eq!(&p.words[p.tables..p.tables + 5], &[3, 1, 4, 0, 2]);
         assert_eq!(p.words[p.inv_freq + 1], 0.5f32.to_bits());
