@@ -242,6 +242,13 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
         // Every value this thread adds to c is requested before its first store, so that the
         // loads' latencies overlap (the compiler cannot tell that a store does not alias a
         // later load).
+        // Accumulator q of fragment (mi, ni): its row and column of c.
+        const auto row_of = [&](int mi, int q) {
+            return m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + (q / 2) * 8;
+        };
+        const auto col_of = [&](int ni, int q) {
+            return n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2 + q % 2;
+        };
         float prev[MI][NI][4];
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
@@ -249,9 +256,7 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                    const int row =
-                        m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + (q / 2) * 8;
-                    const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2 + q % 2;
+                    const int row = row_of(mi, q), col = col_of(ni, q);
                     prev[mi][ni][q] = row < m && col < n && args.accumulate
                                           ? __ldcg(c + static_cast<size_t>(row) * n + col)
                                           : 0.f;
@@ -262,9 +267,7 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
             for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                    const int row =
-                        m0 + warp_m * (BM / 2) + mi * 16 + lane / 4 + (q / 2) * 8;
-                    const int col = n0 + warp_n * 32 + ni * 8 + (lane % 4) * 2 + q % 2;
+                    const int row = row_of(mi, q), col = col_of(ni, q);
                     if (row < m && col < n)
                         c[static_cast<size_t>(row) * n + col] =
                             acc[mi][ni][q] + (bias != nullptr ? bias[col] : 0.f) +
