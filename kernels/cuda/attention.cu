@@ -247,7 +247,8 @@ __device__ __forceinline__ void attn_prefill(const qrt_attn_args& args) {
                 qrt::mma16816<__half>(o[2 * db + 1], a0, a1, a2, a3, r[2], r[3]);
             }
         }
-        qrt::named_barrier(1 + half, kPrefillHalfThreads);  // the buffer is refilled two on
+        // Every warp of the half is done with the buffer before the half refills it.
+        qrt::named_barrier(1 + half, kPrefillHalfThreads);
     }
 
     // The second half's results (in the same fragment layout: its thread `tid` holds the same
