@@ -89,13 +89,14 @@ __device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], un
     // Eight values a thread at a time, their loads (partials, c's for the sum) all issued
     // before the first store.
     constexpr int kGroup = 8;
+    // Value i of the band: its row of the tile (band `rank`).
+    const auto row_of = [&](int i) { return static_cast<int>(rank) * rows + i / kBN; };
     for (int i0 = threadIdx.x; i0 < rows * kBN; i0 += kGroup * blockDim.x) {
         float v[kGroup], prev[kGroup];
 #pragma unroll
         for (int j = 0; j < kGroup; ++j) {
             const int i = i0 + j * static_cast<int>(blockDim.x);
-            const int row = static_cast<int>(rank) * rows + i / kBN;
-            const int col = i % kBN;
+            const int row = row_of(i), col = i % kBN;
             const bool inside = i < rows * kBN && m0 + row < m && n0 + col < n;
             v[j] = 0.f;
             if (i < rows * kBN)
@@ -108,8 +109,7 @@ __device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], un
 #pragma unroll
         for (int j = 0; j < kGroup; ++j) {
             const int i = i0 + j * static_cast<int>(blockDim.x);
-            const int row = static_cast<int>(rank) * rows + i / kBN;
-            const int col = i % kBN;
+            const int row = row_of(i), col = i % kBN;
             if (i < rows * kBN && m0 + row < m && n0 + col < n)
                 c[static_cast<size_t>(m0 + row) * n + n0 + col] =
                     v[j] + (bias != nullptr ? bias[n0 + col] : 0.f) + prev[j];

@@ -130,26 +130,24 @@ __device__ __forceinline__ void gemm_wgmma(const qrt_gemm_args& args) {
         // group's first store, so that their latencies overlap (the compiler cannot tell that
         // a store does not alias a later load).
         constexpr int kGroup = 16;
+        const auto row_of = [&](int i) { return row0 + ((i % 4) / 2) * 8; };
+        const auto col_of = [&](int i) { return n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2; };
 #pragma unroll
         for (int g = 0; g < 64; g += kGroup) {
             float prev[kGroup];
 #pragma unroll
             for (int j = 0; j < kGroup; ++j) {
-                const int i = g + j;
-                const int row = row0 + ((i % 4) / 2) * 8;
-                const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+                const int row = row_of(g + j), col = col_of(g + j);
                 prev[j] = row < m && col < n && args.accumulate
                               ? __ldcg(c + static_cast<size_t>(row) * n + col)
                               : 0.f;
             }
 #pragma unroll
             for (int j = 0; j < kGroup; ++j) {
-                const int i = g + j;
-                const int row = row0 + ((i % 4) / 2) * 8;
-                const int col = n0 + (i / 4) * 8 + (lane % 4) * 2 + i % 2;
+                const int row = row_of(g + j), col = col_of(g + j);
                 if (row < m && col < n)
                     c[static_cast<size_t>(row) * n + col] =
-                        d[i] + (bias != nullptr ? bias[col] : 0.f) + prev[j];
+                        d[g + j] + (bias != nullptr ? bias[col] : 0.f) + prev[j];
             }
         }
     }
