@@ -334,28 +334,31 @@ struct DecodeShape {
     static constexpr int min_blocks(int g) { return g <= 4 ? 512 / kThreads : 1; }
 };
 
-// The last of the `active` partitions of a (sequence, KV head) to arrive merges them all into
-// the output rows of the group's query heads (the other blocks return).
-template <int D>
-__device__ __forceinline__ void merge_partitions(const qrt_attn_args& args, const Partials& parts,
-                                                 size_t base, unsigned active, unsigned group,
-                                                 unsigned row) {
+// Partitions whose merge weights merge_partitions_wide keeps in shared memory (later ones are
+// computed as they are used).
+constexpr unsigned kCachedWeights = 32;
+
+// The start of a merge in global memory: the last of the `active` partitions of a (sequence,
+// KV head) to arrive (counted at `arrivals`) returns true, the others false. Before it returns,
+// per head of the group (warp w: heads w, w + warps, ...), the partitions' common maximum and
+// the inverse of their total are in `merged_max` and `merged_inv`, and (WEIGHTS) the weights
+// exp(max - common) / total of the first kCachedWeights partitions in `weights`; read with loads
+// that bypass L1 (other blocks wrote them).
+template <bool WEIGHTS>
+__device__ __forceinline__ bool merge_stats(const qrt_attn_args& args, const Partials& parts,
+                                            uint32_t* arrivals, size_t base, unsigned active,
+                                            unsigned group, float* merged_max, float* merged_inv,
+                                            float (*weights)[kCachedWeights]) {
     __shared__ bool last;
-    __shared__ float merged_max[kMaxGroup];
-    __shared__ float merged_inv[kMaxGroup];
     const unsigned tid = threadIdx.x;
     const unsigned warp = tid / qrt::kWarp;
     const unsigned lane = tid % qrt::kWarp;
-    const unsigned kvh = blockIdx.y;
-    uint32_t* arrivals = parts.arrivals + blockIdx.x * args.num_kv_heads + kvh;
     __threadfence();
     __syncthreads();
     if (tid == 0) last = atomicAdd(arrivals, 1u) == active - 1;
     __syncthreads();
-    if (!last) return;
+    if (!last) return false;
     __threadfence();
-    // Per head, the partitions' common maximum and total (warp w: heads w, w + warps, ...),
-    // read with loads that bypass L1 (other blocks wrote them).
     for (unsigned g = warp; g < group; g += blockDim.x / qrt::kWarp) {
         const size_t hb = base + g * args.splits;
         float mx = -INFINITY;
@@ -365,12 +368,34 @@ __device__ __forceinline__ void merge_partitions(const qrt_attn_args& args, cons
         for (unsigned s = lane; s < active; s += qrt::kWarp)
             sum = fmaf(__ldcg(parts.sum + hb + s), expf(__ldcg(parts.max + hb + s) - mx), sum);
         sum = qrt::warp_sum(sum);
+        if constexpr (WEIGHTS) {
+            const float inv = 1.f / sum;
+            for (unsigned s = lane; s < min(active, kCachedWeights); s += qrt::kWarp)
+                weights[g][s] = expf(__ldcg(parts.max + hb + s) - mx) * inv;
+        }
         if (lane == 0) {
             merged_max[g] = mx;
             merged_inv[g] = 1.f / sum;
         }
     }
     __syncthreads();
+    return true;
+}
+
+// The last of the `active` partitions of a (sequence, KV head) to arrive merges them all into
+// the output rows of the group's query heads (the other blocks return).
+template <int D>
+__device__ __forceinline__ void merge_partitions(const qrt_attn_args& args, const Partials& parts,
+                                                 size_t base, unsigned active, unsigned group,
+                                                 unsigned row) {
+    __shared__ float merged_max[kMaxGroup];
+    __shared__ float merged_inv[kMaxGroup];
+    const unsigned tid = threadIdx.x;
+    const unsigned kvh = blockIdx.y;
+    uint32_t* arrivals = parts.arrivals + blockIdx.x * args.num_kv_heads + kvh;
+    if (!merge_stats<false>(args, parts, arrivals, base, active, group, merged_max, merged_inv,
+                            nullptr))
+        return;
     for (unsigned i = tid; i < group * D; i += blockDim.x) {
         const unsigned g = i / D;
         const unsigned dd = i % D;
@@ -385,6 +410,74 @@ __device__ __forceinline__ void merge_partitions(const qrt_attn_args& args, cons
                                            (kvh * group + g) * D + dd] = out * merged_inv[g];
     }
     if (tid == 0) *arrivals = 0;  // ready for the next launch
+}
+
+// merge_partitions for many partitions (long contexts: the ring kernel's, and the register
+// kernel's out of line): each thread takes 2 outputs at once and requests 8 partitions' values
+// of each before adding any, so that a long context's merge waits on few round trips to L2.
+// `scratch` (kMaxGroup * kCachedWeights floats of shared memory the block no longer reads: its
+// warps' results) holds the weights.
+template <int D>
+__device__ __forceinline__ void merge_partitions_wide(const qrt_attn_args& args,
+                                                      const Partials& parts, size_t base,
+                                                      unsigned active, unsigned group,
+                                                      unsigned row, float* scratch) {
+    constexpr unsigned kOuts = 2, kParts = 8;
+    __shared__ float merged_max[kMaxGroup];
+    __shared__ float merged_inv[kMaxGroup];
+    float(*weights)[kCachedWeights] = reinterpret_cast<float(*)[kCachedWeights]>(scratch);
+    const unsigned tid = threadIdx.x;
+    const unsigned kvh = blockIdx.y;
+    uint32_t* arrivals = parts.arrivals + blockIdx.x * args.num_kv_heads + kvh;
+    if (!merge_stats<true>(args, parts, arrivals, base, active, group, merged_max, merged_inv,
+                           weights))
+        return;
+    const unsigned width = group * D;
+    float* out = reinterpret_cast<float*>(args.out) +
+                 static_cast<size_t>(row) * args.num_heads * D + kvh * width;
+    for (unsigned i0 = tid; i0 < width; i0 += kOuts * blockDim.x) {
+        float sums[kOuts] = {};
+        for (unsigned s0 = 0; s0 < active; s0 += kParts) {
+            float v[kOuts][kParts];
+#pragma unroll
+            for (unsigned u = 0; u < kOuts; ++u) {
+                const unsigned i = i0 + u * blockDim.x;
+                const size_t at = (base + (i / D) * args.splits + s0) * D + i % D;
+#pragma unroll
+                for (unsigned t = 0; t < kParts; ++t)
+                    v[u][t] = i < width && s0 + t < active ? __ldcg(parts.acc + at + t * D) : 0.f;
+            }
+#pragma unroll
+            for (unsigned u = 0; u < kOuts; ++u) {
+                const unsigned g = min((i0 + u * blockDim.x) / D, group - 1);
+#pragma unroll
+                for (unsigned t = 0; t < kParts; ++t) {
+                    const unsigned s = s0 + t;
+                    if (s >= active) break;
+                    const float w = s < kCachedWeights
+                                        ? weights[g][s]
+                                        : expf(__ldcg(parts.max + base + g * args.splits + s) -
+                                               merged_max[g]) *
+                                              merged_inv[g];
+                    sums[u] = fmaf(v[u][t], w, sums[u]);
+                }
+            }
+        }
+#pragma unroll
+        for (unsigned u = 0; u < kOuts; ++u)
+            if (i0 + u * blockDim.x < width) out[i0 + u * blockDim.x] = sums[u];
+    }
+    if (tid == 0) *arrivals = 0;  // ready for the next launch
+}
+
+// merge_partitions_wide out of line, for the register kernel: inlined into its 128 registers
+// it made the kernel spill.
+template <int D>
+__device__ __noinline__ void merge_partitions_wide_call(const qrt_attn_args& args,
+                                                        const Partials& parts, size_t base,
+                                                        unsigned active, unsigned group,
+                                                        unsigned row, float* scratch) {
+    merge_partitions_wide<D>(args, parts, base, active, group, row, scratch);
 }
 
 // 8 floats as f16 values.
@@ -554,14 +647,22 @@ struct WarpResults {
     float sum[WARPS][G];
 };
 
-// The end of a decode block (both kernels): its warps' results combined into the partition's output,
-// final when it is the only one; otherwise written to the cluster's leader (CLUSTER) or to
-// `args.work`, and merged there with the other partitions. DEFERRABLE (the tensor-core kernel)
-// and `args.out` 0: every partition written to `args.work` by query row, none merged here.
-template <int D, int G, int WARPS, bool CLUSTER, bool DEFERRABLE>
+// How the last partition of a (sequence, KV head) merges them in global memory (finish_partition).
+enum class Merge {
+    kSerial,    // merge_partitions (the tensor-core kernel of whole partitions)
+    kWide,      // merge_partitions_wide inline (the ring kernel)
+    kWideCall,  // merge_partitions_wide out of line (the register kernel)
+};
+
+// The end of a decode block (every kernel): its warps' results combined into the partition's
+// output, final when it is the only one; otherwise written to the cluster's leader (CLUSTER) or
+// to `args.work`, and merged there with the other partitions as MERGE says. DEFERRABLE (the
+// tensor-core kernels) and `args.out` 0: every partition written to `args.work` by query row,
+// none merged here.
+template <int D, int G, int WARPS, bool CLUSTER, bool DEFERRABLE, Merge MERGE = Merge::kSerial>
 __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsigned active,
                                                  unsigned row,
-                                                 const WarpResults<WARPS, G, D>& warps,
+                                                 WarpResults<WARPS, G, D>& warps,
                                                  float* slots, uint64_t* leader_bar) {
     const unsigned s_idx = blockIdx.x;
     const unsigned kvh = blockIdx.y;
@@ -618,7 +719,15 @@ __device__ __forceinline__ void finish_partition(const qrt_attn_args& args, unsi
     }
     if (active == 1 || deferred) return;
     if (!CLUSTER) {
-        merge_partitions<D>(args, parts, base, active, group, row);
+        static_assert(sizeof(warps.acc) >= sizeof(float) * kMaxGroup * kCachedWeights,
+                      "the merge's weights fit the warps' results");
+        float* scratch = &warps.acc[0][0][0];
+        if constexpr (MERGE == Merge::kSerial)
+            merge_partitions<D>(args, parts, base, active, group, row);
+        else if constexpr (MERGE == Merge::kWide)
+            merge_partitions_wide<D>(args, parts, base, active, group, row, scratch);
+        else
+            merge_partitions_wide_call<D>(args, parts, base, active, group, row, scratch);
         return;
     }
     if (split != 0) {
@@ -833,20 +942,23 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
     }
     __syncthreads();
 
-    finish_partition<D, G, S::kWarps, CLUSTER, false>(args, active, row, warps, slots,
-                                                      &leader_bar);
+    finish_partition<D, G, S::kWarps, CLUSTER, false, Merge::kWideCall>(args, active, row, warps,
+                                                                        slots, &leader_bar);
 }
 
 // Decode on tensor cores (`qrt_attn_decode_tc_d<D>_g<G>`): the same grid and merge as
-// attn_decode, for partitions of any multiple of kWarps * kKeys tokens up to what shared
-// memory holds. Every key and value of the partition is requested at once with cp.async into
-// shared memory (before waiting for the previous kernel when the rotation is fused), so a
-// block keeps a whole partition in flight without holding it in registers; each warp then
-// walks its quarter of the partition kKeys keys at a time with mma.sync, the group's query
-// heads as rows 0 .. group - 1 of the A fragment (rows 8-15 zero; those between computed and
-// never stored), an online softmax in base 2 per head, and P V from transposed ldmatrix reads,
-// as in prefill. Fewer instructions per token than attn_decode's shuffle reductions, and
-// longer partitions: at batch 8 the grid is a block per multiprocessor or two.
+// attn_decode, for partitions of any multiple of kWarps * kKeys tokens. A partition of up to
+// kMaxStaged tokens is staged whole: every key and value requested at once with cp.async into
+// shared memory (before waiting for the previous kernel when the rotation is fused), so a block
+// keeps a whole partition in flight without holding it in registers, and each warp walks its
+// quarter of it. A longer one (long contexts, few partitions) passes through a ring of
+// kMaxStaged / kRingKeys stages of kRingKeys tokens, the next stages' copies in flight while
+// one is scored, each warp taking kKeys tokens of a stage. A warp scores kKeys keys at a time
+// with mma.sync, the group's query heads as rows 0 .. group - 1 of the A fragment (rows 8-15
+// zero; those between computed and never stored), an online softmax in base 2 per head, and
+// P V from transposed ldmatrix reads, as in prefill. Fewer instructions per token than
+// attn_decode's shuffle reductions, and longer partitions: at batch 8 the grid is a block per
+// multiprocessor or two, and a long context needs few partitions.
 template <int D>
 struct DecodeTcShape {
     static constexpr int kWarps = 4;
@@ -855,7 +967,124 @@ struct DecodeTcShape {
     static constexpr int kStride = D + 8;     // halves per staged key or value row
     static constexpr int kDimSteps = D / 16;  // k-steps of Q K^T
     static constexpr int kDimBlocks = D / 8;  // 8-dimension column blocks of the output
+    // Most tokens staged at once (`max_tc_partition` in launch.rs): 72 KB of keys and values.
+    static constexpr unsigned kMaxStaged = D <= 64 ? 256 : 128;
+    // A ring stage: a step of kKeys keys for each warp.
+    static constexpr unsigned kRingKeys = kWarps * kKeys;
+    static constexpr unsigned kRing = kMaxStaged / kRingKeys;
+    // 16-byte copies a thread issues per ring stage, for its keys and again for its values.
+    static constexpr unsigned kRingCopies = kRingKeys * (D / 8) / kThreads;
 };
+
+// Thread tid of a tensor-core decode block rotates dimension pairs (j, j + D/2),
+// j = tid % (D/2), of one head at a time (the block's threads are a multiple of D/2): the sine
+// and cosine of its angle at the query's position `pos`, from the pass inputs (so before the
+// wait); no rotation unless fused.
+template <int D>
+__device__ __forceinline__ void decode_tc_angle(const qrt_attn_args& args, bool fused,
+                                                unsigned ctx, unsigned j, float& sn, float& cs) {
+    sn = 0.f, cs = 1.f;
+    if (fused) {
+        const float pos = static_cast<float>(ctx - 1);  // the query's position
+        sincosf(pos * reinterpret_cast<const float*>(args.inv_freq)[j], &sn, &cs);
+    }
+}
+
+// The group's queries of query row `row` for KV head `kvh`, rotated (fused) and scaled by
+// scale * log2(e), as f16 into `qs`.
+template <int D, int G>
+__device__ __forceinline__ void decode_tc_queries(const qrt_attn_args& args, unsigned row,
+                                                  unsigned kvh, unsigned group, unsigned j,
+                                                  float sn, float cs, __half (&qs)[G][D]) {
+    const float* q = reinterpret_cast<const float*>(args.q) +
+                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
+    const float qscale = args.scale * 1.4426950408889634f;
+    for (unsigned p = threadIdx.x; p < group * (D / 2); p += DecodeTcShape<D>::kThreads) {
+        const unsigned g = p / (D / 2);
+        const float x0 = __ldcg(q + g * D + j);
+        const float x1 = __ldcg(q + g * D + j + D / 2);
+        qs[g][j] = __float2half_rn((x0 * cs - x1 * sn) * qscale);
+        qs[g][j + D / 2] = __float2half_rn((x1 * cs + x0 * sn) * qscale);
+    }
+}
+
+// The newest key of query row `row` for KV head `kvh` (rotated) and its value, at dimensions j
+// and j + D/2, stored into their slot of the caches `kc` and `vc` (the context's last token)
+// and returned in `kv` (key, key, value, value).
+template <int D>
+__device__ __forceinline__ void decode_tc_newest(const qrt_attn_args& args, const uint32_t* table,
+                                                 unsigned ctx, unsigned row, unsigned kvh,
+                                                 unsigned j, float sn, float cs, __half* kc,
+                                                 __half* vc, __half (&kv)[4]) {
+    const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
+    const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
+    const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
+    const float k0 = __ldcg(kn + j), k1 = __ldcg(kn + j + D / 2);
+    kv[0] = __float2half_rn(k0 * cs - k1 * sn);
+    kv[1] = __float2half_rn(k1 * cs + k0 * sn);
+    kv[2] = __float2half_rn(__ldcg(vn + j));
+    kv[3] = __float2half_rn(__ldcg(vn + j + D / 2));
+    const size_t off =
+        (static_cast<size_t>(slot_of(table, ctx - 1, args.block_size)) * args.num_kv_heads +
+         kvh) * D;
+    kc[off + j] = kv[0];
+    kc[off + j + D / 2] = kv[1];
+    vc[off + j] = kv[2];
+    vc[off + j + D / 2] = kv[3];
+}
+
+// `kv` (decode_tc_newest) into staged row `at` of the keys `ks` and values `vs`.
+template <int D>
+__device__ __forceinline__ void decode_tc_stage_newest(__half* ks, __half* vs, unsigned at,
+                                                       unsigned j, const __half (&kv)[4]) {
+    __half* kn_s = ks + at * DecodeTcShape<D>::kStride;
+    __half* vn_s = vs + at * DecodeTcShape<D>::kStride;
+    kn_s[j] = kv[0];
+    kn_s[j + D / 2] = kv[1];
+    vn_s[j] = kv[2];
+    vn_s[j + D / 2] = kv[3];
+}
+
+// The A fragment of the queries for a lane of fragment row gr (head gr of the group, zero
+// beyond it; rows gr + 8 are zero) and column pair tc.
+template <int D, int G>
+__device__ __forceinline__ void decode_tc_query_fragment(const __half (&qs)[G][D],
+                                                         unsigned group, unsigned gr, unsigned tc,
+                                                         uint32_t (&qa)[D / 16][2]) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+            qa[kk][c] = gr < group
+                            ? *reinterpret_cast<const uint32_t*>(&qs[gr][kk * 16 + c * 8 + 2 * tc])
+                            : 0u;
+    }
+}
+
+// A warp's output `o`, maximum `m` (base 2) and sum `l` (this lane's share) per head into
+// `warps`, for finish_partition.
+template <int D, int G, int WARPS>
+__device__ __forceinline__ void decode_tc_warp_result(WarpResults<WARPS, G, D>& warps,
+                                                      unsigned group,
+                                                      const float (&o)[D / 8][2], float m,
+                                                      float l) {
+    const unsigned warp = threadIdx.x / qrt::kWarp;
+    const unsigned lane = threadIdx.x % qrt::kWarp;
+    const unsigned gr = lane / 4;
+    const unsigned tc = lane % 4;
+    l += __shfl_xor_sync(qrt::kFull, l, 1);
+    l += __shfl_xor_sync(qrt::kFull, l, 2);
+    if (gr < group) {
+#pragma unroll
+        for (int b = 0; b < D / 8; ++b)
+            *reinterpret_cast<float2*>(&warps.acc[warp][gr][b * 8 + 2 * tc]) =
+                make_float2(o[b][0], o[b][1]);
+        if (tc == 0) {
+            warps.max[warp][gr] = m * 0.6931471805599453f;
+            warps.sum[warp][gr] = l;
+        }
+    }
+}
 
 template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
@@ -906,48 +1135,17 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     // (the block's threads are a multiple of D/2): its angle from the pass inputs, before the
     // wait.
     const unsigned j = tid % (D / 2);
-    float sn = 0.f, cs = 1.f;
-    if (fused) {
-        const float pos = static_cast<float>(ctx - 1);  // the query's position
-        sincosf(pos * reinterpret_cast<const float*>(args.inv_freq)[j], &sn, &cs);
-    }
+    float sn, cs;
+    decode_tc_angle<D>(args, fused, ctx, j, sn, cs);
     if (fused) qrt::pdl_wait();
     qrt::pdl_launch_dependents();
 
-    // The group's queries, rotated (fused) and scaled by scale * log2(e), as f16.
-    const float* q = reinterpret_cast<const float*>(args.q) +
-                     static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
-    const float qscale = args.scale * 1.4426950408889634f;
-    for (unsigned p = tid; p < group * (D / 2); p += S::kThreads) {
-        const unsigned g = p / (D / 2);
-        const float x0 = __ldcg(q + g * D + j);
-        const float x1 = __ldcg(q + g * D + j + D / 2);
-        qs[g][j] = __float2half_rn((x0 * cs - x1 * sn) * qscale);
-        qs[g][j + D / 2] = __float2half_rn((x1 * cs + x0 * sn) * qscale);
-    }
+    decode_tc_queries<D, G>(args, row, kvh, group, j, sn, cs, qs);
     // The newest key (rotated) and value: into the cache and into the staged partition.
     if (has_newest && tid < D / 2) {
-        const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
-        const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
-        const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
-        const float k0 = __ldcg(kn + j), k1 = __ldcg(kn + j + D / 2);
-        const __half kr0 = __float2half_rn(k0 * cs - k1 * sn);
-        const __half kr1 = __float2half_rn(k1 * cs + k0 * sn);
-        const __half v0 = __float2half_rn(__ldcg(vn + j));
-        const __half v1 = __float2half_rn(__ldcg(vn + j + D / 2));
-        const size_t off =
-            (static_cast<size_t>(slot_of(table, ctx - 1, args.block_size)) * args.num_kv_heads +
-             kvh) * D;
-        kc[off + j] = kr0;
-        kc[off + j + D / 2] = kr1;
-        vc[off + j] = v0;
-        vc[off + j + D / 2] = v1;
-        __half* kn_s = ks + newest * S::kStride;
-        __half* vn_s = vs + newest * S::kStride;
-        kn_s[j] = kr0;
-        kn_s[j + D / 2] = kr1;
-        vn_s[j] = v0;
-        vn_s[j + D / 2] = v1;
+        __half kv[4];
+        decode_tc_newest<D>(args, table, ctx, row, kvh, j, sn, cs, kc, vc, kv);
+        decode_tc_stage_newest<D>(ks, vs, newest, j, kv);
     }
     qrt::cp_async_wait<0>();
     __syncthreads();
@@ -960,14 +1158,7 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     const unsigned k0 = warp * chunk;
     const unsigned k1 = min(k0 + chunk, n);
     uint32_t qa[S::kDimSteps][2];
-#pragma unroll
-    for (int kk = 0; kk < S::kDimSteps; ++kk) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c)
-            qa[kk][c] = gr < group
-                            ? *reinterpret_cast<const uint32_t*>(&qs[gr][kk * 16 + c * 8 + 2 * tc])
-                            : 0u;
-    }
+    decode_tc_query_fragment<D, G>(qs, group, gr, tc, qa);
     float o[S::kDimBlocks][2];
 #pragma unroll
     for (int b = 0; b < S::kDimBlocks; ++b) o[b][0] = o[b][1] = 0.f;
@@ -1034,25 +1225,233 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
             o[2 * db + 1][0] = d1[0], o[2 * db + 1][1] = d1[1];
         }
     }
-    // The warp's output, maximum (natural-log units) and sum per head, for finish_partition.
-    l += __shfl_xor_sync(qrt::kFull, l, 1);
-    l += __shfl_xor_sync(qrt::kFull, l, 2);
-    if (gr < group) {
-#pragma unroll
-        for (int b = 0; b < S::kDimBlocks; ++b)
-            *reinterpret_cast<float2*>(&warps.acc[warp][gr][b * 8 + 2 * tc]) =
-                make_float2(o[b][0], o[b][1]);
-        if (tc == 0) {
-            warps.max[warp][gr] = m * 0.6931471805599453f;
-            warps.sum[warp][gr] = l;
-        }
-    }
+    decode_tc_warp_result<D, G, S::kWarps>(warps, group, o, m, l);
     __syncthreads();
     finish_partition<D, G, S::kWarps, CLUSTER, true>(args, active, row, warps, slots,
                                                      &leader_bar);
 }
 
+// A warp's running softmax state over the keys it has scored: per head of its fragment row,
+// the maximum (base 2), the sum, and the unnormalised output columns it holds.
+template <int D>
+struct DecodeTcState {
+    float o[DecodeTcShape<D>::kDimBlocks][2];
+    float m = -INFINITY, l = 0.f;
+    __device__ DecodeTcState() {
+#pragma unroll
+        for (int b = 0; b < DecodeTcShape<D>::kDimBlocks; ++b) o[b][0] = o[b][1] = 0.f;
+    }
+};
+
+// One step of a warp: the kKeys keys and values staged from row `row` of `kb` / `vb` (shared
+// addresses), partition tokens t0.., masked from token k1 (t0 < k1), scored against the query
+// fragment `qa` into `st`. B fragments by ldmatrix: matrix i of a load holds the block's keys
+// at dimensions kk * 16 + 8 i .. + 7.
+template <int D>
+__device__ __forceinline__ void decode_tc_step(uint32_t kb, uint32_t vb, unsigned row,
+                                               unsigned t0, unsigned k1,
+                                               const uint32_t (&qa)[D / 16][2],
+                                               DecodeTcState<D>& st) {
+    using S = DecodeTcShape<D>;
+    const unsigned lane = threadIdx.x % qrt::kWarp;
+    const unsigned tc = lane % 4;
+    float sc[2][4];
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+        sc[nb][0] = sc[nb][1] = sc[nb][2] = sc[nb][3] = 0.f;
+        const unsigned key = row + nb * 8 + (lane & 7);
+#pragma unroll
+        for (int kk = 0; kk < S::kDimSteps; kk += 2) {
+            uint32_t r[4];
+            qrt::ldmatrix_x4(r, kb + (key * S::kStride + kk * 16 + (lane >> 3) * 8) * 2);
+            qrt::mma16816<__half>(sc[nb], qa[kk][0], 0u, qa[kk][1], 0u, r[0], r[1]);
+            qrt::mma16816<__half>(sc[nb], qa[kk + 1][0], 0u, qa[kk + 1][1], 0u, r[2], r[3]);
+        }
+    }
+    // Masked beyond the warp's tokens; the running maximum and sum of this lane's head (its
+    // row's 4 lanes agree after the shuffles).
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float& x = sc[nb][i];
+            x = t0 + nb * 8 + 2 * tc + i < k1 ? x : -INFINITY;
+            mx = fmaxf(mx, x);
+        }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(qrt::kFull, mx, 2));
+    const float m_new = fmaxf(st.m, mx);
+    const float corr = exp2f(st.m - m_new);  // m_new is finite: t0 < k1
+    st.m = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            sc[nb][i] = exp2f(sc[nb][i] - st.m);
+            sum += sc[nb][i];
+        }
+    }
+    st.l = st.l * corr + sum;
+#pragma unroll
+    for (int b = 0; b < S::kDimBlocks; ++b) st.o[b][0] *= corr, st.o[b][1] *= corr;
+    // O += P V (P's rows 8-15 are zero; rows from the group's size to 7 are never stored).
+    const uint32_t a0 = half2_bits(sc[0][0], sc[0][1]);
+    const uint32_t a2 = half2_bits(sc[1][0], sc[1][1]);
+    const unsigned key = row + ((lane >> 3) & 1) * 8 + (lane & 7);
+#pragma unroll
+    for (int db = 0; db < S::kDimBlocks / 2; ++db) {
+        const unsigned dim = (2 * db + (lane >> 4)) * 8;
+        uint32_t r[4];
+        qrt::ldmatrix_x4_trans(r, vb + (key * S::kStride + dim) * 2);
+        float d0[4] = {st.o[2 * db][0], st.o[2 * db][1], 0.f, 0.f};
+        float d1[4] = {st.o[2 * db + 1][0], st.o[2 * db + 1][1], 0.f, 0.f};
+        qrt::mma16816<__half>(d0, a0, 0u, a2, 0u, r[0], r[1]);
+        qrt::mma16816<__half>(d1, a0, 0u, a2, 0u, r[2], r[3]);
+        st.o[2 * db][0] = d0[0], st.o[2 * db][1] = d0[1];
+        st.o[2 * db + 1][0] = d1[0], st.o[2 * db + 1][1] = d1[1];
+    }
+}
+
+// Waits until at most `pending` (0 to 3) committed groups of copies are still in flight.
+__device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
+    if (pending >= 3)
+        qrt::cp_async_wait<3>();
+    else if (pending == 2)
+        qrt::cp_async_wait<2>();
+    else if (pending == 1)
+        qrt::cp_async_wait<1>();
+    else
+        qrt::cp_async_wait<0>();
+}
+
+// attn_decode_tc for partitions longer than kMaxStaged, through the ring. A kernel of its own:
+// the whole-partition kernel written around the same step measured 0.6-0.8% slower at batches
+// 4 and 8 of 512 tokens (RESULTS log 52), so that one stays as it was.
+template <int D, int G, bool CLUSTER>
+__device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
+    using S = DecodeTcShape<D>;
+    static_assert(S::kRing >= 2 && S::kRing <= 4, "cp_async_wait_at_most covers the ring");
+    __shared__ __align__(16) WarpResults<S::kWarps, G, D> warps;
+    __shared__ __align__(16) __half qs[G][D];  // the group's queries, rotated and scaled
+    __shared__ __align__(8) uint64_t leader_bar;
+    // The ring's keys, then its values (kMaxStaged rows of kStride halves each), then (CLUSTER)
+    // the leader's slots.
+    extern __shared__ __align__(16) unsigned char dyn_smem[];
+    __half* ks = reinterpret_cast<__half*>(dyn_smem);
+    __half* vs = ks + S::kMaxStaged * S::kStride;
+    float* slots = reinterpret_cast<float*>(vs + S::kMaxStaged * S::kStride);
+
+    const bool fused = args.inv_freq != 0;
+    const unsigned kvh = blockIdx.y;
+    const DecodePartition part = decode_partition<CLUSTER>(args, &leader_bar);
+    if (part.n == 0) return skip_partition<CLUSTER>(args, part);
+    const auto [table, group, ctx, active, t_begin, n, row] = part;
+    const unsigned newest = ctx - 1 - t_begin;  // in this partition when < n
+    const bool has_newest = fused && newest < n;
+    const unsigned tid = threadIdx.x;
+    const unsigned warp = tid / qrt::kWarp;
+    const unsigned lane = tid % qrt::kWarp;
+    __half* kc = reinterpret_cast<__half*>(args.k_cache);
+    __half* vc = reinterpret_cast<__half*>(args.v_cache);
+
+    // Key and value 16-byte piece c of partition token j, at cache slot `slot`, into staged
+    // row `at`, zeros beyond the context; fused, the newest token is not in the cache yet (it
+    // is stored below).
+    const uint32_t kb = static_cast<uint32_t>(__cvta_generic_to_shared(ks));
+    const uint32_t vb = static_cast<uint32_t>(__cvta_generic_to_shared(vs));
+    auto slot_at = [&](unsigned j) {
+        return slot_of(part.table, part.t_begin + (j < part.n ? j : 0), args.block_size);
+    };
+    auto request = [&](unsigned j, unsigned c, unsigned at, size_t slot) {
+        if (has_newest && j == newest) return;
+        const size_t off = (slot * args.num_kv_heads + kvh) * D + c;
+        const uint32_t dst = (at * S::kStride + c) * 2;
+        qrt::cp_async16(kb + dst, kc + off, j < part.n);
+        qrt::cp_async16(vb + dst, vc + off, j < part.n);
+    };
+    // Ring stage r (tokens r * kRingKeys..) into its place r % kRing: a thread's tokens, the
+    // cache slots of which `into` / `cached` hold (read from the block table ahead, so that no
+    // copy waits on the table).
+    const unsigned stages = (n + S::kRingKeys - 1) / S::kRingKeys;
+    auto stage_token = [&](unsigned r, unsigned i) {
+        return r * S::kRingKeys + (tid + i * S::kThreads) / (D / 8);
+    };
+    auto stage_slots = [&](unsigned r, uint32_t(&into)[S::kRingCopies]) {
+#pragma unroll
+        for (unsigned i = 0; i < S::kRingCopies; ++i) into[i] = slot_at(stage_token(r, i));
+    };
+    auto request_stage = [&](unsigned r, const uint32_t(&cached)[S::kRingCopies]) {
+#pragma unroll
+        for (unsigned i = 0; i < S::kRingCopies; ++i) {
+            const unsigned j = stage_token(r, i);
+            const unsigned c = ((tid + i * S::kThreads) % (D / 8)) * 8;
+            request(j, c, (r % S::kRing) * S::kRingKeys + j - r * S::kRingKeys, cached[i]);
+        }
+        qrt::cp_async_commit();
+    };
+    uint32_t next_slots[S::kRingCopies];  // the cache slots of the next stage requested
+    for (unsigned r = 0; r < min(stages, S::kRing); ++r) {
+        stage_slots(r, next_slots);
+        request_stage(r, next_slots);
+    }
+
+    const unsigned j = tid % (D / 2);
+    float sn, cs;
+    decode_tc_angle<D>(args, fused, ctx, j, sn, cs);
+    if (fused) qrt::pdl_wait();
+    qrt::pdl_launch_dependents();
+
+    decode_tc_queries<D, G>(args, row, kvh, group, j, sn, cs, qs);
+    // The newest key (rotated) and value: into the cache now, into its staged row once its
+    // stage's place is free.
+    __half newest_kv[4];
+    if (has_newest && tid < D / 2)
+        decode_tc_newest<D>(args, table, ctx, row, kvh, j, sn, cs, kc, vc, newest_kv);
+    __syncthreads();
+
+    uint32_t qa[S::kDimSteps][2];
+    decode_tc_query_fragment<D, G>(qs, group, lane / 4, lane % 4, qa);
+    DecodeTcState<D> st;
+    for (unsigned r = 0; r < stages; ++r) {
+        const bool refill = r + S::kRing < stages;
+        if (refill) stage_slots(r + S::kRing, next_slots);
+        // Stages r + 1 .. are requested up to the ring's size.
+        cp_async_wait_at_most(min(stages - 1 - r, S::kRing - 1));
+        const unsigned at = (r % S::kRing) * S::kRingKeys;
+        if (has_newest && tid < D / 2 && newest / S::kRingKeys == r)
+            decode_tc_stage_newest<D>(ks, vs, at + newest % S::kRingKeys, j, newest_kv);
+        __syncthreads();
+        const unsigned t0 = r * S::kRingKeys + warp * S::kKeys;
+        if (t0 < n)
+            decode_tc_step<D>(kb, vb, at + warp * S::kKeys, t0, min(t0 + S::kKeys, n), qa,
+                              st);
+        if (refill) {
+            __syncthreads();  // every warp is done with the slot the next request refills
+            request_stage(r + S::kRing, next_slots);
+        }
+    }
+    decode_tc_warp_result<D, G, S::kWarps>(warps, group, st.o, st.m, st.l);
+    __syncthreads();
+    finish_partition<D, G, S::kWarps, CLUSTER, true, Merge::kWide>(args, active, row, warps,
+                                                                    slots, &leader_bar);
+}
+
 }  // namespace
+
+// The tensor-core decode kernels (KIND tc: whole partitions; tc_ring: through the ring) for
+// groups of up to G heads.
+#define QRT_ATTN_DECODE_TC(D, NAME, G, KIND)                                                   \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_##KIND##_d##D##_g##NAME(const qrt_attn_args args) {                    \
+        attn_decode_##KIND<D, G, false>(args);                                                 \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_##KIND##_d##D##_g##NAME##_cluster(const qrt_attn_args args) {          \
+        attn_decode_##KIND<D, G, true>(args);                                                  \
+    }
 
 // Decode for groups of up to G heads: partitions merged in global memory, or in a cluster.
 #define QRT_ATTN_DECODE(D, NAME, G)                                                            \
@@ -1064,14 +1463,8 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
         qrt_attn_decode_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                   \
         attn_decode<D, G, true>(args);                                                         \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
-        qrt_attn_decode_tc_d##D##_g##NAME(const qrt_attn_args args) {                          \
-        attn_decode_tc<D, G, false>(args);                                                     \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
-        qrt_attn_decode_tc_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                \
-        attn_decode_tc<D, G, true>(args);                                                      \
-    }
+    QRT_ATTN_DECODE_TC(D, NAME, G, tc)                                                         \
+    QRT_ATTN_DECODE_TC(D, NAME, G, tc_ring)
 
 #define QRT_ATTN(D)                                                                            \
     extern "C" __global__ void __launch_bounds__(2 * kPrefillHalfThreads, 2)                     \

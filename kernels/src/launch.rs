@@ -135,6 +135,12 @@ pub struct Fusion {
 /// cluster size).
 const MAX_DECODE_CLUSTER: usize = 16;
 
+/// Most partitions of a long context whose partitions stream through the ring (see
+/// [`DecodePolicy::split`]): at batch one, two blocks a multiprocessor. The ring kernel issues
+/// an instruction every ~5 cycles a warp (ncu, RESULTS log 52), so a multiprocessor needs the
+/// warps of two blocks.
+const MAX_LONG_SPLITS: usize = 32;
+
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
 /// `blocks` blocks merge through each other's shared memory as one thread-block cluster: when
 /// there are several, they fit one cluster, and the whole grid is one wave of `slots` blocks
@@ -173,8 +179,10 @@ const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
 ///   given the same, lost 2-3% at batches 6 and 8.
 const OVERLAP_BYTES: usize = 4 << 20;
 
-/// Largest partition of the tensor-core decode kernel for heads of `head_dim`: its keys and
-/// values staged in about 72 KB of shared memory, two blocks a multiprocessor.
+/// Largest partition the tensor-core decode kernel stages whole for heads of `head_dim`
+/// (`DecodeTcShape::kMaxStaged`): its keys and values in about 72 KB of shared memory, two
+/// blocks a multiprocessor. Longer partitions pass through a ring of 64-token stages in the
+/// same memory.
 fn max_tc_partition(head_dim: usize) -> usize {
     if head_dim <= 64 {
         256
@@ -183,10 +191,11 @@ fn max_tc_partition(head_dim: usize) -> usize {
     }
 }
 
-/// Shared memory of a tensor-core decode block holding `partition` keys and values
-/// (`DecodeTcShape`: rows of `head_dim + 8` halves).
+/// Shared memory of a tensor-core decode block for partitions of `partition` tokens: the
+/// partition's keys and values, or the ring's for a longer one (`DecodeTcShape`: rows of
+/// `head_dim + 8` halves).
 fn tc_partition_bytes(partition: usize, head_dim: usize) -> usize {
-    2 * partition * (head_dim + 8) * 2
+    2 * partition.min(max_tc_partition(head_dim)) * (head_dim + 8) * 2
 }
 
 /// When decode attention scores on tensor cores (`QRT_ATTN_TC`).
@@ -241,6 +250,14 @@ impl DecodePolicy {
     ///
     /// On an H200, aiming at two blocks a multiprocessor was slower at batch 4 (1B: 128-token
     /// partitions, 160 blocks, 1.40 ms a step against 1.11).
+    ///
+    /// Long contexts, where those rules would split a context into more partitions than one
+    /// cluster holds, take instead as many partitions as keep the tensor-core kernel's grid
+    /// within two blocks a multiprocessor, at most a cluster's (16), or 32 where even 32 would
+    /// stream through the ring, in multiples of half the tokens the kernel stages whole (few
+    /// lengths, so few graphs); unless the register kernel is forced. A merge of many
+    /// partitions by one block had cost more than the attention itself (the 1B at batch one
+    /// and 8,192 tokens: 40 µs a layer for 16 MB of keys and values; RESULTS log 52).
     pub fn split(
         &self,
         max_ctx: usize,
@@ -267,8 +284,38 @@ impl DecodePolicy {
             DecodeTc::Batched => seqs <= 1 || one_wave,
             DecodeTc::Always => false,
         };
+        let (splits, partition) = self.short_split(registers, max_ctx, pairs, heads, head_dim);
+        if splits <= MAX_DECODE_CLUSTER || self.tensor_cores == DecodeTc::Never {
+            return (round(splits), partition);
+        }
+        let whole = max_tc_partition(head_dim);
+        let long = |most: usize| {
+            let splits = (2 * self.multiprocessors / pairs).clamp(1, most);
+            let partition = max_ctx.div_ceil(splits).next_multiple_of(whole / 2);
+            (max_ctx.div_ceil(partition), partition)
+        };
+        // Within a cluster's partitions, unless they stream through the ring and still would
+        // with more of them (partitions staged whole beyond a cluster would be merged by one
+        // block, one partition after another).
+        let few = long(MAX_DECODE_CLUSTER);
+        match long(MAX_LONG_SPLITS) {
+            more if few.1 > whole && more.1 > whole => more,
+            _ => few,
+        }
+    }
+
+    /// [`split`](Self::split)'s rules before the long-context one: (partitions, tokens per
+    /// partition) for `pairs` (sequence, KV head) pairs, the partitions not yet rounded.
+    fn short_split(
+        &self,
+        registers: bool,
+        max_ctx: usize,
+        pairs: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> (usize, usize) {
         if registers {
-            return (round(needed), MAX_ATTN_PARTITION);
+            return (max_ctx.div_ceil(MAX_ATTN_PARTITION), MAX_ATTN_PARTITION);
         }
         let largest = max_tc_partition(head_dim);
         let width = heads * head_dim;
@@ -289,7 +336,7 @@ impl DecodePolicy {
                 .find(|p| pairs * max_ctx.div_ceil(*p) <= self.multiprocessors)
                 .unwrap_or(largest)
         };
-        (round(max_ctx.div_ceil(partition)), partition)
+        (max_ctx.div_ceil(partition), partition)
     }
 
     /// Whether partitions of `partition` tokens are scored on tensor cores.
@@ -2057,11 +2104,12 @@ impl CudaDevice {
     /// cover every sequence's context), merged within a thread-block cluster (by its first
     /// block, from its shared memory) or else by the last partition of each (sequence, KV head)
     /// to finish. Partitions of up to 64 tokens go to the register kernel, longer ones (or any,
-    /// under `QRT_ATTN_TC=all`) to the tensor-core kernel, which takes multiples of 64 up to
-    /// 256 tokens for heads of 64 and 128 for heads of 128 ([`DecodePolicy::split`] chooses
-    /// them). `args.work` needs [`attention_decode_work_bytes`] bytes, its arrival counters
-    /// zero (they are left zero). With `args.out` 0 (deferred; one row per sequence, rows in
-    /// `0..num_seqs`, tensor-core partitions only) nothing is merged: every partition's
+    /// under `QRT_ATTN_TC=all`) to the tensor-core kernel, which takes multiples of 64: up to
+    /// 256 tokens for heads of 64 and 128 for heads of 128 staged whole, longer ones through a
+    /// ring of 64-token stages ([`DecodePolicy::split`] chooses them). `args.work` needs
+    /// [`attention_decode_work_bytes`] bytes, its arrival counters zero (they are left zero).
+    /// With `args.out` 0 (deferred; one row per sequence, rows in `0..num_seqs`, tensor-core
+    /// partitions only) nothing is merged: every partition's
     /// unnormalised output, maximum and sum stay in `args.work` by query row (partitions beyond
     /// a context with maximum -inf), for [`gemv_merging`](Self::gemv_merging) to combine.
     ///
@@ -2072,17 +2120,14 @@ impl CudaDevice {
         let partition = args.partition as usize;
         let head_dim = args.head_dim as usize;
         let tc = self.decode_policy().tensor_core_partition(partition);
-        let largest = if tc {
-            max_tc_partition(head_dim)
+        let valid = if tc {
+            partition.is_multiple_of(TC_PARTITION_STEP)
         } else {
-            MAX_ATTN_PARTITION
+            partition <= MAX_ATTN_PARTITION
         };
-        if partition == 0
-            || partition > largest
-            || (tc && !partition.is_multiple_of(TC_PARTITION_STEP))
-        {
+        if partition == 0 || !valid {
             let kernel = if tc {
-                format!("multiples of {TC_PARTITION_STEP} up to {largest} (tensor cores)")
+                format!("multiples of {TC_PARTITION_STEP} (tensor cores)")
             } else {
                 format!("1..={MAX_ATTN_PARTITION} (registers)")
             };
@@ -2105,10 +2150,12 @@ impl CudaDevice {
         // The register kernel: two warps per 16 dimensions (`DecodeShape` in attention.cu);
         // the tensor-core one: four warps (`DecodeTcShape`), its partition staged in dynamic
         // shared memory.
+        let ring = tc && partition > max_tc_partition(head_dim);
         let (threads, name, staged) = if tc {
+            let kind = if ring { "tc_ring" } else { "tc" };
             (
                 TC_DECODE_THREADS,
-                format!("qrt_attn_decode_tc_d{head_dim}_g{built}"),
+                format!("qrt_attn_decode_{kind}_d{head_dim}_g{built}"),
                 tc_partition_bytes(partition, head_dim),
             )
         } else {
@@ -2128,7 +2175,10 @@ impl CudaDevice {
         // Its grid is one wave up to two blocks a multiprocessor.
         let wave = self.multiprocessors() * if tc { 2 } else { 1 };
         // Deferred (`out` 0): the partitions are left in `work` for the projection to merge.
+        // Ring partitions stream long enough to want a multiprocessor each, where a cluster
+        // packs its blocks two to a multiprocessor of one GPC.
         let cluster = args.out != 0
+            && !ring
             && self.decode_clusters
             && fits_twice
             && merge_in_cluster(args.splits, blocks, wave);

@@ -495,10 +495,16 @@ mod tests {
             let s = DecodeSplit::choose(&h200, ctx, seqs, heads);
             (s.splits, s.partition)
         };
-        // Batch one keeps the register kernel: at 640 tokens 80 blocks, at 5,000 a power of two
-        // of 64-token partitions.
+        // Batch one keeps the register kernel up to 16 partitions: at 640 tokens 80 blocks.
         assert_eq!(split(640, 1, &llama), (10, 64));
-        assert_eq!(split(5000, 1, &llama), (128, 64));
+        // Beyond, as many tensor-core partitions as keep two blocks a multiprocessor, at most
+        // 16, in multiples of 128 tokens (half the 256 staged whole; longer ones stream through
+        // a ring): 1,100 tokens in 9 of 128, 5,000 in 14 of 384. Up to 32 where those would
+        // still stream: 8,224 in 22 of 384, 32,768 in 32 of 1,024.
+        assert_eq!(split(1100, 1, &llama), (9, 128));
+        assert_eq!(split(5000, 1, &llama), (14, 384));
+        assert_eq!(split(8224, 1, &llama), (22, 384));
+        assert_eq!(split(32768, 1, &llama), (32, 1024));
         // Its 8 MB output projection: the longest partitions (2: 48 blocks; 4: 96), three
         // quarters as long where those would be more blocks than multiprocessors (8: 64
         // (sequence, KV head) pairs x 3 = 192 blocks).
@@ -518,8 +524,12 @@ mod tests {
         assert_eq!(split(1152, 6, &smollm2), (6, 192));
         // Beyond a wave even at 256 tokens: the longest it stages.
         assert_eq!(split(1152, 8, &smollm2), (5, 256));
-        // Long contexts, a power of two of partitions beyond 16.
-        assert_eq!(split(5000, 8, &llama), (32, 192));
+        // Long contexts: 3 KV heads at batch one in 16 partitions through the ring (32 would be
+        // staged whole); 24 (sequence, KV head) pairs at batch 8 in 11 (264 blocks).
+        assert_eq!(split(8032, 1, &smollm2), (16, 512));
+        assert_eq!(split(8032, 8, &smollm2), (11, 768));
+        // Long contexts: 64 (sequence, KV head) pairs in 4 partitions each, 256 blocks.
+        assert_eq!(split(5000, 8, &llama), (4, 1280));
         // Heads of 128 stage at most 128 tokens (three quarters of that would be the register
         // kernel's).
         let wide = HeadGeometry {
@@ -527,5 +537,14 @@ mod tests {
             ..llama
         };
         assert_eq!(split(640, 8, &wide), (5, 128));
+        // and stream longer ones through the ring.
+        assert_eq!(split(8192, 1, &wide), (32, 256));
+        // The register kernel alone (`QRT_ATTN_TC=0`) keeps a power of two of 64-token
+        // partitions beyond 16.
+        let registers = DecodePolicy {
+            tensor_cores: qrt_kernels::DecodeTc::Never,
+            ..h200
+        };
+        assert_eq!(registers.split(5000, 1, 32, 8, 64), (128, 64));
     }
 }

@@ -866,7 +866,7 @@ impl<B: Backend> KvRun<B> {
 }
 
 /// Rotary embedding, KV store and attention for several head layouts, over batches that mix
-/// prefill, continued prefill and decode, with contexts from 1 to 3000 tokens; `mode` names
+/// prefill, continued prefill and decode, with contexts from 1 to 4,204 tokens; `mode` names
 /// the decode attention policy of `cuda` in the checks' names.
 fn check_attention(
     cpu: &CpuBackend,
@@ -892,6 +892,12 @@ fn check_attention(
         vec![(4, 1), (2, 1), (0, 1)],
         vec![(5, 3000)],
         vec![(5, 1), (3, 1)],
+        // Long contexts at batch one and two: few partitions, streamed through the ring kernel
+        // beyond 4,096 tokens.
+        vec![(5, 1)],
+        vec![(5, 1200)],
+        vec![(5, 1), (3, 1)],
+        vec![(5, 1)],
     ];
     for (h, kvh, d) in layouts {
         let heads = HeadGeometry {
