@@ -1143,9 +1143,27 @@ __device__ __forceinline__ void attn_decode_tc(const qrt_attn_args& args) {
     decode_tc_queries<D, G>(args, row, kvh, group, j, sn, cs, qs);
     // The newest key (rotated) and value: into the cache and into the staged partition.
     if (has_newest && tid < D / 2) {
-        __half kv[4];
-        decode_tc_newest<D>(args, table, ctx, row, kvh, j, sn, cs, kc, vc, kv);
-        decode_tc_stage_newest<D>(ks, vs, newest, j, kv);
+        const size_t nrow = (static_cast<size_t>(row) * args.num_kv_heads + kvh) * D;
+        const float* kn = reinterpret_cast<const float*>(args.k_new) + nrow;
+        const float* vn = reinterpret_cast<const float*>(args.v_new) + nrow;
+        const float k0 = __ldcg(kn + j), k1 = __ldcg(kn + j + D / 2);
+        const __half kr0 = __float2half_rn(k0 * cs - k1 * sn);
+        const __half kr1 = __float2half_rn(k1 * cs + k0 * sn);
+        const __half v0 = __float2half_rn(__ldcg(vn + j));
+        const __half v1 = __float2half_rn(__ldcg(vn + j + D / 2));
+        const size_t off =
+            (static_cast<size_t>(slot_of(table, ctx - 1, args.block_size)) * args.num_kv_heads +
+             kvh) * D;
+        kc[off + j] = kr0;
+        kc[off + j + D / 2] = kr1;
+        vc[off + j] = v0;
+        vc[off + j + D / 2] = v1;
+        __half* kn_s = ks + newest * S::kStride;
+        __half* vn_s = vs + newest * S::kStride;
+        kn_s[j] = kr0;
+        kn_s[j + D / 2] = kr1;
+        vn_s[j] = v0;
+        vn_s[j + D / 2] = v1;
     }
     qrt::cp_async_wait<0>();
     __syncthreads();
@@ -1243,9 +1261,9 @@ struct DecodeTcState {
     }
 };
 
-// One step of a warp: the kKeys keys and values staged from row `row` of `kb` / `vb` (shared
-// addresses), partition tokens t0.., masked from token k1 (t0 < k1), scored against the query
-// fragment `qa` into `st`. B fragments by ldmatrix: matrix i of a load holds the block's keys
+// One step of a ring kernel's warp (attn_decode_tc's loop body, written apart): the kKeys keys
+// and values staged from row `row` of `kb` / `vb` (shared addresses), partition tokens t0..,
+// masked from token k1 (t0 < k1), scored against the query fragment `qa` into `st`. B fragments by ldmatrix: matrix i of a load holds the block's keys
 // at dimensions kk * 16 + 8 i .. + 7.
 template <int D>
 __device__ __forceinline__ void decode_tc_step(uint32_t kb, uint32_t vb, unsigned row,
@@ -1328,8 +1346,9 @@ __device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
 }
 
 // attn_decode_tc for partitions longer than kMaxStaged, through the ring. A kernel of its own:
-// the whole-partition kernel written around the same step measured 0.6-0.8% slower at batches
-// 4 and 8 of 512 tokens (RESULTS log 52), so that one stays as it was.
+// one kernel for both (and the whole-partition kernel written around decode_tc_step) measured
+// 0.6-0.8% slower at batches 4 and 8 of 512 tokens (RESULTS log 52), so attn_decode_tc keeps
+// its own loop and its SASS stays as it was measured.
 template <int D, int G, bool CLUSTER>
 __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
     using S = DecodeTcShape<D>;
