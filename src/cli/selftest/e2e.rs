@@ -191,9 +191,11 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// Wide random models and prompt lengths whose batched decode splits contexts into several
 /// tensor-core partitions (some sequences shorter than a partition, so that others lie beyond
 /// their context): Llama-3.2-1B's width (heads of 64: at batch 8 3 partitions of 192 tokens,
-/// at batch 4 4 of 256 and 7 of 192) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token
-/// partitions: 4 and 6 at batch 8, the 6 merged by the attention: see
-/// `CudaDevice::gemv_merges_partials`).
+/// at batch 4 4 of 256 and 7 of 192; long contexts, partitions streamed through the ring: 12 of
+/// 384 at batch 2, merged by the projection, and 14 of 384 at batch one, merged by the
+/// attention) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token partitions: 4 and 6
+/// at batch 8, the 6 merged by the attention: see `CudaDevice::gemv_merges_partials`; 12 ring
+/// partitions of 192 at batch 2).
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
@@ -201,6 +203,8 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             &[45, 300, 520, 7, 90, 260, 33, 410][..],
             &[700, 300, 1000, 20],
             &[1300, 200, 50, 900],
+            &[4300, 2600],
+            &[5000],
         ],
     )];
     if with_8b {
@@ -209,6 +213,7 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             vec![
                 &[400, 100, 20, 300, 250, 5, 380, 60][..],
                 &[700, 100, 20, 300, 250, 5, 380, 60],
+                &[2200, 900],
             ],
         ));
     }
