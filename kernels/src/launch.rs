@@ -254,10 +254,12 @@ impl DecodePolicy {
     /// Long contexts, where those rules would split a context into more partitions than one
     /// cluster holds, take instead as many partitions as keep the tensor-core kernel's grid
     /// within two blocks a multiprocessor, at most a cluster's (16), or 32 where even 32 would
-    /// stream through the ring, in multiples of half the tokens the kernel stages whole (few
-    /// lengths, so few graphs); unless the register kernel is forced. A merge of many
-    /// partitions by one block had cost more than the attention itself (the 1B at batch one
-    /// and 8,192 tokens: 40 µs a layer for 16 MB of keys and values; RESULTS log 52).
+    /// stream through the ring, in multiples of half the tokens the kernel stages whole;
+    /// unless the register kernel is forced. A merge of many partitions by one block had cost
+    /// more than the attention itself (the 1B at batch one and 8,192 tokens: 40 µs a layer for
+    /// 16 MB of keys and values; RESULTS log 52). The partitions are counted exactly, as below
+    /// 16, so a generation records a decode graph per (partitions, length) it passes through:
+    /// about 100 up to 32K tokens, against about 20 before.
     pub fn split(
         &self,
         max_ctx: usize,
