@@ -2460,6 +2460,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decode_splits_cover_every_context_with_partitions_a_kernel_takes() {
+        // Every policy, head layouts of the presets, batches 1 to 64, contexts to 32K: the
+        // partitions cover the context; register partitions are at most 64 tokens and
+        // tensor-core ones multiples of 64; more than a cluster's only as ring partitions
+        // (at most 32) or as the register kernel's (a power of two).
+        let layouts = [
+            (32, 8, 64),
+            (9, 3, 64),
+            (32, 8, 128),
+            (4, 4, 64),
+            (16, 2, 128),
+        ];
+        for tensor_cores in [DecodeTc::Never, DecodeTc::Batched, DecodeTc::Always] {
+            let policy = DecodePolicy {
+                multiprocessors: 132,
+                tensor_cores,
+            };
+            for (heads, kv_heads, head_dim) in layouts {
+                for seqs in [1, 2, 3, 8, 17, 64] {
+                    for ctx in (1..=32_768).step_by(7) {
+                        let (splits, partition) =
+                            policy.split(ctx, seqs, heads, kv_heads, head_dim);
+                        let at = format!(
+                            "{tensor_cores:?} {heads}/{kv_heads}x{head_dim} b{seqs} ctx {ctx}"
+                        );
+                        assert!(splits * partition >= ctx, "{at}: {splits} x {partition}");
+                        if policy.tensor_core_partition(partition) {
+                            assert!(partition.is_multiple_of(TC_PARTITION_STEP), "{at}");
+                            let ring = partition > max_tc_partition(head_dim);
+                            assert!(
+                                splits <= MAX_DECODE_CLUSTER || (ring && splits <= MAX_LONG_SPLITS),
+                                "{at}: {splits} x {partition}"
+                            );
+                        } else {
+                            assert!(partition <= MAX_ATTN_PARTITION, "{at}");
+                            assert!(
+                                splits <= MAX_DECODE_CLUSTER || splits.is_power_of_two(),
+                                "{at}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn carveouts_are_the_smallest_percent_holding_the_blocks_and_the_headroom() {
         let per_sm = 228 * 1024; // the H200's multiprocessor
         for resident in 1..=4 {
