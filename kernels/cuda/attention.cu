@@ -369,13 +369,14 @@ __device__ __forceinline__ bool merge_stats(const qrt_attn_args& args, const Par
             sum = fmaf(__ldcg(parts.sum + hb + s), expf(__ldcg(parts.max + hb + s) - mx), sum);
         sum = qrt::warp_sum(sum);
         if constexpr (WEIGHTS) {
+            // (merged_inv's division below is the same value; the compiler computes it once.)
             const float inv = 1.f / sum;
             for (unsigned s = lane; s < min(active, kCachedWeights); s += qrt::kWarp)
                 weights[g][s] = expf(__ldcg(parts.max + hb + s) - mx) * inv;
         }
         if (lane == 0) {
             merged_max[g] = mx;
-            merged_inv[g] = 1.f / sum;
+            merged_inv[g] = 1.f / sum;  // in the lane's branch: the serial merge's code as measured
         }
     }
     __syncthreads();
@@ -1263,8 +1264,9 @@ struct DecodeTcState {
 
 // One step of a ring kernel's warp (attn_decode_tc's loop body, written apart): the kKeys keys
 // and values staged from row `row` of `kb` / `vb` (shared addresses), partition tokens t0..,
-// masked from token k1 (t0 < k1), scored against the query fragment `qa` into `st`. B fragments by ldmatrix: matrix i of a load holds the block's keys
-// at dimensions kk * 16 + 8 i .. + 7.
+// masked from token k1 (t0 < k1), scored against the query fragment `qa` into `st`. B
+// fragments by ldmatrix: matrix i of a load holds the block's keys at dimensions kk * 16 + 8 i
+// .. + 7.
 template <int D>
 __device__ __forceinline__ void decode_tc_step(uint32_t kb, uint32_t vb, unsigned row,
                                                unsigned t0, unsigned k1,
@@ -1448,7 +1450,7 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
             decode_tc_step<D>(kb, vb, at + warp * S::kKeys, t0, min(t0 + S::kKeys, n), qa,
                               st);
         if (refill) {
-            __syncthreads();  // every warp is done with the slot the next request refills
+            __syncthreads();  // every warp is done with the place the next request refills
             request_stage(r + S::kRing, next_slots);
         }
     }
