@@ -341,10 +341,180 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     cluster.sync();  // no block leaves while the other reads its shared memory
 }
 
+
+// Products of 9 to 64 rows (batched decode): `gemm_skinny`. There are few rows of a and many
+// weight rows, so the operands swap: a block multiplies 128 weight rows (gated: 128 rows each
+// of gate and up) by every row of a, as wgmma.m64n64k16 with the weights as A (64 rows a
+// consumer) and a box of 64 rows of a as B (the TMA unit zero-fills the rows past m). Such
+// products have few weight tiles (the 1B's q/k/v: 24), so the k loop splits over a cluster of
+// up to 8 blocks along z, and the weights still stream on every multiprocessor. Each block
+// leaves its partial tile in its own shared memory, row-major by rows of a; after one cluster
+// barrier, block z adds up its share of the tile's rows of c from every block in rank order
+// (so the sum does not depend on timing) and stores them: f32 plus the bias (added into c when
+// accumulating), or silu(gate) * up rounded to W.
+constexpr int kSkinnyRows = 64;                           // rows of a a block takes: wgmma's N
+constexpr int kSkinnyBoxBytes = kSkinnyRows * kBK * 2;  // one TMA box of a: 64 rows
+constexpr int kMaxSkinnySplit = 8;                        // blocks of a cluster (portable)
+
+// A skinny tile: a stage holds the weight box (gated: gate's and up's) and the box of a.
+template <bool GATED>
+struct SkinnyTile {
+    static constexpr int kWeightBoxes = GATED ? 2 : 1;
+    static constexpr int kStageBytes = kWeightBoxes * kBoxBytes + kSkinnyBoxBytes;
+    static constexpr int kStages = kRingBytes / kStageBytes;
+    static constexpr int kPartRows = 128 * kWeightBoxes;  // weight rows of a partial tile
+    static constexpr int kPartStride = kPartRows + 4;     // floats per row of a
+    static_assert(kSkinnyRows * kPartStride * 4 <= kRingBytes, "partial tile fits the ring");
+};
+
+template <typename W, bool GATED>
+__device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args& p) {
+    namespace cg = cooperative_groups;
+    using T = SkinnyTile<GATED>;
+    constexpr int kStages = T::kStages;
+    constexpr int kStageBytes = T::kStageBytes;
+    extern __shared__ uint8_t smem[];
+    const qrt_gemm_args& args = p.gemm;
+    const int m = args.m;
+    const int tile = blockIdx.x;
+    int si = 0;
+#pragma unroll
+    for (int i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
+        if (!GATED && i < static_cast<int>(args.num_segments) &&
+            tile >= static_cast<int>(args.seg[i].first_tile))
+            si = i;
+    const qrt_gemm_segment& seg = args.seg[si];
+    const int r0 = (tile - static_cast<int>(seg.first_tile)) * 128;
+    const int ktiles_all = (args.k + kBK - 1) / kBK;
+    const int splits = gridDim.z;
+    const int kt0 = blockIdx.z * ktiles_all / splits;
+    const int ktiles = (blockIdx.z + 1) * ktiles_all / splits - kt0;
+
+    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint32_t ring = (base + 1023) & ~1023u;
+    const uint32_t bars = ring + kStages * kStageBytes;
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            barrier_init(full(s), 1);
+            barrier_init(empty(s), 2);  // one arrival per consumer warpgroup
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    qrt::pdl_enter();
+
+    const int warpgroup = threadIdx.x / 128;
+    float d[T::kWeightBoxes][kSkinnyRows / 2];  // weights (gate), then up
+    if (warpgroup == 0) {
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < ktiles; ++i) {
+                const int s = i % kStages;
+                if (i >= kStages) barrier_wait(empty(s), (i / kStages - 1) & 1);
+                barrier_expect(full(s), kStageBytes);
+                const uint32_t at = ring + s * kStageBytes;
+                const int x = (kt0 + i) * kBK;
+                tma_load(at, p.w[si], x, r0, full(s));
+                if constexpr (GATED) tma_load(at + kBoxBytes, p.w[1], x, r0, full(s));
+                tma_load(at + T::kWeightBoxes * kBoxBytes, p.a, x, 0, full(s));
+            }
+        }
+    } else {
+        const int consumer = warpgroup - 1;
+#pragma unroll
+        for (int b = 0; b < T::kWeightBoxes; ++b) {
+#pragma unroll
+            for (int i = 0; i < kSkinnyRows / 2; ++i) d[b][i] = 0.f;
+            qrt::pin(d[b]);
+        }
+        for (int i = 0; i < ktiles; ++i) {
+            const int s = i % kStages;
+            barrier_wait(full(s), (i / kStages) & 1);
+            const uint32_t wt = ring + s * kStageBytes + consumer * 64 * 128;
+            const uint32_t at = ring + s * kStageBytes + T::kWeightBoxes * kBoxBytes;
+            qrt::wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; ++kk) {
+                const uint64_t da = qrt::descriptor(at + kk * 32);
+#pragma unroll
+                for (int b = 0; b < T::kWeightBoxes; ++b)
+                    qrt::wgmma_m64n64k16<W>(d[b], qrt::descriptor(wt + b * kBoxBytes + kk * 32),
+                                            da);
+            }
+            qrt::wgmma_commit();
+            // The batch before this one is done: its stage may be refilled.
+            qrt::wgmma_wait<1>();
+            if (i > 0 && threadIdx.x % 128 == 0) barrier_arrive(empty((i - 1) % kStages));
+        }
+        qrt::wgmma_wait<0>();
+#pragma unroll
+        for (int b = 0; b < T::kWeightBoxes; ++b) qrt::pin(d[b]);
+        // The wgmma reads of the ring (async proxy) come before the partial tile's stores.
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+
+    // This block's partial tile, part[row of a][weight row] (up's rows after gate's).
+    float* part = reinterpret_cast<float*>(smem + (ring - base));
+    __syncthreads();  // both consumers are done reading the ring
+    if (warpgroup > 0) {
+        const int consumer = warpgroup - 1;
+#pragma unroll
+        for (int b = 0; b < T::kWeightBoxes; ++b)
+#pragma unroll
+            for (int i = 0; i < kSkinnyRows / 2; ++i)
+                part[acc_col(i) * T::kPartStride + b * 128 + acc_row(consumer, i)] = d[b][i];
+    }
+    const cg::cluster_group cluster = cg::this_cluster();
+    if (splits > 1) {
+        if (static_cast<int>(cluster.num_blocks()) != splits || splits > kMaxSkinnySplit)
+            __trap();  // the k split is one cluster
+        cluster.sync();  // every block's partial tile is in its shared memory
+    } else {
+        __syncthreads();
+    }
+    const int rank = splits > 1 ? static_cast<int>(cluster.block_rank()) : 0;
+    const float* parts[kMaxSkinnySplit];
+#pragma unroll
+    for (int z = 0; z < kMaxSkinnySplit; ++z)
+        parts[z] = splits > 1 && z < splits ? cluster.map_shared_rank(part, z) : part;
+    // Rows b0..b1 of a are this block's to add up and store, 128 outputs a row.
+    const int b0 = rank * m / splits, b1 = (rank + 1) * m / splits;
+    const int n = seg.n;
+    const float* bias = reinterpret_cast<const float*>(seg.bias);
+    for (int e = threadIdx.x; e < (b1 - b0) * 128; e += blockDim.x) {
+        const int row = b0 + e / 128, i = e % 128, col = r0 + i;
+        if (col >= n) continue;
+        const int at = row * T::kPartStride + i;
+        float sum = 0.f, up = 0.f;
+#pragma unroll
+        for (int z = 0; z < kMaxSkinnySplit; ++z) {
+            if (z < splits) {
+                sum += parts[z][at];
+                if (GATED) up += parts[z][at + 128];
+            }
+        }
+        const size_t out = static_cast<size_t>(row) * n + col;
+        if constexpr (GATED) {
+            reinterpret_cast<W*>(seg.c)[out] = qrt::Half16<W>::from_float(qrt::swiglu(sum, up));
+        } else {
+            float* c = reinterpret_cast<float*>(seg.c);
+            if (bias != nullptr) sum += bias[col];
+            c[out] = args.accumulate ? sum + __ldcg(c + out) : sum;
+        }
+    }
+    if (splits > 1) cluster.sync();  // no block leaves while another reads its shared memory
+}
+
 #else
 
 template <typename W, int BN, bool GATED>
 __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
+    __trap();  // sm_90 only; the launcher never takes this kernel below it
+}
+
+template <typename W, bool GATED>
+__device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args&) {
     __trap();  // sm_90 only; the launcher never takes this kernel below it
 }
 
@@ -364,6 +534,14 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_tma_gated_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {        \
         gemm_tma<W, 256, true>(args);                                                      \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                   \
+        qrt_gemm_skinny_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {           \
+        gemm_skinny<W, false>(args);                                                       \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                   \
+        qrt_gemm_skinny_gated_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {     \
+        gemm_skinny<W, true>(args);                                                        \
     }
 
 QRT_GEMM_TMA(f16, __half)

@@ -278,14 +278,15 @@ QRT_STATIC_ASSERT(sizeof(qrt_sample_row) == 24, "qrt_sample_row must be 24 bytes
 /// each.
 #define QRT_ARGMAX_PER_BLOCK 4096
 
-/// Most rows one fed argmax (`qrt_argmax_finalize`) takes: the decode passes that run ahead.
-#define QRT_FEED_MAX_ROWS 8
+/// Most rows one fed argmax (`qrt_argmax_finalize`) takes: the decode passes that run ahead
+/// (up to 64 sequences, as many as the runtime records a pass of).
+#define QRT_FEED_MAX_ROWS 64
 
 /// Which row of the next pass each row's chosen token feeds (0xffffffff: none), by value.
 typedef struct qrt_feed {
     uint32_t rows[QRT_FEED_MAX_ROWS];
 } qrt_feed;
 
-QRT_STATIC_ASSERT(sizeof(qrt_feed) == 32, "qrt_feed must be 32 bytes");
+QRT_STATIC_ASSERT(sizeof(qrt_feed) == 256, "qrt_feed must be 256 bytes");
 
 #endif /* QRT_KERNELS_H */

@@ -41,15 +41,19 @@ __device__ __forceinline__ void pin(float (&d)[N]) {
 // 16 (warp % 4) + lane / 4 (+ 8 for i % 4 >= 2) of the warpgroup's 64, column
 // 8 (i / 4) + 2 (lane % 4) + i % 2.
 template <typename W>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b);
+template <typename W>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b);
 template <typename W>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, uint64_t b);
 
-// The accumulator operands of a 64 x 128 and a 64 x 256 product: the register list of the
+// The accumulator operands of a 64 x 64, a 64 x 128 and a 64 x 256 product: the register list of the
 // instruction and the asm output list.
-#define QRT_ACC_REGS_64                                                                \
+#define QRT_ACC_REGS_32                                                                \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define QRT_ACC_REGS_64                                                                \
+    QRT_ACC_REGS_32 ", "                                                               \
     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 #define QRT_ACC_REGS_128                                                                             \
@@ -58,11 +62,13 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, ui
     "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "               \
     "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "   \
     "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-#define QRT_ACC_OUTS_64                                                                                     \
+#define QRT_ACC_OUTS_32                                                                                     \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
     "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
     "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define QRT_ACC_OUTS_64                                                                                     \
+    QRT_ACC_OUTS_32,                                                                                        \
     "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
     "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
     "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
@@ -91,6 +97,8 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t a, ui
                      : "l"(a), "l"(b));                                                        \
     }
 
+QRT_WGMMA(64, 32, QRT_ACC_REGS_32, QRT_ACC_OUTS_32, "%32, %33", __half, "f16")
+QRT_WGMMA(64, 32, QRT_ACC_REGS_32, QRT_ACC_OUTS_32, "%32, %33", __nv_bfloat16, "bf16")
 QRT_WGMMA(128, 64, QRT_ACC_REGS_64, QRT_ACC_OUTS_64, "%64, %65", __half, "f16")
 QRT_WGMMA(128, 64, QRT_ACC_REGS_64, QRT_ACC_OUTS_64, "%64, %65", __nv_bfloat16, "bf16")
 QRT_WGMMA(256, 128, QRT_ACC_REGS_128, QRT_ACC_OUTS_128, "%128, %129", __half, "f16")

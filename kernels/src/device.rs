@@ -61,6 +61,9 @@ pub struct CudaDevice {
     /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
     pub(crate) gemm_tma: bool,
+    /// Products of at most [`GEMM_SKINNY_MAX_M`](crate::launch::GEMM_SKINNY_MAX_M) rows on the
+    /// skinny TMA kernel (where `gemm_tma` holds, unless `QRT_GEMM_SKINNY=0`).
+    pub(crate) gemm_skinny: bool,
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
     /// Most blocks of a cluster that split a batched tensor-core GEMV's k (compute capability
@@ -240,6 +243,9 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
             gemm_tma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
+            gemm_skinny: compute_capability == (9, 0)
+                && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma")
+                && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0"),
             decode_tc: match std::env::var("QRT_ATTN_TC").as_deref() {
                 Ok("0") => DecodeTc::Never,
                 Ok("all") => DecodeTc::Always,

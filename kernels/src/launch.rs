@@ -492,9 +492,35 @@ fn gemm_tma_plan(
     (2 * blocks >= multiprocessors).then_some((width, splits))
 }
 
-/// A TMA map of the row-major `[rows, k]` 16-bit matrix at `addr`: boxes of 128 rows by 64
-/// columns, 128-byte swizzle, zeros outside the matrix (gemm_tma.cu).
-fn tensor_map(ty: Half16, addr: u64, rows: usize, k: usize) -> Result<qrt_tensor_map, KernelError> {
+/// Most rows of `a` the skinny GEMM takes (`gemm_skinny` in gemm_tma.cu: its wgmma's N).
+pub const GEMM_SKINNY_MAX_M: usize = 64;
+
+/// Most blocks of a skinny GEMM's cluster, which split its k loop (the portable cluster size).
+const MAX_SKINNY_SPLIT: usize = 8;
+
+/// Dynamic shared memory of a skinny GEMM block (gemm_tma.cu): 1 KiB to align the ring, the
+/// 192 KiB ring (8 stages of 24 KiB, or 4 of 40 KiB gated), a full and an empty mbarrier a
+/// stage.
+const GEMM_SKINNY_SMEM: usize = 1024 + 192 * 1024 + 2 * 8 * 8;
+
+/// Into how many blocks a skinny GEMM of `tiles` 128-row weight tiles and `ktiles` 64-wide k
+/// steps splits its k loop: as many as keep the grid within one block a multiprocessor, at
+/// most [`MAX_SKINNY_SPLIT`] and at most one a k step.
+fn gemm_skinny_splits(tiles: usize, ktiles: usize, multiprocessors: usize) -> usize {
+    (multiprocessors / tiles.max(1))
+        .min(ktiles)
+        .clamp(1, MAX_SKINNY_SPLIT)
+}
+
+/// A TMA map of the row-major `[rows, k]` 16-bit matrix at `addr`: boxes of `box_rows` rows by
+/// 64 columns, 128-byte swizzle, zeros outside the matrix (gemm_tma.cu).
+fn tensor_map(
+    ty: Half16,
+    addr: u64,
+    rows: usize,
+    k: usize,
+    box_rows: u32,
+) -> Result<qrt_tensor_map, KernelError> {
     use sys::{
         CUtensorMapDataType as Data, CUtensorMapFloatOOBfill as Fill,
         CUtensorMapInterleave as Interleave, CUtensorMapL2promotion as Promotion,
@@ -506,7 +532,7 @@ fn tensor_map(ty: Half16, addr: u64, rows: usize, k: usize) -> Result<qrt_tensor
     };
     let dims = [k as u64, rows as u64];
     let strides = [2 * k as u64];
-    let boxes = [64u32, 128];
+    let boxes = [64u32, box_rows];
     let steps = [1u32, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: every pointer refers to an array of the rank (2) or rank - 1 entries the call
@@ -572,6 +598,8 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
             all.push(("gemm_tma", format!("qrt_gemm_tma_{variant}{t}")));
         }
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
+        all.push(("gemm_tma", format!("qrt_gemm_skinny_{t}")));
+        all.push(("gemm_tma", format!("qrt_gemm_skinny_gated_{t}")));
         for warps in [8, 16] {
             for tiles in ["t1", "tw"] {
                 all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}")));
@@ -1863,7 +1891,7 @@ impl CudaDevice {
             tiles += s.n.div_ceil(128);
         }
         // SAFETY: forwarded from the caller.
-        if unsafe { self.gemm_tma(ty, &args, false)? } {
+        if unsafe { self.gemm_skinny(ty, &args, false)? || self.gemm_tma(ty, &args, false)? } {
             return Ok(());
         }
         // SAFETY: forwarded from the caller.
@@ -1906,7 +1934,7 @@ impl CudaDevice {
             ..Default::default()
         };
         // SAFETY: forwarded from the caller.
-        if unsafe { self.gemm_tma(ty, &args, true)? } {
+        if unsafe { self.gemm_skinny(ty, &args, true)? || self.gemm_tma(ty, &args, true)? } {
             return Ok(());
         }
         // 64 rows each of gate and up per 128-row weight tile.
@@ -1949,14 +1977,14 @@ impl CudaDevice {
             return Ok(false);
         };
         let mut tma = qrt_gemm_tma_args {
-            a: tensor_map(ty, args.a, m, k)?,
+            a: tensor_map(ty, args.a, m, k, 128)?,
             gemm: *args,
             ..Default::default()
         };
         let outputs = tma_tile_outputs(width, gated);
         let mut col_tiles = 0;
         for (i, seg) in tma.gemm.seg[..segments.len()].iter_mut().enumerate() {
-            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k)?;
+            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k, 128)?;
             seg.first_tile = u32_of("tiles", col_tiles)?;
             col_tiles += (seg.n as usize).div_ceil(outputs);
         }
@@ -1977,6 +2005,58 @@ impl CudaDevice {
                 "gemm_tma",
                 &kernel,
                 (grid, 384, GEMM_TMA_SMEM),
+                splits as u32,
+                &mut params([&tma]),
+                true,
+            )?
+        };
+        Ok(true)
+    }
+
+    /// Launches the skinny GEMM (`gemm_skinny` in gemm_tma.cu) for `args` where it applies:
+    /// Hopper, at most [`GEMM_SKINNY_MAX_M`] rows (batched decode). Tiles of 128 weight rows
+    /// (`gated`: 128 rows each of gate, `args.seg[0]`, and up, `args.seg[1]`), each a cluster
+    /// of [`gemm_skinny_splits`] blocks along z that split the k loop. Returns whether it
+    /// launched.
+    ///
+    /// # Safety
+    /// As for [`gemm`](Self::gemm).
+    unsafe fn gemm_skinny(
+        &self,
+        ty: Half16,
+        args: &qrt_gemm_args,
+        gated: bool,
+    ) -> Result<bool, KernelError> {
+        let (m, k) = (args.m as usize, args.k as usize);
+        if !self.gemm_skinny || m > GEMM_SKINNY_MAX_M {
+            return Ok(false);
+        }
+        let mut tma = qrt_gemm_tma_args {
+            a: tensor_map(ty, args.a, m, k, GEMM_SKINNY_MAX_M as u32)?,
+            gemm: *args,
+            ..Default::default()
+        };
+        let segments = args.num_segments as usize;
+        let mut tiles = 0;
+        for (i, seg) in tma.gemm.seg[..segments].iter_mut().enumerate() {
+            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k, 128)?;
+            seg.first_tile = u32_of("tiles", tiles)?;
+            if !gated || i == 0 {
+                tiles += (seg.n as usize).div_ceil(128);
+            }
+        }
+        let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors());
+        let variant = if gated { "gated_" } else { "" };
+        let kernel = format!("qrt_gemm_skinny_{variant}{}", ty.name());
+        let grid = (u32_of("tiles", tiles)?, 1, splits as u32);
+        // SAFETY: qrt_gemm_tma_args by value (the maps name the caller's matrices); the blocks
+        // of a tile form one cluster along z, as the kernel's sums need. With programmatic
+        // launch, as the TMA GEMM.
+        unsafe {
+            self.launch_clustered(
+                "gemm_tma",
+                &kernel,
+                (grid, 384, GEMM_SKINNY_SMEM),
                 splits as u32,
                 &mut params([&tma]),
                 true,
@@ -2647,6 +2727,31 @@ mod tests {
         assert_eq!(split_k_factor(40, 18, 132), 2);
         // Too short a k loop to share.
         assert_eq!(split_k_factor(40, 15, 132), 1);
+    }
+
+    #[test]
+    fn skinny_gemms_split_k_as_far_as_one_wave_allows() {
+        // Every split is a cluster the kernel takes, never more blocks than k steps, and the
+        // grid stays within one block a multiprocessor unless the tiles alone exceed it; one
+        // more block a tile would break one of these.
+        for multiprocessors in [1, 78, 132] {
+            for tiles in 1..1100 {
+                for ktiles in 1..80 {
+                    let s = gemm_skinny_splits(tiles, ktiles, multiprocessors);
+                    assert!((1..=MAX_SKINNY_SPLIT).contains(&s));
+                    assert!(s <= ktiles);
+                    assert!(s == 1 || tiles * s <= multiprocessors);
+                    assert!(
+                        s == MAX_SKINNY_SPLIT || s == ktiles || tiles * (s + 1) > multiprocessors,
+                        "{tiles} tiles, {ktiles} k steps: {s} blocks a tile leave room"
+                    );
+                }
+            }
+        }
+        // H200, the 1B: q/k/v (24 tiles) 5 blocks a tile, o and down (16) 8, gate and up (64) 2.
+        assert_eq!(gemm_skinny_splits(24, 32, 132), 5);
+        assert_eq!(gemm_skinny_splits(16, 128, 132), 8);
+        assert_eq!(gemm_skinny_splits(64, 32, 132), 2);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::backend::{
 use crate::RuntimeError;
 
 /// Passes of at most this many rows (decode steps) keep their activation buffers between
-/// calls, so that a backend can replay a recording of them.
-const KEPT_WORKSPACE_ROWS: usize = 8;
+/// calls, so that a backend can replay a recording of them (the CUDA backend records passes of
+/// up to 64 rows: `qrt_runtime::cuda::MAX_GRAPH_ROWS`).
+const KEPT_WORKSPACE_ROWS: usize = 64;
 
 /// The activation buffers of one forward pass.
 struct Workspace<B: Backend> {

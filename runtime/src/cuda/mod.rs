@@ -35,8 +35,13 @@ use crate::RuntimeError;
 use pool::{ActPool, PooledBuffer};
 use step::{plan, DecodeSplit, StepPlan};
 
-/// Largest batch of rows multiplied by GEMV (and recorded as a graph); larger ones use GEMM.
+/// Largest batch of rows multiplied by GEMV; larger ones use GEMM.
 pub const MAX_GEMV_ROWS: usize = 8;
+
+/// Largest decode pass recorded as a CUDA graph (the skinny GEMM's rows,
+/// `qrt_kernels::GEMM_SKINNY_MAX_M`). Such passes keep every buffer they write between passes:
+/// the model's workspace, the pass's step buffers and [`Staging`].
+pub const MAX_GRAPH_ROWS: usize = 64;
 
 /// The CUDA backend on one GPU. It runs one pass at a time (an engine drives it from one
 /// thread): a pass's inputs and a recorded pass's buffers are shared per kind of pass.
@@ -56,10 +61,47 @@ pub struct CudaBackend {
     /// silu(gate) * up to down in 16 bits (`QRT_MLP_HALF16=N`; 0 never; default
     /// [`HALF16_MLP_MIN_ROWS`]).
     half16_mlp_rows: usize,
+    /// 16-bit copies of activations for the GEMMs of passes that may be recorded.
+    staging: Staging,
     /// Output projections issued that merged the attention's partitions.
     merged_projections: AtomicUsize,
     /// MLPs issued that passed their activations in 16 bits.
     half16_mlps: AtomicUsize,
+}
+
+/// Room for the 16-bit input of a GEMM of a pass that may be recorded: a recording keeps the
+/// address it was made with, so buffers are only ever added, the newest serving while it is
+/// large enough (a pooled buffer could be handed to a kept workspace after the recording).
+#[derive(Default)]
+struct Staging(Mutex<Vec<DeviceBuffer>>);
+
+impl Staging {
+    /// The address of at least `bytes` bytes of staging memory on `dev`.
+    fn get(&self, dev: &CudaDevice, bytes: usize) -> Result<u64, RuntimeError> {
+        let mut buffers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(b) = buffers.last().filter(|b| b.bytes() >= bytes) {
+            return Ok(b.ptr());
+        }
+        let b = dev.alloc(bytes.next_power_of_two(), "16-bit activations")?;
+        let ptr = b.ptr();
+        buffers.push(b);
+        Ok(ptr)
+    }
+}
+
+/// A 16-bit copy of activations for the tensor cores: staged, or in a pooled buffer.
+enum Half16Rows {
+    Staged(u64),
+    Pooled(PooledBuffer),
+}
+
+impl Half16Rows {
+    fn ptr(&self) -> u64 {
+        match self {
+            Self::Staged(p) => *p,
+            Self::Pooled(b) => b.ptr(),
+        }
+    }
 }
 
 /// Greedy tokens on their way to the host ([`Backend::argmax_feed`]).
@@ -250,6 +292,7 @@ impl CudaBackend {
                     HALF16_MLP_MIN_ROWS,
                     |n: usize| if n == 0 { usize::MAX } else { n },
                 ),
+            staging: Staging::default(),
             merged_projections: AtomicUsize::new(0),
             half16_mlps: AtomicUsize::new(0),
         }
@@ -421,12 +464,18 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `x` rounded to the weights' 16-bit type, for the tensor cores.
-    fn to_half16(&self, x: &CudaAct, ty: Half16) -> Result<PooledBuffer, RuntimeError> {
-        let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
-        // SAFETY: x holds len f32, buf room for len 16-bit values.
-        unsafe { self.dev.to_half16(ty, x.ptr(), buf.ptr(), x.len())? };
-        Ok(buf)
+    /// `x` rounded to the weights' 16-bit type, for the tensor cores: staged where the pass
+    /// may be recorded, else in a pooled buffer.
+    fn to_half16(&self, x: &CudaAct, ty: Half16) -> Result<Half16Rows, RuntimeError> {
+        let bytes = x.len() * 2;
+        let out = if x.rows <= MAX_GRAPH_ROWS {
+            Half16Rows::Staged(self.staging.get(&self.dev, bytes)?)
+        } else {
+            Half16Rows::Pooled(self.pool.get(bytes, "16-bit activations")?)
+        };
+        // SAFETY: x holds len f32, out room for len 16-bit values.
+        unsafe { self.dev.to_half16(ty, x.ptr(), out.ptr(), x.len())? };
+        Ok(out)
     }
 
     /// What products of `rms_norm(x)` read: `x` itself with the norm as their fusion, when the
@@ -487,7 +536,7 @@ impl CudaBackend {
                 ));
             }
             let a = self.to_half16(x, ty)?;
-            self.gemm_products(ty, &a, x, outs, fusion.accumulate)
+            self.gemm_products(ty, a.ptr(), x, outs, fusion.accumulate)
         })
     }
 
@@ -513,12 +562,12 @@ impl CudaBackend {
         Ok((x.rows > 0).then_some(ty))
     }
 
-    /// The GEMMs of `outs` (shapes checked by product_type) on `a`, the 16-bit rows of the
-    /// `x` they stand for.
+    /// The GEMMs of `outs` (shapes checked by product_type) on `a`, the address of the 16-bit
+    /// rows of the `x` they stand for.
     fn gemm_products(
         &self,
         ty: Half16,
-        a: &PooledBuffer,
+        a: u64,
         x: &CudaAct,
         outs: &[LinearOut<'_, Self>],
         accumulate: bool,
@@ -527,42 +576,45 @@ impl CudaBackend {
             // SAFETY: shapes checked by product_type; `a` holds x.rows x x.cols values.
             unsafe {
                 self.dev
-                    .gemm(ty, a.ptr(), x.rows, x.cols, &segments(chunk), accumulate)?
+                    .gemm(ty, a, x.rows, x.cols, &segments(chunk), accumulate)?
             };
         }
         Ok(())
     }
 
-    /// `rms_norm(x)` rounded to `ty` for the tensor cores, in one pass (prefill).
+    /// `rms_norm(x)` rounded to `ty` for the tensor cores, in one pass, into `normed` (f32-sized
+    /// for `x`, so twice the room); returns its address.
     fn rms_norm_half16(
         &self,
         x: &CudaAct,
         norm: &CudaWeight,
         eps: f32,
         ty: Half16,
-    ) -> Result<PooledBuffer, RuntimeError> {
+        normed: &mut CudaAct,
+    ) -> Result<u64, RuntimeError> {
         Self::check_norm(norm, x)?;
-        let buf = self.pool.get(x.len() * 2, "16-bit activations")?;
-        // SAFETY: x holds rows x cols f32, buf room for as many 16-bit values, the norm cols f32.
+        check("normed input", normed, x.rows, x.cols)?;
+        // SAFETY: x holds rows x cols f32, normed room for as many 16-bit values, the norm
+        // cols f32.
         unsafe {
             self.dev.rms_norm_rows(
                 Some(ty),
                 x.ptr(),
                 norm.buf.ptr(),
-                buf.ptr(),
+                normed.ptr(),
                 x.rows,
                 x.cols,
                 eps,
             )?
         };
-        Ok(buf)
+        Ok(normed.ptr())
     }
 
     /// Packs and uploads a pass's inputs; decode passes reuse the buffers of their key.
     fn upload_step(&self, plan: StepPlan, heads: HeadGeometry) -> Result<CudaStep, RuntimeError> {
         let key = plan
             .decode
-            .filter(|_| self.use_graphs && plan.rows <= MAX_GEMV_ROWS)
+            .filter(|_| self.use_graphs && plan.rows <= MAX_GRAPH_ROWS)
             .map(|split| StepKey {
                 rows: plan.rows,
                 split,
@@ -1048,8 +1100,8 @@ impl Backend for CudaBackend {
                 let Some(ty) = Self::product_type(x, outs)? else {
                     return Ok(());
                 };
-                let a = self.rms_norm_half16(x, norm, eps, ty)?;
-                self.gemm_products(ty, &a, x, outs, false)
+                let a = self.rms_norm_half16(x, norm, eps, ty, normed)?;
+                self.gemm_products(ty, a, x, outs, false)
             });
         }
         let (input, fusion) = self.normed_input(x, norm, eps, normed)?;
@@ -1137,13 +1189,16 @@ impl Backend for CudaBackend {
                 Ok(())
             });
         }
-        // Prefill: gate and up in one GEMM whose epilogue writes silu(gate) * up rounded for the
-        // tensor cores; then the down GEMM adding into the residual.
+        // Prefill and decode beyond 8 rows: gate and up in one GEMM whose epilogue writes
+        // silu(gate) * up rounded for the tensor cores; then the down GEMM adding into the
+        // residual.
         self.timed("linear gemm (norm; gate, up, silu; down)", || {
             let rows = x.rows;
             let ffn = w.gate.rows;
-            let a = self.rms_norm_half16(x, w.norm, eps, ty)?;
-            let act16 = self.pool.get(rows * ffn * 2, "16-bit activations")?;
+            let a = self.rms_norm_half16(x, w.norm, eps, ty, scratch.normed)?;
+            // silu(gate) * up in 16 bits, in the `gate` scratch (f32-sized).
+            let act16 = &*scratch.gate;
+            check("gated MLP output", act16, rows, ffn)?;
             let down = [Segment {
                 w: w.down.buf.ptr(),
                 bias: 0,
@@ -1154,7 +1209,7 @@ impl Backend for CudaBackend {
             unsafe {
                 self.dev.gemm_gated(
                     ty,
-                    a.ptr(),
+                    a,
                     rows,
                     x.cols,
                     (w.gate.buf.ptr(), w.up.buf.ptr()),

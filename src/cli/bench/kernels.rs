@@ -229,43 +229,56 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 tflops: 0.0,
                 roofline_fraction: Some(gbs / copy_gbs),
             });
-            let m = m_max;
-            let (median, min) = time_us(&dev, args.iters.min(20), args.repeats, |i| {
-                // SAFETY: every buffer was allocated for these shapes.
-                unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments[i % copies], false)? };
-                Ok(())
-            })?;
-            let flops = 2.0 * (m * set_bytes / 2) as f64;
-            let gemm_result = |kernel: String, (median, min): (f64, f64)| KernelResult {
-                kernel,
-                shape: shape.clone(),
-                dtype: "f16".into(),
-                median_us: median,
-                min_us: min,
-                gbs: set_bytes as f64 / (median * 1e-6) / 1e9,
-                tflops: flops / (median * 1e-6) / 1e12,
-                roofline_fraction: None,
-            };
-            results.push(gemm_result(format!("gemm m{m}"), (median, min)));
-            // Gate and up also as a prefill runs them: silu(gate)·up, 16-bit, never stored as f32.
-            if *name == "gate_up" {
-                let timing = time_us(&dev, args.iters.min(20), args.repeats, |i| {
-                    let w = &weights[i % copies];
-                    // SAFETY: the output holds [m, n] f32, more than the [m, n] 16-bit written.
-                    unsafe {
-                        dev.gemm_gated(
-                            Half16::F16,
-                            x.ptr(),
-                            m,
-                            k,
-                            (w[0].ptr(), w[1].ptr()),
-                            mats[0].0,
-                            outs[0].ptr(),
-                        )?
-                    };
+            // GEMMs of 16 and 64 rows (batched decode: the skinny kernel on Hopper, against the
+            // copy bandwidth as the GEMVs) and of a 512-token prefill.
+            for m in [16, 64, m_max] {
+                let decode = m <= 64;
+                let iters = if decode {
+                    args.iters
+                } else {
+                    args.iters.min(20)
+                };
+                let gemm_result = |kernel: String, (median, min): (f64, f64)| {
+                    let gbs = set_bytes as f64 / (median * 1e-6) / 1e9;
+                    KernelResult {
+                        kernel,
+                        shape: shape.clone(),
+                        dtype: "f16".into(),
+                        median_us: median,
+                        min_us: min,
+                        gbs,
+                        tflops: 2.0 * (m * set_bytes / 2) as f64 / (median * 1e-6) / 1e12,
+                        roofline_fraction: decode.then_some(gbs / copy_gbs),
+                    }
+                };
+                let timing = time_us(&dev, iters, args.repeats, |i| {
+                    // SAFETY: every buffer was allocated for these shapes.
+                    unsafe { dev.gemm(Half16::F16, x.ptr(), m, k, &segments[i % copies], false)? };
                     Ok(())
                 })?;
-                results.push(gemm_result(format!("gemm m{m} gated"), timing));
+                results.push(gemm_result(format!("gemm m{m}"), timing));
+                // Gate and up also as a prefill runs them: silu(gate)·up, 16-bit, never stored
+                // as f32.
+                if *name == "gate_up" {
+                    let timing = time_us(&dev, iters, args.repeats, |i| {
+                        let w = &weights[i % copies];
+                        // SAFETY: the output holds [m, n] f32, more than the [m, n] 16-bit
+                        // written.
+                        unsafe {
+                            dev.gemm_gated(
+                                Half16::F16,
+                                x.ptr(),
+                                m,
+                                k,
+                                (w[0].ptr(), w[1].ptr()),
+                                mats[0].0,
+                                outs[0].ptr(),
+                            )?
+                        };
+                        Ok(())
+                    })?;
+                    results.push(gemm_result(format!("gemm m{m} gated"), timing));
+                }
             }
         }
     }

@@ -2,6 +2,8 @@
 //! attention, Llama-3 rope) and any models given with `--model`. Four sequences are read in
 //! one prefill pass, then decoded together for several steps (fed the CPU's greedy tokens, so
 //! both backends see the same inputs); the decode steps from the third on replay a CUDA graph.
+//! On the wide models, the engine also generates for 20 sequences with passes run ahead and
+//! without, which must give the same tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +13,10 @@ use qrt_kernels::DecodeTc;
 use qrt_runtime::backend::{Backend, HeadGeometry};
 use qrt_runtime::cpu::CpuBackend;
 use qrt_runtime::cuda::CudaBackend;
+use qrt_runtime::engine::{Engine, SeqRequest};
 use qrt_runtime::model::Model;
 use qrt_runtime::model_file::ModelFile;
-use qrt_runtime::sampling::{argmax, Rng};
+use qrt_runtime::sampling::{argmax, Rng, SamplingParams};
 use qrt_runtime::synthetic::{preset, write_random_model};
 
 use super::ops::KvRun;
@@ -195,7 +198,8 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// 384 at batch 2, merged by the projection, and 14 of 384 at batch one, merged by the
 /// attention) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token partitions: 4 and 6
 /// at batch 8, the 6 merged by the attention: see `CudaDevice::gemv_merges_partials`; 12 ring
-/// partitions of 192 at batch 2).
+/// partitions of 192 at batch 2). Batches of 16 and 40 sequences (1B) and of 24 (8B) take the
+/// skinny GEMM, and their recorded passes.
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
@@ -205,6 +209,14 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             &[1300, 200, 50, 900],
             &[4300, 2600],
             &[5000],
+            // Batched decode beyond 8 sequences: the skinny GEMM, recorded passes.
+            &[
+                33, 5, 70, 120, 9, 64, 18, 200, 45, 1, 90, 150, 12, 30, 77, 101,
+            ],
+            &[
+                12, 40, 7, 90, 33, 150, 2, 64, 19, 280, 45, 8, 120, 60, 3, 75, 31, 17, 99, 240, 11,
+                52, 130, 6, 88, 27, 190, 14, 70, 36, 5, 110, 23, 81, 160, 9, 57, 44, 300, 1,
+            ],
         ],
     )];
     if with_8b {
@@ -214,10 +226,73 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
                 &[400, 100, 20, 300, 250, 5, 380, 60][..],
                 &[700, 100, 20, 300, 250, 5, 380, 60],
                 &[2200, 900],
+                &[
+                    30, 200, 5, 90, 410, 12, 64, 150, 33, 7, 260, 48, 1, 120, 75, 19, 300, 22, 88,
+                    9, 140, 56, 17, 240,
+                ],
             ],
         ));
     }
     wide
+}
+
+/// Sequences of the engine check: more than 8, so that the products take the skinny GEMM, and
+/// the passes run ahead are recorded.
+const ENGINE_SEQS: usize = 20;
+
+/// Greedy generation through the engine on fresh backends, with decode passes run ahead (each
+/// one's tokens fed to the next on the device) and without: the tokens must be the same. The
+/// sequences stop after 8 to 12 tokens, so that passes of several sizes run.
+fn check_run_ahead(
+    ordinal: usize,
+    mf: &ModelFile,
+    label: &str,
+    rng: &mut Rng,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
+    let vocab = mf.config.vocab_size;
+    let requests: Vec<SeqRequest> = (0..ENGINE_SEQS)
+        .map(|i| SeqRequest {
+            prompt: (0..5 + rng.below(150))
+                .map(|_| rng.below(vocab) as u32)
+                .collect(),
+            max_new_tokens: 8 + i % 5,
+            sampling: SamplingParams::GREEDY,
+            seed: i as u64,
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for ahead in [false, true] {
+        let backend = CudaBackend::new(ordinal)?;
+        let model = Model::load(&backend, &mf.file, mf.config.clone())?;
+        let mut engine = Engine::new(backend, model, 8192, crate::cli::device::KV_BLOCK_SIZE)?;
+        engine.set_run_ahead(ahead);
+        let ids = requests
+            .iter()
+            .map(|r| engine.add(r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tokens = vec![Vec::new(); ids.len()];
+        while engine.has_work() {
+            for t in engine.step()? {
+                if let Some(i) = ids.iter().position(|&id| id == t.seq) {
+                    tokens[i].push(t.token);
+                }
+            }
+        }
+        outputs.push(tokens);
+    }
+    let differ = outputs[0]
+        .iter()
+        .zip(&outputs[1])
+        .filter(|(a, b)| a != b)
+        .count();
+    checks.check(
+        "engine: run ahead = stepwise",
+        &format!("{label} x{ENGINE_SEQS}, seqs differing"),
+        differ as f64,
+        0.5,
+    );
+    Ok(())
 }
 
 /// Writes a random F16 model of `config` at `path`.
@@ -250,6 +325,13 @@ pub fn run(
         write_random(&wide_config(name)?, &path, rng)?;
         let before = cuda.fused_counts();
         compare(cuda, &path, &format!("{name}-wide"), &runs, rng, checks)?;
+        check_run_ahead(
+            cuda.device().ordinal(),
+            &ModelFile::open(&path)?,
+            &format!("{name}-wide"),
+            rng,
+            checks,
+        )?;
         std::fs::remove_file(&path)?;
         let after = cuda.fused_counts();
         // On sm_90 (tensor-core decode attention, clusters for the products' plans) these

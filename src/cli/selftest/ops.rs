@@ -43,7 +43,8 @@ const ATTENTION_BOUND: f64 = 2e-3;
 /// Weight matrices of the products: (rows, cols, dtype, row counts to test).
 fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
     const SMALL: &[usize] = &[1, 2, 3, 5, 8, 17, 130];
-    const LARGE: &[usize] = &[1, 4, 8, 200];
+    // 24 and 64 rows: the skinny GEMM of batched decode beyond 8 sequences (on Hopper).
+    const LARGE: &[usize] = &[1, 4, 8, 24, 64, 200];
     let mut m = vec![
         (37, 72, ElemType::F16, SMALL),
         (37, 72, ElemType::BF16, SMALL),
@@ -281,6 +282,7 @@ fn check_products(
                 1 => "gemv",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
+                r if r <= qrt_runtime::cuda::MAX_GRAPH_ROWS => "gemm skinny",
                 _ => "gemm",
             };
             checks.check(
@@ -362,7 +364,7 @@ fn check_products(
             2048,
             2048,
             Some("b.2048"),
-            &[1, 3, 8, 40, 300, 1100, 2048][..],
+            &[1, 3, 8, 40, 63, 300, 1100, 2048][..],
         ),
         (576, 1536, None, &[1, 3, 8, 40, 2048][..]),
     ] {
@@ -424,7 +426,7 @@ fn check_products(
     }
     for shape @ (hidden, ffn) in MLP_SHAPES {
         // At 300 rows of the 1B's shape the gate/up and the down GEMM take the TMA kernel.
-        for rows in [1, 2, 3, 8, 40, 130, 300] {
+        for rows in [1, 2, 3, 8, 16, 40, 64, 130, 300] {
             let x = rng.normals(rows * hidden, 1.0);
             let want = mlp(cpu, file, &x, rows, shape)?;
             let got = mlp(cuda, file, &x, rows, shape)?;
