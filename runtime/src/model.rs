@@ -12,10 +12,16 @@ use crate::backend::{
 };
 use crate::RuntimeError;
 
-/// Passes of at most this many rows (decode steps) keep their activation buffers between
-/// calls, so that a backend can replay a recording of them (the CUDA backend records passes of
-/// up to 64 rows: `qrt_runtime::cuda::MAX_GRAPH_ROWS`).
+/// Decode-shaped passes (a logit row for every row) of at most this many rows keep their
+/// activation buffers between calls, so that a backend can replay a recording of them (the
+/// CUDA backend records decode passes of up to 64 rows: `qrt_runtime::cuda::MAX_GRAPH_ROWS`).
+/// At most one set of buffers for each row count is kept.
 const KEPT_WORKSPACE_ROWS: usize = 64;
+
+/// Whether a pass of `rows` rows and `logit_rows` logit rows keeps its buffers.
+fn keeps_workspace(rows: usize, logit_rows: usize) -> bool {
+    rows <= KEPT_WORKSPACE_ROWS && logit_rows == rows
+}
 
 /// The activation buffers of one forward pass.
 struct Workspace<B: Backend> {
@@ -234,8 +240,8 @@ impl<B: Backend> Model<B> {
         backend.prepare(&input, kv)
     }
 
-    /// Queues a prepared pass of at most [`Model::MAX_LAUNCHED_ROWS`] rows (a decode step),
-    /// leaving its logits where [`Model::logits_then`] finds them until the next pass of the
+    /// Queues a prepared pass of at most [`Model::MAX_LAUNCHED_ROWS`] rows, each with a logit
+    /// row (a decode step), leaving its logits where [`Model::logits_then`] finds them until the next pass of the
     /// same shape runs.
     pub fn launch(
         &self,
@@ -245,9 +251,11 @@ impl<B: Backend> Model<B> {
         rows: usize,
         logit_rows: &[u32],
     ) -> Result<(), RuntimeError> {
-        if rows > KEPT_WORKSPACE_ROWS {
+        if !keeps_workspace(rows, logit_rows.len()) {
             return Err(RuntimeError::Shape(format!(
-                "a pass of {rows} rows keeps no buffers to read its logits from later"
+                "a pass of {rows} rows and {} logit rows keeps no buffers to read its logits \
+                 from later",
+                logit_rows.len()
             )));
         }
         self.with_workspace(backend, rows, logit_rows.len(), |ws| {
@@ -277,7 +285,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// `f` with the buffers of a pass of `rows` rows and `logit_rows` logit rows: kept between
-    /// calls for up to KEPT_WORKSPACE_ROWS rows, else made for this call.
+    /// calls where [`keeps_workspace`], else made for this call.
     fn with_workspace<T>(
         &self,
         backend: &B,
@@ -285,7 +293,7 @@ impl<B: Backend> Model<B> {
         logit_rows: usize,
         f: impl FnOnce(&mut Workspace<B>) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
-        if rows > KEPT_WORKSPACE_ROWS {
+        if !keeps_workspace(rows, logit_rows) {
             return f(&mut Workspace::new(
                 backend,
                 &self.config,
@@ -416,5 +424,23 @@ impl<B: Backend> Model<B> {
                 out: &mut ws.logits,
             }],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{keeps_workspace, KEPT_WORKSPACE_ROWS};
+
+    #[test]
+    fn only_decode_shaped_passes_keep_their_buffers() {
+        for rows in 1..=KEPT_WORKSPACE_ROWS {
+            assert!(keeps_workspace(rows, rows));
+        }
+        assert!(!keeps_workspace(
+            KEPT_WORKSPACE_ROWS + 1,
+            KEPT_WORKSPACE_ROWS + 1
+        ));
+        // A prefill of one short prompt: its buffers are made for the call.
+        assert!(!keeps_workspace(30, 1));
     }
 }
