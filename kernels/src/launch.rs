@@ -260,6 +260,14 @@ impl DecodePolicy {
     /// 16 MB of keys and values; RESULTS log 52). The partitions are counted exactly, as below
     /// 16, so a generation records a decode graph per (partitions, length) it passes through:
     /// about 100 up to 32K tokens, against about 20 before.
+    ///
+    /// Where the (sequence, KV head) pairs alone are more blocks than multiprocessors (the 1B
+    /// from 17 sequences), each context is one tensor-core partition, streamed through the
+    /// ring beyond what the kernel stages whole: on an H200 at 512-token prompts, the 1B's
+    /// step at 32 / 64 sequences 1.75 / 2.23 → 1.67 / 2.04–2.11 ms, SmolLM2's at 64 1.48 →
+    /// 1.26, the 8B's at 32 / 64 7.23 / 9.46 → 6.44 / 7.62; at 2,000 tokens the 1B's 2.69 /
+    /// 4.02 → 2.34 / 3.19 (RESULTS log 54, call 8). At 16 sequences (128 pairs) one
+    /// partition each was no faster (call 7).
     pub fn split(
         &self,
         max_ctx: usize,
@@ -286,11 +294,19 @@ impl DecodePolicy {
             DecodeTc::Batched => seqs <= 1 || one_wave,
             DecodeTc::Always => false,
         };
+        let whole = max_tc_partition(head_dim);
+        if !registers && pairs > self.multiprocessors {
+            let step = if max_ctx <= whole {
+                TC_PARTITION_STEP
+            } else {
+                whole / 2
+            };
+            return (1, max_ctx.next_multiple_of(step));
+        }
         let (splits, partition) = self.short_split(registers, max_ctx, pairs, heads, head_dim);
         if splits <= MAX_DECODE_CLUSTER || self.tensor_cores == DecodeTc::Never {
             return (round(splits), partition);
         }
-        let whole = max_tc_partition(head_dim);
         let long = |most: usize| {
             let splits = (2 * self.multiprocessors / pairs).clamp(1, most);
             let partition = max_ctx.div_ceil(splits).next_multiple_of(whole / 2);
@@ -2538,6 +2554,32 @@ pub fn argmax_token(key: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequences_that_fill_the_device_take_one_partition_each() {
+        let policy = DecodePolicy {
+            multiprocessors: 132,
+            tensor_cores: DecodeTc::Batched,
+        };
+        // The 1B's heads: from 17 sequences the (sequence, KV head) pairs outnumber the
+        // multiprocessors; each context is one partition, whole up to 256 tokens (steps of
+        // 64), streamed beyond (steps of 128).
+        for seqs in [17, 64] {
+            for ctx in [1, 64, 65, 256, 257, 544, 2000, 8192] {
+                let (splits, partition) = policy.split(ctx, seqs, 32, 8, 64);
+                let step = if ctx <= 256 { 64 } else { 128 };
+                assert_eq!((splits, partition), (1, ctx.next_multiple_of(step)));
+            }
+        }
+        // 16 sequences (128 pairs) keep the rules below: three partitions of 192 tokens.
+        assert_eq!(policy.split(544, 16, 32, 8, 64), (3, 192));
+        // Nor does a forced register kernel change.
+        let registers = DecodePolicy {
+            tensor_cores: DecodeTc::Never,
+            ..policy
+        };
+        assert_eq!(registers.split(544, 64, 32, 8, 64), (9, 64));
+    }
 
     #[test]
     fn decode_splits_cover_every_context_with_partitions_a_kernel_takes() {
