@@ -88,6 +88,61 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const qrt_tensor_map& map
         : "memory");
 }
 
+// The segment whose column tiles hold `tile` (gated products: the first, gate's).
+template <bool GATED>
+__device__ __forceinline__ int tile_segment(const qrt_gemm_args& args, int tile) {
+    int si = 0;
+#pragma unroll
+    for (int i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
+        if (!GATED && i < static_cast<int>(args.num_segments) &&
+            tile >= static_cast<int>(args.seg[i].first_tile))
+            si = i;
+    return si;
+}
+
+// This block's k steps (of kBK): all, or its share of a split over the gridDim.z blocks of
+// its cluster.
+struct KSteps {
+    int first, count;
+};
+
+__device__ __forceinline__ KSteps block_k_steps(uint32_t k) {
+    const int all = (k + kBK - 1) / kBK;
+    const int splits = gridDim.z;
+    const int first = blockIdx.z * all / splits;
+    return {first, static_cast<int>((blockIdx.z + 1) * all / splits - first)};
+}
+
+// The ring of kStages stages of kStageBytes in the block's dynamic shared memory (`base`),
+// aligned to the swizzle atom, then a `full` mbarrier a stage (the producer's arrival and the
+// copies' bytes) and an `empty` one (an arrival per consumer warpgroup).
+template <int kStages, int kStageBytes>
+struct Ring {
+    uint32_t base, start, bars;
+
+    __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
+    __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kStages + s); }
+};
+
+// The ring in `smem`, its barriers initialised by thread 0; every thread returns after the
+// block's barrier.
+template <int kStages, int kStageBytes>
+__device__ __forceinline__ Ring<kStages, kStageBytes> ring_init(uint8_t* smem) {
+    Ring<kStages, kStageBytes> r;
+    r.base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    r.start = (r.base + 1023) & ~1023u;
+    r.bars = r.start + kStages * kStageBytes;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kStages; ++s) {
+            barrier_init(r.full(s), 1);
+            barrier_init(r.empty(s), 2);  // one arrival per consumer warpgroup
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    return r;
+}
+
 // Output row of accumulator i of this consumer thread (see wgmma.cuh), relative to the tile.
 __device__ __forceinline__ int acc_row(int consumer, int i) {
     const int lane = threadIdx.x % 32;
@@ -224,35 +279,19 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
     const int col_tile = blockIdx.x / row_tiles;
     // The tile's segment (gated: gate and up), its maps, and its first weight row: BN rows of
     // the segment's matrix, or BN / 2 each of gate and up.
-    int si = 0;
-#pragma unroll
-    for (int i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
-        if (!GATED && i < static_cast<int>(args.num_segments) &&
-            col_tile >= static_cast<int>(args.seg[i].first_tile))
-            si = i;
+    const int si = tile_segment<GATED>(args, col_tile);
     const qrt_gemm_segment& seg = args.seg[si];
     const qrt_tensor_map& map0 = p.w[si];
     const qrt_tensor_map& map1 = p.w[GATED ? 1 : si];
     const int r0 = (col_tile - static_cast<int>(seg.first_tile)) * (GATED ? BN / 2 : BN);
-    // This block's k steps: all, or its share of a split.
-    const int ktiles_all = (args.k + kBK - 1) / kBK;
+    const KSteps steps = block_k_steps(args.k);
     const int splits = gridDim.z;
-    const int kt0 = blockIdx.z * ktiles_all / splits;
-    const int ktiles = (blockIdx.z + 1) * ktiles_all / splits - kt0;
+    const int kt0 = steps.first, ktiles = steps.count;
 
-    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    const uint32_t ring = (base + 1023) & ~1023u;
-    const uint32_t bars = ring + kStages * kStageBytes;
-    auto full = [&](int s) { return bars + 8 * s; };
-    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            barrier_init(full(s), 1);
-            barrier_init(empty(s), 2);  // one arrival per consumer warpgroup
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    const Ring<kStages, kStageBytes> rg = ring_init<kStages, kStageBytes>(smem);
+    const uint32_t base = rg.base, ring = rg.start;
+    auto full = [&](int s) { return rg.full(s); };
+    auto empty = [&](int s) { return rg.empty(s); };
     qrt::pdl_enter();
 
     const int warpgroup = threadIdx.x / 128;
@@ -377,32 +416,17 @@ __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args& p) {
     const qrt_gemm_args& args = p.gemm;
     const int m = args.m;
     const int tile = blockIdx.x;
-    int si = 0;
-#pragma unroll
-    for (int i = 1; i < QRT_GEMV_MAX_SEGMENTS; ++i)
-        if (!GATED && i < static_cast<int>(args.num_segments) &&
-            tile >= static_cast<int>(args.seg[i].first_tile))
-            si = i;
+    const int si = tile_segment<GATED>(args, tile);
     const qrt_gemm_segment& seg = args.seg[si];
     const int r0 = (tile - static_cast<int>(seg.first_tile)) * 128;
-    const int ktiles_all = (args.k + kBK - 1) / kBK;
+    const KSteps steps = block_k_steps(args.k);
     const int splits = gridDim.z;
-    const int kt0 = blockIdx.z * ktiles_all / splits;
-    const int ktiles = (blockIdx.z + 1) * ktiles_all / splits - kt0;
+    const int kt0 = steps.first, ktiles = steps.count;
 
-    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-    const uint32_t ring = (base + 1023) & ~1023u;
-    const uint32_t bars = ring + kStages * kStageBytes;
-    auto full = [&](int s) { return bars + 8 * s; };
-    auto empty = [&](int s) { return bars + 8 * (kStages + s); };
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            barrier_init(full(s), 1);
-            barrier_init(empty(s), 2);  // one arrival per consumer warpgroup
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
+    const Ring<kStages, kStageBytes> rg = ring_init<kStages, kStageBytes>(smem);
+    const uint32_t base = rg.base, ring = rg.start;
+    auto full = [&](int s) { return rg.full(s); };
+    auto empty = [&](int s) { return rg.empty(s); };
     qrt::pdl_enter();
 
     const int warpgroup = threadIdx.x / 128;

@@ -2011,22 +2011,38 @@ impl CudaDevice {
             _ => "n128_",
         };
         let kernel = format!("qrt_gemm_tma_{variant}{}", ty.name());
+        // SAFETY: the maps name the caller's matrices.
+        unsafe { self.launch_tma(&kernel, &tma, tiles, splits, GEMM_TMA_SMEM)? };
+        Ok(true)
+    }
+
+    /// Launches `kernel` of gemm_tma.cu on `tma`: `tiles` tiles of `splits` blocks along z,
+    /// which form one cluster (the kernels' sums of a split k need it), `shared` bytes of
+    /// dynamic shared memory. With programmatic launch (unlike the other GEMMs), which took the
+    /// 1B's prefill of 512 tokens 3.22–3.25 → 3.07–3.09 ms on the H200 (RESULTS log 50).
+    ///
+    /// # Safety
+    /// The maps and addresses in `tma` must hold what the kernel reads and writes.
+    unsafe fn launch_tma(
+        &self,
+        kernel: &str,
+        tma: &qrt_gemm_tma_args,
+        tiles: usize,
+        splits: usize,
+        shared: usize,
+    ) -> Result<(), KernelError> {
         let grid = (u32_of("tiles", tiles)?, 1, splits as u32);
-        // SAFETY: qrt_gemm_tma_args by value (the maps name the caller's matrices); split
-        // blocks of a tile form one cluster along z, as the kernel's epilogue needs. With
-        // programmatic launch (unlike the other GEMMs), which took the 1B's prefill of 512
-        // tokens 3.22–3.25 → 3.07–3.09 ms on the H200 (RESULTS log 50).
+        // SAFETY: qrt_gemm_tma_args by value; forwarded from the caller.
         unsafe {
             self.launch_clustered(
                 "gemm_tma",
-                &kernel,
-                (grid, 384, GEMM_TMA_SMEM),
+                kernel,
+                (grid, 384, shared),
                 splits as u32,
-                &mut params([&tma]),
+                &mut params([tma]),
                 true,
-            )?
-        };
-        Ok(true)
+            )
+        }
     }
 
     /// Launches the skinny GEMM (`gemm_skinny` in gemm_tma.cu) for `args` where it applies:
@@ -2064,20 +2080,8 @@ impl CudaDevice {
         let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors());
         let variant = if gated { "gated_" } else { "" };
         let kernel = format!("qrt_gemm_skinny_{variant}{}", ty.name());
-        let grid = (u32_of("tiles", tiles)?, 1, splits as u32);
-        // SAFETY: qrt_gemm_tma_args by value (the maps name the caller's matrices); the blocks
-        // of a tile form one cluster along z, as the kernel's sums need. With programmatic
-        // launch, as the TMA GEMM.
-        unsafe {
-            self.launch_clustered(
-                "gemm_tma",
-                &kernel,
-                (grid, 384, GEMM_SKINNY_SMEM),
-                splits as u32,
-                &mut params([&tma]),
-                true,
-            )?
-        };
+        // SAFETY: the maps name the caller's matrices.
+        unsafe { self.launch_tma(&kernel, &tma, tiles, splits, GEMM_SKINNY_SMEM)? };
         Ok(true)
     }
 
