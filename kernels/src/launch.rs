@@ -266,8 +266,13 @@ impl DecodePolicy {
     /// ring beyond what the kernel stages whole: on an H200 at 512-token prompts, the 1B's
     /// step at 32 / 64 sequences 1.75 / 2.23 → 1.67 / 2.04–2.11 ms, SmolLM2's at 64 1.48 →
     /// 1.26, the 8B's at 32 / 64 7.23 / 9.46 → 6.44 / 7.62; at 2,000 tokens the 1B's 2.69 /
-    /// 4.02 → 2.34 / 3.19 (RESULTS log 54, call 8). At 16 sequences (128 pairs) one
-    /// partition each was no faster (call 7).
+    /// 4.02 → 2.34 / 3.19 (RESULTS log 54, call 8). Where they are at least 70% of the
+    /// multiprocessors (the 1B and 8B from 12 sequences, SmolLM2 from 31), two partitions a
+    /// context: SmolLM2 at 32 / 40 1.15 / 1.18 → 1.03–1.04 / 1.07, the 8B at 12 / 16 5.80–5.86
+    /// / 6.13 → 5.58–5.61 / 5.91, the 1B at 16 at 2,000 tokens 1.93 → 1.78; the 1B at 512
+    /// tokens about the same (at 12 1.29–1.33 → 1.30–1.31, at 16 1.41 → 1.38–1.41); with fewer
+    /// pairs two partitions lost (the 1B at 9 and 11, 72 and 88 pairs, 1.22 / 1.24 → 1.29 /
+    /// 1.30–1.33; SmolLM2 at 24, 0.96 → 0.99) (calls 9–10).
     pub fn split(
         &self,
         max_ctx: usize,
@@ -295,13 +300,17 @@ impl DecodePolicy {
             DecodeTc::Always => false,
         };
         let whole = max_tc_partition(head_dim);
-        if !registers && pairs > self.multiprocessors {
-            let step = if max_ctx <= whole {
+        // Many sequences: one or two partitions a context (see above).
+        if !registers && 10 * pairs >= 7 * self.multiprocessors {
+            let parts = if pairs > self.multiprocessors { 1 } else { 2 };
+            let partition = max_ctx.div_ceil(parts);
+            let step = if partition <= whole {
                 TC_PARTITION_STEP
             } else {
                 whole / 2
             };
-            return (1, max_ctx.next_multiple_of(step));
+            let partition = partition.next_multiple_of(step);
+            return (max_ctx.div_ceil(partition), partition);
         }
         let (splits, partition) = self.short_split(registers, max_ctx, pairs, heads, head_dim);
         if splits <= MAX_DECODE_CLUSTER || self.tensor_cores == DecodeTc::Never {
@@ -2560,7 +2569,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sequences_that_fill_the_device_take_one_partition_each() {
+    fn many_sequences_take_one_or_two_partitions_each() {
         let policy = DecodePolicy {
             multiprocessors: 132,
             tensor_cores: DecodeTc::Batched,
@@ -2575,8 +2584,13 @@ mod tests {
                 assert_eq!((splits, partition), (1, ctx.next_multiple_of(step)));
             }
         }
-        // 16 sequences (128 pairs) keep the rules below: three partitions of 192 tokens.
-        assert_eq!(policy.split(544, 16, 32, 8, 64), (3, 192));
+        // 12 to 16 sequences (96 to 128 pairs, at least 70% of the multiprocessors): each
+        // context in two partitions.
+        assert_eq!(policy.split(544, 16, 32, 8, 64), (2, 384));
+        assert_eq!(policy.split(2000, 12, 32, 8, 64), (2, 1024));
+        assert_eq!(policy.split(200, 12, 32, 8, 64), (2, 128));
+        // 11 (88 pairs) keep the rules below: three partitions of 192 tokens.
+        assert_eq!(policy.split(544, 11, 32, 8, 64), (3, 192));
         // Nor does a forced register kernel change.
         let registers = DecodePolicy {
             tensor_cores: DecodeTc::Never,

@@ -199,7 +199,8 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// attention) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token partitions: 4 and 6
 /// at batch 8, the 6 merged by the attention: see `CudaDevice::gemv_merges_partials`; 12 ring
 /// partitions of 192 at batch 2). Batches of 16 and 40 sequences (1B) and of 24 (8B) take the
-/// skinny GEMM, and their recorded passes.
+/// skinny GEMM, and their recorded passes, and split a context in two partitions (16
+/// sequences) or not at all.
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
@@ -209,9 +210,10 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             &[1300, 200, 50, 900],
             &[4300, 2600],
             &[5000],
-            // Batched decode beyond 8 sequences: the skinny GEMM, recorded passes.
+            // Batched decode beyond 8 sequences: the skinny GEMM, recorded passes; at 16
+            // sequences two partitions a context, streamed through the ring beyond 512 tokens.
             &[
-                33, 5, 70, 120, 9, 64, 18, 200, 45, 1, 90, 150, 12, 30, 77, 101,
+                33, 5, 700, 120, 9, 64, 18, 600, 45, 1, 90, 150, 12, 30, 77, 101,
             ],
             &[
                 12, 40, 7, 90, 33, 150, 2, 64, 19, 280, 45, 8, 120, 60, 3, 75, 31, 17, 99, 240, 11,
