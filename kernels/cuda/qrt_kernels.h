@@ -145,8 +145,9 @@ QRT_STATIC_ASSERT(sizeof(qrt_tensor_map) == 128, "qrt_tensor_map must be 128 byt
 
 /// Arguments of the TMA GEMM kernels (`qrt_gemm_tma_*`, sm_90): `gemm` as for the other GEMM
 /// kernels, its segments' `first_tile` counted in the kernel's column tiles (256 columns, 128
-/// for `qrt_gemm_tma_n128_*`; the gated kernels ignore it), and tensor maps of 16-bit [rows, k] matrices with boxes of
-/// 128 rows by 64 columns and the 128-byte swizzle: `a`, and `w[i]` of segment `i`.
+/// for `qrt_gemm_tma_n128_*`, 128 weight rows for `qrt_gemm_skinny_*`; the gated kernels ignore
+/// it), and tensor maps of 16-bit [rows, k] matrices with boxes of 128 rows (64 for the skinny
+/// kernels' `a`) by 64 columns and the 128-byte swizzle: `a`, and `w[i]` of segment `i`.
 typedef struct qrt_gemm_tma_args {
     qrt_tensor_map a;
     qrt_tensor_map w[QRT_GEMV_MAX_SEGMENTS];

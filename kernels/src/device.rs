@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream,
@@ -72,6 +72,8 @@ pub struct CudaDevice {
     pub(crate) gemv_tc_split: u32,
     /// Tensor-core GEMV plans by [`TcPlanKey`].
     pub(crate) tc_plans: Mutex<HashMap<TcPlanKey, Option<TcPlan>>>,
+    /// Most blocks of a skinny GEMM's cluster the device places (found at first use).
+    pub(crate) skinny_split_cap: OnceLock<usize>,
     /// Batch-one GEMV launches prefer a shared-memory configuration with room for the next
     /// kernel's blocks (with programmatic launch, unless `QRT_GEMV_CARVEOUT=0`).
     pub(crate) gemv_one_carveout: bool,
@@ -261,6 +263,7 @@ impl CudaDevice {
                 1
             },
             tc_plans: Mutex::new(HashMap::new()),
+            skinny_split_cap: OnceLock::new(),
             gemv_one_carveout: programmatic_launch
                 && std::env::var("QRT_GEMV_CARVEOUT").map_or(true, |v| v != "0"),
             merge_carveout: programmatic_launch

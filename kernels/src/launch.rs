@@ -309,7 +309,10 @@ impl DecodePolicy {
             } else {
                 whole / 2
             };
-            let partition = partition.next_multiple_of(step);
+            // At least the shortest tensor-core partition (short contexts stay on tensor cores).
+            let partition = partition
+                .next_multiple_of(step)
+                .max(MAX_ATTN_PARTITION + TC_PARTITION_STEP);
             return (max_ctx.div_ceil(partition), partition);
         }
         let (splits, partition) = self.short_split(registers, max_ctx, pairs, heads, head_dim);
@@ -2086,12 +2089,35 @@ impl CudaDevice {
                 tiles += (seg.n as usize).div_ceil(128);
             }
         }
-        let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors());
+        let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors())
+            .min(self.skinny_split_cap());
         let variant = if gated { "gated_" } else { "" };
         let kernel = format!("qrt_gemm_skinny_{variant}{}", ty.name());
         // SAFETY: the maps name the caller's matrices.
         unsafe { self.launch_tma(&kernel, &tma, tiles, splits, GEMM_SKINNY_SMEM)? };
         Ok(true)
+    }
+
+    /// The most blocks a skinny GEMM's cluster may have here: the largest size up to
+    /// [`MAX_SKINNY_SPLIT`] of which the device places at least one cluster (a block takes
+    /// nearly a multiprocessor's shared memory, and a cluster's blocks share one GPC; a
+    /// partitioned device may have fewer), else 1.
+    fn skinny_split_cap(&self) -> usize {
+        *self.skinny_split_cap.get_or_init(|| {
+            (2..=MAX_SKINNY_SPLIT)
+                .rev()
+                .find(|&s| {
+                    self.max_active_clusters(
+                        "gemm_tma",
+                        "qrt_gemm_skinny_f16",
+                        384,
+                        GEMM_SKINNY_SMEM,
+                        s,
+                    )
+                    .is_ok_and(|clusters| clusters > 0)
+                })
+                .unwrap_or(1)
+        })
     }
 
     /// Launches the GEMM kernel family `variant` ("" or "gated_") for `args` over `tiles`
@@ -2576,12 +2602,16 @@ mod tests {
         };
         // The 1B's heads: from 17 sequences the (sequence, KV head) pairs outnumber the
         // multiprocessors; each context is one partition, whole up to 256 tokens (steps of
-        // 64), streamed beyond (steps of 128).
+        // 64, at least 128: a tensor-core partition), streamed beyond (steps of 128).
         for seqs in [17, 64] {
-            for ctx in [1, 64, 65, 256, 257, 544, 2000, 8192] {
+            for ctx in [1, 64, 65, 128, 129, 256, 257, 544, 2000, 8192] {
                 let (splits, partition) = policy.split(ctx, seqs, 32, 8, 64);
                 let step = if ctx <= 256 { 64 } else { 128 };
-                assert_eq!((splits, partition), (1, ctx.next_multiple_of(step)));
+                assert_eq!(
+                    (splits, partition),
+                    (1, ctx.next_multiple_of(step).max(128))
+                );
+                assert!(policy.tensor_core_partition(partition));
             }
         }
         // 12 to 16 sequences (96 to 128 pairs, at least 70% of the multiprocessors): each
@@ -2589,6 +2619,7 @@ mod tests {
         assert_eq!(policy.split(544, 16, 32, 8, 64), (2, 384));
         assert_eq!(policy.split(2000, 12, 32, 8, 64), (2, 1024));
         assert_eq!(policy.split(200, 12, 32, 8, 64), (2, 128));
+        assert_eq!(policy.split(100, 12, 32, 8, 64), (1, 128));
         // 11 (88 pairs) keep the rules below: three partitions of 192 tokens.
         assert_eq!(policy.split(544, 11, 32, 8, 64), (3, 192));
         // Nor does a forced register kernel change.

@@ -288,8 +288,9 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
     /// [`linears`](Self::linears) of `rms_norm(x)` (an attention block's q, k and v; the
-    /// logits). `normed` receives the normalised input, unless a backend fuses the norm into
-    /// the products.
+    /// logits). `normed` is the backend's scratch for the normalised input (f32-sized; a
+    /// backend that fuses the norm into the products may leave it alone, one that rounds it
+    /// for its products may hold the rounded values there).
     fn norm_linears(
         &self,
         x: &Self::Act,

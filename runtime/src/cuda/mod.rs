@@ -4,9 +4,10 @@
 //! Activations are f32 in device buffers from a caching pool ([`pool`]); weights are uploaded
 //! once from the memory-mapped file (f16/bf16 matrices as they are stored, vectors as f32);
 //! the KV cache is f16, `[layers][blocks][block_size][kv_heads][head_dim]` for K and for V.
-//! Products of up to 8 rows run as GEMV (decode), larger ones as tensor-core GEMM (prefill).
-//! A pass's inputs go to the device in one copy ([`step`]); decode passes of up to 8 rows are
-//! recorded once as a CUDA graph per (rows, context partitions) and replayed afterwards.
+//! Products of up to 8 rows run as GEMV (decode), larger ones as tensor-core GEMM (batched
+//! decode beyond 8 rows, prefill). A pass's inputs go to the device in one copy ([`step`]);
+//! decode passes of up to 64 rows are recorded once as a CUDA graph per (rows, context
+//! partitions) and replayed afterwards.
 //! The CPU backend is the reference these ops are checked against (`qrt selftest`).
 
 pub mod pool;
