@@ -1347,28 +1347,26 @@ __device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
         qrt::cp_async_wait<0>();
 }
 
-// attn_decode_tc for partitions longer than kMaxStaged, through the ring. A kernel of its own:
+// attn_decode_tc for partitions longer than kMaxStaged, through the ring, merged in global
+// memory only (the launcher never clusters ring partitions). A kernel of its own:
 // one kernel for both (and the whole-partition kernel written around decode_tc_step) measured
 // 0.6-0.8% slower at batches 4 and 8 of 512 tokens (RESULTS log 52), so attn_decode_tc keeps
 // its own loop and its SASS stays as it was measured.
-template <int D, int G, bool CLUSTER>
+template <int D, int G>
 __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
     using S = DecodeTcShape<D>;
     static_assert(S::kRing >= 2 && S::kRing <= 4, "cp_async_wait_at_most covers the ring");
     __shared__ __align__(16) WarpResults<S::kWarps, G, D> warps;
     __shared__ __align__(16) __half qs[G][D];  // the group's queries, rotated and scaled
-    __shared__ __align__(8) uint64_t leader_bar;
-    // The ring's keys, then its values (kMaxStaged rows of kStride halves each), then (CLUSTER)
-    // the leader's slots.
+    // The ring's keys, then its values (kMaxStaged rows of kStride halves each).
     extern __shared__ __align__(16) unsigned char dyn_smem[];
     __half* ks = reinterpret_cast<__half*>(dyn_smem);
     __half* vs = ks + S::kMaxStaged * S::kStride;
-    float* slots = reinterpret_cast<float*>(vs + S::kMaxStaged * S::kStride);
 
     const bool fused = args.inv_freq != 0;
     const unsigned kvh = blockIdx.y;
-    const DecodePartition part = decode_partition<CLUSTER>(args, &leader_bar);
-    if (part.n == 0) return skip_partition<CLUSTER>(args, part);
+    const DecodePartition part = decode_partition<false>(args, nullptr);
+    if (part.n == 0) return skip_partition<false>(args, part);
     const auto [table, group, ctx, active, t_begin, n, row] = part;
     const unsigned newest = ctx - 1 - t_begin;  // in this partition when < n
     const bool has_newest = fused && newest < n;
@@ -1456,25 +1454,14 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
     }
     decode_tc_warp_result<D, G, S::kWarps>(warps, group, st.o, st.m, st.l);
     __syncthreads();
-    finish_partition<D, G, S::kWarps, CLUSTER, true, Merge::kWide>(args, active, row, warps,
-                                                                    slots, &leader_bar);
+    finish_partition<D, G, S::kWarps, false, true, Merge::kWide>(args, active, row, warps,
+                                                                  nullptr, nullptr);
 }
 
 }  // namespace
 
-// The tensor-core decode kernels (KIND tc: whole partitions; tc_ring: through the ring) for
-// groups of up to G heads.
-#define QRT_ATTN_DECODE_TC(D, NAME, G, KIND)                                                   \
-    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
-        qrt_attn_decode_##KIND##_d##D##_g##NAME(const qrt_attn_args args) {                    \
-        attn_decode_##KIND<D, G, false>(args);                                                 \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
-        qrt_attn_decode_##KIND##_d##D##_g##NAME##_cluster(const qrt_attn_args args) {          \
-        attn_decode_##KIND<D, G, true>(args);                                                  \
-    }
-
-// Decode for groups of up to G heads: partitions merged in global memory, or in a cluster.
+// Decode for groups of up to G heads: partitions merged in global memory, or in a cluster
+// (the register and whole-partition tensor-core kernels); ring partitions in global memory.
 #define QRT_ATTN_DECODE(D, NAME, G)                                                            \
     extern "C" __global__ void __launch_bounds__(DecodeShape<D>::kThreads, DecodeShape<D>::min_blocks(G)) \
         qrt_attn_decode_d##D##_g##NAME(const qrt_attn_args args) {                             \
@@ -1484,8 +1471,18 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
         qrt_attn_decode_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                   \
         attn_decode<D, G, true>(args);                                                         \
     }                                                                                          \
-    QRT_ATTN_DECODE_TC(D, NAME, G, tc)                                                         \
-    QRT_ATTN_DECODE_TC(D, NAME, G, tc_ring)
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_tc_d##D##_g##NAME(const qrt_attn_args args) {                          \
+        attn_decode_tc<D, G, false>(args);                                                     \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_tc_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                \
+        attn_decode_tc<D, G, true>(args);                                                      \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+        qrt_attn_decode_tc_ring_d##D##_g##NAME(const qrt_attn_args args) {                     \
+        attn_decode_tc_ring<D, G>(args);                                                       \
+    }
 
 #define QRT_ATTN(D)                                                                            \
     extern "C" __global__ void __launch_bounds__(2 * kPrefillHalfThreads, 2)                     \

@@ -520,6 +520,36 @@ fn gemm_tma_plan(
     (2 * blocks >= multiprocessors).then_some((width, splits))
 }
 
+/// The TMA GEMM arguments of `args`: maps of `a` (boxes of `a_rows` rows) and of every weight
+/// matrix (boxes of 128 rows), each segment's first column tile counted in tiles of `outputs`
+/// columns; and the column tiles (`gated`: gate's, which up's rows share).
+fn tma_args(
+    ty: Half16,
+    args: &qrt_gemm_args,
+    a_rows: u32,
+    outputs: usize,
+    gated: bool,
+) -> Result<(qrt_gemm_tma_args, usize), KernelError> {
+    let (m, k) = (args.m as usize, args.k as usize);
+    let mut tma = qrt_gemm_tma_args {
+        a: tensor_map(ty, args.a, m, k, a_rows)?,
+        gemm: *args,
+        ..Default::default()
+    };
+    let mut tiles = 0;
+    for (i, seg) in tma.gemm.seg[..args.num_segments as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k, 128)?;
+        seg.first_tile = u32_of("tiles", tiles)?;
+        if !gated || i == 0 {
+            tiles += (seg.n as usize).div_ceil(outputs);
+        }
+    }
+    Ok((tma, tiles))
+}
+
 /// Most rows of `a` the skinny GEMM takes (`gemm_skinny` in gemm_tma.cu: its wgmma's N).
 pub const GEMM_SKINNY_MAX_M: usize = 64;
 
@@ -647,6 +677,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
             all.push(("attention", format!("qrt_attn_decode_d{d}_g{g}_cluster")));
             all.push(("attention", format!("qrt_attn_decode_tc_d{d}_g{g}")));
             all.push(("attention", format!("qrt_attn_decode_tc_d{d}_g{g}_cluster")));
+            all.push(("attention", format!("qrt_attn_decode_tc_ring_d{d}_g{g}")));
         }
     }
     for name in [
@@ -2004,19 +2035,8 @@ impl CudaDevice {
         ) else {
             return Ok(false);
         };
-        let mut tma = qrt_gemm_tma_args {
-            a: tensor_map(ty, args.a, m, k, 128)?,
-            gemm: *args,
-            ..Default::default()
-        };
-        let outputs = tma_tile_outputs(width, gated);
-        let mut col_tiles = 0;
-        for (i, seg) in tma.gemm.seg[..segments.len()].iter_mut().enumerate() {
-            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k, 128)?;
-            seg.first_tile = u32_of("tiles", col_tiles)?;
-            col_tiles += (seg.n as usize).div_ceil(outputs);
-        }
-        let tiles = m.div_ceil(128) * ns.iter().map(|n| n.div_ceil(outputs)).sum::<usize>();
+        let (tma, col_tiles) = tma_args(ty, args, 128, tma_tile_outputs(width, gated), gated)?;
+        let tiles = m.div_ceil(128) * col_tiles;
         let variant = match (gated, width) {
             (true, _) => "gated_",
             (false, 256) => "",
@@ -2075,20 +2095,7 @@ impl CudaDevice {
         if !self.gemm_skinny || m > GEMM_SKINNY_MAX_M {
             return Ok(false);
         }
-        let mut tma = qrt_gemm_tma_args {
-            a: tensor_map(ty, args.a, m, k, GEMM_SKINNY_MAX_M as u32)?,
-            gemm: *args,
-            ..Default::default()
-        };
-        let segments = args.num_segments as usize;
-        let mut tiles = 0;
-        for (i, seg) in tma.gemm.seg[..segments].iter_mut().enumerate() {
-            tma.w[i] = tensor_map(ty, seg.w, seg.n as usize, k, 128)?;
-            seg.first_tile = u32_of("tiles", tiles)?;
-            if !gated || i == 0 {
-                tiles += (seg.n as usize).div_ceil(128);
-            }
-        }
+        let (tma, tiles) = tma_args(ty, args, GEMM_SKINNY_MAX_M as u32, 128, gated)?;
         let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors())
             .min(self.skinny_split_cap());
         let variant = if gated { "gated_" } else { "" };

@@ -241,8 +241,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Queues a prepared pass of at most [`Model::MAX_LAUNCHED_ROWS`] rows, each with a logit
-    /// row (a decode step), leaving its logits where [`Model::logits_then`] finds them until the next pass of the
-    /// same shape runs.
+    /// row (a decode step), leaving its logits where [`Model::logits_then`] finds them until
+    /// the next pass of the same shape runs.
     pub fn launch(
         &self,
         backend: &B,

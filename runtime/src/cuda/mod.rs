@@ -39,10 +39,10 @@ use step::{plan, DecodeSplit, StepPlan};
 /// Largest batch of rows multiplied by GEMV; larger ones use GEMM.
 pub const MAX_GEMV_ROWS: usize = 8;
 
-/// Largest decode pass recorded as a CUDA graph (the skinny GEMM's rows,
-/// `qrt_kernels::GEMM_SKINNY_MAX_M`). Such passes keep every buffer they write between passes:
-/// the model's workspace, the pass's step buffers and [`Staging`].
-pub const MAX_GRAPH_ROWS: usize = 64;
+/// Largest decode pass recorded as a CUDA graph: as many rows as the skinny GEMM takes. Such
+/// passes keep every buffer they write between passes: the model's workspace, the pass's step
+/// buffers and [`Staging`].
+pub const MAX_GRAPH_ROWS: usize = qrt_kernels::GEMM_SKINNY_MAX_M;
 
 /// The CUDA backend on one GPU. It runs one pass at a time (an engine drives it from one
 /// thread): a pass's inputs and a recorded pass's buffers are shared per kind of pass.

@@ -86,15 +86,14 @@ const RUNS: [&[usize]; 4] = [&[45, 1, 17, 120], &[40], &[5], &[5, 3]];
 /// Compares one model's logits on both backends, a run for each list of prompt lengths.
 fn compare(
     cuda: &CudaBackend,
-    path: &Path,
+    mf: &ModelFile,
     label: &str,
     runs: &[&[usize]],
     rng: &mut Rng,
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
-    let mf = ModelFile::open(path)?;
     for lens in runs {
-        compare_run(cuda, &mf, lens, label, rng, checks)?;
+        compare_run(cuda, mf, lens, label, rng, checks)?;
     }
     Ok(())
 }
@@ -321,19 +320,16 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let path = dir.join("random-model.qrt");
     write_random(&random_config()?, &path, rng)?;
-    compare(cuda, &path, "random", &RUNS, rng, checks)?;
+    compare(cuda, &ModelFile::open(&path)?, "random", &RUNS, rng, checks)?;
     for (name, runs) in wide_models(with_8b) {
         let path = dir.join(format!("wide-{name}.qrt"));
         write_random(&wide_config(name)?, &path, rng)?;
+        let mf = ModelFile::open(&path)?;
+        let label = format!("{name}-wide");
         let before = cuda.fused_counts();
-        compare(cuda, &path, &format!("{name}-wide"), &runs, rng, checks)?;
-        check_run_ahead(
-            cuda.device().ordinal(),
-            &ModelFile::open(&path)?,
-            &format!("{name}-wide"),
-            rng,
-            checks,
-        )?;
+        compare(cuda, &mf, &label, &runs, rng, checks)?;
+        check_run_ahead(cuda.device().ordinal(), &mf, &label, rng, checks)?;
+        drop(mf);
         std::fs::remove_file(&path)?;
         let after = cuda.fused_counts();
         // On sm_90 (tensor-core decode attention, clusters for the products' plans) these
@@ -368,7 +364,7 @@ pub fn run(
         let label = m
             .file_name()
             .map_or_else(|| m.display().to_string(), |n| n.to_string_lossy().into());
-        compare(cuda, m, &label, &RUNS, rng, checks)?;
+        compare(cuda, &ModelFile::open(m)?, &label, &RUNS, rng, checks)?;
     }
     Ok(())
 }

@@ -282,7 +282,7 @@ fn check_products(
                 1 => "gemv",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
-                r if r <= qrt_runtime::cuda::MAX_GRAPH_ROWS => "gemm skinny",
+                r if r <= qrt_kernels::GEMM_SKINNY_MAX_M => "gemm skinny",
                 _ => "gemm",
             };
             checks.check(
