@@ -1,4 +1,4 @@
-// Batched GEMV on the tensor cores, for decode steps of 2 to 8 sequences:
+// Batched GEMV on the tensor cores, for decode steps of 2 to 16 sequences:
 // y[b, i] = sum_j x[b, j] * w[i, j] (+ bias[i]), weights f16 or bf16, activations rounded to the
 // weight type (as the prefill GEMM does), f32 accumulation.
 //
@@ -8,7 +8,10 @@
 // the batch. Each lane loads its weights straight from global memory in 16-byte pieces: lane l
 // reads 8 consecutive k of rows l/4 and l/4 + 8. That is not the k order of an mma fragment,
 // but a dot product may sum its k in any order as long as weights and activations use the same
-// one, so the activations are loaded in that same permuted order.
+// one, so the activations are loaded in that same permuted order. Batches of 9 to 16 (the
+// `_c16` kernels) swap the operands: x is the A operand (batch rows r and r + 8), and the same
+// weight loads are the B operands of two products, the tile's rows 0-7 and 8-15, so that 16
+// batch rows cost the same weight registers and accumulators as 8.
 //
 // Who does what. A block holds P 16-row tiles at a time (a tile group; P = 1 or kWarps, fixed
 // at compile time so that every load address is cheap), kWarps / P warps on each, which split
@@ -178,7 +181,8 @@ enum class Input { F32, Merge, Half16 };
 
 // IN: the input's form. Y16 (gated only): silu(gate) * up is stored rounded to W, `[batch, n]`
 // at the gate segment's `y`, for a product that takes Input::Half16.
-template <typename W, int kWarps, bool GATED, unsigned kPerBlock, Input IN, bool Y16>
+template <typename W, int kWarps, bool GATED, unsigned kPerBlock, Input IN, bool Y16,
+          unsigned kCols>
 __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batch,
                                         unsigned tiles, unsigned early, unsigned merge) {
     constexpr unsigned per_block = kPerBlock;
@@ -287,71 +291,79 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     // (`squares` and `part` are the block's static shared memory: tc_static_shared in
     // launch.rs counts them.) squares[z][b]: the sum of squares of row b over block z's slice.
-    __shared__ float squares[QRT_GEMV_MAX_SPLIT][QRT_GEMV_MAX_BATCH];
-    static_assert(kWarps >= QRT_GEMV_MAX_BATCH, "a warp stages one row");
-    // Warp b stages row b, four chunks a lane requested before any is converted, and sums its
-    // squares.
-    float row_squares = 0.f;
-    if (IN == Input::Merge && warp < batch) {
-        for (unsigned i = lane; i < share; i += 32) {
-            float4 a, d;
-            merged_chunk(args, batch, merge, warp, c0 + i, a, d);
-            x16[warp * row_chunks + i] = pack8<W>(a, d);
-        }
-    } else if (IN == Input::Half16 && warp < batch) {
-        // Warp b copies row b, four chunks a lane requested at once.
-        const uint4* xb = reinterpret_cast<const uint4*>(args.x) + static_cast<size_t>(warp) * (k / 8);
-        constexpr int kAhead = 4;
-        for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
-            uint4 v[kAhead];
-#pragma unroll
-            for (int j = 0; j < kAhead; ++j) {
-                const unsigned i = i0 + j * 32;
-                v[j] = make_uint4(0, 0, 0, 0);
-                qrt::load_cg_if(v[j], xb + c0 + min(i, share - 1), i < share);
+    __shared__ float squares[QRT_GEMV_MAX_SPLIT][kCols];
+    static_assert(kCols == 8 || kCols == 16, "8 or 16 batch columns");
+    static_assert(2 * kWarps >= kCols, "a warp stages at most two rows");
+    // Warp w stages row w (and row w + kWarps where the columns outnumber the warps), four
+    // chunks a lane requested before any is converted, and sums its squares.
+    auto stage_row = [&](const unsigned b) -> float {
+        if (IN == Input::Merge) {
+            for (unsigned i = lane; i < share; i += 32) {
+                float4 a, d;
+                merged_chunk(args, batch, merge, b, c0 + i, a, d);
+                x16[b * row_chunks + i] = pack8<W>(a, d);
             }
+            return 0.f;
+        } else if (IN == Input::Half16) {
+            // Warp b copies row b, four chunks a lane requested at once.
+            const uint4* xb =
+                reinterpret_cast<const uint4*>(args.x) + static_cast<size_t>(b) * (k / 8);
+            constexpr int kAhead = 4;
+            for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
+                uint4 v[kAhead];
 #pragma unroll
-            for (int j = 0; j < kAhead; ++j) {
-                const unsigned i = i0 + j * 32;
-                if (i < share) x16[warp * row_chunks + i] = v[j];
-            }
-        }
-    } else if (warp < batch) {
-        const unsigned b = warp;
-        const float4* xb = reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
-        float sum = 0.f;
-        constexpr int kAhead = 4;
-        for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
-            uint4 v[kAhead][2];
-#pragma unroll
-            for (int j = 0; j < kAhead; ++j) {
-                const unsigned i = i0 + j * 32;
-                const unsigned c = c0 + min(i, share - 1);
-                v[j][0] = v[j][1] = make_uint4(0, 0, 0, 0);
-                qrt::load_cg_if(v[j][0], xb + 2 * c, i < share);
-                qrt::load_cg_if(v[j][1], xb + 2 * c + 1, i < share);
-            }
-            // No branch among these chunks, so that their norm weights are requested
-            // together (with a `break` each waited for the chunk before it): chunks past the
-            // slice read a valid address, add zeros and are stored into the row's padding,
-            // which no product reads.
-#pragma unroll
-            for (int j = 0; j < kAhead; ++j) {
-                const unsigned i = i0 + j * 32;
-                const unsigned c = c0 + min(i, share - 1);
-                float4 a = *reinterpret_cast<const float4*>(&v[j][0]);
-                float4 d = *reinterpret_cast<const float4*>(&v[j][1]);
-                sum += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-                sum += d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
-                if (normed) {
-                    a = qrt::scaled(a, __ldg(g4 + 2 * c), 1.f);
-                    d = qrt::scaled(d, __ldg(g4 + 2 * c + 1), 1.f);
+                for (int j = 0; j < kAhead; ++j) {
+                    const unsigned i = i0 + j * 32;
+                    v[j] = make_uint4(0, 0, 0, 0);
+                    qrt::load_cg_if(v[j], xb + c0 + min(i, share - 1), i < share);
                 }
-                x16[b * row_chunks + min(i, share)] = pack8<W>(a, d);
+#pragma unroll
+                for (int j = 0; j < kAhead; ++j) {
+                    const unsigned i = i0 + j * 32;
+                    if (i < share) x16[b * row_chunks + i] = v[j];
+                }
             }
+            return 0.f;
+        } else {
+            const float4* xb =
+                reinterpret_cast<const float4*>(args.x) + static_cast<size_t>(b) * (k / 4);
+            float sum = 0.f;
+            constexpr int kAhead = 4;
+            for (unsigned i0 = lane; i0 < share; i0 += kAhead * 32) {
+                uint4 v[kAhead][2];
+#pragma unroll
+                for (int j = 0; j < kAhead; ++j) {
+                    const unsigned i = i0 + j * 32;
+                    const unsigned c = c0 + min(i, share - 1);
+                    v[j][0] = v[j][1] = make_uint4(0, 0, 0, 0);
+                    qrt::load_cg_if(v[j][0], xb + 2 * c, i < share);
+                    qrt::load_cg_if(v[j][1], xb + 2 * c + 1, i < share);
+                }
+                // No branch among these chunks, so that their norm weights are requested
+                // together (with a `break` each waited for the chunk before it): chunks past the
+                // slice read a valid address, add zeros and are stored into the row's padding,
+                // which no product reads.
+#pragma unroll
+                for (int j = 0; j < kAhead; ++j) {
+                    const unsigned i = i0 + j * 32;
+                    const unsigned c = c0 + min(i, share - 1);
+                    float4 a = *reinterpret_cast<const float4*>(&v[j][0]);
+                    float4 d = *reinterpret_cast<const float4*>(&v[j][1]);
+                    sum += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+                    sum += d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w;
+                    if (normed) {
+                        a = qrt::scaled(a, __ldg(g4 + 2 * c), 1.f);
+                        d = qrt::scaled(d, __ldg(g4 + 2 * c + 1), 1.f);
+                    }
+                    x16[b * row_chunks + min(i, share)] = pack8<W>(a, d);
+                }
+            }
+            return qrt::warp_sum(sum);
         }
-        row_squares = qrt::warp_sum(sum);
-    }
+    };
+    const float row_squares = warp < batch ? stage_row(warp) : 0.f;
+    const float row_squares2 =
+        kCols > kWarps && warp + kWarps < batch ? stage_row(warp + kWarps) : 0.f;
     __syncthreads();
 #if __CUDA_ARCH__ >= 900
     if (split > 1) asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
@@ -360,25 +372,47 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     if (normed && lane == 0 && warp < batch) {
         for (unsigned z = 0; z < split; ++z) in_block(squares, z)[rank][warp] = row_squares;
     }
+    if (kCols > kWarps && normed && lane == 0 && warp + kWarps < batch) {
+        for (unsigned z = 0; z < split; ++z)
+            in_block(squares, z)[rank][warp + kWarps] = row_squares2;
+    }
 
     const bool has_x = r < batch;
-    float acc[2][4] = {};  // two independent mma chains
+    // 8 columns: two independent mma chains, the weights the A operand (rows r, r + 8 of the
+    // tile) and x the B operand (column r). 16 columns: x the A operand (rows r, r + 8 of the
+    // batch) against the weights as two B operands (the tile's rows 0-7, then 8-15: each its
+    // own chain), so the accumulators are [rows 0-7 | 8-15][4].
+    float acc[2][4] = {};
+    const bool has_x2 = r + 8 < batch;
     // Group g of this warp's steps in lo, hi: its x is read for all steps before the first
     // product (predicated, no branch between a load and its use).
     auto multiply = [&](const uint4 (&lo)[kUnroll], const uint4 (&hi)[kUnroll], unsigned g) {
-        uint4 xf[kUnroll];
+        uint4 xf[kUnroll], xf2[kUnroll];  // batch rows r and (16 columns) r + 8
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const unsigned step = slice_step(g, u);
+            const uint4* at = x16 + r * row_chunks + min(step, slice - 1) * 4 + q;
             // Batch columns past the batch and steps past the slice: zeros.
-            xf[u] = qrt::load_shared_or_zero(x16 + r * row_chunks + min(step, slice - 1) * 4 + q,
-                                             has_x && step < slice);
+            xf[u] = qrt::load_shared_or_zero(at, has_x && step < slice);
+            if (kCols == 16)
+                xf2[u] = qrt::load_shared_or_zero(at + 8 * row_chunks, has_x2 && step < slice);
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             if (slice_step(g, u) >= slice) break;
-            qrt::mma16816<W>(acc[u % 2], lo[u].x, hi[u].x, lo[u].y, hi[u].y, xf[u].x, xf[u].y);
-            qrt::mma16816<W>(acc[u % 2], lo[u].z, hi[u].z, lo[u].w, hi[u].w, xf[u].z, xf[u].w);
+            if (kCols == 16) {
+                const uint4& a = xf[u];
+                const uint4& b = xf2[u];
+                qrt::mma16816<W>(acc[0], a.x, b.x, a.y, b.y, lo[u].x, lo[u].y);
+                qrt::mma16816<W>(acc[1], a.x, b.x, a.y, b.y, hi[u].x, hi[u].y);
+                qrt::mma16816<W>(acc[0], a.z, b.z, a.w, b.w, lo[u].z, lo[u].w);
+                qrt::mma16816<W>(acc[1], a.z, b.z, a.w, b.w, hi[u].z, hi[u].w);
+            } else {
+                qrt::mma16816<W>(acc[u % 2], lo[u].x, hi[u].x, lo[u].y, hi[u].y, xf[u].x,
+                                 xf[u].y);
+                qrt::mma16816<W>(acc[u % 2], lo[u].z, hi[u].z, lo[u].w, hi[u].w, xf[u].z,
+                                 xf[u].w);
+            }
         }
     };
 
@@ -409,7 +443,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     // used in turn spare blocks that walk several tile groups their second barrier: H200
     // decode steps at batch 8, one set -> two, 1B 1.050 -> 1.046 ms, SmolLM2 0.645 -> 0.638,
     // but the 8B 5.49 -> 5.65.)
-    __shared__ float part[kWarps][16][8];
+    __shared__ float part[kWarps][16][kCols];
     // Every block's sums have reached their owners (and their squares every block); or, after
     // the owners have added them, the slots are free again.
     auto all_sent = [&]() {
@@ -427,20 +461,27 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned rounds = items / groups;
     auto finish = [&](unsigned round) {
         const unsigned tg = walker + round * walkers;
-        float(*sent)[16][8] = in_block(part, slot % split);
+        float(*sent)[16][kCols] = in_block(part, slot % split);
         const unsigned into = ((slot / split) * split + rank) * per_tile + part_of;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            sent[into][r + (e / 2) * 8][2 * q + e % 2] = acc[0][e] + acc[1][e];
+            if (kCols == 16) {
+                // (batch r + 8 (e / 2), tile rows 2q + e % 2 and 8 + 2q + e % 2)
+                const unsigned b = r + (e / 2) * 8, m = 2 * q + e % 2;
+                sent[into][m][b] = acc[0][e];
+                sent[into][m + 8][b] = acc[1][e];
+            } else {
+                sent[into][r + (e / 2) * 8][2 * q + e % 2] = acc[0][e] + acc[1][e];
+            }
             acc[0][e] = acc[1][e] = 0.f;
         }
         all_sent();
-        const float(*sums)[16][8] = part;
+        const float(*sums)[16][kCols] = part;
         const unsigned owned = rank < per_block ? (per_block - 1 - rank) / split + 1 : 0;
-        constexpr unsigned kPerTile = kOutRows * 8;
+        constexpr unsigned kPerTile = kOutRows * kCols;
         for (unsigned i = threadIdx.x; i < owned * kPerTile; i += blockDim.x) {
             const unsigned j = i / kPerTile;
-            const unsigned m = i % kPerTile / 8, b = i % 8;
+            const unsigned m = i % kPerTile / kCols, b = i % kCols;
             const unsigned t = tg * per_block + rank + j * split;
             if (t >= tiles || b >= batch) continue;
             const TileRows tr = tile_rows(t);
@@ -470,38 +511,43 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
 
 }  // namespace
 
-#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK, IN, Y16)                    \
+#define QRT_GEMV_TC_KERNEL(NAME, W, WARPS, GATED, PER_BLOCK, IN, Y16, COLS)              \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                 \
         NAME(const qrt_gemv_args args, uint32_t batch, uint32_t tiles, uint32_t early) { \
-        gemv_tc<W, WARPS, GATED, PER_BLOCK, IN, Y16>(args, batch, tiles, early, 0);      \
+        gemv_tc<W, WARPS, GATED, PER_BLOCK, IN, Y16, COLS>(args, batch, tiles, early, 0); \
     }
 
 // Plain and gated; a tile a block (`_t1`) or a tile a warp (`_tw`). A tile a warp also: gated
 // writing 16 bits (`_tw_y16`) and plain reading them (`_tw_x16`), and plain merging a deferred
 // decode attention's partitions (`_tw_merge`, with a fifth argument: the argument structs
 // keep their size, since larger ones cost SmolLM2 1% at batches 2-8 on an H200, RESULTS log
-// 42).
-#define QRT_GEMV_TC(NAME, W, WARPS)                                                            \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_t1, W, WARPS, false, 1, Input::F32,     \
-                       false)                                                                  \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_t1, W, WARPS, true, 1, Input::F32, \
-                       false)                                                                  \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw, W, WARPS, false, WARPS, Input::F32, \
-                       false)                                                                  \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw, W, WARPS, true, WARPS,        \
-                       Input::F32, false)                                                      \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw_y16, W, WARPS, true, WARPS,    \
-                       Input::F32, true)                                                       \
-    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw_x16, W, WARPS, false, WARPS,         \
-                       Input::Half16, false)                                                   \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                       \
-        qrt_gemv_tc_##NAME##_w##WARPS##_tw_merge(const qrt_gemv_args args, uint32_t batch,     \
-                                                 uint32_t tiles, uint32_t early,               \
-                                                 uint32_t merge) {                             \
-        gemv_tc<W, WARPS, false, WARPS, Input::Merge, false>(args, batch, tiles, early, merge); \
+// 42). COLS: the batch columns, 8 (batches of 2-8, no suffix) or 16 (9-16, `_c16`).
+#define QRT_GEMV_TC(NAME, W, WARPS, COLS, SUFFIX)                                               \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_t1##SUFFIX, W, WARPS, false, 1,          \
+                       Input::F32, false, COLS)                                                 \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_t1##SUFFIX, W, WARPS, true, 1,     \
+                       Input::F32, false, COLS)                                                 \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw##SUFFIX, W, WARPS, false, WARPS,      \
+                       Input::F32, false, COLS)                                                 \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw##SUFFIX, W, WARPS, true, WARPS, \
+                       Input::F32, false, COLS)                                                 \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_gated_##NAME##_w##WARPS##_tw_y16##SUFFIX, W, WARPS, true,    \
+                       WARPS, Input::F32, true, COLS)                                           \
+    QRT_GEMV_TC_KERNEL(qrt_gemv_tc_##NAME##_w##WARPS##_tw_x16##SUFFIX, W, WARPS, false, WARPS,  \
+                       Input::Half16, false, COLS)                                              \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS)                        \
+        qrt_gemv_tc_##NAME##_w##WARPS##_tw_merge##SUFFIX(const qrt_gemv_args args,              \
+                                                         uint32_t batch, uint32_t tiles,        \
+                                                         uint32_t early, uint32_t merge) {      \
+        gemv_tc<W, WARPS, false, WARPS, Input::Merge, false, COLS>(args, batch, tiles, early,   \
+                                                                   merge);                      \
     }
 
-QRT_GEMV_TC(f16, __half, 8)
-QRT_GEMV_TC(f16, __half, 16)
-QRT_GEMV_TC(bf16, __nv_bfloat16, 8)
-QRT_GEMV_TC(bf16, __nv_bfloat16, 16)
+QRT_GEMV_TC(f16, __half, 8, 8, )
+QRT_GEMV_TC(f16, __half, 16, 8, )
+QRT_GEMV_TC(bf16, __nv_bfloat16, 8, 8, )
+QRT_GEMV_TC(bf16, __nv_bfloat16, 16, 8, )
+QRT_GEMV_TC(f16, __half, 8, 16, _c16)
+QRT_GEMV_TC(f16, __half, 16, 16, _c16)
+QRT_GEMV_TC(bf16, __nv_bfloat16, 8, 16, _c16)
+QRT_GEMV_TC(bf16, __nv_bfloat16, 16, 16, _c16)

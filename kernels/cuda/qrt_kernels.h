@@ -48,6 +48,9 @@ QRT_STATIC_ASSERT(sizeof(qrt_rms_norm_args) == 20, "qrt_rms_norm_args must be 20
 
 /// Largest batch (rows of `x`) the GEMV kernels take in one launch.
 #define QRT_GEMV_MAX_BATCH 8
+/// Largest batch the tensor-core GEMV kernels take (`gemv_tc.cu`: 8 batch columns up to
+/// QRT_GEMV_MAX_BATCH rows, 16 beyond).
+#define QRT_GEMV_TC_MAX_BATCH 16
 /// Most weight matrices one GEMV or GEMM launch multiplies (e.g. q, k and v together).
 #define QRT_GEMV_MAX_SEGMENTS 3
 /// Most blocks of a cluster a tensor-core GEMV splits k over (the largest cluster sm_90 allows).

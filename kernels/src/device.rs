@@ -24,6 +24,15 @@ const MIN_DRIVER_CUDA_VERSION: i32 = 13000;
 /// Oldest compute capability the kernels are built for (`sm_80`).
 const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
+/// Most weight bytes a product of 9 to 16 rows runs through on the tensor-core GEMV where the
+/// skinny GEMM could take it. Beyond, the GEMV's staging of up to 16 input rows per block costs
+/// more than the skinny GEMM's fixed cost saves. On an H200 (`qrt bench kernels` at 16 rows,
+/// RESULTS log 55): the 1B's q/k/v, o and down 7.9 / 6.4 / 14.3 us against 10.7 / 9.3 / 16.9,
+/// its gate+up (64 MiB) 23.7 with the norm against 20.5 and a norm pass, but its decode steps
+/// at 16 sequences 2% faster with gate+up on the GEMV; the 8B's q/k/v (48 MiB) and o 17.8 /
+/// 14.8 against 19.7 / 17.0, its down (112 MiB) and gate+up 46.8 / 71.9 against 41.5 / 65.7.
+const WIDE_GEMV_MAX_BYTES: usize = 80 << 20;
+
 /// A tensor-core GEMV plan's key: kernel stem, tiles, batch, k, whether it spares
 /// multiprocessors.
 pub(crate) type TcPlanKey = (String, usize, usize, usize, bool);
@@ -64,6 +73,10 @@ pub struct CudaDevice {
     /// Products of at most [`GEMM_SKINNY_MAX_M`](crate::launch::GEMM_SKINNY_MAX_M) rows on the
     /// skinny TMA kernel (where `gemm_tma` holds, unless `QRT_GEMM_SKINNY=0`).
     pub(crate) gemm_skinny: bool,
+    /// Most weight bytes of a product of more than `QRT_GEMV_MAX_BATCH` rows that runs on the
+    /// tensor-core GEMV of 16 batch columns rather than the skinny GEMM (`QRT_GEMV_WIDE_MAX_MB`,
+    /// MiB; without the skinny GEMM, any).
+    pub(crate) wide_gemv_max_bytes: usize,
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
     /// Most blocks of a cluster that split a batched tensor-core GEMV's k (compute capability
@@ -248,6 +261,10 @@ impl CudaDevice {
             gemm_skinny: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma")
                 && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0"),
+            wide_gemv_max_bytes: std::env::var("QRT_GEMV_WIDE_MAX_MB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(WIDE_GEMV_MAX_BYTES, |mb| mb << 20),
             decode_tc: match std::env::var("QRT_ATTN_TC").as_deref() {
                 Ok("0") => DecodeTc::Never,
                 Ok("all") => DecodeTc::Always,

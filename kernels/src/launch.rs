@@ -12,7 +12,8 @@ use crate::error::cuda_err;
 use crate::layouts::{
     qrt_attn_args, qrt_feed, qrt_gemm_args, qrt_gemm_segment, qrt_gemm_tma_args, qrt_gemv_args,
     qrt_gemv_segment, qrt_rope_kv_args, qrt_tensor_map, QRT_ARGMAX_PER_BLOCK, QRT_FEED_MAX_ROWS,
-    QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_GEMV_MAX_SPLIT, QRT_MAX_BLOCK_THREADS,
+    QRT_GEMV_MAX_BATCH, QRT_GEMV_MAX_SEGMENTS, QRT_GEMV_MAX_SPLIT, QRT_GEMV_TC_MAX_BATCH,
+    QRT_MAX_BLOCK_THREADS,
 };
 use crate::{CudaDevice, KernelError};
 
@@ -658,15 +659,24 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
         all.push(("gemm_tma", format!("qrt_gemm_skinny_{t}")));
         all.push(("gemm_tma", format!("qrt_gemm_skinny_gated_{t}")));
-        for warps in [8, 16] {
+        for (warps, cols) in [8, 16].into_iter().flat_map(|w| [(w, ""), (w, "_c16")]) {
             for tiles in ["t1", "tw"] {
-                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}")));
-                all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}_{tiles}")));
+                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}{cols}")));
+                all.push((
+                    "gemv_tc",
+                    format!("qrt_gemv_tc_gated_{t}_w{warps}_{tiles}{cols}"),
+                ));
             }
             for variant in ["merge", "x16"] {
-                all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_tw_{variant}")));
+                all.push((
+                    "gemv_tc",
+                    format!("qrt_gemv_tc_{t}_w{warps}_tw_{variant}{cols}"),
+                ));
             }
-            all.push(("gemv_tc", format!("qrt_gemv_tc_gated_{t}_w{warps}_tw_y16")));
+            all.push((
+                "gemv_tc",
+                format!("qrt_gemv_tc_gated_{t}_w{warps}_tw_y16{cols}"),
+            ));
         }
         all.push(("elementwise", format!("qrt_to_{t}")));
     }
@@ -719,11 +729,31 @@ pub(crate) struct TcPlan {
     pub(crate) shared: usize,
 }
 
-/// Static shared memory of a tensor-core GEMV block of `warps` warps, bytes: its partial tiles
-/// (`part`) and the rows' squares from every block of a cluster (`squares` in `gemv_tc.cu`;
-/// keep the two in step).
-const fn tc_static_shared(warps: usize) -> usize {
-    warps * 16 * 8 * 4 + QRT_GEMV_MAX_SPLIT as usize * QRT_GEMV_MAX_BATCH as usize * 4
+/// Longest input row a tensor-core GEMV of 16 batch columns merges a deferred decode
+/// attention's partitions into. On an H200 (RESULTS log 55), the 1B's o projection (k = 2,048)
+/// at 16 sequences merged them in 14.0 us a layer and the attention left them in 13.9,
+/// against 17.7 for an attention merging them itself and 15.0 for the o GEMM after it; the
+/// 8B's (k = 4,096) at 12 sequences took 41.5 and 18.9 against 22.6 and 24.2.
+const WIDE_MERGE_MAX_K: usize = 2048;
+
+/// Largest batch the tensor-core GEMV takes (16 columns beyond [`QRT_GEMV_MAX_BATCH`] rows).
+pub const GEMV_TC_MAX_ROWS: usize = QRT_GEMV_TC_MAX_BATCH as usize;
+
+/// The batch columns of the tensor-core GEMV kernels for `batch` rows (`kCols` in
+/// `gemv_tc.cu`) and the suffix of their names.
+fn tc_columns(batch: usize) -> (usize, &'static str) {
+    if batch > QRT_GEMV_MAX_BATCH as usize {
+        (GEMV_TC_MAX_ROWS, "_c16")
+    } else {
+        (QRT_GEMV_MAX_BATCH as usize, "")
+    }
+}
+
+/// Static shared memory of a tensor-core GEMV block of `warps` warps and `cols` batch columns,
+/// bytes: its partial tiles (`part`) and the rows' squares from every block of a cluster
+/// (`squares` in `gemv_tc.cu`; keep the two in step).
+const fn tc_static_shared(warps: usize, cols: usize) -> usize {
+    warps * 16 * cols * 4 + QRT_GEMV_MAX_SPLIT as usize * cols * 4
 }
 
 /// Bytes of 16-bit weights a tensor-core GEMV of `tiles` tiles of rows of `k` reads: every
@@ -738,18 +768,25 @@ const fn tc_slice_bytes(batch: usize, steps: usize) -> usize {
     batch * (steps * 64 + 64)
 }
 
-/// Most shared memory a tensor-core GEMV block of `warps` warps stages its slice of the input
-/// in: 80 KB where two blocks share a multiprocessor (8 warps), 200 KB for one (16), within
-/// what a block may opt in to (`optin`) and what the blocks of a multiprocessor
-/// (`shared_per_sm`, less `reserved` a block) hold beside their static shared memory.
-fn tc_stage_max(warps: usize, optin: usize, shared_per_sm: usize, reserved: usize) -> usize {
+/// Most shared memory a tensor-core GEMV block of `warps` warps and `cols` batch columns
+/// stages its slice of the input in: 80 KB where two blocks share a multiprocessor (8 warps),
+/// 200 KB for one (16), within what a block may opt in to (`optin`) and what the blocks of a
+/// multiprocessor (`shared_per_sm`, less `reserved` a block) hold beside their static shared
+/// memory.
+fn tc_stage_max(
+    warps: usize,
+    cols: usize,
+    optin: usize,
+    shared_per_sm: usize,
+    reserved: usize,
+) -> usize {
     let per_multiprocessor = 16 / warps;
     let cap = if per_multiprocessor > 1 {
         80 * 1024
     } else {
         200 * 1024
     };
-    let fixed = tc_static_shared(warps);
+    let fixed = tc_static_shared(warps, cols);
     cap.min(optin.saturating_sub(fixed))
         .min((shared_per_sm / per_multiprocessor).saturating_sub(fixed + reserved))
 }
@@ -871,9 +908,9 @@ fn gemv_args(
     fusion: Fusion,
 ) -> Result<(qrt_gemv_args, u32), KernelError> {
     let GemvInput { x, rows: batch, k } = input;
-    if !(1..=QRT_GEMV_MAX_BATCH as usize).contains(&batch) {
+    if !(1..=GEMV_TC_MAX_ROWS).contains(&batch) {
         return Err(KernelError::Shape(format!(
-            "GEMV batch {batch} outside 1..={QRT_GEMV_MAX_BATCH}"
+            "GEMV batch {batch} outside 1..={GEMV_TC_MAX_ROWS}"
         )));
     }
     if k == 0 || !k.is_multiple_of(k_multiple) {
@@ -1035,9 +1072,17 @@ fn check_norm(dev: &CudaDevice, input: GemvInput, fusion: Fusion) -> Result<(), 
     Ok(())
 }
 
-/// The FMA GEMV kernels (`gemv.cu`) cannot normalise their input: an error rather than a
-/// silently unnormalised product, should a normalised input ever reach them.
+/// The FMA GEMV kernels (`gemv.cu`) take at most [`QRT_GEMV_MAX_BATCH`] rows and cannot
+/// normalise their input: an error rather than a silently unnormalised product, should a
+/// normalised input ever reach them.
 fn fma_takes(input: GemvInput, fusion: Fusion) -> Result<(), KernelError> {
+    if input.rows > QRT_GEMV_MAX_BATCH as usize {
+        return Err(KernelError::Shape(format!(
+            "no tensor-core plan for {} rows of {} values (the FMA GEMV takes at most \
+             {QRT_GEMV_MAX_BATCH})",
+            input.rows, input.k
+        )));
+    }
     if fusion.norm.is_some() {
         return Err(KernelError::Shape(format!(
             "no tensor-core plan for a normalised input of {} rows of {} values",
@@ -1368,10 +1413,11 @@ impl CudaDevice {
         Ok(usize::try_from(clusters).unwrap_or(0))
     }
 
-    /// [`tc_stage_max`] on this device.
-    fn tc_stage_max(&self, warps: usize) -> usize {
+    /// [`tc_stage_max`] on this device, for a batch of `batch` rows.
+    fn tc_stage_max(&self, warps: usize, batch: usize) -> usize {
         tc_stage_max(
             warps,
+            tc_columns(batch).0,
             self.shared_optin,
             self.shared_per_sm,
             self.shared_reserved,
@@ -1380,13 +1426,63 @@ impl CudaDevice {
 
     /// Whether a GEMV of `rows` rows of `k` values can normalise its input ([`Fusion::norm`]):
     /// a batch of one whose input fits the batch-one kernel's shared memory, or a batch of 2
-    /// to 8 on the tensor cores (`k` a multiple of 32, the whole input staged in one block of
-    /// 16 warps, which the tensor-core plans can always fall back to).
+    /// to [`GEMV_TC_MAX_ROWS`] on the tensor cores (`k` a multiple of 32, the whole input
+    /// staged in one block of 16 warps, which the tensor-core plans can always fall back to).
     pub fn gemv_fuses_norm(&self, rows: usize, k: usize) -> bool {
         Self::one_row_kernel(rows, k)
-            || ((2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows)
+            || ((2..=GEMV_TC_MAX_ROWS).contains(&rows)
                 && k.is_multiple_of(32)
-                && tc_slice_bytes(rows, k / 32) <= self.tc_stage_max(16))
+                && tc_slice_bytes(rows, k / 32) <= self.tc_stage_max(16, rows))
+    }
+
+    /// Whether [`gemv`](Self::gemv) takes `rows` rows of `k` values into matrices of `ns`
+    /// rows each (of 16-bit type `ty`): any batch up to [`QRT_GEMV_MAX_BATCH`], and larger
+    /// ones up to [`GEMV_TC_MAX_ROWS`] where the tensor-core GEMV has a plan (`spare` as
+    /// [`Fusion::spare_multiprocessors`]).
+    pub fn gemv_takes(
+        &self,
+        ty: Half16,
+        rows: usize,
+        k: usize,
+        ns: impl IntoIterator<Item = usize>,
+        spare: bool,
+    ) -> Result<bool, KernelError> {
+        if rows <= QRT_GEMV_MAX_BATCH as usize {
+            return Ok(true);
+        }
+        if rows > GEMV_TC_MAX_ROWS || !k.is_multiple_of(32) {
+            return Ok(false);
+        }
+        let tiles = ns.into_iter().map(|n| n.div_ceil(16)).sum();
+        Ok(self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
+            && self
+                .tc_plan(&tc_stem(ty, false), tiles, rows, k, spare)?
+                .is_some())
+    }
+
+    /// Whether a product of `rows` rows over `weight_bytes` of weights is better off on the
+    /// tensor-core GEMV than on a GEMM: always up to [`QRT_GEMV_MAX_BATCH`] rows; beyond (16
+    /// batch columns), within the device's bound where the skinny GEMM could take it.
+    pub fn wide_gemv_pays(&self, rows: usize, weight_bytes: usize) -> bool {
+        rows <= QRT_GEMV_MAX_BATCH as usize
+            || !self.gemm_skinny
+            || weight_bytes <= self.wide_gemv_max_bytes
+    }
+
+    /// Whether [`gemv_half16`](Self::gemv_half16) takes `rows` rows of `k` values of `ty`
+    /// into a matrix of `n` rows (and [`wide_gemv_pays`](Self::wide_gemv_pays)).
+    pub fn gemv_half16_takes(
+        &self,
+        ty: Half16,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<bool, KernelError> {
+        let tiles = n.div_ceil(16);
+        Ok(self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
+            && self
+                .tile_a_warp_plan(&tc_stem(ty, false), tiles, rows, k)?
+                .is_some())
     }
 
     /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
@@ -1539,10 +1635,10 @@ impl CudaDevice {
             k,
             self.multiprocessors(),
             (self.gemv_tc_split as usize, spare),
-            |warps| self.tc_stage_max(warps),
+            |warps| self.tc_stage_max(warps, batch),
             |warps, split, shared| {
                 // A cluster the driver cannot size (a partitioned device, say) is not formed.
-                let kernel = format!("{stem}_w{warps}_tw");
+                let kernel = format!("{stem}_w{warps}_tw{}", tc_columns(batch).1);
                 self.max_active_clusters("gemv_tc", &kernel, warps as u32 * 32, shared, split)
                     .unwrap_or(0)
             },
@@ -1583,7 +1679,7 @@ impl CudaDevice {
     }
 
     /// Whether [`gemv_merging`](Self::gemv_merging) takes a product of `n` rows of type `ty`
-    /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to 8 whose
+    /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to [`GEMV_TC_MAX_ROWS`] whose
     /// tensor-core plan gives each warp a tile of its own (a cluster splitting k, so that a
     /// block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions, more than
     /// [`MERGED_AT_ONCE`] only where each lane stages one chunk of 8 values: those take a
@@ -1615,6 +1711,12 @@ impl CudaDevice {
             || parts.head_dim > 0xff_ffff
             || !k.is_multiple_of(parts.head_dim)
             || tiles == 0
+        {
+            return Ok(false);
+        }
+        // (16 batch columns: only rows of up to WIDE_MERGE_MAX_K.)
+        if !self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
+            || (rows > QRT_GEMV_MAX_BATCH as usize && k > WIDE_MERGE_MAX_K)
         {
             return Ok(false);
         }
@@ -1771,7 +1873,7 @@ impl CudaDevice {
         rows: usize,
         k: usize,
     ) -> Result<Option<TcPlan>, KernelError> {
-        if !(2..=QRT_GEMV_MAX_BATCH as usize).contains(&rows) || !k.is_multiple_of(32) {
+        if !(2..=GEMV_TC_MAX_ROWS).contains(&rows) || !k.is_multiple_of(32) {
             return Ok(None);
         }
         Ok(self
@@ -1812,7 +1914,11 @@ impl CudaDevice {
             (_, TcVariant::Half16Out) => "tw_y16",
         };
         let grid = (plan.walkers as u32, 1, plan.split as u32);
-        let kernel = format!("{stem}_w{}_{layout}", plan.warps);
+        let kernel = format!(
+            "{stem}_w{}_{layout}{}",
+            plan.warps,
+            tc_columns(input.rows).1
+        );
         let config = (grid, plan.warps as u32 * 32, plan.shared);
         // The merging kernels take a fifth argument, and may ask for room beside their blocks.
         let (merge, count, reserve) = match variant {
@@ -1893,7 +1999,7 @@ impl CudaDevice {
         }
     }
 
-    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to 8: the activations (times
+    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to [`GEMV_TC_MAX_ROWS`]: the activations (times
     /// their RMSNorm when `fusion` normalises) are rounded to the weight type, 16 weight rows
     /// per tile; `k` must be a multiple of 32, and an error says so when no slice of the input
     /// fits a block's shared memory.
@@ -2717,27 +2823,27 @@ mod tests {
     #[test]
     fn tensor_core_gemv_stages_within_the_device() {
         // H200 (227 KiB a block, 228 a multiprocessor, 1 reserved): the caps.
-        assert_eq!(tc_stage_max(8, 232_448, 233_472, 1024), 80 * 1024);
-        assert_eq!(tc_stage_max(16, 232_448, 233_472, 1024), 200 * 1024);
+        assert_eq!(tc_stage_max(8, 8, 232_448, 233_472, 1024), 80 * 1024);
+        assert_eq!(tc_stage_max(16, 8, 232_448, 233_472, 1024), 200 * 1024);
         // A100 (163 / 164 KiB): two 8-warp blocks with their static 4,608 bytes (8 partial
         // tiles, 16 x 8 squares) and the reserve; one 16-warp block within the opt-in less its
         // 8,704 static bytes.
         assert_eq!(
-            tc_stage_max(8, 166_912, 167_936, 1024),
+            tc_stage_max(8, 8, 166_912, 167_936, 1024),
             83_968 - 4608 - 1024
         );
-        assert_eq!(tc_stage_max(16, 166_912, 167_936, 1024), 166_912 - 8704);
+        assert_eq!(tc_stage_max(16, 8, 166_912, 167_936, 1024), 166_912 - 8704);
         // sm_86/89 (99 / 100 KiB).
-        assert_eq!(tc_stage_max(16, 101_376, 102_400, 1024), 101_376 - 8704);
+        assert_eq!(tc_stage_max(16, 8, 101_376, 102_400, 1024), 101_376 - 8704);
         assert_eq!(
-            tc_stage_max(8, 101_376, 102_400, 1024),
+            tc_stage_max(8, 8, 101_376, 102_400, 1024),
             51_200 - 4608 - 1024
         );
     }
 
     /// An H200's shared memory for a tensor-core GEMV block of `warps` warps to stage in.
     fn hopper(warps: usize) -> usize {
-        tc_stage_max(warps, 232_448, 233_472, 1024)
+        tc_stage_max(warps, 8, 232_448, 233_472, 1024)
     }
 
     /// The tensor-core GEMV plan on an H200: 132 multiprocessors, splits up to 16; the device
@@ -2799,17 +2905,45 @@ mod tests {
         assert_eq!(plan(60, 8, 576), p(16, 1, 1, 60, 8 * (18 * 64 + 64)));
         // A100 (108 multiprocessors, no clusters): a tile a block; the 1B's down at batch 8
         // (131 KB staged) in 16-warp blocks; the 8B's (229 KB) has no plan.
-        let a100 = |warps| tc_stage_max(warps, 166_912, 167_936, 1024);
+        let a100 = |warps| tc_stage_max(warps, 8, 166_912, 167_936, 1024);
         let unsplit =
             |tiles, batch, k| tc_plan(tiles, batch, k, 108, (1, false), a100, |_, _, _| 0);
         assert_eq!(unsplit(128, 8, 8192), p(16, 1, 1, 108, 8 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 4, 8192), p(8, 1, 1, 128, 4 * (256 * 64 + 64)));
         assert_eq!(unsplit(128, 8, 14336), None);
         // sm_89 (99 KiB a block): the 1B's down at batch 6 (98,688 bytes) has no plan.
-        let ada = |warps| tc_stage_max(warps, 101_376, 102_400, 1024);
+        let ada = |warps| tc_stage_max(warps, 8, 101_376, 102_400, 1024);
         assert_eq!(
             tc_plan(128, 6, 8192, 128, (1, false), ada, |_, _, _| 0),
             None
+        );
+    }
+
+    #[test]
+    fn batches_beyond_8_take_the_16_column_kernels() {
+        assert_eq!(tc_columns(2), (8, ""));
+        assert_eq!(tc_columns(8), (8, ""));
+        assert_eq!(tc_columns(9), (16, "_c16"));
+        assert_eq!(tc_columns(16), (16, "_c16"));
+        // The static shared memory ptxas reports for gemv_tc.cu's kernels (sm_90a): 4,608 and
+        // 8,704 bytes for 8 and 16 warps of 8 columns, 9,216 and 17,408 of 16.
+        assert_eq!(tc_static_shared(8, 8), 4608);
+        assert_eq!(tc_static_shared(16, 8), 8704);
+        assert_eq!(tc_static_shared(8, 16), 9216);
+        assert_eq!(tc_static_shared(16, 16), 17_408);
+        // The caps hold on an H200 whatever the columns.
+        assert_eq!(tc_stage_max(8, 16, 232_448, 233_472, 1024), 80 * 1024);
+        assert_eq!(tc_stage_max(16, 16, 232_448, 233_472, 1024), 200 * 1024);
+        // The 1B's q/k/v at 16 rows: as at 8, twice the staged rows.
+        assert_eq!(
+            h200_plan(192, 16, 2048),
+            Some(TcPlan {
+                warps: 8,
+                per_block: 8,
+                split: 8,
+                walkers: 24,
+                shared: 16 * (8 * 64 + 64),
+            })
         );
     }
 

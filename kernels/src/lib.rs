@@ -19,7 +19,7 @@ pub use error::KernelError;
 pub use launch::{
     argmax_keys_per_row, argmax_token, attention_decode_work_bytes, attention_tile_rows,
     kernel_inventory, DecodePolicy, DecodeTc, Fusion, GemvInput, Half16, InputNorm, Partitions,
-    Segment, GEMM_SKINNY_MAX_M, MAX_ATTN_GROUP, MAX_MERGED_PARTITIONS,
+    Segment, GEMM_SKINNY_MAX_M, GEMV_TC_MAX_ROWS, MAX_ATTN_GROUP, MAX_MERGED_PARTITIONS,
 };
 pub use memory::{DeviceBuffer, PinnedU32, ReadBack};
 pub use sample::{sampled_token, MAX_SAMPLE_VOCAB};

@@ -4,8 +4,8 @@
 //! Activations are f32 in device buffers from a caching pool ([`pool`]); weights are uploaded
 //! once from the memory-mapped file (f16/bf16 matrices as they are stored, vectors as f32);
 //! the KV cache is f16, `[layers][blocks][block_size][kv_heads][head_dim]` for K and for V.
-//! Products of up to 8 rows run as GEMV (decode), larger ones as tensor-core GEMM (batched
-//! decode beyond 8 rows, prefill). A pass's inputs go to the device in one copy ([`step`]);
+//! Products of up to 8 rows run as GEMV (decode), of 9 to 16 as tensor-core GEMV where it has
+//! a plan, larger ones as tensor-core GEMM (batched decode beyond 16 rows, prefill). A pass's inputs go to the device in one copy ([`step`]);
 //! decode passes of up to 64 rows are recorded once as a CUDA graph per (rows, context
 //! partitions) and replayed afterwards.
 //! The CPU backend is the reference these ops are checked against (`qrt selftest`).
@@ -36,8 +36,13 @@ use crate::RuntimeError;
 use pool::{ActPool, PooledBuffer};
 use step::{plan, DecodeSplit, StepPlan};
 
-/// Largest batch of rows multiplied by GEMV; larger ones use GEMM.
+/// Largest batch of rows every product multiplies by GEMV (the FMA kernels where the tensor
+/// cores cannot); up to [`MAX_TC_GEMV_ROWS`] where the tensor-core GEMV has a plan, else and
+/// beyond by GEMM.
 pub const MAX_GEMV_ROWS: usize = 8;
+
+/// Largest batch of rows the tensor-core GEMV multiplies.
+pub const MAX_TC_GEMV_ROWS: usize = qrt_kernels::GEMV_TC_MAX_ROWS;
 
 /// Largest decode pass recorded as a CUDA graph: as many rows as the skinny GEMM takes. Such
 /// passes keep every buffer they write between passes: the model's workspace, the pass's step
@@ -480,7 +485,7 @@ impl CudaBackend {
     }
 
     /// What products of `rms_norm(x)` read: `x` itself with the norm as their fusion, when the
-    /// kernels can apply it on the fly (GEMVs: one row, or 2-8 on the tensor cores); otherwise
+    /// kernels can apply it on the fly (GEMVs: one row, or 2-16 on the tensor cores); otherwise
     /// `normed`, filled by a pass of its own.
     fn normed_input<'a>(
         &self,
@@ -515,16 +520,17 @@ impl CudaBackend {
         outs: &mut [LinearOut<'_, Self>],
         fusion: Fusion,
     ) -> Result<(), RuntimeError> {
+        let Some(ty) = Self::product_type(x, outs)? else {
+            return Ok(());
+        };
+        let gemv = self.gemv_takes(ty, x, outs, fusion)?;
         let label = match x.rows {
             1 => "linear gemv",
-            r if r <= MAX_GEMV_ROWS => "linear gemv (tensor cores)",
+            _ if gemv => "linear gemv (tensor cores)",
             _ => "linear gemm",
         };
         self.timed(label, || {
-            let Some(ty) = Self::product_type(x, outs)? else {
-                return Ok(());
-            };
-            if x.rows <= MAX_GEMV_ROWS {
+            if gemv {
                 for chunk in outs.chunks(3) {
                     // SAFETY: shapes checked above; every buffer holds what the segment says.
                     unsafe { self.dev.gemv(ty, gemv_input(x), &segments(chunk), fusion)? };
@@ -539,6 +545,27 @@ impl CudaBackend {
             let a = self.to_half16(x, ty)?;
             self.gemm_products(ty, a.ptr(), x, outs, fusion.accumulate)
         })
+    }
+
+    /// Whether the products of `x` into `outs` (of type `ty`, with `fusion`) run as GEMVs
+    /// ([`CudaDevice::gemv_takes`]), else as GEMMs.
+    fn gemv_takes(
+        &self,
+        ty: Half16,
+        x: &CudaAct,
+        outs: &[LinearOut<'_, Self>],
+        fusion: Fusion,
+    ) -> Result<bool, RuntimeError> {
+        for chunk in outs.chunks(3) {
+            let ns = chunk.iter().map(|o| o.weight.rows);
+            if !self
+                .dev
+                .gemv_takes(ty, x.rows, x.cols, ns, fusion.spare_multiprocessors)?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The storage type shared by the weights of `outs`, after checking every product's shapes
@@ -1095,7 +1122,19 @@ impl Backend for CudaBackend {
         normed: &mut CudaAct,
         outs: &mut [LinearOut<'_, Self>],
     ) -> Result<(), RuntimeError> {
-        if x.rows > MAX_GEMV_ROWS {
+        // Several products (q, k and v; the head is one) feed the attention, whose blocks
+        // start on the multiprocessors their plan leaves free.
+        let fusion = Fusion {
+            spare_multiprocessors: outs.len() > 1,
+            ..Fusion::default()
+        };
+        let gemv = x.rows <= MAX_GEMV_ROWS
+            || (self.dev.gemv_fuses_norm(x.rows, x.cols)
+                && Self::product_type(x, outs)?
+                    .map(|ty| self.gemv_takes(ty, x, outs, fusion))
+                    .transpose()?
+                    .unwrap_or(false));
+        if !gemv {
             // Prefill: the norm writes the GEMMs' 16-bit input directly.
             return self.timed("linear gemm (normed input)", || {
                 let Some(ty) = Self::product_type(x, outs)? else {
@@ -1105,14 +1144,15 @@ impl Backend for CudaBackend {
                 self.gemm_products(ty, a, x, outs, false)
             });
         }
-        let (input, fusion) = self.normed_input(x, norm, eps, normed)?;
-        // Several products (q, k and v; the head is one) feed the attention, whose blocks
-        // start on the multiprocessors their plan leaves free.
-        let fusion = Fusion {
-            spare_multiprocessors: outs.len() > 1,
-            ..fusion
-        };
-        self.products(input, outs, fusion)
+        let (input, norm_fusion) = self.normed_input(x, norm, eps, normed)?;
+        self.products(
+            input,
+            outs,
+            Fusion {
+                norm: norm_fusion.norm,
+                ..fusion
+            },
+        )
     }
 
     fn mlp(
@@ -1136,7 +1176,16 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        if x.rows <= MAX_GEMV_ROWS {
+        // Beyond MAX_GEMV_ROWS, on the tensor-core GEMV where it takes the norm, passes
+        // silu(gate) * up to down in 16 bits and pays for gate and up.
+        let gemv = x.rows <= MAX_GEMV_ROWS
+            || (self.dev.gemv_fuses_norm(x.rows, x.cols)
+                && Self::half_type(w.down)? == ty
+                && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?
+                && self
+                    .dev
+                    .wide_gemv_pays(x.rows, 2 * w.gate.rows * x.cols * 2));
+        if gemv {
             let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
             // From 6 rows (batched decode, or a short prefill, whose MLP works row by row the
             // same), where the kernels can: silu(gate) * up in 16 bits, in the otherwise unused
@@ -1190,9 +1239,9 @@ impl Backend for CudaBackend {
                 Ok(())
             });
         }
-        // Prefill and decode beyond 8 rows: gate and up in one GEMM whose epilogue writes
-        // silu(gate) * up rounded for the tensor cores; then the down GEMM adding into the
-        // residual.
+        // Prefill and decode beyond the GEMVs: gate and up in one GEMM whose epilogue writes
+        // silu(gate) * up rounded for the tensor cores; then down adding into the residual, by
+        // GEMM or, where it pays (9 to 16 rows), by the tensor-core GEMV of 16-bit input.
         self.timed("linear gemm (norm; gate, up, silu; down)", || {
             let rows = x.rows;
             let ffn = w.gate.rows;
@@ -1217,7 +1266,16 @@ impl Backend for CudaBackend {
                     ffn,
                     act16.ptr(),
                 )?;
-                self.dev.gemm(ty, act16.ptr(), rows, ffn, &down, true)?;
+                if self.dev.gemv_half16_takes(ty, rows, ffn, w.down.rows)? {
+                    let input = GemvInput {
+                        x: act16.ptr(),
+                        rows,
+                        k: ffn,
+                    };
+                    self.dev.gemv_half16(ty, input, &down, RESIDUAL)?;
+                } else {
+                    self.dev.gemm(ty, act16.ptr(), rows, ffn, &down, true)?;
+                }
             }
             Ok(())
         })

@@ -150,14 +150,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // The products a model feeds a normalised input (q/k/v, gate/up) also with the
             // RMSNorm folded in, as a decode step runs them.
             let normed = matches!(*name, "qkv" | "gate_up");
+            // 16 rows: the tensor-core GEMV of 16 batch columns (batched decode of 9 to 16
+            // sequences), against the skinny GEMM of the same rows below.
             let mut variants = vec![
                 (1usize, false, false),
                 (1, true, false),
                 (4, true, false),
                 (8, true, false),
+                (16, true, false),
             ];
             if normed {
-                variants.extend([(1, false, true), (8, true, true)]);
+                variants.extend([(1, false, true), (8, true, true), (16, true, true)]);
             }
             for (batch, tensor_cores, norm) in variants {
                 // q, k and v planned as a decode step plans them, sparing multiprocessors.

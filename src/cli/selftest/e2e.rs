@@ -197,9 +197,11 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// 384 at batch 2, merged by the projection, and 14 of 384 at batch one, merged by the
 /// attention) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token partitions: 4 and 6
 /// at batch 8, the 6 merged by the attention: see `CudaDevice::gemv_merges_partials`; 12 ring
-/// partitions of 192 at batch 2). Batches of 16 and 40 sequences (1B) and of 24 (8B) take the
-/// skinny GEMM, and their recorded passes, and split a context in two partitions (16
-/// sequences) or not at all.
+/// partitions of 192 at batch 2). Batches of 12 (1B) and 10 (8B) sequences take the
+/// tensor-core GEMV of 16 batch columns, the 1B's two partitions a context merged by its o
+/// projection; batches of 16 (1B: contexts streamed through the ring, so no such merge) also
+/// that GEMV, and of 40 (1B) and 24 (8B) the skinny GEMM, their passes recorded; they split a
+/// context in two partitions (12 and 16 sequences) or not at all.
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
@@ -209,6 +211,8 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             &[1300, 200, 50, 900],
             &[4300, 2600],
             &[5000],
+            // 12 sequences, contexts within two tensor-core partitions of 256.
+            &[40, 300, 7, 130, 64, 410, 2, 90, 250, 18, 33, 160],
             // Batched decode beyond 8 sequences: the skinny GEMM, recorded passes; at 16
             // sequences two partitions a context, streamed through the ring beyond 512 tokens.
             &[
@@ -227,6 +231,7 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
                 &[400, 100, 20, 300, 250, 5, 380, 60][..],
                 &[700, 100, 20, 300, 250, 5, 380, 60],
                 &[2200, 900],
+                &[60, 300, 7, 140, 410, 25, 90, 3, 200, 33],
                 &[
                     30, 200, 5, 90, 410, 12, 64, 150, 33, 7, 260, 48, 1, 120, 75, 19, 300, 22, 88,
                     9, 140, 56, 17, 240,

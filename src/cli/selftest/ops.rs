@@ -42,9 +42,11 @@ const ATTENTION_BOUND: f64 = 2e-3;
 
 /// Weight matrices of the products: (rows, cols, dtype, row counts to test).
 fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
-    const SMALL: &[usize] = &[1, 2, 3, 5, 8, 17, 130];
-    // 24 and 64 rows: the skinny GEMM of batched decode beyond 8 sequences (on Hopper).
-    const LARGE: &[usize] = &[1, 4, 8, 24, 64, 200];
+    // 11 rows: the tensor-core GEMV of 16 batch columns where k is a multiple of 32.
+    const SMALL: &[usize] = &[1, 2, 3, 5, 8, 11, 17, 130];
+    // 16 rows: that GEMV; 24 and 64 rows: the skinny GEMM of batched decode beyond 16
+    // sequences (on Hopper).
+    const LARGE: &[usize] = &[1, 4, 8, 16, 24, 64, 200];
     let mut m = vec![
         (37, 72, ElemType::F16, SMALL),
         (37, 72, ElemType::BF16, SMALL),
@@ -70,7 +72,7 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         // The tiled batch-one GEMV (k = 4 x 2048) over more blocks of 8 rows than its grid
         // holds, the last one partial.
         (2500, 8192, ElemType::F16, &[1]),
-        (128256, 2048, ElemType::F16, &[1, 8, 17]),
+        (128256, 2048, ElemType::F16, &[1, 8, 13, 17]),
         // The wgmma GEMMs' edges: k not a multiple of their 64-wide steps, partial tiles (at
         // 520 rows the TMA GEMM, 128-wide tiles, k split 2 ways).
         (1000, 4104, ElemType::F16, &[9, 130, 520]),
@@ -280,7 +282,7 @@ fn check_products(
             let err = worst_product_err((cpu, cuda), file, &case)?;
             let kind = match rows {
                 1 => "gemv",
-                r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
+                r if r <= qrt_runtime::cuda::MAX_TC_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
                 r if r <= qrt_kernels::GEMM_SKINNY_MAX_M => "gemm skinny",
                 _ => "gemm",
@@ -309,7 +311,7 @@ fn check_products(
     ];
     // Also normalised on the way (RMSNorm fused into the batch-one GEMV); at 300 rows by the
     // TMA GEMM on Hopper (three matrices, k split 2 ways).
-    for rows in [1, 5, 8, 40, 300] {
+    for rows in [1, 5, 8, 13, 40, 300] {
         let x = rng.normals(rows * 2048, 1.0);
         for (name, op) in [
             ("linears q,k,v + bias", ProductOp::Plain),
@@ -426,7 +428,7 @@ fn check_products(
     }
     for shape @ (hidden, ffn) in MLP_SHAPES {
         // At 300 rows of the 1B's shape the gate/up and the down GEMM take the TMA kernel.
-        for rows in [1, 2, 3, 8, 16, 40, 64, 130, 300] {
+        for rows in [1, 2, 3, 8, 11, 16, 40, 64, 130, 300] {
             let x = rng.normals(rows * hidden, 1.0);
             let want = mlp(cpu, file, &x, rows, shape)?;
             let got = mlp(cuda, file, &x, rows, shape)?;
