@@ -56,7 +56,8 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
     return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// Eight f32 values (a, then b) rounded to W: the mma B fragment of a step.
+// Eight f32 values (a, then b) rounded to W: a step's mma fragment of x (B for 8 columns,
+// half of A's for 16).
 template <typename W>
 __device__ __forceinline__ uint4 pack8(const float4& a, const float4& b) {
     return make_uint4(pack2<W>(a.x, a.y), pack2<W>(a.z, a.w), pack2<W>(b.x, b.y),
@@ -191,7 +192,7 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const unsigned steps = k / 32;
     const unsigned warp = threadIdx.x / 32;
     const unsigned lane = threadIdx.x % 32;
-    const unsigned r = lane / 4;  // fragment row, and batch column
+    const unsigned r = lane / 4;  // fragment row, and batch column (16 columns: batch row)
     const unsigned q = lane % 4;  // which 8 of the 32 k of a step
     constexpr unsigned per_tile = kWarps / per_block;  // warps on a tile
     const unsigned slot = warp / per_tile;         // this warp's tile of the group
@@ -280,9 +281,10 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     qrt::pdl_wait();
     if (!early) qrt::pdl_launch_dependents();
 
-    // x of batch row b, chunk c of the slice (8 values) as 16-bit pairs: the mma B fragments of
-    // a step. Rows 64 bytes apart beyond their length: the two rows a quarter warp reads (lanes
-    // r, q and r + 1, q) fall in different banks.
+    // x of batch row b, chunk c of the slice (8 values) as 16-bit pairs: a step's mma
+    // fragments of x. Rows 64 bytes apart beyond their length: where a slice's steps are even
+    // in number, the two rows a quarter warp reads (lanes r, q and r + 1, q) fall in different
+    // banks.
     extern __shared__ uint4 x16[];
     const unsigned share = slice * 4;  // chunks of the slice
     const unsigned row_chunks = share + 4;
@@ -456,7 +458,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
         __syncthreads();
     };
     // After the last group of the block's `round`-th tile group: this warp's sums (rows r,
-    // r + 8 of batch columns 2q, 2q + 1 in acc) sent, then the block's own tiles added up
+    // r + 8 of batch columns 2q, 2q + 1 in acc; 16 columns: batch rows r, r + 8 of tile rows
+    // 2q, 2q + 1 and 8 + 2q, 9 + 2q) sent, then the block's own tiles added up
     // (in rank order, then warp order: the sum does not depend on timing) and stored.
     const unsigned rounds = items / groups;
     auto finish = [&](unsigned round) {

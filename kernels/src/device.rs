@@ -74,8 +74,8 @@ pub struct CudaDevice {
     /// skinny TMA kernel (where `gemm_tma` holds, unless `QRT_GEMM_SKINNY=0`).
     pub(crate) gemm_skinny: bool,
     /// Most weight bytes of a product of more than `QRT_GEMV_MAX_BATCH` rows that runs on the
-    /// tensor-core GEMV of 16 batch columns rather than the skinny GEMM (`QRT_GEMV_WIDE_MAX_MB`,
-    /// MiB; without the skinny GEMM, any).
+    /// tensor-core GEMV of 16 batch columns rather than a GEMM (`QRT_GEMV_WIDE_MAX_MB`, MiB;
+    /// by default [`WIDE_GEMV_MAX_BYTES`] where the skinny GEMM runs, any size elsewhere).
     pub(crate) wide_gemv_max_bytes: usize,
     /// When decode attention scores on tensor cores (`QRT_ATTN_TC`: `0` never, `all` always).
     decode_tc: DecodeTc,
@@ -237,6 +237,9 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(cuda_err(format_args!(
             "creating a stream on device {ordinal}"
         )))?;
+        let gemm_skinny = compute_capability == (9, 0)
+            && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma")
+            && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0");
         Ok(Self {
             ctx,
             stream,
@@ -258,13 +261,18 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
             gemm_tma: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
-            gemm_skinny: compute_capability == (9, 0)
-                && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma")
-                && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0"),
+            gemm_skinny,
             wide_gemv_max_bytes: std::env::var("QRT_GEMV_WIDE_MAX_MB")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
-                .map_or(WIDE_GEMV_MAX_BYTES, |mb| mb << 20),
+                .map_or(
+                    if gemm_skinny {
+                        WIDE_GEMV_MAX_BYTES
+                    } else {
+                        usize::MAX
+                    },
+                    |mb| mb << 20,
+                ),
             decode_tc: match std::env::var("QRT_ATTN_TC").as_deref() {
                 Ok("0") => DecodeTc::Never,
                 Ok("all") => DecodeTc::Always,

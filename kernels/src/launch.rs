@@ -1435,10 +1435,11 @@ impl CudaDevice {
                 && tc_slice_bytes(rows, k / 32) <= self.tc_stage_max(16, rows))
     }
 
-    /// Whether [`gemv`](Self::gemv) takes `rows` rows of `k` values into matrices of `ns`
-    /// rows each (of 16-bit type `ty`): any batch up to [`QRT_GEMV_MAX_BATCH`], and larger
-    /// ones up to [`GEMV_TC_MAX_ROWS`] where the tensor-core GEMV has a plan (`spare` as
-    /// [`Fusion::spare_multiprocessors`]).
+    /// Whether a product of `rows` rows of `k` values into matrices of `ns` rows each (of
+    /// 16-bit type `ty`) should run as [`gemv`](Self::gemv) rather than a GEMM: any batch up
+    /// to [`QRT_GEMV_MAX_BATCH`], and larger ones up to [`GEMV_TC_MAX_ROWS`] where the
+    /// tensor-core GEMV has a plan (`spare` as [`Fusion::spare_multiprocessors`]) and
+    /// [`wide_gemv_pays`](Self::wide_gemv_pays).
     pub fn gemv_takes(
         &self,
         ty: Half16,
@@ -1462,11 +1463,10 @@ impl CudaDevice {
 
     /// Whether a product of `rows` rows over `weight_bytes` of weights is better off on the
     /// tensor-core GEMV than on a GEMM: always up to [`QRT_GEMV_MAX_BATCH`] rows; beyond (16
-    /// batch columns), within the device's bound where the skinny GEMM could take it.
+    /// batch columns), within the device's bound (`QRT_GEMV_WIDE_MAX_MB`; by default 80 MiB
+    /// where the skinny GEMM runs, any size elsewhere).
     pub fn wide_gemv_pays(&self, rows: usize, weight_bytes: usize) -> bool {
-        rows <= QRT_GEMV_MAX_BATCH as usize
-            || !self.gemm_skinny
-            || weight_bytes <= self.wide_gemv_max_bytes
+        rows <= QRT_GEMV_MAX_BATCH as usize || weight_bytes <= self.wide_gemv_max_bytes
     }
 
     /// Whether [`gemv_half16`](Self::gemv_half16) takes `rows` rows of `k` values of `ty`
@@ -1495,7 +1495,8 @@ impl CudaDevice {
     /// `fusion`'s extras. One launch covers up to three matrices that read the same `x`. A
     /// batch of one runs on the FMA units with f32 activations (`gemv_one.cu`); larger
     /// batches run on the tensor cores ([`gemv_tc`](Self::gemv_tc)) when `k` is a multiple of
-    /// 32 and a slice of the input fits a block's shared memory, else on the FMA units.
+    /// 32 and a slice of the input fits a block's shared memory, else (up to
+    /// [`QRT_GEMV_MAX_BATCH`] rows; an error beyond) on the FMA units.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`], [`GemvInput`] and [`Fusion`] say.
@@ -1730,8 +1731,9 @@ impl CudaDevice {
     /// Whether a SwiGLU MLP of `rows` rows, `hidden` wide with `ffn` intermediate rows of type
     /// `ty`, passes silu(gate) * up from the gated GEMV to down in 16 bits
     /// ([`gemv_gated_half16`](Self::gemv_gated_half16), then
-    /// [`gemv_half16`](Self::gemv_half16)): where both products plan a tile a warp. Down then
-    /// stages half the bytes, and the same values: its own staging rounds its input to `ty`.
+    /// [`gemv_half16`](Self::gemv_half16)): where both products plan a tile a warp (and gate
+    /// and up together [`wide_gemv_pays`](Self::wide_gemv_pays)). Down then stages half the
+    /// bytes, and the same values: its own staging rounds its input to `ty`.
     pub fn mlp_in_half16(
         &self,
         ty: Half16,
@@ -1740,6 +1742,7 @@ impl CudaDevice {
         ffn: usize,
     ) -> Result<bool, KernelError> {
         Ok(ffn.is_multiple_of(8)
+            && self.wide_gemv_pays(rows, tc_weight_bytes(ffn / 8, hidden))
             && self
                 .tile_a_warp_plan(&tc_stem(ty, true), ffn / 8, rows, hidden)?
                 .is_some()

@@ -4,8 +4,9 @@
 //! Activations are f32 in device buffers from a caching pool ([`pool`]); weights are uploaded
 //! once from the memory-mapped file (f16/bf16 matrices as they are stored, vectors as f32);
 //! the KV cache is f16, `[layers][blocks][block_size][kv_heads][head_dim]` for K and for V.
-//! Products of up to 8 rows run as GEMV (decode), of 9 to 16 as tensor-core GEMV where it has
-//! a plan, larger ones as tensor-core GEMM (batched decode beyond 16 rows, prefill). A pass's inputs go to the device in one copy ([`step`]);
+//! Products of up to 8 rows run as GEMV (decode), of 9 to 16 as tensor-core GEMV where it pays
+//! ([`CudaDevice::wide_gemv_pays`]), the rest as tensor-core GEMM (prefill, and batched decode
+//! beyond). A pass's inputs go to the device in one copy ([`step`]);
 //! decode passes of up to 64 rows are recorded once as a CUDA graph per (rows, context
 //! partitions) and replayed afterwards.
 //! The CPU backend is the reference these ops are checked against (`qrt selftest`).
@@ -63,10 +64,10 @@ pub struct CudaBackend {
     /// Batched decode attention may leave its partitions for the output projection to merge
     /// (unless `QRT_ATTN_DEFER=0`).
     defer_merge: bool,
-    /// MLPs of at least this many rows (up to 8: batched decode, or a short prefill) may pass
+    /// MLPs of at least this many rows (up to 16: batched decode, or a short prefill) may pass
     /// silu(gate) * up to down in 16 bits (`QRT_MLP_HALF16=N`; 0 never; default
     /// [`HALF16_MLP_MIN_ROWS`]).
-    half16_mlp_rows: usize,
+    half16_mlp_rows: AtomicUsize,
     /// 16-bit copies of activations for the GEMMs of passes that may be recorded.
     staging: Staging,
     /// Output projections issued that merged the attention's partitions.
@@ -206,7 +207,7 @@ impl CudaStep {
     }
 }
 
-/// Fewest rows (of at most 8) whose MLP passes its activations in 16 bits where it can
+/// Fewest rows (of at most 16) whose MLP passes its activations in 16 bits where it can
 /// ([`CudaDevice::mlp_in_half16`]). On an H200 (RESULTS log 43, the 1B's decode) it cost
 /// 0.3-0.7% at 2 and 4 rows and gained 0.1-1.3% at 6 to 8.
 const HALF16_MLP_MIN_ROWS: usize = 6;
@@ -291,13 +292,15 @@ impl CudaBackend {
             profile,
             pinned: Mutex::default(),
             defer_merge: std::env::var("QRT_ATTN_DEFER").map_or(true, |v| v != "0"),
-            half16_mlp_rows: std::env::var("QRT_MLP_HALF16")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(
-                    HALF16_MLP_MIN_ROWS,
-                    |n: usize| if n == 0 { usize::MAX } else { n },
-                ),
+            half16_mlp_rows: AtomicUsize::new(
+                std::env::var("QRT_MLP_HALF16")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(
+                        HALF16_MLP_MIN_ROWS,
+                        |n: usize| if n == 0 { usize::MAX } else { n },
+                    ),
+            ),
             staging: Staging::default(),
             merged_projections: AtomicUsize::new(0),
             half16_mlps: AtomicUsize::new(0),
@@ -310,10 +313,16 @@ impl CudaBackend {
         self.defer_merge
     }
 
-    /// From how many rows (of at most 8) MLPs may pass their activations in 16 bits
+    /// From how many rows (of at most 16) MLPs may pass their activations in 16 bits
     /// (`QRT_MLP_HALF16`; `usize::MAX`: never).
     pub fn half16_mlp_rows(&self) -> usize {
-        self.half16_mlp_rows
+        self.half16_mlp_rows.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`half16_mlp_rows`](Self::half16_mlp_rows) for the MLPs issued from now on (the
+    /// selftest checks both forms).
+    pub fn set_half16_mlp_rows(&self, rows: usize) {
+        self.half16_mlp_rows.store(rows, Ordering::Relaxed);
     }
 
     /// How many output projections so far merged the decode attention's partitions as they
@@ -1176,15 +1185,14 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(());
         }
-        // Beyond MAX_GEMV_ROWS, on the tensor-core GEMV where it takes the norm, passes
-        // silu(gate) * up to down in 16 bits and pays for gate and up.
-        let gemv = x.rows <= MAX_GEMV_ROWS
-            || (self.dev.gemv_fuses_norm(x.rows, x.cols)
-                && Self::half_type(w.down)? == ty
-                && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?
-                && self
-                    .dev
-                    .wide_gemv_pays(x.rows, 2 * w.gate.rows * x.cols * 2));
+        // Whether the GEMVs can pass silu(gate) * up to down in 16 bits (and, beyond
+        // MAX_GEMV_ROWS, pay: see CudaDevice::wide_gemv_pays).
+        let half16_fits = Self::half_type(w.down)? == ty
+            && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
+        // Beyond MAX_GEMV_ROWS, the tensor-core GEMVs where they take the norm and could pass
+        // the activations in 16 bits (so that both products have plans of a tile a warp).
+        let gemv =
+            x.rows <= MAX_GEMV_ROWS || (half16_fits && self.dev.gemv_fuses_norm(x.rows, x.cols));
         if gemv {
             let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
             // From 6 rows (batched decode, or a short prefill, whose MLP works row by row the
@@ -1192,9 +1200,7 @@ impl Backend for CudaBackend {
             // `gate` scratch (f32-sized, so twice the room; a buffer of the workspace, so that
             // a recorded graph never writes into memory handed out since), for down to stage
             // as it is.
-            let half16_act = x.rows >= self.half16_mlp_rows
-                && Self::half_type(w.down)? == ty
-                && self.dev.mlp_in_half16(ty, x.rows, x.cols, w.gate.rows)?;
+            let half16_act = x.rows >= self.half16_mlp_rows() && half16_fits;
             let gated_out: &CudaAct = if half16_act { scratch.gate } else { act };
             check("gated MLP output", gated_out, x.rows, w.gate.rows)?;
             // Gate and up read together, silu(gate) * up written directly (at batch one with

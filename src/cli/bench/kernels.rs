@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?;
             let m_max = 512;
-            // The input: f32 [8, k] or f16 [512, k].
+            // The input: f32 [16, k] or f16 [512, k].
             let x = random_halves(&dev, m_max * k * 2, &mut rng)?;
             // f32 norm weights (16-bit patterns read as f32: finite, below 2 in magnitude).
             let norm_weight = random_halves(&dev, 2 * k, &mut rng)?;

@@ -197,11 +197,12 @@ fn wide_config(name: &str) -> anyhow::Result<ModelConfig> {
 /// 384 at batch 2, merged by the projection, and 14 of 384 at batch one, merged by the
 /// attention) and, unless skipped, Llama-3.1-8B's (heads of 128, 128-token partitions: 4 and 6
 /// at batch 8, the 6 merged by the attention: see `CudaDevice::gemv_merges_partials`; 12 ring
-/// partitions of 192 at batch 2). Batches of 12 (1B) and 10 (8B) sequences take the
-/// tensor-core GEMV of 16 batch columns, the 1B's two partitions a context merged by its o
-/// projection; batches of 16 (1B: contexts streamed through the ring, so no such merge) also
-/// that GEMV, and of 40 (1B) and 24 (8B) the skinny GEMM, their passes recorded; they split a
-/// context in two partitions (12 and 16 sequences) or not at all.
+/// partitions of 192 at batch 2). Batches of 10 and 12 (1B) and 10 (8B) sequences take the
+/// tensor-core GEMV of 16 batch columns, the 1B's partitions merged by its o projection (6 of
+/// 192 tokens, two at a time, at 10; two a context at 12); batches of 16 (1B: contexts
+/// streamed through the ring, so no such merge) also that GEMV, and of 40 (1B) and 24 (8B)
+/// the skinny GEMM, their passes recorded; these split a context in two partitions (12 and 16
+/// sequences) or not at all.
 fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     let mut wide = vec![(
         "llama-3.2-1b",
@@ -211,10 +212,12 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
             &[1300, 200, 50, 900],
             &[4300, 2600],
             &[5000],
-            // 12 sequences, contexts within two tensor-core partitions of 256.
+            // 12 sequences, contexts within two tensor-core partitions of 256; 10 up to 1,000
+            // tokens, 6 partitions of 192 merged by the o projection two at a time.
             &[40, 300, 7, 130, 64, 410, 2, 90, 250, 18, 33, 160],
-            // Batched decode beyond 8 sequences: the skinny GEMM, recorded passes; at 16
-            // sequences two partitions a context, streamed through the ring beyond 512 tokens.
+            &[1000, 60, 300, 7, 640, 25, 90, 3, 200, 33],
+            // 16 sequences: two partitions a context, streamed through the ring beyond 512
+            // tokens (merged by the attention); recorded passes.
             &[
                 33, 5, 700, 120, 9, 64, 18, 600, 45, 1, 90, 150, 12, 30, 77, 101,
             ],
@@ -242,8 +245,8 @@ fn wide_models(with_8b: bool) -> Vec<(&'static str, Vec<&'static [usize]>)> {
     wide
 }
 
-/// Sequences of the engine check: more than 8, so that the products take the skinny GEMM, and
-/// the passes run ahead are recorded.
+/// Sequences of the engine check: more than 16, so that the products take the skinny GEMM (and
+/// the 16-column GEMV as sequences finish), and the passes run ahead are recorded.
 const ENGINE_SEQS: usize = 20;
 
 /// Greedy generation through the engine on fresh backends, with decode passes run ahead (each

@@ -1,5 +1,6 @@
 //! Every op of the CUDA backend against the CPU backend (the reference) on random inputs: the
-//! products (GEMV for up to 8 rows, tensor-core GEMM beyond, f16 and bf16, with and without
+//! products (GEMV for up to 8 rows, up to 16 where the tensor-core GEMV pays, tensor-core GEMM
+//! beyond, f16 and bf16, with and without
 //! bias, one matrix or several sharing the input), RMSNorm, embedding, SiLU-and-multiply,
 //! rotary embedding with the KV store, prefill and decode attention over the paged cache for
 //! several head layouts, row selection, argmax and sampling. Outputs start as NaN, so an
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use qrt_format::config::ModelConfig;
 use qrt_format::container::{ElemType, Metadata, QrtFile, QrtWriter, TensorPlan};
-use qrt_kernels::{CudaDevice, DecodeTc};
+use qrt_kernels::{CudaDevice, DecodeTc, Half16};
 use qrt_runtime::backend::{
     AttentionInputs, Backend, BatchLayout, HeadGeometry, LinearOut, MlpScratch, MlpWeights,
     SeqSpan, StepInput,
@@ -73,6 +74,13 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
         // holds, the last one partial.
         (2500, 8192, ElemType::F16, &[1]),
         (128256, 2048, ElemType::F16, &[1, 8, 13, 17]),
+        // SmolLM2's output head: at 12 rows the 16-column GEMV, a tile a block, the blocks
+        // walking the tiles over several rounds.
+        (49152, 576, ElemType::F16, &[1, 12]),
+        // The gate and down of an MLP whose gate and up exceed what the 16-column GEMV takes
+        // (the skinny GEMM) while down does not (below).
+        (12288, 2048, ElemType::F16, &[16]),
+        (2048, 12288, ElemType::F16, &[16]),
         // The wgmma GEMMs' edges: k not a multiple of their 64-wide steps, partial tiles (at
         // 520 rows the TMA GEMM, 128-wide tiles, k split 2 ways).
         (1000, 4104, ElemType::F16, &[9, 130, 520]),
@@ -97,8 +105,10 @@ fn matrix_name(n: usize, k: usize, dtype: ElemType) -> String {
     format!("w.{dtype:?}.{n}x{k}")
 }
 
-/// (hidden, ffn) of the MLP checks: Llama-3.2-1B, SmolLM2, and one with a gate/up k of 4096.
-const MLP_SHAPES: [(usize, usize); 3] = [(2048, 8192), (576, 1536), (4096, 1024)];
+/// (hidden, ffn) of the MLP checks: Llama-3.2-1B, SmolLM2, one with a gate/up k of 4096, and
+/// one whose gate and up (96 MiB) exceed what the 16-column GEMV takes on Hopper while its
+/// down does not (at 9 to 16 rows: the gated skinny GEMM, then down on the GEMV).
+const MLP_SHAPES: [(usize, usize); 4] = [(2048, 8192), (576, 1536), (4096, 1024), (2048, 12288)];
 
 /// The up projection of an MLP check (its gate is `matrix_name(ffn, hidden, F16)`).
 fn up_name(ffn: usize, hidden: usize) -> String {
@@ -280,10 +290,16 @@ fn check_products(
                 op: ProductOp::Plain,
             };
             let err = worst_product_err((cpu, cuda), file, &case)?;
+            let half = if dtype == ElemType::BF16 {
+                Half16::Bf16
+            } else {
+                Half16::F16
+            };
             let kind = match rows {
                 1 => "gemv",
-                r if r <= qrt_runtime::cuda::MAX_TC_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
+                r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
+                r if cuda.device().gemv_takes(half, r, k, [n], false)? => "gemv tc",
                 r if r <= qrt_kernels::GEMM_SKINNY_MAX_M => "gemm skinny",
                 _ => "gemm",
             };
@@ -357,6 +373,24 @@ fn check_products(
             linear_bound(1, 8192, ElemType::F16),
         );
     }
+    // SmolLM2's output head from a normalised input at 12 rows: the 16-column GEMV with the
+    // norm fused, a tile a block over several rounds.
+    let head = [(matrix_name(49152, 576, ElemType::F16), 49152, None)];
+    let x = rng.normals(12 * 576, 1.0);
+    let case = ProductCase {
+        x: &x,
+        rows: 12,
+        k: 576,
+        mats: &head,
+        op: ProductOp::Normed("norm.576"),
+    };
+    let err = worst_product_err((cpu, cuda), file, &case)?;
+    checks.check(
+        "norm_linears head",
+        "12x576",
+        err,
+        linear_bound(12, 576, ElemType::F16),
+    );
     // Products added into a residual stream (the o and down projections), with a bias; by the
     // TMA GEMM on Hopper at 300, 1100 and 2048 rows of the 1B's o (128-wide tiles split 2
     // ways; 128-wide and 256-wide tiles unsplit) and 2048 of SmolLM2's down (256-wide, split 2
@@ -438,6 +472,20 @@ fn check_products(
                 rel_err(&got, &want),
                 linear_bound(rows, hidden, ElemType::F16),
             );
+            // Beyond 8 rows also with silu(gate) * up passed in f32 (`QRT_MLP_HALF16=0`): the
+            // 16-column GEMVs' gated f32 output and plain f32 input.
+            if matches!(rows, 11 | 16) {
+                let keep = cuda.half16_mlp_rows();
+                cuda.set_half16_mlp_rows(usize::MAX);
+                let got = mlp(cuda, file, &x, rows, shape);
+                cuda.set_half16_mlp_rows(keep);
+                checks.check(
+                    "mlp (activations in f32)",
+                    &format!("{rows}x{hidden} -> {ffn} -> {hidden}"),
+                    rel_err(&got?, &want),
+                    linear_bound(rows, hidden, ElemType::F16),
+                );
+            }
         }
     }
     Ok(())
