@@ -823,10 +823,15 @@ fn tc_plan(
 ) -> Option<TcPlan> {
     let steps = k / 32;
     let large = tc_weight_bytes(tiles, k) >= TC_GROUP_MIN_BYTES;
-    let candidates: &[(usize, bool)] = if large {
-        &[(8, true), (16, true), (8, false), (16, false)]
-    } else {
-        &[(8, false), (16, false)]
+    // Beyond QRT_GEMV_MAX_BATCH rows (16 columns), groups of tiles only in 16-warp blocks:
+    // twice the tiles a group, so half the input staged. On an H200 (RESULTS log 55, calls
+    // 9-10) the 1B at 9 / 12 / 16 sequences -5 / -6 / -3%, the 8B at 12 / 16 -1 / -2%;
+    // SmolLM2's output head, which no cluster of 16-warp blocks splits in one wave, lost 3% in
+    // 16-warp blocks of a tile a block, so those keep the usual choice.
+    let candidates: &[(usize, bool)] = match (large, batch > QRT_GEMV_MAX_BATCH as usize) {
+        (true, false) => &[(8, true), (16, true), (8, false), (16, false)],
+        (true, true) => &[(16, true), (8, false), (16, false)],
+        (false, _) => &[(8, false), (16, false)],
     };
     let mut best: Option<(TcPlan, (bool, bool, usize, isize))> = None;
     for &(warps, grouped) in candidates {
@@ -2937,16 +2942,24 @@ mod tests {
         // The caps hold on an H200 whatever the columns.
         assert_eq!(tc_stage_max(8, 16, 232_448, 233_472, 1024), 80 * 1024);
         assert_eq!(tc_stage_max(16, 16, 232_448, 233_472, 1024), 200 * 1024);
-        // The 1B's q/k/v at 16 rows: as at 8, twice the staged rows.
+        // The 1B's q/k/v at 16 rows: 16-warp blocks, groups of 16 tiles, k split 8 ways (the
+        // device holds no clusters of 16 here), twice the staged rows.
         assert_eq!(
             h200_plan(192, 16, 2048),
             Some(TcPlan {
-                warps: 8,
-                per_block: 8,
+                warps: 16,
+                per_block: 16,
                 split: 8,
-                walkers: 24,
+                walkers: 12,
                 shared: 16 * (8 * 64 + 64),
             })
+        );
+        // Small matrices as at 8 rows: SmolLM2's q/k/v a tile a block; its output head (3,072
+        // tiles, more groups of 16 than multiprocessors) a tile a block in blocks of 8 warps.
+        assert_eq!(h200_plan(60, 12, 576).map(|p| p.per_block), Some(1));
+        assert_eq!(
+            h200_plan(3072, 12, 576).map(|p| (p.warps, p.per_block)),
+            Some((8, 1))
         );
     }
 
