@@ -237,9 +237,9 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(cuda_err(format_args!(
             "creating a stream on device {ordinal}"
         )))?;
-        let gemm_skinny = compute_capability == (9, 0)
-            && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma")
-            && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0");
+        let gemm_tma = compute_capability == (9, 0)
+            && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma");
+        let gemm_skinny = gemm_tma && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0");
         Ok(Self {
             ctx,
             stream,
@@ -259,8 +259,7 @@ impl CudaDevice {
                 && std::env::var("QRT_DECODE_CLUSTER").map_or(true, |v| v != "0"),
             gemm_split_k: compute_capability == (9, 0)
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
-            gemm_tma: compute_capability == (9, 0)
-                && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma"),
+            gemm_tma,
             gemm_skinny,
             wide_gemv_max_bytes: std::env::var("QRT_GEMV_WIDE_MAX_MB")
                 .ok()

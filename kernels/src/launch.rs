@@ -1475,7 +1475,7 @@ impl CudaDevice {
     }
 
     /// Whether [`gemv_half16`](Self::gemv_half16) takes `rows` rows of `k` values of `ty`
-    /// into a matrix of `n` rows (and [`wide_gemv_pays`](Self::wide_gemv_pays)).
+    /// into a matrix of `n` rows (where it [pays](Self::wide_gemv_pays)).
     pub fn gemv_half16_takes(
         &self,
         ty: Half16,
@@ -1483,11 +1483,9 @@ impl CudaDevice {
         k: usize,
         n: usize,
     ) -> Result<bool, KernelError> {
-        let tiles = n.div_ceil(16);
-        Ok(self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
-            && self
-                .tile_a_warp_plan(&tc_stem(ty, false), tiles, rows, k)?
-                .is_some())
+        Ok(self
+            .tile_a_warp_plan(&tc_stem(ty, false), n.div_ceil(16), rows, k)?
+            .is_some())
     }
 
     /// Whether a GEMV of `rows` rows of `k` values runs on the batch-one kernel
@@ -1685,12 +1683,13 @@ impl CudaDevice {
     }
 
     /// Whether [`gemv_merging`](Self::gemv_merging) takes a product of `n` rows of type `ty`
-    /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to [`GEMV_TC_MAX_ROWS`] whose
-    /// tensor-core plan gives each warp a tile of its own (a cluster splitting k, so that a
-    /// block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions, more than
-    /// [`MERGED_AT_ONCE`] only where each lane stages one chunk of 8 values: those take a
-    /// round trip to L2 per pair after the first over their maxima, and on an H200 the 8B's
-    /// o projection at batch 8, two chunks a lane, lost 1-1.6% with 5 (RESULTS log 43).
+    /// whose input is `rows` rows of `k` values left as `parts`: a batch of 2 to
+    /// [`GEMV_TC_MAX_ROWS`] whose tensor-core plan gives each warp a tile of its own (where it
+    /// pays; beyond 8 rows only for rows of up to [`WIDE_MERGE_MAX_K`]; a cluster splitting k,
+    /// so that a block merges only its slice), at most [`MAX_MERGED_PARTITIONS`] partitions,
+    /// more than [`MERGED_AT_ONCE`] only where each lane stages one chunk of 8 values: those
+    /// take a round trip to L2 per pair after the first over their maxima, and on an H200 the
+    /// 8B's o projection at batch 8, two chunks a lane, lost 1-1.6% with 5 (RESULTS log 43).
     pub fn gemv_merges_partials(
         &self,
         ty: Half16,
@@ -1721,9 +1720,7 @@ impl CudaDevice {
             return Ok(false);
         }
         // (16 batch columns: only rows of up to WIDE_MERGE_MAX_K.)
-        if !self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
-            || (rows > QRT_GEMV_MAX_BATCH as usize && k > WIDE_MERGE_MAX_K)
-        {
+        if rows > QRT_GEMV_MAX_BATCH as usize && k > WIDE_MERGE_MAX_K {
             return Ok(false);
         }
         let stem = tc_stem(ty, false);
@@ -1736,8 +1733,8 @@ impl CudaDevice {
     /// Whether a SwiGLU MLP of `rows` rows, `hidden` wide with `ffn` intermediate rows of type
     /// `ty`, passes silu(gate) * up from the gated GEMV to down in 16 bits
     /// ([`gemv_gated_half16`](Self::gemv_gated_half16), then
-    /// [`gemv_half16`](Self::gemv_half16)): where both products plan a tile a warp (and gate
-    /// and up together [`wide_gemv_pays`](Self::wide_gemv_pays)). Down then stages half the
+    /// [`gemv_half16`](Self::gemv_half16)): where both products plan a tile a warp (and pay:
+    /// gate and up together, down, being half their size, then too). Down then stages half the
     /// bytes, and the same values: its own staging rounds its input to `ty`.
     pub fn mlp_in_half16(
         &self,
@@ -1747,7 +1744,6 @@ impl CudaDevice {
         ffn: usize,
     ) -> Result<bool, KernelError> {
         Ok(ffn.is_multiple_of(8)
-            && self.wide_gemv_pays(rows, tc_weight_bytes(ffn / 8, hidden))
             && self
                 .tile_a_warp_plan(&tc_stem(ty, true), ffn / 8, rows, hidden)?
                 .is_some()
@@ -1873,7 +1869,8 @@ impl CudaDevice {
 
     /// The plan of tensor-core GEMV `stem` over `tiles` tiles of `rows` rows of `k` where it
     /// gives each warp a tile, which its variants other than [`TcVariant::Plain`] need (a plan
-    /// that spares no multiprocessors).
+    /// that spares no multiprocessors), and where it [pays](Self::wide_gemv_pays) (those
+    /// variants run only where it does).
     fn tile_a_warp_plan(
         &self,
         stem: &str,
@@ -1881,7 +1878,10 @@ impl CudaDevice {
         rows: usize,
         k: usize,
     ) -> Result<Option<TcPlan>, KernelError> {
-        if !(2..=GEMV_TC_MAX_ROWS).contains(&rows) || !k.is_multiple_of(32) {
+        if !(2..=GEMV_TC_MAX_ROWS).contains(&rows)
+            || !k.is_multiple_of(32)
+            || !self.wide_gemv_pays(rows, tc_weight_bytes(tiles, k))
+        {
             return Ok(None);
         }
         Ok(self
@@ -2007,10 +2007,10 @@ impl CudaDevice {
         }
     }
 
-    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to [`GEMV_TC_MAX_ROWS`]: the activations (times
-    /// their RMSNorm when `fusion` normalises) are rounded to the weight type, 16 weight rows
-    /// per tile; `k` must be a multiple of 32, and an error says so when no slice of the input
-    /// fits a block's shared memory.
+    /// [`gemv`](Self::gemv) on the tensor cores for any batch of 1 to [`GEMV_TC_MAX_ROWS`]: the
+    /// activations (times their RMSNorm when `fusion` normalises) are rounded to the weight
+    /// type, 16 weight rows per tile; `k` must be a multiple of 32, and an error says so when
+    /// no slice of the input fits a block's shared memory.
     ///
     /// # Safety
     /// Every address must hold what [`Segment`] and [`GemvInput`] say.
