@@ -38,6 +38,19 @@ pub struct BatchResult {
     /// Achieved fraction of the memory roofline, from [`roofline_fraction`] with the median
     /// step time; 0 when the copy bandwidth is unknown.
     pub roofline_fraction: f64,
+    /// Device memory at its peak while this batch size ran.
+    #[serde(flatten)]
+    pub peak_memory: PeakMemory,
+}
+
+/// Device memory at its peak over a stretch of work; `None` where it is not measured (the CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct PeakMemory {
+    /// What qrt's allocator held: the weights, the KV cache and the activations.
+    pub peak_device_bytes_allocator: Option<u64>,
+    /// What NVML saw in use on the whole device: qrt's allocations, its CUDA context and
+    /// whatever other processes hold.
+    pub peak_device_bytes_nvml: Option<u64>,
 }
 
 impl BatchResult {
@@ -71,6 +84,15 @@ impl BatchResult {
                 step_seconds,
                 copy_bandwidth_gbs.unwrap_or(0.0) * GB,
             ),
+            peak_memory: PeakMemory::default(),
+        }
+    }
+
+    /// The same result with its peak device memory.
+    pub fn with_peak_memory(self, peak_memory: PeakMemory) -> BatchResult {
+        BatchResult {
+            peak_memory,
+            ..self
         }
     }
 }
@@ -114,10 +136,6 @@ pub struct BenchReport {
     /// Measured device copy bandwidth in GB/s (1e9 bytes per second), counting both the
     /// bytes read and the bytes written.
     pub copy_bandwidth_gbs: Option<f64>,
-    /// Peak device memory according to qrt's own allocator.
-    pub peak_device_bytes_allocator: Option<u64>,
-    /// Peak device memory in use according to NVML.
-    pub peak_device_bytes_nvml: Option<u64>,
     /// Untimed iterations before the timed ones.
     pub warmup: usize,
     /// Timed iterations.
@@ -140,21 +158,10 @@ impl BenchReport {
             ("model", format!("{} ({})", self.model_name, self.model)),
             ("dtype", self.dtype.clone()),
             ("device", self.device.clone()),
-            (
-                "model size",
-                format!("{:.1} MiB", self.model_bytes as f64 / MIB),
-            ),
+            ("model size", format!("{} MiB", mib(self.model_bytes))),
             (
                 "copy bandwidth",
                 opt(self.copy_bandwidth_gbs, |g| format!("{g:.1} GB/s")),
-            ),
-            (
-                "peak memory",
-                format!(
-                    "{} (allocator), {} (NVML)",
-                    opt(self.peak_device_bytes_allocator, mib),
-                    opt(self.peak_device_bytes_nvml, mib)
-                ),
             ),
             (
                 "iterations",
@@ -174,6 +181,8 @@ impl BenchReport {
             ("decode ms/step", Align::Right),
             ("tok/s", Align::Right),
             ("KV MiB", Align::Right),
+            ("peak MiB", Align::Right),
+            ("NVML MiB", Align::Right),
             ("GB/step", Align::Right),
             ("roofline %", Align::Right),
         ];
@@ -189,6 +198,8 @@ impl BenchReport {
                     plus_minus(&r.decode_step_ms),
                     format!("{:.1}", r.decode_tokens_per_s),
                     format!("{:.1}", r.kv_bytes as f64 / MIB),
+                    opt(r.peak_memory.peak_device_bytes_allocator, mib),
+                    opt(r.peak_memory.peak_device_bytes_nvml, mib),
                     format!("{:.3}", r.bytes_per_step as f64 / GB),
                     percent(Some(r.roofline_fraction)),
                 ]
@@ -358,7 +369,7 @@ fn percent(fraction: Option<f64>) -> String {
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB)
+    format!("{:.1}", bytes as f64 / MIB)
 }
 
 fn opt<T>(value: Option<T>, show: impl FnOnce(T) -> String) -> String {
@@ -387,6 +398,10 @@ mod tests {
                     270_000_000,
                     copy_bandwidth_gbs,
                 )
+                .with_peak_memory(PeakMemory {
+                    peak_device_bytes_allocator: Some((256 + batch as u64) << 20),
+                    peak_device_bytes_nvml: None,
+                })
             })
             .collect();
         BenchReport {
@@ -397,8 +412,6 @@ mod tests {
             device: "NVIDIA H200".into(),
             model_bytes: 269_060_736,
             copy_bandwidth_gbs,
-            peak_device_bytes_allocator: Some(3 << 30),
-            peak_device_bytes_nvml: None,
             warmup: 2,
             iters: 10,
             results,
@@ -451,7 +464,8 @@ mod tests {
             "NVIDIA H200",
             "256.6 MiB",
             "3000.0 GB/s",
-            "3072.0 MiB (allocator), n/a (NVML)",
+            "peak MiB",
+            "NVML MiB",
             "2 warmup, 10 timed",
             "decode ms/step",
             "11.000 ± 1.000",
@@ -464,11 +478,20 @@ mod tests {
         let title = lines.iter().position(|l| l.starts_with("batch")).unwrap();
         let rows = &lines[title + 2..];
         assert_eq!(rows.len(), 3, "{table}");
-        for (row, batch) in rows.iter().zip(["1", "8", "64"]) {
+        for (row, (batch, peak)) in
+            rows.iter()
+                .zip([("1", "257.0"), ("8", "264.0"), ("64", "320.0")])
+        {
             let cells: Vec<&str> = row.split_whitespace().collect();
             assert_eq!(cells[0], batch, "{row}");
             assert_eq!(cells[1], "128");
             assert_eq!(cells[2], "32");
+            // The allocator's peak, then NVML's (not measured).
+            assert_eq!(
+                cells[cells.len() - 4..cells.len() - 2],
+                [peak, "n/a"],
+                "{row}"
+            );
             // 270 MB per 2.5 ms is 108 GB/s: 3.6 % of 3000 GB/s.
             assert_eq!(cells.last(), Some(&"3.6"), "{row}");
         }
@@ -481,7 +504,6 @@ mod tests {
     fn table_prints_n_a_for_missing_values() {
         let table = report(None).table();
         assert!(table.contains("copy bandwidth: n/a"), "{table}");
-        assert!(table.contains("n/a (NVML)"), "{table}");
         let lines: Vec<&str> = table.lines().collect();
         let title = lines.iter().position(|l| l.starts_with("batch")).unwrap();
         for row in &lines[title + 2..] {
@@ -542,7 +564,11 @@ mod tests {
         assert_eq!(read, serde_json::to_value(&report).unwrap());
         assert_eq!(read["results"][1]["batch"], 8);
         assert_eq!(read["results"][1]["decode_step_ms"]["median"], 2.5);
-        assert!(read["peak_device_bytes_nvml"].is_null());
+        assert_eq!(
+            read["results"][1]["peak_device_bytes_allocator"],
+            264u64 << 20
+        );
+        assert!(read["results"][1]["peak_device_bytes_nvml"].is_null());
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -25,6 +25,12 @@ impl MemoryCounter {
     fn sub(&self, bytes: usize) {
         self.live.fetch_sub(bytes, Ordering::Relaxed);
     }
+
+    /// Starts a new high-water mark at the bytes live now.
+    fn reset_peak(&self) {
+        self.peak
+            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// Page-locked host memory for u32 values, mapped into the device's address space: kernels
@@ -150,10 +156,17 @@ impl CudaDevice {
         self.memory.live.load(Ordering::Relaxed)
     }
 
-    /// The most bytes ever allocated through this device at once (the allocator's
-    /// high-water mark).
+    /// The most bytes allocated through this device at once since it was made or since the
+    /// last [`reset_peak_allocated`](Self::reset_peak_allocated) (the allocator's high-water
+    /// mark).
     pub fn peak_allocated_bytes(&self) -> usize {
         self.memory.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new high-water mark at the bytes allocated now (to measure one stretch of
+    /// work).
+    pub fn reset_peak_allocated(&self) {
+        self.memory.reset_peak();
     }
 
     /// Free and total device memory in bytes, as the driver reports them.
@@ -284,5 +297,28 @@ impl CudaDevice {
         // SAFETY: the caller guarantees the range.
         unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }
             .map_err(cuda_err("filling device memory"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryCounter;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn the_high_water_mark_follows_allocations_and_restarts_at_the_live_bytes() {
+        let c = MemoryCounter::default();
+        let peak = |c: &MemoryCounter| c.peak.load(Ordering::Relaxed);
+        c.add(100);
+        c.add(50);
+        c.sub(120);
+        assert_eq!(peak(&c), 150);
+        c.reset_peak();
+        assert_eq!(peak(&c), 30);
+        c.add(10);
+        c.sub(10);
+        c.add(5);
+        assert_eq!(peak(&c), 40);
+        assert_eq!(c.live.load(Ordering::Relaxed), 35);
     }
 }

@@ -140,9 +140,10 @@ pub struct MlpWeights<'a, B: Backend + ?Sized> {
 pub struct MlpScratch<'a, B: Backend + ?Sized> {
     /// The normalised input, `[rows, hidden]`.
     pub normed: &'a mut B::Act,
-    /// `[rows, intermediate]`.
+    /// `[rows, intermediate]`, or no rows where the backend does not use it
+    /// ([`Backend::mlp_uses_gate_up`]).
     pub gate: &'a mut B::Act,
-    /// `[rows, intermediate]`.
+    /// As `gate`.
     pub up: &'a mut B::Act,
     /// `silu(gate) * up`, `[rows, intermediate]`.
     pub act: &'a mut B::Act,
@@ -219,6 +220,12 @@ pub trait Backend: Send + Sync {
     /// Device memory free now, in bytes, where the backend has its own memory.
     fn free_memory(&self) -> Option<u64> {
         None
+    }
+    /// Frees what the backend keeps between passes only to run them faster (recorded passes,
+    /// their inputs, cached buffers), once the work queued so far has finished; later passes
+    /// make them again.
+    fn release_cached(&self) -> Result<(), RuntimeError> {
+        Ok(())
     }
     /// A KV pool of the given geometry.
     fn alloc_kv(&self, geometry: &KvGeometry) -> Result<Self::Kv, RuntimeError>;
@@ -344,6 +351,12 @@ pub trait Backend: Send + Sync {
         up: &Self::Act,
         out: &mut Self::Act,
     ) -> Result<(), RuntimeError>;
+    /// Whether [`Backend::mlp`] uses the `gate` and `up` buffers of its [`MlpScratch`] (the
+    /// default does); a backend whose products write silu(gate) * up directly into `act`
+    /// says no, and is then given them with no rows.
+    fn mlp_uses_gate_up(&self) -> bool {
+        true
+    }
     /// A SwiGLU MLP block with its residual: `x += (silu(n @ gate^T) * (n @ up^T)) @ down^T`
     /// where `n = rms_norm(x)`.
     fn mlp(

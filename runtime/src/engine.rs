@@ -192,6 +192,17 @@ impl<B: Backend> Engine<B> {
         &self.backend
     }
 
+    /// The backend and the model, the KV cache freed; refused while sequences are waiting or
+    /// running or a pass has tokens to give.
+    pub fn into_parts(self) -> Result<(B, Model<B>), RuntimeError> {
+        if self.has_work() {
+            return Err(RuntimeError::InvalidRequest(
+                "the engine still has sequences to run".into(),
+            ));
+        }
+        Ok((self.backend, self.model))
+    }
+
     /// Queues a sequence; it joins the running batch when the KV cache has room for it.
     pub fn add(&mut self, request: SeqRequest) -> Result<SeqId, RuntimeError> {
         let max_ctx = self.model.config().max_position_embeddings;

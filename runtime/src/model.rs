@@ -1,6 +1,7 @@
 //! The Llama-family model graph (Llama, Mistral, Qwen2, SmolLM), written once over [`Backend`].
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use qrt_format::config::ModelConfig;
@@ -23,8 +24,13 @@ fn keeps_workspace(rows: usize, logit_rows: usize) -> bool {
     rows <= KEPT_WORKSPACE_ROWS && logit_rows == rows
 }
 
+/// Ids of workspaces.
+static NEXT_WORKSPACE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The activation buffers of one forward pass.
 struct Workspace<B: Backend> {
+    /// Unique among the workspaces of this process (recordings are kept per workspace).
+    id: u64,
     /// The residual stream.
     x: B::Act,
     /// A normalised copy of `x` (where a backend does not fuse the norms).
@@ -51,15 +57,17 @@ impl<B: Backend> Workspace<B> {
     ) -> Result<Self, RuntimeError> {
         let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let alloc = |cols| backend.alloc_act(rows, cols);
+        let gate_up_rows = if backend.mlp_uses_gate_up() { rows } else { 0 };
         Ok(Self {
+            id: NEXT_WORKSPACE_ID.fetch_add(1, Ordering::Relaxed),
             x: alloc(c.hidden_size)?,
             h: alloc(c.hidden_size)?,
             q: alloc(q_dim)?,
             k: alloc(kv_dim)?,
             v: alloc(kv_dim)?,
             attn: alloc(q_dim)?,
-            gate: alloc(c.intermediate_size)?,
-            up: alloc(c.intermediate_size)?,
+            gate: backend.alloc_act(gate_up_rows, c.intermediate_size)?,
+            up: backend.alloc_act(gate_up_rows, c.intermediate_size)?,
             act: alloc(c.intermediate_size)?,
             selected: backend.alloc_act(logit_rows, c.hidden_size)?,
             selected_h: backend.alloc_act(logit_rows, c.hidden_size)?,
@@ -94,12 +102,7 @@ pub struct Model<B: Backend> {
     inv_freq: Vec<f32>,
     /// Buffers of small passes, by (rows, logit rows).
     workspaces: Mutex<HashMap<(usize, usize), Workspace<B>>>,
-    /// Distinguishes this model from others loaded in the process.
-    id: u64,
 }
-
-/// Ids of loaded models.
-static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<B: Backend> Model<B> {
     /// Loads every weight of `file` that the graph needs onto `backend`.
@@ -153,7 +156,6 @@ impl<B: Backend> Model<B> {
             layers,
             config,
             workspaces: Mutex::new(HashMap::new()),
-            id: NEXT_MODEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -309,6 +311,12 @@ impl<B: Backend> Model<B> {
         f(ws)
     }
 
+    /// Frees the buffers kept between passes (passes made later make them again, and
+    /// recordings of the passes that used them are never replayed).
+    pub fn release_workspaces(&self) {
+        self.kept_workspaces().clear();
+    }
+
     /// The buffers kept between passes, by (rows, logit rows).
     fn kept_workspaces(&self) -> MutexGuard<'_, HashMap<(usize, usize), Workspace<B>>> {
         self.workspaces
@@ -326,8 +334,8 @@ impl<B: Backend> Model<B> {
         logit_rows: &[u32],
         ws: &mut Workspace<B>,
     ) -> Result<(), RuntimeError> {
-        // Recordings are valid for this model's buffers and this KV cache only.
-        let scope = (self.id << 32) | (backend.kv_id(kv) & 0xffff_ffff);
+        // Recordings are valid for these buffers and this KV cache only.
+        let scope = (ws.id << 32) | (backend.kv_id(kv) & 0xffff_ffff);
         // Every row in order (decode, or scoring every position): the head reads the residual
         // stream itself, with no gather.
         let all_rows = logit_rows.iter().copied().eq(0..rows as u32);

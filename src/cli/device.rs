@@ -132,6 +132,18 @@ pub fn engine_on<B: Backend>(
     }
     let model = Model::load(&backend, &mf.file, mf.config.clone())
         .with_context(|| format!("loading {} on {}", mf.file.path(), backend.describe()))?;
+    engine_with(backend, model, mf, needed, kv_memory)
+}
+
+/// An engine for `model` (loaded from `mf`) whose KV cache holds `needed` tokens, or what
+/// `--kv-memory` says, from the memory free on `backend` now.
+pub fn engine_with<B: Backend>(
+    backend: B,
+    model: Model<B>,
+    mf: &ModelFile,
+    needed: usize,
+    kv_memory: Option<KvMemory>,
+) -> anyhow::Result<Engine<B>> {
     let per_token = kv_bytes_per_token(mf, &backend) as u64;
     let free = backend.free_memory();
     let tokens = match (kv_memory, free) {

@@ -1007,6 +1007,21 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn release_cached(&self) -> Result<(), RuntimeError> {
+        // Recordings read the step inputs and staging buffers: all go, after the work queued.
+        self.dev
+            .synchronize("the passes queued before freeing cached buffers")?;
+        let mut graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
+        *graphs = Graphs::default();
+        self.staging
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.pool.release_cached();
+        Ok(())
+    }
+
     fn kv_id(&self, kv: &CudaKv) -> u64 {
         kv.id
     }
@@ -1164,6 +1179,10 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn mlp_uses_gate_up(&self) -> bool {
+        false
+    }
+
     fn mlp(
         &self,
         x: &mut CudaAct,
@@ -1196,25 +1215,22 @@ impl Backend for CudaBackend {
         if gemv {
             let (input, fusion) = self.normed_input(x, w.norm, eps, scratch.normed)?;
             // From 6 rows (batched decode, or a short prefill, whose MLP works row by row the
-            // same), where the kernels can: silu(gate) * up in 16 bits, in the otherwise unused
-            // `gate` scratch (f32-sized, so twice the room; a buffer of the workspace, so that
-            // a recorded graph never writes into memory handed out since), for down to stage
-            // as it is.
+            // same), where the kernels can: silu(gate) * up in 16 bits (in `act`, f32-sized, so
+            // twice the room; a buffer of the workspace, so that a recorded graph never writes
+            // into memory handed out since), for down to stage as it is.
             let half16_act = x.rows >= self.half16_mlp_rows() && half16_fits;
-            let gated_out: &CudaAct = if half16_act { scratch.gate } else { act };
-            check("gated MLP output", gated_out, x.rows, w.gate.rows)?;
             // Gate and up read together, silu(gate) * up written directly (at batch one with
             // the norm applied on the fly).
             self.timed("linear gemv (gate, up, silu)", || {
                 let segment = Segment {
                     w: w.gate.buf.ptr(),
                     bias: 0,
-                    y: gated_out.ptr(),
+                    y: act.ptr(),
                     n: w.gate.rows,
                 };
                 let (input, up) = (gemv_input(input), w.up.buf.ptr());
-                // SAFETY: shapes checked above; `gated_out` holds rows x ffn f32, room for as
-                // many 16-bit values.
+                // SAFETY: shapes checked above; `act` holds rows x ffn f32, room for as many
+                // 16-bit values.
                 unsafe {
                     if half16_act {
                         self.dev.gemv_gated_half16(ty, input, segment, up, fusion)?
@@ -1235,7 +1251,7 @@ impl Backend for CudaBackend {
                     n: w.down.rows,
                 };
                 let act_input = GemvInput {
-                    x: gated_out.ptr(),
+                    x: act.ptr(),
                     rows: x.rows,
                     k: w.gate.rows,
                 };
@@ -1252,9 +1268,8 @@ impl Backend for CudaBackend {
             let rows = x.rows;
             let ffn = w.gate.rows;
             let a = self.rms_norm_half16(x, w.norm, eps, ty, scratch.normed)?;
-            // silu(gate) * up in 16 bits, in the `gate` scratch (f32-sized).
-            let act16 = &*scratch.gate;
-            check("gated MLP output", act16, rows, ffn)?;
+            // silu(gate) * up in 16 bits, in `act` (f32-sized).
+            let act16 = &*act;
             let down = [Segment {
                 w: w.down.buf.ptr(),
                 bias: 0,

@@ -85,6 +85,13 @@ impl ActPool {
             cache: self.cache.clone(),
         })
     }
+
+    /// Frees the buffers given back and kept for reuse.
+    pub fn release_cached(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.free.clear();
+        cache.cached_bytes = 0;
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use qrt_bench::nvml::{GpuMemory, PeakSampler};
-use qrt_bench::report::{write_json, BatchResult, BenchReport};
+use qrt_bench::report::{write_json, BatchResult, BenchReport, PeakMemory};
 use qrt_bench::stats::Summary;
 use qrt_runtime::backend::Backend;
 use qrt_runtime::cpu::CpuBackend;
@@ -19,7 +19,7 @@ use qrt_runtime::engine::{Engine, SeqRequest};
 use qrt_runtime::model_file::ModelFile;
 use qrt_runtime::sampling::{Rng, SamplingParams};
 
-use super::device::{kv_bytes_per_token, with_engine, DeviceArgs, KV_BLOCK_SIZE};
+use super::device::{engine_with, kv_bytes_per_token, with_engine, DeviceArgs, KV_BLOCK_SIZE};
 
 /// Arguments of `qrt bench`.
 #[derive(clap::Args)]
@@ -69,6 +69,8 @@ struct ModelArgs {
 trait Probe {
     /// Measured copy bandwidth, bytes read plus written per second.
     fn copy_bandwidth(&self) -> anyhow::Result<f64>;
+    /// Starts the allocator's high-water mark anew, where the backend has one.
+    fn reset_peak_allocated(&self);
     /// The allocator's high-water mark, where the backend has one.
     fn peak_allocated(&self) -> Option<u64>;
     /// The NVML index of the GPU, where there is one.
@@ -91,6 +93,7 @@ impl Probe for CpuBackend {
         std::hint::black_box(&dst);
         Ok(2.0 * bytes as f64 / best)
     }
+    fn reset_peak_allocated(&self) {}
     fn peak_allocated(&self) -> Option<u64> {
         None
     }
@@ -105,6 +108,9 @@ impl Probe for CpuBackend {
 impl Probe for CudaBackend {
     fn copy_bandwidth(&self) -> anyhow::Result<f64> {
         Ok(self.device().copy_bandwidth(1 << 30, 10)?)
+    }
+    fn reset_peak_allocated(&self) {
+        self.device().reset_peak_allocated();
     }
     fn peak_allocated(&self) -> Option<u64> {
         Some(self.device().peak_allocated_bytes() as u64)
@@ -146,7 +152,7 @@ fn bench_model(args: ModelArgs) -> anyhow::Result<()> {
     let max_batch = *args.batch.iter().max().expect("not empty");
     let needed = max_batch * ctx.next_multiple_of(KV_BLOCK_SIZE);
     let report = with_engine!(args.device, &mf, needed, |engine| {
-        measure(&mut engine, &mf, &args)?
+        measure(engine, &mf, &args)?
     });
     let out = args
         .out
@@ -177,8 +183,25 @@ fn print_profile(backend: &impl Probe, show: bool, what: &str) -> anyhow::Result
     Ok(())
 }
 
+/// `engine` again with nothing kept from earlier passes and a KV cache for `batch` sequences
+/// of `ctx` tokens (or what `--kv-memory` says), so that the memory measured next is what
+/// that batch needs.
+fn engine_for_batch<B: Backend>(
+    engine: Engine<B>,
+    mf: &ModelFile,
+    args: &ModelArgs,
+    batch: usize,
+    ctx: usize,
+) -> anyhow::Result<Engine<B>> {
+    let (backend, model) = engine.into_parts()?;
+    model.release_workspaces();
+    backend.release_cached()?;
+    let needed = batch * ctx.next_multiple_of(KV_BLOCK_SIZE);
+    engine_with(backend, model, mf, needed, args.device.kv_memory)
+}
+
 fn measure<B: Backend + Probe>(
-    engine: &mut Engine<B>,
+    mut engine: Engine<B>,
     mf: &ModelFile,
     args: &ModelArgs,
 ) -> anyhow::Result<BenchReport> {
@@ -191,14 +214,15 @@ fn measure<B: Backend + Probe>(
         .gpu_index()
         .and_then(|i| GpuMemory::open(i).ok())
         .map(Arc::new);
-    let sampler = nvml.clone().and_then(|g| PeakSampler::start(g).ok());
     let kv_per_token = kv_bytes_per_token(mf, engine.backend()) as u64;
     let weights = weight_bytes_per_step(mf);
-    let geometry = *engine.kv_geometry();
     let mut rng = Rng::new(0x5eed);
     let mut results = Vec::new();
     for &batch in &args.batch {
-        let blocks = batch * (args.prompt_len + args.gen_len).div_ceil(KV_BLOCK_SIZE);
+        let ctx = args.prompt_len + args.gen_len;
+        engine = engine_for_batch(engine, mf, args, batch, ctx)?;
+        let geometry = *engine.kv_geometry();
+        let blocks = batch * ctx.div_ceil(KV_BLOCK_SIZE);
         if blocks > geometry.num_blocks {
             bail!(
                 "batch {batch} needs {blocks} KV blocks of {KV_BLOCK_SIZE} tokens, the cache holds \
@@ -208,6 +232,8 @@ fn measure<B: Backend + Probe>(
         }
         engine.set_max_running(batch);
         engine.set_max_batch_tokens(batch * args.prompt_len);
+        engine.backend().reset_peak_allocated();
+        let sampler = nvml.clone().and_then(|g| PeakSampler::start(g).ok());
         let bar = super::progress_bar((args.warmup + args.iters) as u64, &format!("batch {batch}"));
         let mut prefill_ms = Vec::new();
         let mut step_ms = Vec::new();
@@ -259,18 +285,24 @@ fn measure<B: Backend + Probe>(
         let mean_ctx = (args.prompt_len + args.gen_len / 2) as u64;
         let bytes_per_step = weights + batch as u64 * mean_ctx * kv_per_token;
         let summary = |v: &[f64]| Summary::of(v).context("no valid timings");
-        results.push(BatchResult::new(
-            batch,
-            args.prompt_len,
-            args.gen_len,
-            summary(&prefill_ms)?,
-            summary(&step_ms)?,
-            kv_bytes,
-            bytes_per_step,
-            Some(copy_gbs),
-        ));
+        let peak_memory = PeakMemory {
+            peak_device_bytes_allocator: engine.backend().peak_allocated(),
+            peak_device_bytes_nvml: sampler.map(PeakSampler::stop),
+        };
+        results.push(
+            BatchResult::new(
+                batch,
+                args.prompt_len,
+                args.gen_len,
+                summary(&prefill_ms)?,
+                summary(&step_ms)?,
+                kv_bytes,
+                bytes_per_step,
+                Some(copy_gbs),
+            )
+            .with_peak_memory(peak_memory),
+        );
     }
-    let peak_nvml = sampler.map(PeakSampler::stop);
     Ok(BenchReport {
         qrt_version: super::qrt_version(),
         model: mf.file.path().to_string(),
@@ -291,8 +323,6 @@ fn measure<B: Backend + Probe>(
         device: backend_desc,
         model_bytes: mf.file.tensors().iter().map(|t| t.nbytes()).sum(),
         copy_bandwidth_gbs: Some(copy_gbs),
-        peak_device_bytes_allocator: engine.backend().peak_allocated(),
-        peak_device_bytes_nvml: peak_nvml,
         warmup: args.warmup,
         iters: args.iters,
         results,

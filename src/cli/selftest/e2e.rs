@@ -3,7 +3,8 @@
 //! one prefill pass, then decoded together for several steps (fed the CPU's greedy tokens, so
 //! both backends see the same inputs); the decode steps from the third on replay a CUDA graph.
 //! On the wide models, the engine also generates for 20 sequences with passes run ahead and
-//! without, which must give the same tokens.
+//! without, and again after freeing its kept buffers and caches, which must give the same
+//! tokens.
 
 use std::path::{Path, PathBuf};
 
@@ -251,7 +252,10 @@ const ENGINE_SEQS: usize = 20;
 
 /// Greedy generation through the engine on fresh backends, with decode passes run ahead (each
 /// one's tokens fed to the next on the device) and without: the tokens must be the same. The
-/// sequences stop after 8 to 12 tokens, so that passes of several sizes run.
+/// sequences stop after 8 to 12 tokens, so that passes of several sizes run. Then, run ahead
+/// again, after the model frees the buffers its recorded passes wrote (same engine and KV
+/// cache), and on an engine rebuilt after the backend freed its recordings and caches (as
+/// `qrt bench` does between batch sizes): the same tokens again.
 fn check_run_ahead(
     ordinal: usize,
     mf: &ModelFile,
@@ -270,38 +274,64 @@ fn check_run_ahead(
             seed: i as u64,
         })
         .collect();
-    let mut outputs = Vec::new();
-    for ahead in [false, true] {
-        let backend = CudaBackend::new(ordinal)?;
+    let engine_on = |backend| -> anyhow::Result<Engine<CudaBackend>> {
         let model = Model::load(&backend, &mf.file, mf.config.clone())?;
-        let mut engine = Engine::new(backend, model, 8192, crate::cli::device::KV_BLOCK_SIZE)?;
-        engine.set_run_ahead(ahead);
-        let ids = requests
-            .iter()
-            .map(|r| engine.add(r.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut tokens = vec![Vec::new(); ids.len()];
-        while engine.has_work() {
-            for t in engine.step()? {
-                if let Some(i) = ids.iter().position(|&id| id == t.seq) {
-                    tokens[i].push(t.token);
-                }
+        Ok(Engine::new(
+            backend,
+            model,
+            8192,
+            crate::cli::device::KV_BLOCK_SIZE,
+        )?)
+    };
+    let mut stepwise = engine_on(CudaBackend::new(ordinal)?)?;
+    stepwise.set_run_ahead(false);
+    let want = generate(&mut stepwise, &requests)?;
+    drop(stepwise);
+    let mut ahead = engine_on(CudaBackend::new(ordinal)?)?;
+    let mut runs = vec![("run ahead = stepwise", generate(&mut ahead, &requests)?)];
+    ahead.model().release_workspaces();
+    runs.push((
+        "run ahead after freeing the kept buffers = stepwise",
+        generate(&mut ahead, &requests)?,
+    ));
+    let (backend, model) = ahead.into_parts()?;
+    model.release_workspaces();
+    backend.release_cached()?;
+    let mut rebuilt = Engine::new(backend, model, 8192, crate::cli::device::KV_BLOCK_SIZE)?;
+    runs.push((
+        "rebuilt engine after freeing every cache = stepwise",
+        generate(&mut rebuilt, &requests)?,
+    ));
+    for (what, got) in runs {
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        checks.check(
+            &format!("engine: {what}"),
+            &format!("{label} x{ENGINE_SEQS}, seqs differing"),
+            differ as f64,
+            0.5,
+        );
+    }
+    Ok(())
+}
+
+/// The tokens `engine` generates for each of `requests`, run together.
+fn generate(
+    engine: &mut Engine<CudaBackend>,
+    requests: &[SeqRequest],
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let ids = requests
+        .iter()
+        .map(|r| engine.add(r.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tokens = vec![Vec::new(); ids.len()];
+    while engine.has_work() {
+        for t in engine.step()? {
+            if let Some(i) = ids.iter().position(|&id| id == t.seq) {
+                tokens[i].push(t.token);
             }
         }
-        outputs.push(tokens);
     }
-    let differ = outputs[0]
-        .iter()
-        .zip(&outputs[1])
-        .filter(|(a, b)| a != b)
-        .count();
-    checks.check(
-        "engine: run ahead = stepwise",
-        &format!("{label} x{ENGINE_SEQS}, seqs differing"),
-        differ as f64,
-        0.5,
-    );
-    Ok(())
+    Ok(tokens)
 }
 
 /// Writes a random F16 model of `config` at `path`.
