@@ -952,9 +952,9 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
 // kMaxStaged tokens is staged whole: every key and value requested at once with cp.async into
 // shared memory (before waiting for the previous kernel when the rotation is fused), so a block
 // keeps a whole partition in flight without holding it in registers, and each warp walks its
-// quarter of it. A longer one (long contexts, few partitions) passes through a ring of
-// kMaxStaged / kRingKeys stages of kRingKeys tokens, the next stages' copies in flight while
-// one is scored, each warp taking kKeys tokens of a stage. A warp scores kKeys keys at a time
+// quarter of it. A longer one (long contexts, few partitions) passes through a ring of stages
+// (`RingShape`), the next stages' copies in flight while one is scored, each warp taking kKeys
+// tokens of a stage. A warp scores kKeys keys at a time
 // with mma.sync, the group's query heads as rows 0 .. group - 1 of the A fragment (rows 8-15
 // zero; those between computed and never stored), an online softmax in base 2 per head, and
 // P V from transposed ldmatrix reads, as in prefill. Fewer instructions per token than
@@ -970,11 +970,6 @@ struct DecodeTcShape {
     static constexpr int kDimBlocks = D / 8;  // 8-dimension column blocks of the output
     // Most tokens staged at once (`max_tc_partition` in launch.rs): 72 KB of keys and values.
     static constexpr unsigned kMaxStaged = D <= 64 ? 256 : 128;
-    // A ring stage: a step of kKeys keys for each warp.
-    static constexpr unsigned kRingKeys = kWarps * kKeys;
-    static constexpr unsigned kRing = kMaxStaged / kRingKeys;
-    // 16-byte copies a thread issues per ring stage, for its keys and again for its values.
-    static constexpr unsigned kRingCopies = kRingKeys * (D / 8) / kThreads;
 };
 
 // Thread tid of a tensor-core decode block rotates dimension pairs (j, j + D/2),
@@ -993,14 +988,14 @@ __device__ __forceinline__ void decode_tc_angle(const qrt_attn_args& args, bool 
 
 // The group's queries of query row `row` for KV head `kvh`, rotated (fused) and scaled by
 // scale * log2(e), as f16 into `qs`.
-template <int D, int G>
+template <int D, int G, int THREADS = DecodeTcShape<D>::kThreads>
 __device__ __forceinline__ void decode_tc_queries(const qrt_attn_args& args, unsigned row,
                                                   unsigned kvh, unsigned group, unsigned j,
                                                   float sn, float cs, __half (&qs)[G][D]) {
     const float* q = reinterpret_cast<const float*>(args.q) +
                      static_cast<size_t>(row) * args.num_heads * D + kvh * group * D;
     const float qscale = args.scale * 1.4426950408889634f;
-    for (unsigned p = threadIdx.x; p < group * (D / 2); p += DecodeTcShape<D>::kThreads) {
+    for (unsigned p = threadIdx.x; p < group * (D / 2); p += THREADS) {
         const unsigned g = p / (D / 2);
         const float x0 = __ldcg(q + g * D + j);
         const float x1 = __ldcg(q + g * D + j + D / 2);
@@ -1347,6 +1342,25 @@ __device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
         qrt::cp_async_wait<0>();
 }
 
+// The ring kernel's geometry: a stage is a step of kKeys keys for each warp, the ring as many
+// stages as fit the kMaxStaged rows the whole-partition kernel stages. Heads of 64 take 8
+// warps, a ring of two 128-token stages (`ring_decode_threads` in launch.rs: keep the two in
+// step): the kernel waits on its few warps' latency, and with 4 warps and four 64-token stages
+// decode steps were 2-5% slower (RESULTS log 56); heads of 128 keep 4 warps, two 64-token
+// stages.
+template <int D>
+struct RingShape {
+    static constexpr int kWarps = D <= 64 ? 8 : 4;
+    static constexpr int kThreads = kWarps * qrt::kWarp;
+    static constexpr int kKeys = DecodeTcShape<D>::kKeys;
+    static constexpr int kStride = DecodeTcShape<D>::kStride;
+    static constexpr unsigned kMaxStaged = DecodeTcShape<D>::kMaxStaged;
+    static constexpr unsigned kRingKeys = kWarps * kKeys;
+    static constexpr unsigned kRing = kMaxStaged / kRingKeys;
+    // 16-byte copies a thread issues per ring stage, for its keys and again for its values.
+    static constexpr unsigned kRingCopies = kRingKeys * (D / 8) / kThreads;
+};
+
 // attn_decode_tc for partitions longer than kMaxStaged, through the ring, merged in global
 // memory only (the launcher never clusters ring partitions). A kernel of its own:
 // one kernel for both (and the whole-partition kernel written around decode_tc_step) measured
@@ -1354,7 +1368,7 @@ __device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
 // its own loop and its SASS stays as it was measured.
 template <int D, int G>
 __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
-    using S = DecodeTcShape<D>;
+    using S = RingShape<D>;
     static_assert(S::kRing >= 2 && S::kRing <= 4, "cp_async_wait_at_most covers the ring");
     __shared__ __align__(16) WarpResults<S::kWarps, G, D> warps;
     __shared__ __align__(16) __half qs[G][D];  // the group's queries, rotated and scaled
@@ -1423,7 +1437,7 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
     if (fused) qrt::pdl_wait();
     qrt::pdl_launch_dependents();
 
-    decode_tc_queries<D, G>(args, row, kvh, group, j, sn, cs, qs);
+    decode_tc_queries<D, G, S::kThreads>(args, row, kvh, group, j, sn, cs, qs);
     // The newest key (rotated) and value: into the cache now, into its staged row once its
     // stage's place is free.
     __half newest_kv[4];
@@ -1431,7 +1445,7 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
         decode_tc_newest<D>(args, table, ctx, row, kvh, j, sn, cs, kc, vc, newest_kv);
     __syncthreads();
 
-    uint32_t qa[S::kDimSteps][2];
+    uint32_t qa[D / 16][2];
     decode_tc_query_fragment<D, G>(qs, group, lane / 4, lane % 4, qa);
     DecodeTcState<D> st;
     for (unsigned r = 0; r < stages; ++r) {
@@ -1479,7 +1493,7 @@ __device__ __forceinline__ void attn_decode_tc_ring(const qrt_attn_args& args) {
         qrt_attn_decode_tc_d##D##_g##NAME##_cluster(const qrt_attn_args args) {                \
         attn_decode_tc<D, G, true>(args);                                                      \
     }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(DecodeTcShape<D>::kThreads)                   \
+    extern "C" __global__ void __launch_bounds__(RingShape<D>::kThreads)                       \
         qrt_attn_decode_tc_ring_d##D##_g##NAME(const qrt_attn_args args) {                     \
         attn_decode_tc_ring<D, G>(args);                                                       \
     }

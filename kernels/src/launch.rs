@@ -163,6 +163,14 @@ const MAX_ATTN_PARTITION: usize = 64;
 const TC_PARTITION_STEP: usize = 64;
 /// Threads of a tensor-core decode block (`DecodeTcShape::kThreads`).
 const TC_DECODE_THREADS: u32 = 128;
+/// Threads of a ring decode block (`RingShape::kThreads`): 8 warps for heads of 64, else 4.
+const fn ring_decode_threads(head_dim: usize) -> u32 {
+    if head_dim <= 64 {
+        2 * TC_DECODE_THREADS
+    } else {
+        TC_DECODE_THREADS
+    }
+}
 /// Most static shared memory of a tensor-core decode block (`WarpResults` and the queries
 /// for groups of 8 heads of 128: 16.5 KB and 2 KB).
 const TC_DECODE_STATIC_MAX: usize = 19 * 1024;
@@ -2407,12 +2415,16 @@ impl CudaDevice {
             .unwrap_or(MAX_ATTN_GROUP as u32);
         // The register kernel: two warps per 16 dimensions (`DecodeShape` in attention.cu);
         // the tensor-core one: four warps (`DecodeTcShape`), its partition staged in dynamic
-        // shared memory.
+        // shared memory; the ring kernel as `RingShape` says, through the same memory.
         let ring = tc && partition > max_tc_partition(head_dim);
         let (threads, name, staged) = if tc {
-            let kind = if ring { "tc_ring" } else { "tc" };
+            let (kind, threads) = if ring {
+                ("tc_ring", ring_decode_threads(head_dim))
+            } else {
+                ("tc", TC_DECODE_THREADS)
+            };
             (
-                TC_DECODE_THREADS,
+                threads,
                 format!("qrt_attn_decode_{kind}_d{head_dim}_g{built}"),
                 tc_partition_bytes(partition, head_dim),
             )
