@@ -954,12 +954,12 @@ __device__ __forceinline__ void attn_decode(const qrt_attn_args& args) {
 // keeps a whole partition in flight without holding it in registers, and each warp walks its
 // quarter of it. A longer one (long contexts, few partitions) passes through a ring of stages
 // (`RingShape`), the next stages' copies in flight while one is scored, each warp taking kKeys
-// tokens of a stage. A warp scores kKeys keys at a time
-// with mma.sync, the group's query heads as rows 0 .. group - 1 of the A fragment (rows 8-15
-// zero; those between computed and never stored), an online softmax in base 2 per head, and
-// P V from transposed ldmatrix reads, as in prefill. Fewer instructions per token than
-// attn_decode's shuffle reductions, and longer partitions: at batch 8 the grid is a block per
-// multiprocessor or two, and a long context needs few partitions.
+// tokens of a stage. A warp scores kKeys keys at a time with mma.sync, the group's query heads
+// as rows 0 .. group - 1 of the A fragment (rows 8-15 zero; those between computed and never
+// stored), an online softmax in base 2 per head, and P V from transposed ldmatrix reads, as in
+// prefill. Fewer instructions per token than attn_decode's shuffle reductions, and longer
+// partitions: at batch 8 the grid is a block per multiprocessor or two, and a long context
+// needs few partitions.
 template <int D>
 struct DecodeTcShape {
     static constexpr int kWarps = 4;
