@@ -196,3 +196,57 @@ fn running_ahead_changes_no_token() {
         assert!(tokens > 10, "{tokens} tokens");
     }
 }
+
+/// What `qrt bench` does between batch sizes: an idle engine gives back its backend and model
+/// (refused while a sequence waits), the model frees its kept buffers, the backend its caches,
+/// and an engine rebuilt from them generates the same tokens.
+#[test]
+fn an_engine_rebuilt_from_its_parts_generates_the_same_tokens() {
+    use qrt_runtime::backend::Backend;
+    let path = convert("tiny_llama_hf+parts", &serde_json::json!({}));
+    let mf = ModelFile::open(&path).unwrap();
+    let greedy = qrt_runtime::sampling::SamplingParams::GREEDY;
+    let requests: Vec<_> = [vec![1, 5, 9], vec![7], vec![2, 3, 4, 5, 6]]
+        .into_iter()
+        .map(|prompt| qrt_runtime::engine::SeqRequest {
+            prompt,
+            max_new_tokens: 8,
+            sampling: greedy,
+            seed: 1,
+        })
+        .collect();
+    let engine_on = |backend: CpuBackend| {
+        let model = Model::load(&backend, &mf.file, mf.config.clone()).unwrap();
+        Engine::new(backend, model, 256, 16).unwrap()
+    };
+    let mut busy = engine_on(CpuBackend::new());
+    busy.add(requests[0].clone()).unwrap();
+    let refused = busy
+        .into_parts()
+        .err()
+        .expect("a waiting sequence keeps the engine");
+    assert!(
+        refused.to_string().contains("still has sequences"),
+        "{refused}"
+    );
+
+    let tokens = |steps: Vec<Vec<(usize, u32)>>| -> Vec<u32> {
+        steps.iter().flatten().map(|&(_, t)| t).collect()
+    };
+    let mut engine = engine_on(CpuBackend::new());
+    let first = tokens(generate_all(&mut engine, &requests, (0, 99)).0);
+    assert_eq!(first.len(), 24);
+    engine.model().release_workspaces();
+    assert_eq!(
+        tokens(generate_all(&mut engine, &requests, (0, 99)).0),
+        first
+    );
+    let (backend, model) = engine.into_parts().unwrap();
+    model.release_workspaces();
+    backend.release_cached().unwrap();
+    let mut rebuilt = Engine::new(backend, model, 128, 16).unwrap();
+    assert_eq!(
+        tokens(generate_all(&mut rebuilt, &requests, (0, 99)).0),
+        first
+    );
+}
