@@ -155,7 +155,14 @@ impl BenchReport {
         let mut out = String::new();
         let header = [
             ("qrt version", self.qrt_version.clone()),
-            ("model", format!("{} ({})", self.model_name, self.model)),
+            (
+                "model",
+                if self.model_name.is_empty() {
+                    self.model.clone()
+                } else {
+                    format!("{} ({})", self.model_name, self.model)
+                },
+            ),
             ("dtype", self.dtype.clone()),
             ("device", self.device.clone()),
             ("model size", format!("{} MiB", mib(self.model_bytes))),
@@ -498,6 +505,17 @@ mod tests {
         // All rows and the titles share one width, so the columns line up.
         let width = lines[title].chars().count();
         assert!(rows.iter().all(|r| r.chars().count() == width), "{table}");
+    }
+
+    #[test]
+    fn a_model_without_a_name_is_shown_by_its_path() {
+        let mut unnamed = report(None);
+        unnamed.model_name.clear();
+        let table = unnamed.table();
+        assert!(
+            table.contains("model:          models/smollm2-135m.qrt\n"),
+            "{table}"
+        );
     }
 
     #[test]
