@@ -586,7 +586,10 @@ mod tests {
             read["results"][1]["peak_device_bytes_allocator"],
             264u64 << 20
         );
-        assert!(read["results"][1]["peak_device_bytes_nvml"].is_null());
+        assert_eq!(
+            read["results"][1].get("peak_device_bytes_nvml"),
+            Some(&serde_json::Value::Null)
+        );
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -139,7 +139,7 @@ const MAX_DECODE_CLUSTER: usize = 16;
 /// Most partitions of a long context whose partitions stream through the ring (see
 /// [`DecodePolicy::split`]): at batch one, two blocks a multiprocessor. The ring kernel issues
 /// an instruction every ~5 cycles a warp (ncu, RESULTS log 52), so a multiprocessor needs the
-/// warps of two blocks.
+/// warps of two blocks (measured with blocks of 4 warps; since log 56 heads of 64 take 8).
 const MAX_LONG_SPLITS: usize = 32;
 
 /// Whether the `splits` partitions of each (sequence, KV head) of a decode attention grid of
@@ -190,8 +190,8 @@ const OVERLAP_BYTES: usize = 4 << 20;
 
 /// Largest partition the tensor-core decode kernel stages whole for heads of `head_dim`
 /// (`DecodeTcShape::kMaxStaged`): its keys and values in about 72 KB of shared memory, two
-/// blocks a multiprocessor. Longer partitions pass through a ring of 64-token stages in the
-/// same memory.
+/// blocks a multiprocessor. Longer partitions pass through a ring of stages in the same
+/// memory (two of 128 tokens for heads of 64, two of 64 for heads of 128).
 fn max_tc_partition(head_dim: usize) -> usize {
     if head_dim <= 64 {
         256
@@ -2372,7 +2372,7 @@ impl CudaDevice {
     /// to finish. Partitions of up to 64 tokens go to the register kernel, longer ones (or any,
     /// under `QRT_ATTN_TC=all`) to the tensor-core kernel, which takes multiples of 64: up to
     /// 256 tokens for heads of 64 and 128 for heads of 128 staged whole, longer ones through a
-    /// ring of 64-token stages ([`DecodePolicy::split`] chooses them). `args.work` needs
+    /// ring of stages ([`DecodePolicy::split`] chooses them). `args.work` needs
     /// [`attention_decode_work_bytes`] bytes, its arrival counters zero (they are left zero).
     /// With `args.out` 0 (deferred; one row per sequence, rows in `0..num_seqs`, tensor-core
     /// partitions only) nothing is merged: every partition's
@@ -2415,7 +2415,8 @@ impl CudaDevice {
             .unwrap_or(MAX_ATTN_GROUP as u32);
         // The register kernel: two warps per 16 dimensions (`DecodeShape` in attention.cu);
         // the tensor-core one: four warps (`DecodeTcShape`), its partition staged in dynamic
-        // shared memory; the ring kernel as `RingShape` says, through the same memory.
+        // shared memory; the ring kernel: as many warps as `RingShape` says (8 for heads of
+        // 64), its stages in the same memory.
         let ring = tc && partition > max_tc_partition(head_dim);
         let (threads, name, staged) = if tc {
             let (kind, threads) = if ring {
@@ -2726,6 +2727,44 @@ pub fn argmax_token(key: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The threads a kernel of `module`'s PTX for `arch` was compiled for (its `.maxntid`).
+    fn max_threads(module: &str, arch: &str, kernel: &str) -> Option<u32> {
+        let ptx = crate::ptx(module, arch)?;
+        let entry = ptx.find(&format!(".entry {kernel}("))?;
+        let bound = &ptx[entry..]
+            .lines()
+            .find_map(|l| l.strip_prefix(".maxntid "))?;
+        bound.split(',').next()?.trim().parse().ok()
+    }
+
+    #[test]
+    fn decode_launches_match_the_kernels_bounds() {
+        if !crate::BUILD_INFO.cuda_kernels {
+            eprintln!("built without nvcc: no PTX to check");
+            return;
+        }
+        for arch in crate::BUILD_INFO.archs {
+            for d in [64, 128] {
+                for g in DECODE_GROUPS {
+                    let bound = |name: &str| {
+                        max_threads("attention", arch, name)
+                            .unwrap_or_else(|| panic!("no .maxntid for {name} ({arch})"))
+                    };
+                    assert_eq!(
+                        bound(&format!("qrt_attn_decode_tc_ring_d{d}_g{g}")),
+                        ring_decode_threads(d),
+                        "ring, heads of {d}, {arch}"
+                    );
+                    assert_eq!(
+                        bound(&format!("qrt_attn_decode_tc_d{d}_g{g}")),
+                        TC_DECODE_THREADS,
+                        "tensor cores, heads of {d}, {arch}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn many_sequences_take_one_or_two_partitions_each() {

@@ -193,7 +193,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The backend and the model, the KV cache freed; refused while sequences are waiting or
-    /// running or a pass has tokens to give.
+    /// running or a pass has tokens to give (the engine, consumed, is then dropped with its
+    /// sequences: check [`Engine::has_work`] first).
     pub fn into_parts(self) -> Result<(B, Model<B>), RuntimeError> {
         if self.has_work() {
             return Err(RuntimeError::InvalidRequest(

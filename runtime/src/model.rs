@@ -312,7 +312,10 @@ impl<B: Backend> Model<B> {
     }
 
     /// Frees the buffers kept between passes (passes made later make them again, and
-    /// recordings of the passes that used them are never replayed).
+    /// recordings of the passes that used them are never replayed; the backend keeps those
+    /// until [`Backend::release_cached`]). Only while no pass launched by
+    /// [`Model::launch`] is waiting for [`Model::logits_then`] (an idle engine): that read
+    /// would find no buffers and fail.
     pub fn release_workspaces(&self) {
         self.kept_workspaces().clear();
     }

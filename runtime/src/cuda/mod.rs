@@ -77,8 +77,9 @@ pub struct CudaBackend {
 }
 
 /// Room for the 16-bit input of a GEMM of a pass that may be recorded: a recording keeps the
-/// address it was made with, so buffers are only ever added, the newest serving while it is
-/// large enough (a pooled buffer could be handed to a kept workspace after the recording).
+/// address it was made with, so buffers are only ever added while recordings live (the newest
+/// serving while it is large enough; a pooled buffer could be handed to a kept workspace after
+/// the recording), and freed with them ([`Backend::release_cached`]).
 #[derive(Default)]
 struct Staging(Mutex<Vec<DeviceBuffer>>);
 

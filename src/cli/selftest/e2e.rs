@@ -254,8 +254,10 @@ const ENGINE_SEQS: usize = 20;
 /// one's tokens fed to the next on the device) and without: the tokens must be the same. The
 /// sequences stop after 8 to 12 tokens, so that passes of several sizes run. Then, run ahead
 /// again, after the model frees the buffers its recorded passes wrote (same engine and KV
-/// cache), and on an engine rebuilt after the backend freed its recordings and caches (as
-/// `qrt bench` does between batch sizes): the same tokens again.
+/// cache: new buffers, so new recordings), and on an engine rebuilt after the backend freed
+/// its recordings and caches (as `qrt bench` does between batch sizes): the same tokens again.
+/// (A stale recording replayed into freed buffers could still give the same tokens where the
+/// pool hands the same addresses back; what these runs show is that the freeing paths work.)
 fn check_run_ahead(
     ordinal: usize,
     mf: &ModelFile,
