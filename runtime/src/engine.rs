@@ -192,16 +192,25 @@ impl<B: Backend> Engine<B> {
         &self.backend
     }
 
-    /// The backend and the model, the KV cache freed; refused while sequences are waiting or
-    /// running or a pass has tokens to give (the engine, consumed, is then dropped with its
-    /// sequences: check [`Engine::has_work`] first).
+    /// The backend and the model with nothing kept from earlier passes: the KV cache, the
+    /// model's kept buffers ([`Model::release_workspaces`]) and the backend's recordings and
+    /// caches ([`Backend::release_cached`]) freed, so that an engine made from them starts
+    /// afresh. Refused while sequences are waiting or running or a pass has tokens to give
+    /// (the engine, consumed, is then dropped with its sequences: check
+    /// [`Engine::has_work`] first).
     pub fn into_parts(self) -> Result<(B, Model<B>), RuntimeError> {
         if self.has_work() {
             return Err(RuntimeError::InvalidRequest(
                 "the engine still has sequences to run".into(),
             ));
         }
-        Ok((self.backend, self.model))
+        let Self {
+            backend, model, kv, ..
+        } = self;
+        drop(kv);
+        model.release_workspaces();
+        backend.release_cached()?;
+        Ok((backend, model))
     }
 
     /// Queues a sequence; it joins the running batch when the KV cache has room for it.

@@ -1269,15 +1269,14 @@ impl Backend for CudaBackend {
             let rows = x.rows;
             let ffn = w.gate.rows;
             let a = self.rms_norm_half16(x, w.norm, eps, ty, scratch.normed)?;
-            // silu(gate) * up in 16 bits, in `act` (f32-sized).
-            let act16 = &*act;
             let down = [Segment {
                 w: w.down.buf.ptr(),
                 bias: 0,
                 y: x.ptr(),
                 n: w.down.rows,
             }];
-            // SAFETY: shapes checked above; `act16` holds rows x ffn 16-bit values.
+            // SAFETY: shapes checked above; `act` holds rows x ffn f32, room for silu(gate) * up
+            // as as many 16-bit values.
             unsafe {
                 self.dev.gemm_gated(
                     ty,
@@ -1286,17 +1285,17 @@ impl Backend for CudaBackend {
                     x.cols,
                     (w.gate.buf.ptr(), w.up.buf.ptr()),
                     ffn,
-                    act16.ptr(),
+                    act.ptr(),
                 )?;
                 if self.dev.gemv_half16_takes(ty, rows, ffn, w.down.rows)? {
                     let input = GemvInput {
-                        x: act16.ptr(),
+                        x: act.ptr(),
                         rows,
                         k: ffn,
                     };
                     self.dev.gemv_half16(ty, input, &down, RESIDUAL)?;
                 } else {
-                    self.dev.gemm(ty, act16.ptr(), rows, ffn, &down, true)?;
+                    self.dev.gemm(ty, act.ptr(), rows, ffn, &down, true)?;
                 }
             }
             Ok(())

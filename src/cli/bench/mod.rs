@@ -194,8 +194,6 @@ fn engine_for_batch<B: Backend>(
     ctx: usize,
 ) -> anyhow::Result<Engine<B>> {
     let (backend, model) = engine.into_parts()?;
-    model.release_workspaces();
-    backend.release_cached()?;
     let needed = batch * ctx.next_multiple_of(KV_BLOCK_SIZE);
     engine_with(backend, model, mf, needed, args.device.kv_memory)
 }

@@ -276,14 +276,17 @@ fn check_run_ahead(
             seed: i as u64,
         })
         .collect();
-    let engine_on = |backend| -> anyhow::Result<Engine<CudaBackend>> {
-        let model = Model::load(&backend, &mf.file, mf.config.clone())?;
+    let engine_of = |backend, model| -> anyhow::Result<Engine<CudaBackend>> {
         Ok(Engine::new(
             backend,
             model,
             8192,
             crate::cli::device::KV_BLOCK_SIZE,
         )?)
+    };
+    let engine_on = |backend: CudaBackend| {
+        let model = Model::load(&backend, &mf.file, mf.config.clone())?;
+        engine_of(backend, model)
     };
     let mut stepwise = engine_on(CudaBackend::new(ordinal)?)?;
     stepwise.set_run_ahead(false);
@@ -297,9 +300,7 @@ fn check_run_ahead(
         generate(&mut ahead, &requests)?,
     ));
     let (backend, model) = ahead.into_parts()?;
-    model.release_workspaces();
-    backend.release_cached()?;
-    let mut rebuilt = Engine::new(backend, model, 8192, crate::cli::device::KV_BLOCK_SIZE)?;
+    let mut rebuilt = engine_of(backend, model)?;
     runs.push((
         "rebuilt engine after freeing every cache = stepwise",
         generate(&mut rebuilt, &requests)?,
