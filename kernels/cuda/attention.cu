@@ -48,9 +48,10 @@ __device__ __forceinline__ void unpack8(const uint4& w, float* out) {
 // Prefill geometry for head dimension D: each warp computes 16 (query row, head) pairs with
 // mma.sync, kPrefillWarps warps per half block; keys and values pass through shared memory kKeys
 // at a time (double-buffered with cp.async, a pair of buffers per half), in rows padded to
-// kStride halves so that the 8 rows a fragment load touches fall in different banks. The block's
-// dynamic shared memory is kSharedBytes (`prefill_shared_bytes` in launch.rs: keep the two in
-// step); after the key loop it holds the second half's results, kMerged floats a thread.
+// kStride halves so that the 8 rows a fragment load touches fall in different banks. The
+// block's dynamic shared memory is kSharedBytes (`prefill_shared_bytes` in launch/attention.rs:
+// keep the two in step); after the key loop it holds the second half's results, kMerged floats a
+// thread.
 template <int D>
 struct PrefillShape {
     static constexpr int kKeys = D == 64 ? 64 : 32;
@@ -968,7 +969,8 @@ struct DecodeTcShape {
     static constexpr int kStride = D + 8;     // halves per staged key or value row
     static constexpr int kDimSteps = D / 16;  // k-steps of Q K^T
     static constexpr int kDimBlocks = D / 8;  // 8-dimension column blocks of the output
-    // Most tokens staged at once (`max_tc_partition` in launch.rs): 72 KB of keys and values.
+    // Most tokens staged at once (`max_tc_partition` in launch/attention.rs): 72 KB of keys
+    // and values.
     static constexpr unsigned kMaxStaged = D <= 64 ? 256 : 128;
 };
 
@@ -1344,10 +1346,10 @@ __device__ __forceinline__ void cp_async_wait_at_most(unsigned pending) {
 
 // The ring kernel's geometry: a stage is a step of kKeys keys for each warp, the ring as many
 // stages as fit the kMaxStaged rows the whole-partition kernel stages. Heads of 64 take 8
-// warps, a ring of two 128-token stages (`ring_decode_threads` in launch.rs: keep the two in
-// step): the kernel waits on its few warps' latency, and with 4 warps and four 64-token stages
-// decode steps were 2-5% slower (RESULTS log 56); heads of 128 keep 4 warps, two 64-token
-// stages.
+// warps, a ring of two 128-token stages (`ring_decode_threads` in launch/attention.rs: keep the
+// two in step): the kernel waits on its few warps' latency, and with 4 warps and four 64-token
+// stages decode steps were 2-5% slower (RESULTS log 56); heads of 128 keep 4 warps, two
+// 64-token stages.
 template <int D>
 struct RingShape {
     static constexpr int kWarps = D <= 64 ? 8 : 4;

@@ -40,7 +40,7 @@ constexpr int kRingBytes = 192 * 1024;
 
 // A tile of BN (256 or 128) weight rows: a stage holds a box of a and BN / 128 boxes of w, and
 // the ring as many stages as fit in 192 KiB. Dynamic shared memory (`GEMM_TMA_SMEM` in
-// launch.rs): 1 KiB to align the ring to the swizzle atom, the ring, the full and empty
+// launch/gemm.rs): 1 KiB to align the ring to the swizzle atom, the ring, the full and empty
 // barriers.
 template <int BN>
 struct Tile {

@@ -21,7 +21,7 @@ constexpr int kBK = 64;  // 16-bit values per 128-byte swizzle row
 constexpr int kRowBytes = kBK * 2;
 constexpr int kStages = 4;
 
-// A block of WG warpgroups. Its dynamic shared memory (`gemm_wgmma_smem` in launch.rs) is
+// A block of WG warpgroups. Its dynamic shared memory (`gemm_wgmma_smem` in launch/gemm.rs) is
 // kStages * kStageBytes, plus 1 KiB to align the ring to the 1 KiB swizzle atom.
 template <int WG>
 struct WgShape {

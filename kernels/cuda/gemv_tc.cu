@@ -66,7 +66,7 @@ __device__ __forceinline__ uint4 pack8(const float4& a, const float4& b) {
 
 // Most decode partitions a merging GEMV requests at once (with 5, or with more folded into a
 // running maximum in later groups, its kernels spilled 32 bytes or more); more (up to
-// `MAX_MERGED_PARTITIONS` in launch.rs) go their maximum first, then two at a time.
+// `MAX_MERGED_PARTITIONS` in launch/gemv.rs) go their maximum first, then two at a time.
 constexpr unsigned kMaxMerged = 4;
 
 // Where a merging GEMV finds the partitions of one (row, head) and which 8 of its values it
@@ -292,7 +292,8 @@ __device__ __forceinline__ void gemv_tc(const qrt_gemv_args& args, unsigned batc
     const bool normed = args.norm != 0;
     const float4* g4 = reinterpret_cast<const float4*>(args.norm);
     // (`squares` and `part` are the block's static shared memory: tc_static_shared in
-    // launch.rs counts them.) squares[z][b]: the sum of squares of row b over block z's slice.
+    // launch/gemv_plan.rs counts them.) squares[z][b]: the sum of squares of row b over block
+    // z's slice.
     __shared__ float squares[QRT_GEMV_MAX_SPLIT][kCols];
     static_assert(kCols == 8 || kCols == 16, "8 or 16 batch columns");
     static_assert(2 * kWarps >= kCols, "a warp stages at most two rows");

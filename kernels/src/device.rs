@@ -92,7 +92,7 @@ pub struct CudaDevice {
     pub(crate) gemv_one_carveout: bool,
     /// Merging tensor-core GEMVs of one block a multiprocessor prefer a shared-memory
     /// configuration with room beside their blocks (with programmatic launch, unless
-    /// `QRT_MERGE_CARVEOUT=0`; `merge_headroom` in launch.rs).
+    /// `QRT_MERGE_CARVEOUT=0`; `merge_headroom` in launch/carveout.rs).
     pub(crate) merge_carveout: bool,
     /// Shared memory of one multiprocessor, bytes.
     pub(crate) shared_per_sm: usize,
