@@ -390,7 +390,8 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args& p) {
 // leaves its partial tile in its own shared memory, row-major by rows of a; after one cluster
 // barrier, block z adds up its share of the tile's rows of c from every block in rank order
 // (so the sum does not depend on timing) and stores them: f32 plus the bias (added into c when
-// accumulating), or silu(gate) * up rounded to W.
+// accumulating), or silu(gate) * up rounded to W. The `_ahead` kernels (small products)
+// request their first stages' weights before the programmatic-launch wait.
 constexpr int kSkinnyRows = 64;                           // rows of a a block takes: wgmma's N
 constexpr int kSkinnyBoxBytes = kSkinnyRows * kBK * 2;  // one TMA box of a: 64 rows
 constexpr int kMaxSkinnySplit = 8;                        // blocks of a cluster (portable)
@@ -406,7 +407,7 @@ struct SkinnyTile {
     static_assert(kSkinnyRows * kPartStride * 4 <= kRingBytes, "partial tile fits the ring");
 };
 
-template <typename W, bool GATED>
+template <typename W, bool GATED, bool AHEAD>
 __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args& p) {
     namespace cg = cooperative_groups;
     using T = SkinnyTile<GATED>;
@@ -427,6 +428,19 @@ __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args& p) {
     const uint32_t base = rg.base, ring = rg.start;
     auto full = [&](int s) { return rg.full(s); };
     auto empty = [&](int s) { return rg.empty(s); };
+    // Step i's weight boxes into its stage, which expects them with the input's box.
+    auto load_weights = [&](int i) {
+        const int s = i % kStages;
+        const uint32_t at = ring + s * kStageBytes;
+        const int x = (kt0 + i) * kBK;
+        barrier_expect(full(s), kStageBytes);
+        tma_load(at, p.w[si], x, r0, full(s));
+        if constexpr (GATED) tma_load(at + kBoxBytes, p.w[1], x, r0, full(s));
+    };
+    // AHEAD: the first stages' weights, which no kernel writes, requested before the wait.
+    const int ahead = AHEAD ? (ktiles < kStages ? ktiles : kStages) : 0;
+    if (threadIdx.x == 0)
+        for (int i = 0; i < ahead; ++i) load_weights(i);
     qrt::pdl_enter();
 
     const int warpgroup = threadIdx.x / 128;
@@ -435,13 +449,12 @@ __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args& p) {
         if (threadIdx.x == 0) {
             for (int i = 0; i < ktiles; ++i) {
                 const int s = i % kStages;
-                if (i >= kStages) barrier_wait(empty(s), (i / kStages - 1) & 1);
-                barrier_expect(full(s), kStageBytes);
-                const uint32_t at = ring + s * kStageBytes;
-                const int x = (kt0 + i) * kBK;
-                tma_load(at, p.w[si], x, r0, full(s));
-                if constexpr (GATED) tma_load(at + kBoxBytes, p.w[1], x, r0, full(s));
-                tma_load(at + T::kWeightBoxes * kBoxBytes, p.a, x, 0, full(s));
+                if (i >= ahead) {
+                    if (i >= kStages) barrier_wait(empty(s), (i / kStages - 1) & 1);
+                    load_weights(i);
+                }
+                tma_load(ring + s * kStageBytes + T::kWeightBoxes * kBoxBytes, p.a,
+                         (kt0 + i) * kBK, 0, full(s));
             }
         }
     } else {
@@ -537,7 +550,7 @@ __device__ __forceinline__ void gemm_tma(const qrt_gemm_tma_args&) {
     __trap();  // sm_90 only; the launcher never takes this kernel below it
 }
 
-template <typename W, bool GATED>
+template <typename W, bool GATED, bool AHEAD>
 __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args&) {
     __trap();  // sm_90 only; the launcher never takes this kernel below it
 }
@@ -561,11 +574,19 @@ __device__ __forceinline__ void gemm_skinny(const qrt_gemm_tma_args&) {
     }                                                                                      \
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_skinny_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {           \
-        gemm_skinny<W, false>(args);                                                       \
+        gemm_skinny<W, false, false>(args);                                                \
     }                                                                                      \
     extern "C" __global__ void __launch_bounds__(384, 1)                                   \
         qrt_gemm_skinny_gated_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {     \
-        gemm_skinny<W, true>(args);                                                        \
+        gemm_skinny<W, true, false>(args);                                                 \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                   \
+        qrt_gemm_skinny_ahead_##NAME(const __grid_constant__ qrt_gemm_tma_args args) {     \
+        gemm_skinny<W, false, true>(args);                                                 \
+    }                                                                                      \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                   \
+        qrt_gemm_skinny_gated_ahead_##NAME(const __grid_constant__ qrt_gemm_tma_args args) { \
+        gemm_skinny<W, true, true>(args);                                                  \
     }
 
 QRT_GEMM_TMA(f16, __half)

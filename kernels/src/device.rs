@@ -73,6 +73,9 @@ pub struct CudaDevice {
     /// Products of at most [`GEMM_SKINNY_MAX_M`](crate::launch::GEMM_SKINNY_MAX_M) rows on the
     /// skinny TMA kernel (where `gemm_tma` holds, unless `QRT_GEMM_SKINNY=0`).
     pub(crate) gemm_skinny: bool,
+    /// Skinny GEMMs of small products request their first weights before their wait (unless
+    /// `QRT_GEMM_SKINNY_AHEAD=0`; see `OVERLAP_BYTES` in launch/mod.rs).
+    pub(crate) skinny_ahead: bool,
     /// Most weight bytes of a product of more than `QRT_GEMV_MAX_BATCH` rows that runs on the
     /// tensor-core GEMV of 16 batch columns rather than a GEMM (`QRT_GEMV_WIDE_MAX_MB`, MiB;
     /// by default [`WIDE_GEMV_MAX_BYTES`] where the skinny GEMM runs, any size elsewhere).
@@ -261,6 +264,7 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
             gemm_tma,
             gemm_skinny,
+            skinny_ahead: std::env::var("QRT_GEMM_SKINNY_AHEAD").map_or(true, |v| v != "0"),
             wide_gemv_max_bytes: std::env::var("QRT_GEMV_WIDE_MAX_MB")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())

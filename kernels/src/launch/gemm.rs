@@ -406,7 +406,16 @@ impl CudaDevice {
         let splits = gemm_skinny_splits(tiles, k.div_ceil(64), self.multiprocessors())
             .min(self.skinny_split_cap());
         let variant = if gated { "gated_" } else { "" };
-        let kernel = format!("qrt_gemm_skinny_{variant}{}", ty.name());
+        let rows: usize = args.seg[..args.num_segments as usize]
+            .iter()
+            .map(|s| s.n as usize)
+            .sum();
+        let ahead = if self.skinny_ahead && rows * k * 2 < OVERLAP_BYTES {
+            "ahead_"
+        } else {
+            ""
+        };
+        let kernel = format!("qrt_gemm_skinny_{variant}{ahead}{}", ty.name());
         // SAFETY: the maps name the caller's matrices.
         unsafe { self.launch_tma(&kernel, &tma, tiles, splits, GEMM_SKINNY_SMEM)? };
         Ok(true)

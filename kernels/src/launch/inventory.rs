@@ -40,6 +40,8 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));
         all.push(("gemm_tma", format!("qrt_gemm_skinny_{t}")));
         all.push(("gemm_tma", format!("qrt_gemm_skinny_gated_{t}")));
+        all.push(("gemm_tma", format!("qrt_gemm_skinny_ahead_{t}")));
+        all.push(("gemm_tma", format!("qrt_gemm_skinny_gated_ahead_{t}")));
         for (warps, cols) in [8, 16].into_iter().flat_map(|w| [(w, ""), (w, "_c16")]) {
             for tiles in ["t1", "tw"] {
                 all.push(("gemv_tc", format!("qrt_gemv_tc_{t}_w{warps}_{tiles}{cols}")));
