@@ -105,6 +105,21 @@ pub struct CudaDevice {
     pub(crate) shared_optin: usize,
 }
 
+/// The compute capability whose route the kernels take on a device of `device`: its own, or
+/// with `QRT_CUDA_ARCH=sm_80` that of 8.0 (the sm_80 PTX and none of Hopper's features: no
+/// programmatic launch, clusters, wgmma or TMA), so that the route of the A100 can be checked
+/// on a newer GPU.
+fn route_capability(device: (i32, i32)) -> Result<(i32, i32), KernelError> {
+    match std::env::var("QRT_CUDA_ARCH").as_deref() {
+        Err(_) | Ok("") => Ok(device),
+        Ok("sm_80") => Ok(device.min((8, 0))),
+        Ok(other) => Err(KernelError::NoDevice(format!(
+            "QRT_CUDA_ARCH={other}: the one route that can be asked for is sm_80 (unset: the \
+             device's own)"
+        ))),
+    }
+}
+
 impl fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CudaDevice")
@@ -198,6 +213,7 @@ impl CudaDevice {
                 MIN_COMPUTE_CAPABILITY.1
             )));
         }
+        let compute_capability = route_capability(compute_capability)?;
         let total_memory = ctx.total_mem().map_err(cuda_err(format_args!(
             "querying the memory of device {ordinal}"
         )))?;
@@ -312,7 +328,8 @@ impl CudaDevice {
         self.name.clone()
     }
 
-    /// Compute capability (major, minor), e.g. (9, 0).
+    /// Compute capability (major, minor), e.g. (9, 0), of the route the kernels take (the
+    /// device's own unless `QRT_CUDA_ARCH` asks for sm_80's).
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
