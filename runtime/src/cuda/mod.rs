@@ -8,10 +8,15 @@
 //! ([`CudaDevice::wide_gemv_pays`]), the rest as tensor-core GEMM (prefill, and batched decode
 //! beyond). A pass's inputs go to the device in one copy ([`step`]);
 //! decode passes of up to 64 rows are recorded once as a CUDA graph per (rows, context
-//! partitions) and replayed afterwards.
+//! partitions) and replayed afterwards. The routes of products (`products.rs`) and the
+//! attention's arguments (`attention.rs`) have files of their own, as has `QRT_PROFILE`'s
+//! timing (`profile.rs`).
 //! The CPU backend is the reference these ops are checked against (`qrt selftest`).
 
+mod attention;
 pub mod pool;
+mod products;
+mod profile;
 pub mod step;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +40,8 @@ use crate::kv_cache::KvGeometry;
 use crate::sampling::SamplingParams;
 use crate::RuntimeError;
 use pool::{ActPool, PooledBuffer};
+use products::{gemv_input, segments, Staging, RESIDUAL};
+use profile::TimedOp;
 use step::{plan, DecodeSplit, StepPlan};
 
 /// Largest batch of rows every product multiplies by GEMV (the FMA kernels where the tensor
@@ -47,7 +54,7 @@ pub const MAX_TC_GEMV_ROWS: usize = qrt_kernels::GEMV_TC_MAX_ROWS;
 
 /// Largest decode pass recorded as a CUDA graph: as many rows as the skinny GEMM takes. Such
 /// passes keep every buffer they write between passes: the model's workspace, the pass's step
-/// buffers and [`Staging`].
+/// buffers and the staging buffers (`Staging`).
 pub const MAX_GRAPH_ROWS: usize = qrt_kernels::GEMM_SKINNY_MAX_M;
 
 /// The CUDA backend on one GPU. It runs one pass at a time (an engine drives it from one
@@ -76,47 +83,8 @@ pub struct CudaBackend {
     half16_mlps: AtomicUsize,
 }
 
-/// Room for the 16-bit input of a GEMM of a pass that may be recorded: a recording keeps the
-/// address it was made with, so buffers are only ever added while recordings live (the newest
-/// serving while it is large enough; a pooled buffer could be handed to a kept workspace after
-/// the recording), and freed with them ([`Backend::release_cached`]).
-#[derive(Default)]
-struct Staging(Mutex<Vec<DeviceBuffer>>);
-
-impl Staging {
-    /// The address of at least `bytes` bytes of staging memory on `dev`.
-    fn get(&self, dev: &CudaDevice, bytes: usize) -> Result<u64, RuntimeError> {
-        let mut buffers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(b) = buffers.last().filter(|b| b.bytes() >= bytes) {
-            return Ok(b.ptr());
-        }
-        let b = dev.alloc(bytes.next_power_of_two(), "16-bit activations")?;
-        let ptr = b.ptr();
-        buffers.push(b);
-        Ok(ptr)
-    }
-}
-
-/// A 16-bit copy of activations for the tensor cores: staged, or in a pooled buffer.
-enum Half16Rows {
-    Staged(u64),
-    Pooled(PooledBuffer),
-}
-
-impl Half16Rows {
-    fn ptr(&self) -> u64 {
-        match self {
-            Self::Staged(p) => *p,
-            Self::Pooled(b) => b.ptr(),
-        }
-    }
-}
-
 /// Greedy tokens on their way to the host ([`Backend::argmax_feed`]).
 pub struct CudaChosen(ReadBack);
-
-/// An op's label and the events around it.
-type TimedOp = (&'static str, Event, Event);
 
 /// Recorded decode passes, and the fixed input buffers they read.
 #[derive(Default)]
@@ -213,25 +181,6 @@ impl CudaStep {
 /// 0.3-0.7% at 2 and 4 rows and gained 0.1-1.3% at 6 to 8.
 const HALF16_MLP_MIN_ROWS: usize = 6;
 
-/// A product added into its output (the residual stream).
-const RESIDUAL: Fusion = Fusion {
-    norm: None,
-    accumulate: true,
-    spare_multiprocessors: false,
-};
-
-/// The kernels' view of products: weight, bias and output of each.
-fn segments(outs: &[LinearOut<'_, CudaBackend>]) -> Vec<Segment> {
-    outs.iter()
-        .map(|o| Segment {
-            w: o.weight.buf.ptr(),
-            bias: o.bias.map_or(0, |b| b.buf.ptr()),
-            y: o.out.ptr(),
-            n: o.weight.rows,
-        })
-        .collect()
-}
-
 /// The error of a row whose logits are all NaN (no token to choose).
 fn all_nan() -> RuntimeError {
     RuntimeError::InvalidRequest("every logit of a row is NaN".into())
@@ -242,15 +191,6 @@ fn sampled_tokens(raw: Vec<u32>) -> Result<Vec<u32>, RuntimeError> {
     raw.into_iter()
         .map(|t| sampled_token(t).ok_or_else(all_nan))
         .collect()
-}
-
-/// `x` as the input of a GEMV.
-fn gemv_input(x: &CudaAct) -> GemvInput {
-    GemvInput {
-        x: x.ptr(),
-        rows: x.rows,
-        k: x.cols,
-    }
 }
 
 fn check(what: &str, act: &CudaAct, rows: usize, cols: usize) -> Result<(), RuntimeError> {
@@ -336,59 +276,6 @@ impl CudaBackend {
         )
     }
 
-    /// Runs `op`, recording its device time under `label` when profiling.
-    fn timed<T>(
-        &self,
-        label: &'static str,
-        op: impl FnOnce() -> Result<T, RuntimeError>,
-    ) -> Result<T, RuntimeError> {
-        let Some(profile) = &self.profile else {
-            return op();
-        };
-        let start = self.dev.record_event()?;
-        let out = op()?;
-        let end = self.dev.record_event()?;
-        profile
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((label, start, end));
-        Ok(out)
-    }
-
-    /// With `QRT_PROFILE=1`: device time per kind of op since the last report, as a table
-    /// (and the record is cleared). `None` when not profiling.
-    pub fn profile_report(&self) -> Result<Option<String>, RuntimeError> {
-        let Some(profile) = &self.profile else {
-            return Ok(None);
-        };
-        let events = std::mem::take(&mut *profile.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut totals: Vec<(&str, usize, f64)> = Vec::new();
-        for (label, start, end) in &events {
-            let ms = f64::from(start.elapsed_ms(end)?);
-            match totals.iter_mut().find(|t| t.0 == *label) {
-                Some(t) => {
-                    t.1 += 1;
-                    t.2 += ms;
-                }
-                None => totals.push((label, 1, ms)),
-            }
-        }
-        totals.sort_by(|a, b| b.2.total_cmp(&a.2));
-        let all: f64 = totals.iter().map(|t| t.2).sum();
-        let mut out = format!(
-            "{:<28} {:>8} {:>12} {:>10} {:>7}\n",
-            "op", "calls", "total ms", "mean us", "share"
-        );
-        for (label, n, ms) in totals {
-            out += &format!(
-                "{label:<28} {n:>8} {ms:>12.3} {:>10.2} {:>6.1}%\n",
-                ms * 1e3 / n as f64,
-                100.0 * ms / all.max(f64::MIN_POSITIVE)
-            );
-        }
-        Ok(Some(out))
-    }
-
     /// The device.
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.dev
@@ -421,231 +308,6 @@ impl CudaBackend {
             )?
         };
         Ok(host.iter().map(|v| v.to_f32()).collect())
-    }
-
-    fn half_type(w: &CudaWeight) -> Result<Half16, RuntimeError> {
-        match w.ty {
-            WeightType::Half(t) => Ok(t),
-            WeightType::F32 => Err(RuntimeError::Unsupported(format!(
-                "tensor {} is f32; the CUDA matrix kernels take f16 or bf16 weights",
-                w.name
-            ))),
-        }
-    }
-
-    /// Checks that `norm` is an f32 vector with a scale for each of `x`'s features.
-    fn check_norm(norm: &CudaWeight, x: &CudaAct) -> Result<(), RuntimeError> {
-        Self::check_vector(norm)?;
-        if norm.cols != x.cols {
-            return Err(RuntimeError::Shape(format!(
-                "norm {} has {} weights for {} features",
-                norm.name, norm.cols, x.cols
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks that `w` is a vector held as f32 (a norm scale).
-    fn check_vector(w: &CudaWeight) -> Result<(), RuntimeError> {
-        if w.ty != WeightType::F32 || w.rows != 1 {
-            return Err(RuntimeError::Shape(format!(
-                "tensor {} is not a vector: [{}, {}]",
-                w.name, w.rows, w.cols
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_linear(
-        x: &CudaAct,
-        w: &CudaWeight,
-        bias: Option<&CudaWeight>,
-        out: &CudaAct,
-    ) -> Result<(), RuntimeError> {
-        if x.cols != w.cols {
-            return Err(RuntimeError::Shape(format!(
-                "linear {}: input has {} features, weight expects {}",
-                w.name, x.cols, w.cols
-            )));
-        }
-        check("linear output", out, x.rows, w.rows)?;
-        if let Some(b) = bias {
-            if b.ty != WeightType::F32 || b.rows * b.cols != w.rows {
-                return Err(RuntimeError::Shape(format!(
-                    "bias {} does not fit {}",
-                    b.name, w.name
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// `x` rounded to the weights' 16-bit type, for the tensor cores: staged where the pass
-    /// may be recorded, else in a pooled buffer.
-    fn to_half16(&self, x: &CudaAct, ty: Half16) -> Result<Half16Rows, RuntimeError> {
-        let bytes = x.len() * 2;
-        let out = if x.rows <= MAX_GRAPH_ROWS {
-            Half16Rows::Staged(self.staging.get(&self.dev, bytes)?)
-        } else {
-            Half16Rows::Pooled(self.pool.get(bytes, "16-bit activations")?)
-        };
-        // SAFETY: x holds len f32, out room for len 16-bit values.
-        unsafe { self.dev.to_half16(ty, x.ptr(), out.ptr(), x.len())? };
-        Ok(out)
-    }
-
-    /// What products of `rms_norm(x)` read: `x` itself with the norm as their fusion, when the
-    /// kernels can apply it on the fly (GEMVs: one row, or 2-16 on the tensor cores); otherwise
-    /// `normed`, filled by a pass of its own.
-    fn normed_input<'a>(
-        &self,
-        x: &'a CudaAct,
-        norm: &CudaWeight,
-        eps: f32,
-        normed: &'a mut CudaAct,
-    ) -> Result<(&'a CudaAct, Fusion), RuntimeError> {
-        if self.dev.gemv_fuses_norm(x.rows, x.cols) {
-            Self::check_norm(norm, x)?;
-            let norm = InputNorm {
-                weight: norm.buf.ptr(),
-                eps,
-            };
-            return Ok((
-                x,
-                Fusion {
-                    norm: Some(norm),
-                    ..Fusion::default()
-                },
-            ));
-        }
-        self.rms_norm(x, norm, eps, normed)?;
-        Ok((normed, Fusion::default()))
-    }
-
-    /// `out = x @ weight^T (+ bias)` for each of `outs`, with `fusion`'s extras (a norm of
-    /// the input: GEMV only, see [`CudaDevice::gemv_fuses_norm`]; `out +=`: any).
-    fn products(
-        &self,
-        x: &CudaAct,
-        outs: &mut [LinearOut<'_, Self>],
-        fusion: Fusion,
-    ) -> Result<(), RuntimeError> {
-        let Some(ty) = Self::product_type(x, outs)? else {
-            return Ok(());
-        };
-        let gemv = self.gemv_takes(ty, x, outs, fusion)?;
-        let label = match x.rows {
-            1 => "linear gemv",
-            _ if gemv => "linear gemv (tensor cores)",
-            _ => "linear gemm",
-        };
-        self.timed(label, || {
-            if gemv {
-                for chunk in outs.chunks(3) {
-                    // SAFETY: shapes checked above; every buffer holds what the segment says.
-                    unsafe { self.dev.gemv(ty, gemv_input(x), &segments(chunk), fusion)? };
-                }
-                return Ok(());
-            }
-            if fusion.norm.is_some() {
-                return Err(RuntimeError::Unsupported(
-                    "the GEMM cannot normalise its input".into(),
-                ));
-            }
-            let a = self.to_half16(x, ty)?;
-            self.gemm_products(ty, a.ptr(), x, outs, fusion.accumulate)
-        })
-    }
-
-    /// Whether the products of `x` into `outs` (of type `ty`, with `fusion`) run as GEMVs
-    /// ([`CudaDevice::gemv_takes`]), else as GEMMs.
-    fn gemv_takes(
-        &self,
-        ty: Half16,
-        x: &CudaAct,
-        outs: &[LinearOut<'_, Self>],
-        fusion: Fusion,
-    ) -> Result<bool, RuntimeError> {
-        for chunk in outs.chunks(3) {
-            let ns = chunk.iter().map(|o| o.weight.rows);
-            if !self
-                .dev
-                .gemv_takes(ty, x.rows, x.cols, ns, fusion.spare_multiprocessors)?
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// The storage type shared by the weights of `outs`, after checking every product's shapes
-    /// against `x`; None when there is nothing to compute.
-    fn product_type(
-        x: &CudaAct,
-        outs: &[LinearOut<'_, Self>],
-    ) -> Result<Option<Half16>, RuntimeError> {
-        let Some(first) = outs.first() else {
-            return Ok(None);
-        };
-        let ty = Self::half_type(first.weight)?;
-        for o in outs {
-            Self::check_linear(x, o.weight, o.bias, o.out)?;
-            if Self::half_type(o.weight)? != ty {
-                return Err(RuntimeError::Unsupported(format!(
-                    "{} and {} have different storage types",
-                    first.weight.name, o.weight.name
-                )));
-            }
-        }
-        Ok((x.rows > 0).then_some(ty))
-    }
-
-    /// The GEMMs of `outs` (shapes checked by product_type) on `a`, the address of the 16-bit
-    /// rows of the `x` they stand for.
-    fn gemm_products(
-        &self,
-        ty: Half16,
-        a: u64,
-        x: &CudaAct,
-        outs: &[LinearOut<'_, Self>],
-        accumulate: bool,
-    ) -> Result<(), RuntimeError> {
-        for chunk in outs.chunks(3) {
-            // SAFETY: shapes checked by product_type; `a` holds x.rows x x.cols values.
-            unsafe {
-                self.dev
-                    .gemm(ty, a, x.rows, x.cols, &segments(chunk), accumulate)?
-            };
-        }
-        Ok(())
-    }
-
-    /// `rms_norm(x)` rounded to `ty` for the tensor cores, in one pass, into `normed` (f32-sized
-    /// for `x`, so twice the room); returns its address.
-    fn rms_norm_half16(
-        &self,
-        x: &CudaAct,
-        norm: &CudaWeight,
-        eps: f32,
-        ty: Half16,
-        normed: &mut CudaAct,
-    ) -> Result<u64, RuntimeError> {
-        Self::check_norm(norm, x)?;
-        check("normed input", normed, x.rows, x.cols)?;
-        // SAFETY: x holds rows x cols f32, normed room for as many 16-bit values, the norm
-        // cols f32.
-        unsafe {
-            self.dev.rms_norm_rows(
-                Some(ty),
-                x.ptr(),
-                norm.buf.ptr(),
-                normed.ptr(),
-                x.rows,
-                x.cols,
-                eps,
-            )?
-        };
-        Ok(normed.ptr())
     }
 
     /// Packs and uploads a pass's inputs; decode passes reuse the buffers of their key.
@@ -710,157 +372,6 @@ impl CudaBackend {
             heads,
             key,
         })
-    }
-
-    /// Checks the shapes of an attention call against the step and the cache.
-    fn check_attention(
-        q: &CudaAct,
-        kv: &CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        heads: HeadGeometry,
-        out: &CudaAct,
-    ) -> Result<(), RuntimeError> {
-        let q_dim = heads.num_heads * heads.head_dim;
-        check("attention query", q, step.plan.rows, q_dim)?;
-        check("attention output", out, step.plan.rows, q_dim)?;
-        let g = &kv.geometry;
-        if heads != step.heads
-            || layer >= g.num_layers
-            || g.slot_elems() != heads.num_kv_heads * heads.head_dim
-            || step.plan.max_block as usize >= g.num_blocks
-        {
-            return Err(RuntimeError::Shape(format!(
-                "attention of layer {layer} over block {} of a cache of {} layers x {} blocks",
-                step.plan.max_block, g.num_layers, g.num_blocks
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks that the step's new keys and values `a.k`, `a.v` fit layer `a.layer` of `a.kv`.
-    fn check_kv_write(a: &AttentionInputs<'_, Self>) -> Result<(), RuntimeError> {
-        let AttentionInputs {
-            k,
-            v,
-            kv,
-            step,
-            heads,
-            ..
-        } = a;
-        let layer = a.layer;
-        let rows = step.plan.rows;
-        let kv_dim = heads.num_kv_heads * heads.head_dim;
-        check("rope k", k, rows, kv_dim)?;
-        check("rope v", v, rows, kv_dim)?;
-        let g = &kv.geometry;
-        if layer >= g.num_layers
-            || g.slot_elems() != kv_dim
-            || (rows > 0 && step.plan.max_slot as usize >= g.num_slots())
-        {
-            return Err(RuntimeError::Shape(format!(
-                "KV write of layer {layer}, slot {} into a cache of {} layers x {} slots",
-                step.plan.max_slot,
-                g.num_layers,
-                g.num_slots()
-            )));
-        }
-        Ok(())
-    }
-
-    /// The partitions a decode pass's attention may leave to its output projection `o`
-    /// ([`CudaDevice::gemv_merging`]): where the attention scores them on tensor cores and the
-    /// projection's kernel can merge them; None elsewhere. On an H200 (RESULTS log 43) the 1B
-    /// gained 3-5% at batch 2 and up to 6% at batch 8 (with 768-token prompts) from not
-    /// merging in the attention's clusters; SmolLM2's projections never take it.
-    fn projection_merges(
-        &self,
-        step: &CudaStep,
-        attn: &CudaAct,
-        o: &LinearOut<'_, Self>,
-    ) -> Result<Option<Partitions>, RuntimeError> {
-        let Some(split) = step.plan.decode else {
-            return Ok(None);
-        };
-        let Ok(ty) = Self::half_type(o.weight) else {
-            return Ok(None);
-        };
-        if !self.defer_merge
-            || !self
-                .dev
-                .decode_policy()
-                .tensor_core_partition(split.partition)
-            || attn.rows != step.plan.rows
-        {
-            return Ok(None);
-        }
-        let parts = Partitions {
-            head_dim: step.heads.head_dim,
-            splits: split.splits,
-        };
-        let merges =
-            self.dev
-                .gemv_merges_partials(ty, attn.rows, attn.cols, o.weight.rows, parts)?;
-        Ok(merges.then_some(parts))
-    }
-
-    /// The arguments of a decode attention fused with the rotary embedding and the KV store of
-    /// the new keys `a.k` and values `a.v`.
-    fn fused_decode_args(&self, a: &AttentionInputs<'_, Self>, out: &CudaAct) -> qrt_attn_args {
-        qrt_attn_args {
-            inv_freq: a.step.at(a.step.plan.inv_freq),
-            k_new: a.k.ptr(),
-            v_new: a.v.ptr(),
-            ..self.attn_args(a.q, a.kv, a.layer, a.step, out)
-        }
-    }
-
-    /// [`check_attention`](Self::check_attention) of the attention over `a`, into `out`.
-    fn check_attention_of(
-        a: &AttentionInputs<'_, Self>,
-        out: &CudaAct,
-    ) -> Result<(), RuntimeError> {
-        Self::check_attention(a.q, a.kv, a.layer, a.step, a.heads, out)
-    }
-
-    fn attn_args(
-        &self,
-        q: &CudaAct,
-        kv: &CudaKv,
-        layer: usize,
-        step: &CudaStep,
-        out: &CudaAct,
-    ) -> qrt_attn_args {
-        let h = step.heads;
-        let split = step.plan.decode.unwrap_or(DecodeSplit {
-            splits: 0,
-            partition: 0,
-        });
-        let off = kv.layer_offset(layer);
-        qrt_attn_args {
-            q: q.ptr(),
-            k_cache: kv.k.ptr() + off,
-            v_cache: kv.v.ptr() + off,
-            out: out.ptr(),
-            seqs: step.at(step.plan.seqs),
-            block_tables: step.at(step.plan.tables),
-            work: if step.plan.decode.is_some() {
-                step.buffers.work.ptr()
-            } else {
-                step.at(step.plan.tiles)
-            },
-            num_seqs: step.plan.num_seqs as u32,
-            num_heads: h.num_heads as u32,
-            num_kv_heads: h.num_kv_heads as u32,
-            head_dim: h.head_dim as u32,
-            block_size: kv.geometry.block_size as u32,
-            splits: split.splits as u32,
-            partition: split.partition as u32,
-            scale: 1.0 / (h.head_dim as f32).sqrt(),
-            inv_freq: 0,
-            k_new: 0,
-            v_new: 0,
-        }
     }
 }
 
@@ -1014,11 +525,7 @@ impl Backend for CudaBackend {
             .synchronize("the passes queued before freeing cached buffers")?;
         let mut graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
         *graphs = Graphs::default();
-        self.staging
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.staging.clear();
         self.pool.release_cached();
         Ok(())
     }
