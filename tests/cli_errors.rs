@@ -11,8 +11,14 @@ struct Outcome {
 }
 
 fn qrt(args: &[&str]) -> Outcome {
+    qrt_with(args, &[])
+}
+
+/// [`qrt`] with environment variables set.
+fn qrt_with(args: &[&str], vars: &[(&str, &str)]) -> Outcome {
     let out = Command::new(env!("CARGO_BIN_EXE_qrt"))
         .args(args)
+        .envs(vars.iter().copied())
         .output()
         .expect("qrt runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -241,6 +247,37 @@ fn no_gpu_is_a_clear_message() {
         &["bench", "kernels", "--device", "cpu"],
         &["cuda or cuda:N"],
     );
+}
+
+#[test]
+fn a_gpu_route_qrt_lacks_is_an_error_even_where_the_cpu_could_serve() {
+    let dir = scratch("route");
+    let model = tiny_model(&dir);
+    let m = model.to_str().unwrap();
+    for device in ["auto", "cuda"] {
+        let args = [
+            "generate", "--model", m, "--prompt", "hi", "--device", device,
+        ];
+        let o = qrt_with(&args, &[("QRT_CUDA_ARCH", "sm_75")]);
+        assert!(!o.ok, "qrt {args:?} with QRT_CUDA_ARCH=sm_75 should fail");
+        assert!(
+            o.stderr.contains("QRT_CUDA_ARCH=sm_75") && o.stderr.contains("sm_80"),
+            "{}",
+            o.stderr
+        );
+    }
+    // The route that exists is no error where there is no GPU: auto runs on the CPU.
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ];
+    let o = qrt_with(&args, &[("QRT_CUDA_ARCH", "sm_80")]);
+    assert!(o.ok, "{}", o.stderr);
 }
 
 #[test]

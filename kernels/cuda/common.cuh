@@ -63,7 +63,8 @@ struct Half16<__nv_bfloat16> {
 // Programmatic dependent launch (sm_90 and newer; no-ops before, and for kernels launched
 // without the attribute). Every kernel calls `wait` before it touches data an earlier kernel
 // of the stream wrote (or writes anything), then `launch_dependents`, which lets the next
-// kernel be scheduled and run its own prologue (a GEMV streams in its weights) meanwhile.
+// kernel be scheduled and run its own prologue (a GEMV, or a skinny GEMM of a small product,
+// streams in its weights) meanwhile.
 // Kernels trigger their dependents after their own `wait`, with one exception: a large
 // tensor-core GEMV (`early`, gemv_tc.cu) triggers before it, so that the next kernel launches
 // and requests its weights while this one waits. Either way the next kernel's `wait` returns

@@ -105,20 +105,25 @@ pub struct CudaDevice {
     pub(crate) shared_optin: usize,
 }
 
-/// The compute capability whose route the kernels take on a device of `device`: its own, or
-/// with `QRT_CUDA_ARCH=sm_80` that of 8.0 (the sm_80 PTX and none of Hopper's features: no
+/// The compute capability whose route `QRT_CUDA_ARCH` asks for: none (unset: the device's
+/// own), or with `sm_80` that of 8.0 (the sm_80 PTX and none of Hopper's features: no
 /// programmatic launch, clusters, wgmma or TMA), so that the route of the A100 can be checked
-/// on a newer GPU.
-fn route_capability(device: (i32, i32)) -> Result<(i32, i32), KernelError> {
+/// on a newer GPU. Any other value is a [`KernelError::Config`].
+fn requested_route() -> Result<Option<(i32, i32)>, KernelError> {
     match std::env::var("QRT_CUDA_ARCH").as_deref() {
-        Err(_) | Ok("") => Ok(device),
-        Ok("sm_80") => Ok(device.min((8, 0))),
-        Ok(other) => Err(KernelError::NoDevice(format!(
+        Err(_) | Ok("") => Ok(None),
+        Ok("sm_80") => Ok(Some((8, 0))),
+        Ok(other) => Err(KernelError::Config(format!(
             "QRT_CUDA_ARCH={other}: the one route that can be asked for is sm_80 (unset: the \
              device's own)"
         ))),
     }
 }
+
+/// The A100's shared memory, bytes: what a block may opt in to, and a multiprocessor's
+/// (the route of compute capability 8.0 plans within them on a larger device too).
+const SM80_SHARED_OPTIN: usize = 163 * 1024;
+const SM80_SHARED_PER_SM: usize = 164 * 1024;
 
 impl fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,10 +145,12 @@ impl CudaDevice {
     ///
     /// Never panics for want of a GPU: without a loadable `libcuda.so` this is
     /// [`KernelError::NoDriver`]; with a driver but no such device, or one older
-    /// than compute capability 8.0, it is [`KernelError::NoDevice`]. It
+    /// than compute capability 8.0, it is [`KernelError::NoDevice`]; with a `QRT_CUDA_ARCH`
+    /// it does not know, [`KernelError::Config`], before any device is looked for. It
     /// succeeds on a build without kernels (then launches fail with
     /// [`KernelError::NoKernels`]).
     pub fn new(ordinal: usize) -> Result<Self, KernelError> {
+        let route = requested_route()?;
         // cudarc panics on its first driver call if libcuda cannot be loaded,
         // so look for the library first.
         // SAFETY: only dlopen()s libcuda under its usual names, and closes it.
@@ -155,19 +162,21 @@ impl CudaDevice {
             ));
         }
         // A library that loads but lacks a symbol cudarc needs also panics.
-        panic::catch_unwind(AssertUnwindSafe(|| Self::open(ordinal))).unwrap_or_else(|payload| {
-            let reason = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown failure");
-            Err(KernelError::NoDriver(format!(
-                "the CUDA driver library (libcuda.so) is not usable: {reason}"
-            )))
-        })
+        panic::catch_unwind(AssertUnwindSafe(|| Self::open(ordinal, route))).unwrap_or_else(
+            |payload| {
+                let reason = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown failure");
+                Err(KernelError::NoDriver(format!(
+                    "the CUDA driver library (libcuda.so) is not usable: {reason}"
+                )))
+            },
+        )
     }
 
-    fn open(ordinal: usize) -> Result<Self, KernelError> {
+    fn open(ordinal: usize, route: Option<(i32, i32)>) -> Result<Self, KernelError> {
         if let Err(e) = result::init() {
             return Err(if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE {
                 KernelError::NoDevice(format!("the CUDA driver sees no GPU ({e})"))
@@ -213,7 +222,7 @@ impl CudaDevice {
                 MIN_COMPUTE_CAPABILITY.1
             )));
         }
-        let compute_capability = route_capability(compute_capability)?;
+        let compute_capability = route.map_or(compute_capability, |r| r.min(compute_capability));
         let total_memory = ctx.total_mem().map_err(cuda_err(format_args!(
             "querying the memory of device {ordinal}"
         )))?;
@@ -241,6 +250,14 @@ impl CudaDevice {
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             "shared memory a block may opt in to",
         )?;
+        // The sm_80 route plans within the A100's shared memory, also on a larger device.
+        let (shared_per_sm, shared_optin) = match route {
+            Some(_) => (
+                shared_per_sm.min(SM80_SHARED_PER_SM),
+                shared_optin.min(SM80_SHARED_OPTIN),
+            ),
+            None => (shared_per_sm, shared_optin),
+        };
         let programmatic_launch =
             compute_capability >= (9, 0) && std::env::var("QRT_PDL").map_or(true, |v| v != "0");
         let arch = if compute_capability >= (9, 0) {

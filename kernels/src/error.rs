@@ -24,6 +24,10 @@ pub enum KernelError {
     /// Arguments whose lengths or sizes do not fit together.
     #[error("bad shape: {0}")]
     Shape(String),
+    /// A setting (an environment variable) that asks for something this build cannot do:
+    /// an error wherever a GPU would be opened, also where another device could serve.
+    #[error("bad setting: {0}")]
+    Config(String),
 }
 
 /// Maps a driver error to [`KernelError::Cuda`] with `context`.

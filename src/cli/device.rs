@@ -181,11 +181,18 @@ macro_rules! with_engine {
     ($args:expr, $mf:expr, $needed:expr, |$engine:ident| $body:expr) => {{
         use $crate::cli::device::{engine_on, Device};
         let args: &$crate::cli::device::DeviceArgs = &$args;
-        // The GPU is opened once; with `auto`, failing to open it means the CPU.
+        // The GPU is opened once; with `auto`, failing to open it means the CPU, unless a
+        // setting for the GPU is wrong (then that is the error, wherever it would run).
         let gpu = match args.device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(qrt_runtime::cuda::CudaBackend::new(n)?),
-            Device::Auto => qrt_runtime::cuda::CudaBackend::new(0).ok(),
+            Device::Auto => match qrt_runtime::cuda::CudaBackend::new(0) {
+                Ok(backend) => Some(backend),
+                Err(e @ qrt_runtime::RuntimeError::Cuda(qrt_kernels::KernelError::Config(_))) => {
+                    return Err(e.into())
+                }
+                Err(_) => None,
+            },
         };
         match gpu {
             None => {

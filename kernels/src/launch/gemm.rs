@@ -387,8 +387,9 @@ impl CudaDevice {
     /// Launches the skinny GEMM (`gemm_skinny` in gemm_tma.cu) for `args` where it applies:
     /// Hopper, at most [`GEMM_SKINNY_MAX_M`] rows (batched decode). Tiles of 128 weight rows
     /// (`gated`: 128 rows each of gate, `args.seg[0]`, and up, `args.seg[1]`), each a cluster
-    /// of [`gemm_skinny_splits`] blocks along z that split the k loop. Returns whether it
-    /// launched.
+    /// of [`gemm_skinny_splits`] blocks along z that split the k loop; products under
+    /// `OVERLAP_BYTES` on the `_ahead` kernels, which request their first weights before their
+    /// wait (unless `QRT_GEMM_SKINNY_AHEAD=0`). Returns whether it launched.
     ///
     /// # Safety
     /// As for [`gemm`](Self::gemm).

@@ -97,11 +97,12 @@ pub struct Segment {
 ///   the 1B gained 0.3-2% at batches 2-8 and the 8B 1.7% at batch 8; SmolLM2's products,
 ///   given the same, lost 2-3% at batches 6 and 8.
 ///
-/// And the other way: a skinny GEMM (decode of 17-64 rows) of a product below this line
-/// requests its first weights before its wait (`_ahead`), so that they stream in while the
-/// previous kernel finishes. On an H200 (RESULTS log 57) that took SmolLM2's decode step at 17
-/// / 64 sequences -3.9 / -3.4%; the 1B's products, given the same, lost 2.0 / 2.3% at 17 / 32
-/// (their early weights compete with the attention's keys and values), the 8B's 0.3% at 24,
+/// And the other way: a skinny GEMM (products of up to 64 rows on Hopper: batched decode
+/// beyond the GEMVs, short prefills) of a product below this line requests its first weights
+/// before its wait (`_ahead`), so that they stream in while the previous kernel finishes. On
+/// an H200 (RESULTS log 57, call 5) that took SmolLM2's decode step at 17 / 64 sequences -4.2
+/// / -3.4%; the 1B's products, given the same, lost 2.0 / 2.1% at 17 / 32 (their early
+/// weights compete with the attention's keys and values; call 4), the 8B's 0.1-0.6% at 24,
 /// and the prefill GEMMs (TMA) gained nothing from it.
 const OVERLAP_BYTES: usize = 4 << 20;
 
