@@ -17,6 +17,14 @@
 // distributed shared memory, in rank order (deterministic), before the epilogue. For shapes
 // with fewer tiles than multiprocessors (the 1B's o and down projections at 512 rows: 128
 // tiles on 132 SMs, one 8-warp block each).
+//
+// Split k without clusters (below sm_90, `qrt_gemm_gsplit_*`, BM = 64, plain and gated): each
+// of the S blocks of a tile multiplies its S-th of the k steps and stores its accumulators in
+// a slot of its own of a workspace in global memory, then counts itself in the tile's counter;
+// the block that arrives last sums the S slots in split order (deterministic, whichever block
+// is last), sets the counter back to zero for the next launch, and runs the epilogue. Batched
+// decode on such GPUs has few tiles (the 1B's down projection: 16) and long k loops, which
+// one block a tile streams at a fraction of the bandwidth.
 
 #include <cooperative_groups.h>
 
@@ -121,8 +129,59 @@ __device__ __forceinline__ void split_k_epilogue(const float (&acc)[2][4][4], un
 #endif
 }
 
-template <typename W, int BM, bool GATED>
-__device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
+// Split k without clusters (see the header): this block's accumulators into its slot of
+// `partials` (a slot: MI x NI x kThreads float4, fragment-major so that a warp's stores and
+// loads are contiguous; fragments wholly past row m are skipped), then whether it is the last
+// of its tile's blocks to arrive, in which case acc holds the sum of every slot of the tile.
+template <int BM, int MI, int NI>
+__device__ __forceinline__ bool gather_split(float (&acc)[MI][NI][4], float4* partials,
+                                             unsigned* counters, int m0, int m) {
+    __shared__ bool last;
+    const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const unsigned splits = gridDim.z;
+    const int warp_m = threadIdx.x / 32 / 4;
+    constexpr int kSlot = MI * NI * kThreads;
+    const auto live = [&](int mi) { return m0 + warp_m * (BM / 2) + mi * 16 < m; };
+    const auto at = [&](unsigned split, int mi, int ni) {
+        return (static_cast<size_t>(tile) * splits + split) * kSlot + (mi * NI + ni) * kThreads +
+               threadIdx.x;
+    };
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+            if (live(mi))
+                __stcg(partials + at(blockIdx.z, mi, ni),
+                       make_float4(acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2],
+                                   acc[mi][ni][3]));
+    __threadfence();  // the slot is visible device-wide before the block is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + tile, 1u) == splits - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();  // the other blocks' slots, counted before this one, are seen
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (unsigned s = 0; s < splits && live(mi); ++s) {
+                const float4 v = __ldcg(partials + at(s, mi, ni));
+                sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
+            }
+            acc[mi][ni][0] = sum.x;
+            acc[mi][ni][1] = sum.y;
+            acc[mi][ni][2] = sum.z;
+            acc[mi][ni][3] = sum.w;
+        }
+    if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch
+    return true;
+}
+
+// GSPLIT: split k through `partials` and `counters` (see gather_split); unused otherwise.
+template <typename W, int BM, bool GATED, bool GSPLIT = false>
+__device__ __forceinline__ void gemm(const qrt_gemm_args& args, float4* partials = nullptr,
+                                     unsigned* counters = nullptr) {
     constexpr int MI = BM / 32;  // m16 tiles per warp
     constexpr int NI = 4;        // n8 tiles per warp
     // The pipeline's stages of a and w tiles; with split k, the partial tile afterwards.
@@ -217,7 +276,9 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
 
     float* c = reinterpret_cast<float*>(seg.c);
     const float* bias = reinterpret_cast<const float*>(seg.bias);
-    if constexpr (BM == 64 && !GATED) {
+    if constexpr (GSPLIT) {
+        if (splits > 1 && !gather_split<BM>(acc, partials, counters, m0, m)) return;
+    } else if constexpr (BM == 64 && !GATED) {
         if (splits > 1) {
             split_k_epilogue(acc, smem, args, c, bias, m0, n0, m, n);
             return;
@@ -288,7 +349,22 @@ __device__ __forceinline__ void gemm(const qrt_gemm_args& args) {
         gemm<W, BM, true>(args);                                                       \
     }
 
+// Split k through global memory (BM = 64): the workspace's slots, then the tiles' counters.
+#define QRT_GEMM_GSPLIT(NAME, W)                                                       \
+    extern "C" __global__ void __launch_bounds__(kThreads)                             \
+        qrt_gemm_gsplit_##NAME(const qrt_gemm_args args, float4* partials,             \
+                               unsigned* counters) {                                   \
+        gemm<W, 64, false, true>(args, partials, counters);                            \
+    }                                                                                  \
+    extern "C" __global__ void __launch_bounds__(kThreads)                             \
+        qrt_gemm_gsplit_gated_##NAME(const qrt_gemm_args args, float4* partials,       \
+                                     unsigned* counters) {                             \
+        gemm<W, 64, true, true>(args, partials, counters);                             \
+    }
+
 QRT_GEMM(f16, __half, 128)
 QRT_GEMM(f16, __half, 64)
 QRT_GEMM(bf16, __nv_bfloat16, 128)
 QRT_GEMM(bf16, __nv_bfloat16, 64)
+QRT_GEMM_GSPLIT(f16, __half)
+QRT_GEMM_GSPLIT(bf16, __nv_bfloat16)

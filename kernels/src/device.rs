@@ -14,7 +14,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::cuda_err;
 use crate::launch::{DecodePolicy, DecodeTc, TcPlan};
 use crate::layouts::QRT_GEMV_MAX_SPLIT;
-use crate::memory::MemoryCounter;
+use crate::memory::{DeviceBuffer, MemoryCounter};
 use crate::{ptx, KernelError, BUILD_INFO};
 
 /// Oldest driver API version that loads the embedded PTX (13.0, encoded as 1000 * major +
@@ -67,6 +67,10 @@ pub struct CudaDevice {
     /// GEMMs with fewer tiles than multiprocessors split their k loop across a cluster
     /// (compute capability 9.0, unless `QRT_GEMM_SPLITK=0`).
     pub(crate) gemm_split_k: bool,
+    /// Below compute capability 9.0 (no clusters), the workspace through which the mma.sync
+    /// GEMMs with fewer tiles than multiprocessors split their k loop (`global_split` in
+    /// launch/gemm.rs), allocated with the device unless `QRT_GEMM_SPLITK=0`; None elsewhere.
+    pub(crate) split_workspace: Option<DeviceBuffer>,
     /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).
     pub(crate) gemm_tma: bool,
@@ -276,7 +280,8 @@ impl CudaDevice {
         let gemm_tma = compute_capability == (9, 0)
             && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma" && v != "wgmma");
         let gemm_skinny = gemm_tma && std::env::var("QRT_GEMM_SKINNY").map_or(true, |v| v != "0");
-        Ok(Self {
+        let split_k = std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0");
+        let mut dev = Self {
             ctx,
             stream,
             memory: Arc::default(),
@@ -293,8 +298,8 @@ impl CudaDevice {
                 && std::env::var("QRT_GEMM").map_or(true, |v| v != "mma"),
             decode_clusters: compute_capability == (9, 0)
                 && std::env::var("QRT_DECODE_CLUSTER").map_or(true, |v| v != "0"),
-            gemm_split_k: compute_capability == (9, 0)
-                && std::env::var("QRT_GEMM_SPLITK").map_or(true, |v| v != "0"),
+            gemm_split_k: compute_capability == (9, 0) && split_k,
+            split_workspace: None,
             gemm_tma,
             gemm_skinny,
             skinny_ahead: std::env::var("QRT_GEMM_SKINNY_AHEAD").map_or(true, |v| v != "0"),
@@ -332,7 +337,11 @@ impl CudaDevice {
             shared_per_sm,
             shared_reserved,
             shared_optin,
-        })
+        };
+        if compute_capability != (9, 0) && split_k {
+            dev.split_workspace = Some(dev.split_k_workspace()?);
+        }
+        Ok(dev)
     }
 
     /// The device's ordinal (0-based).

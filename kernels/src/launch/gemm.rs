@@ -2,6 +2,7 @@
 //! wgmma (`gemm_wgmma.cu`), TMA-fed and skinny (`gemm_tma.cu`).
 
 use super::*;
+use crate::DeviceBuffer;
 
 /// The shape part of GEMM arguments, checked: `m > 0`, `k` a positive multiple of 8, `a` and
 /// the weights 16-byte aligned (cp.async copies 16-byte pieces).
@@ -223,7 +224,39 @@ fn split_k_factor(tiles: usize, ktiles: usize, multiprocessors: usize) -> usize 
         .unwrap_or(1)
 }
 
+/// Most blocks a multiprocessor of a GEMM whose k loop splits through global memory (one
+/// wave of the mma.sync kernel, two 8-warp blocks a multiprocessor); the workspace holds a
+/// slot for each block of such a grid.
+const GLOBAL_SPLIT_BLOCKS_PER_SM: usize = 2;
+
+/// Bytes of a block's slot in that workspace: the f32 accumulators of a 64 x 128 tile.
+const GLOBAL_SPLIT_SLOT_BYTES: usize = 64 * 128 * 4;
+
+/// Into how many blocks the k loop of a GEMM of `tiles` 64-row tiles and `ktiles` 32-wide k
+/// steps splits through global memory (below sm_90, `gather_split` in gemm.cu): the most of
+/// 16, 8, 4 and 2 that keeps the grid within [`GLOBAL_SPLIT_BLOCKS_PER_SM`] blocks a
+/// multiprocessor and at least 4 k steps a block; else 1. Batched decode has few tiles and long
+/// k loops (the 1B's down projection at 32 rows: 16 tiles of 256 k steps, 16 splits).
+fn global_split(tiles: usize, ktiles: usize, multiprocessors: usize) -> usize {
+    [16, 8, 4, 2]
+        .into_iter()
+        .find(|&s| tiles * s <= GLOBAL_SPLIT_BLOCKS_PER_SM * multiprocessors && ktiles / s >= 4)
+        .unwrap_or(1)
+}
+
 impl CudaDevice {
+    /// The workspace of GEMMs that split k through global memory: a slot for each block of
+    /// the largest such grid, then a counter for each tile, zeroed (the kernels set each back
+    /// to zero when they are done).
+    pub(crate) fn split_k_workspace(&self) -> Result<DeviceBuffer, KernelError> {
+        let blocks = GLOBAL_SPLIT_BLOCKS_PER_SM * self.multiprocessors();
+        let slots = blocks * GLOBAL_SPLIT_SLOT_BYTES;
+        let buf = self.alloc(slots + blocks * 4, "the split-k GEMM workspace")?;
+        // SAFETY: the counters lie within the allocation.
+        unsafe { self.fill_bytes(buf.ptr() + slots as u64, 0, blocks * 4)? };
+        Ok(buf)
+    }
+
     /// `c = a @ w^T (+ bias)` on the tensor cores for each segment (`y` is `c`, `[m, n]` f32):
     /// `a` `[m, k]` of type `ty` at `a`, every `w` `[n, k]` of the same type.
     ///
@@ -485,6 +518,17 @@ impl CudaDevice {
                 self.launch_config("gemm_wgmma", &kernel, config, &mut params([args]), false)
             };
         }
+        if let Some(workspace) = self.split_workspace.as_ref().filter(|_| !tall) {
+            let ktiles = (args.k as usize).div_ceil(32);
+            let splits = global_split(m.div_ceil(64) * tiles, ktiles, self.multiprocessors());
+            if splits > 1 {
+                // SAFETY: forwarded from the caller; the grid has at most as many blocks and
+                // tiles as the workspace has slots and counters (global_split).
+                return unsafe {
+                    self.launch_global_split(ty, args, tiles, variant, splits, workspace)
+                };
+            }
+        }
         let bm = if tall { 128 } else { 64 };
         let kernel = format!("qrt_gemm_{variant}{}_m{bm}", ty.name());
         let grid = (
@@ -502,6 +546,49 @@ impl CudaDevice {
                 (grid, 256, 0),
                 splits as u32,
                 &mut params([args]),
+                false,
+            )
+        }
+    }
+
+    /// Launches the mma.sync GEMM (`variant` "" or "gated_") of `tiles` weight tiles with its
+    /// k loop split `splits` ways through `workspace` (see [`global_split`]).
+    ///
+    /// # Safety
+    /// As for [`gemm`](Self::gemm).
+    unsafe fn launch_global_split(
+        &self,
+        ty: Half16,
+        args: &qrt_gemm_args,
+        tiles: usize,
+        variant: &str,
+        splits: usize,
+        workspace: &DeviceBuffer,
+    ) -> Result<(), KernelError> {
+        let m_tiles = (args.m as usize).div_ceil(64);
+        let blocks = GLOBAL_SPLIT_BLOCKS_PER_SM * self.multiprocessors();
+        if m_tiles * tiles * splits > blocks {
+            return Err(KernelError::Shape(format!(
+                "a split-k GEMM of {} tiles in {splits} splits exceeds its workspace's {blocks} slots",
+                m_tiles * tiles
+            )));
+        }
+        let partials = workspace.ptr();
+        let counters = partials + (blocks * GLOBAL_SPLIT_SLOT_BYTES) as u64;
+        let kernel = format!("qrt_gemm_gsplit_{variant}{}", ty.name());
+        let grid = (
+            u32_of("n tiles", tiles)?,
+            u32_of("m tiles", m_tiles)?,
+            splits as u32,
+        );
+        // SAFETY: qrt_gemm_args and two addresses by value, as the kernel takes them; the
+        // caller guarantees the others.
+        unsafe {
+            self.launch_config(
+                "gemm",
+                &kernel,
+                (grid, 256, 0),
+                &mut params([args, &partials, &counters]),
                 false,
             )
         }
@@ -524,6 +611,32 @@ mod tests {
         assert_eq!(split_k_factor(40, 18, 132), 2);
         // Too short a k loop to share.
         assert_eq!(split_k_factor(40, 15, 132), 1);
+    }
+
+    #[test]
+    fn global_splits_fill_one_wave_with_loops_of_four_steps_or_more() {
+        // A100 (108 multiprocessors), the 1B at 32 rows (one 64-row tile): q/k/v (24 tiles, 64
+        // k steps), o (16, 64), gate+up gated (128 tiles of 64 + 64 rows, 64), down (16, 256).
+        assert_eq!(global_split(24, 64, 108), 8);
+        assert_eq!(global_split(16, 64, 108), 8);
+        assert_eq!(global_split(128, 64, 108), 1);
+        assert_eq!(global_split(16, 256, 108), 8);
+        // H200 through the sm_80 route (132): o and down take 16 splits, gate+up 2.
+        assert_eq!(global_split(16, 64, 132), 16);
+        assert_eq!(global_split(128, 64, 132), 2);
+        // 512 rows of the 1B's o (8 x 16 tiles) split as the clusters do; q/k/v do not.
+        assert_eq!(global_split(128, 64, 132), split_k_factor(128, 64, 132));
+        assert_eq!(global_split(192, 64, 132), 1);
+        // Never fewer than 4 k steps a block, never more blocks than the workspace's slots.
+        for tiles in 1..300 {
+            for ktiles in 1..300 {
+                let s = global_split(tiles, ktiles, 108);
+                assert!(
+                    s == 1 || (ktiles / s >= 4 && tiles * s <= 216),
+                    "{tiles} {ktiles}"
+                );
+            }
+        }
     }
 
     #[test]

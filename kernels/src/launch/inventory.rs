@@ -35,6 +35,7 @@ pub fn kernel_inventory() -> Vec<(&'static str, String)> {
                     format!("qrt_gemm_wg_{variant}{t}_w{warpgroups}"),
                 ));
             }
+            all.push(("gemm", format!("qrt_gemm_gsplit_{variant}{t}")));
             all.push(("gemm_tma", format!("qrt_gemm_tma_{variant}{t}")));
         }
         all.push(("gemm_tma", format!("qrt_gemm_tma_n128_{t}")));

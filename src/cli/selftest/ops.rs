@@ -46,7 +46,7 @@ fn matrices(big: bool) -> Vec<(usize, usize, ElemType, &'static [usize])> {
     // 11 rows: the tensor-core GEMV of 16 batch columns where k is a multiple of 32.
     const SMALL: &[usize] = &[1, 2, 3, 5, 8, 11, 17, 130];
     // 16 rows: that GEMV; 24 and 64 rows: the skinny GEMM of batched decode beyond 16
-    // sequences (on Hopper).
+    // sequences (on Hopper; below it, the mma.sync GEMM with k split through global memory).
     const LARGE: &[usize] = &[1, 4, 8, 16, 24, 64, 200];
     let mut m = vec![
         (37, 72, ElemType::F16, SMALL),
@@ -300,7 +300,12 @@ fn check_products(
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
                 r if cuda.device().gemv_takes(half, r, k, [n], false)? => "gemv tc",
-                r if r <= qrt_kernels::GEMM_SKINNY_MAX_M => "gemm skinny",
+                // (Below sm_90 the mma.sync GEMM, its k loop split through global memory.)
+                r if r <= qrt_kernels::GEMM_SKINNY_MAX_M
+                    && cuda.device().compute_capability() == (9, 0) =>
+                {
+                    "gemm skinny"
+                }
                 _ => "gemm",
             };
             checks.check(
