@@ -18,12 +18,12 @@
 // with fewer tiles than multiprocessors (the 1B's o and down projections at 512 rows: 128
 // tiles on 132 SMs, one 8-warp block each).
 //
-// Split k without clusters (below sm_90, `qrt_gemm_gsplit_*`, BM = 64, plain and gated): each
+// Split k without clusters (compute capabilities other than 9.0, `qrt_gemm_gsplit_*`, BM = 64, plain and gated): each
 // of the S blocks of a tile multiplies its S-th of the k steps and stores its accumulators in
 // a slot of its own of a workspace in global memory, then counts itself in the tile's counter;
 // the block that arrives last sums the S slots in split order (deterministic, whichever block
 // is last), sets the counter back to zero for the next launch, and runs the epilogue. Batched
-// decode on such GPUs has few tiles (the 1B's down projection: 16) and long k loops, which
+// decode on such GPUs (the A100) has few tiles (the 1B's down projection: 16) and long k loops, which
 // one block a tile streams at a fraction of the bandwidth.
 
 #include <cooperative_groups.h>
@@ -156,10 +156,14 @@ __device__ __forceinline__ bool gather_split(float (&acc)[MI][NI][4], float4* pa
                                    acc[mi][ni][3]));
     __threadfence();  // the slot is visible device-wide before the block is counted
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counters + tile, 1u) == splits - 1;
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counters + tile, 1u) == splits - 1;
+        // The other blocks' slots, counted before this one, are seen; the barrier below
+        // carries that to the block's other threads.
+        if (last) __threadfence();
+    }
     __syncthreads();
     if (!last) return false;
-    __threadfence();  // the other blocks' slots, counted before this one, are seen
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll

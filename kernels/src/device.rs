@@ -67,9 +67,10 @@ pub struct CudaDevice {
     /// GEMMs with fewer tiles than multiprocessors split their k loop across a cluster
     /// (compute capability 9.0, unless `QRT_GEMM_SPLITK=0`).
     pub(crate) gemm_split_k: bool,
-    /// Below compute capability 9.0 (no clusters), the workspace through which the mma.sync
-    /// GEMMs with fewer tiles than multiprocessors split their k loop (`global_split` in
-    /// launch/gemm.rs), allocated with the device unless `QRT_GEMM_SPLITK=0`; None elsewhere.
+    /// Other than at compute capability 9.0 (whose GEMMs split over clusters), the workspace
+    /// through which the mma.sync GEMMs with fewer tiles than multiprocessors split their k
+    /// loop (`global_split` in launch/gemm.rs), allocated with the device unless
+    /// `QRT_GEMM_SPLITK=0`; None elsewhere.
     pub(crate) split_workspace: Option<DeviceBuffer>,
     /// Prefill GEMMs (up to three matrices, or SwiGLU's gate and up) on the TMA-fed wgmma kernel
     /// (compute capability 9.0, unless `QRT_GEMM` is `mma` or `wgmma`).

@@ -233,10 +233,12 @@ const GLOBAL_SPLIT_BLOCKS_PER_SM: usize = 2;
 const GLOBAL_SPLIT_SLOT_BYTES: usize = 64 * 128 * 4;
 
 /// Into how many blocks the k loop of a GEMM of `tiles` 64-row tiles and `ktiles` 32-wide k
-/// steps splits through global memory (below sm_90, `gather_split` in gemm.cu): the most of
+/// steps splits through global memory (compute capabilities other than 9.0, where clusters
+/// split it; `gather_split` in gemm.cu): the most of
 /// 16, 8, 4 and 2 that keeps the grid within [`GLOBAL_SPLIT_BLOCKS_PER_SM`] blocks a
 /// multiprocessor and at least 4 k steps a block; else 1. Batched decode has few tiles and long
-/// k loops (the 1B's down projection at 32 rows: 16 tiles of 256 k steps, 16 splits).
+/// k loops (the 1B's down projection at 32 rows: 16 tiles of 256 k steps, 16 splits on 128 or
+/// more multiprocessors, 8 on an A100's 108).
 fn global_split(tiles: usize, ktiles: usize, multiprocessors: usize) -> usize {
     [16, 8, 4, 2]
         .into_iter()
@@ -479,7 +481,8 @@ impl CudaDevice {
 
     /// Launches the GEMM kernel family `variant` ("" or "gated_") for `args` over `tiles`
     /// column tiles: wgmma for long k on Hopper, else mma.sync; blocks of 128 rows of `a` when
-    /// they make a full wave, else of 64.
+    /// they make a full wave, else of 64, with k split over a cluster (9.0) or through the
+    /// device's global workspace (elsewhere, [`global_split`]) when the tiles are too few.
     ///
     /// # Safety
     /// As for [`gemm`](Self::gemm).
@@ -520,12 +523,12 @@ impl CudaDevice {
         }
         if let Some(workspace) = self.split_workspace.as_ref().filter(|_| !tall) {
             let ktiles = (args.k as usize).div_ceil(32);
-            let splits = global_split(m.div_ceil(64) * tiles, ktiles, self.multiprocessors());
-            if splits > 1 {
+            let parts = global_split(m.div_ceil(64) * tiles, ktiles, self.multiprocessors());
+            if parts > 1 {
                 // SAFETY: forwarded from the caller; the grid has at most as many blocks and
                 // tiles as the workspace has slots and counters (global_split).
                 return unsafe {
-                    self.launch_global_split(ty, args, tiles, variant, splits, workspace)
+                    self.launch_global_split(ty, args, tiles, variant, parts, workspace)
                 };
             }
         }

@@ -300,7 +300,7 @@ fn check_products(
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS && k.is_multiple_of(32) => "gemv tc",
                 r if r <= qrt_runtime::cuda::MAX_GEMV_ROWS => "gemv",
                 r if cuda.device().gemv_takes(half, r, k, [n], false)? => "gemv tc",
-                // (Below sm_90 the mma.sync GEMM, its k loop split through global memory.)
+                // (Other than at 9.0, the mma.sync GEMM, its k loop split through global memory.)
                 r if r <= qrt_kernels::GEMM_SKINNY_MAX_M
                     && cuda.device().compute_capability() == (9, 0) =>
                 {
